@@ -1,0 +1,353 @@
+"""Load and validate the tierwatch YAML config.
+
+Every problem is reported as ``FILE:LINE: key.path: what was expected``; all problems of a file are
+collected before failing. Values are never echoed back, so a secret pasted in the wrong place does not
+end up in a terminal or a log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from .durations import parse_duration
+
+Tier = Literal["lb", "app", "redis", "postgres"]
+QueueKind = Literal["bullmq", "celery", "rq", "stream", "list"]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+
+URL_SCHEMES: dict[str, tuple[str, ...]] = {
+    "lb": ("http", "https"),
+    "app": ("http", "https"),
+    "redis": ("redis", "rediss", "unix"),
+    "sentinel": ("redis", "rediss"),
+    "postgres": ("postgresql", "postgres"),
+}
+
+
+class ConfigError(Exception):
+    """A config file failed to load; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Secret:
+    """A credential that never shows itself in repr, str or f-strings."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for handing to a client library."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MonitorSettings(_Strict):
+    interval: Duration = 5.0
+    timeout: Duration = 2.0
+
+
+class BreakerSettings(_Strict):
+    failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 5
+    reset_timeout: Duration = 30.0
+
+
+class TargetConfig(_Strict):
+    name: Name
+    region: Name
+    url: str
+    stats_socket: str | None = None
+    stats_url: str | None = None
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] | None = None
+    expect_body: str | None = None
+    tls_skip_verify: bool = False
+
+    @field_validator("expect_body")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"expected a valid regular expression ({exc.msg})") from None
+        return value
+
+
+class SentinelConfig(_Strict):
+    master_name: Annotated[str, Field(min_length=1, max_length=128)]
+    targets: Annotated[list[TargetConfig], Field(min_length=1)]
+
+
+class QueueConfig(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    kind: QueueKind
+    prefix: str | None = None
+
+
+class ClusterConfig(_Strict):
+    name: Name
+    tier: Tier
+    targets: Annotated[list[TargetConfig], Field(min_length=1)]
+    vip: str | None = None
+    vip_header: str = "X-Served-By"
+    password_file: str | None = None
+    password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    sentinel: SentinelConfig | None = None
+    queues: list[QueueConfig] = []
+
+
+class LogSettings(_Strict):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class TierwatchConfig(_Strict):
+    monitor: MonitorSettings = MonitorSettings()
+    circuit_breaker: BreakerSettings = BreakerSettings()
+    log: LogSettings = LogSettings()
+    listen: str = "127.0.0.1:9489"
+    clusters: Annotated[list[ClusterConfig], Field(min_length=1)]
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config plus the secrets it references, resolved."""
+
+    path: Path
+    config: TierwatchConfig
+    secrets: dict[str, Secret]
+
+    def password_for(self, cluster: str) -> Secret | None:
+        """The password configured for ``cluster``, if any."""
+        return self.secrets.get(cluster)
+
+
+def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -> LoadedConfig:
+    """Load, validate and (optionally) resolve the secrets of a config file.
+
+    Raises ConfigError listing every problem found.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read config file: {exc.strerror or exc}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark else str(file)
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{file}: expected a mapping at the top level (monitor, clusters, ...)"])
+
+    locate = _Locator(file, root, raw)
+    try:
+        config = TierwatchConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([locate.problem(err["loc"], _expectation(err)) for err in exc.errors()]) from None
+
+    problems = [locate.problem(loc, msg) for loc, msg in _semantic_problems(config)]
+    secrets: dict[str, Secret] = {}
+    if resolve_secrets:
+        for index, cluster in enumerate(config.clusters):
+            try:
+                secret = _resolve_secret(cluster)
+            except ValueError as exc:
+                key = "password_file" if cluster.password_file else "password_env"
+                problems.append(locate.problem(("clusters", index, key), str(exc)))
+                continue
+            if secret is not None:
+                secrets[cluster.name] = secret
+    if problems:
+        raise ConfigError(problems)
+    return LoadedConfig(path=file, config=config, secrets=secrets)
+
+
+def _expectation(err: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check spelling; see docs/configuration in README)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"expected one of {err['ctx']['expected']}"
+    if kind == "string_pattern_mismatch":
+        return "expected a name of letters, digits, '.', '_' or '-' (at most 63 characters)"
+    if kind == "value_error":
+        return str(err["ctx"]["error"])
+    message: str = err["msg"]
+    return message[0].lower() + message[1:] if message else kind
+
+
+def _semantic_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...], str]]:
+    monitor = config.monitor
+    if monitor.timeout >= monitor.interval:
+        yield ("monitor", "timeout"), (
+            f"expected a probe timeout below monitor.interval ({monitor.interval:g}s), got {monitor.timeout:g}s"
+        )
+    seen_clusters: set[str] = set()
+    seen_targets: dict[str, str] = {}
+    for ci, cluster in enumerate(config.clusters):
+        if cluster.name in seen_clusters:
+            yield ("clusters", ci, "name"), f"duplicate cluster name {cluster.name!r}"
+        seen_clusters.add(cluster.name)
+        if cluster.password_file and cluster.password_env:
+            yield ("clusters", ci, "password_env"), "expected only one of password_file and password_env"
+        if cluster.vip is not None:
+            if cluster.tier != "lb":
+                yield ("clusters", ci, "vip"), "vip is only valid on a cluster of tier lb"
+            else:
+                problem = _url_problem(cluster.vip, URL_SCHEMES["lb"])
+                if problem:
+                    yield ("clusters", ci, "vip"), problem
+        if cluster.sentinel is not None and cluster.tier != "redis":
+            yield ("clusters", ci, "sentinel"), "sentinel is only valid on a cluster of tier redis"
+        if cluster.queues and cluster.tier != "redis":
+            yield ("clusters", ci, "queues"), "queues are only valid on a cluster of tier redis"
+        seen_queues: set[str] = set()
+        for qi, queue in enumerate(cluster.queues):
+            if queue.name in seen_queues:
+                yield ("clusters", ci, "queues", qi, "name"), (
+                    f"duplicate queue name {queue.name!r}: the queue label must identify one queue"
+                )
+            seen_queues.add(queue.name)
+        groups: list[tuple[tuple[Any, ...], str, Sequence[TargetConfig]]] = [
+            (("clusters", ci, "targets"), cluster.tier, cluster.targets)
+        ]
+        if cluster.sentinel is not None:
+            groups.append((("clusters", ci, "sentinel", "targets"), "sentinel", cluster.sentinel.targets))
+        for prefix, tier, targets in groups:
+            for ti, target in enumerate(targets):
+                where = seen_targets.get(target.name)
+                if where is not None:
+                    yield (*prefix, ti, "name"), (
+                        f"duplicate target name {target.name!r} (also in cluster {where!r}); "
+                        "target names must be unique across the file"
+                    )
+                seen_targets[target.name] = cluster.name
+                problem = _url_problem(target.url, URL_SCHEMES[tier])
+                if problem:
+                    yield (*prefix, ti, "url"), problem
+                if tier != "lb" and (target.stats_socket or target.stats_url):
+                    yield (*prefix, ti, "stats_socket"), "stats_socket/stats_url are only valid on lb targets"
+                if target.stats_url:
+                    problem = _url_problem(target.stats_url, ("http", "https"))
+                    if problem:
+                        yield (*prefix, ti, "stats_url"), problem
+                if tier not in ("lb", "app") and (target.expect_status or target.expect_body):
+                    yield (*prefix, ti, "expect_status"), "expect_status/expect_body are only valid on HTTP targets"
+
+
+def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
+    """Describe what is wrong with ``url`` without ever repeating it (it may hold a secret)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return f"expected a URL with scheme {' or '.join(schemes)} and a valid port"
+    if parts.scheme not in schemes:
+        return f"expected a URL with scheme {' or '.join(s + '://' for s in schemes)}"
+    if parts.password:
+        return "URL must not contain a password: use the cluster's password_file or password_env"
+    if parts.scheme == "unix":
+        return None if parts.path else "expected unix:///path/to/socket"
+    if not parts.hostname:
+        return "expected a URL with a host"
+    if port is not None and not 0 < port < 65536:
+        return "expected a port between 1 and 65535"
+    return None
+
+
+def _resolve_secret(cluster: ClusterConfig) -> Secret | None:
+    if cluster.password_file:
+        try:
+            value = Path(cluster.password_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read password file {cluster.password_file}: {exc.strerror or type(exc).__name__}"
+            ) from None
+        value = value.rstrip("\r\n")
+        if not value:
+            raise ValueError(f"password file {cluster.password_file} is empty")
+        return Secret(value)
+    if cluster.password_env:
+        value = os.environ.get(cluster.password_env)
+        if not value:
+            raise ValueError(f"environment variable {cluster.password_env} is not set or empty")
+        return Secret(value)
+    return None
+
+
+class _Locator:
+    """Maps a pydantic location to ``file:line: key.path`` using the YAML node tree."""
+
+    def __init__(self, file: Path, root: yaml.Node | None, raw: Any):
+        self.file = file
+        self.root = root
+        self.raw = raw
+
+    def problem(self, loc: Sequence[Any], message: str) -> str:
+        line = self._line(loc)
+        where = f"{self.file}:{line}" if line else str(self.file)
+        return f"{where}: {self._path(loc) or '(top level)'}: {message}"
+
+    def _path(self, loc: Sequence[Any]) -> str:
+        out = ""
+        value: Any = self.raw
+        for part in loc:
+            if isinstance(part, int):
+                out += f"[{part}]"
+                value = value[part] if isinstance(value, list) and part < len(value) else None
+                name = value.get("name") if isinstance(value, dict) else None
+                if isinstance(name, str) and len(name) <= 64:
+                    out += f"({name})"
+            else:
+                if not isinstance(part, str) or part.startswith(("function-", "list[", "nullable")):
+                    continue
+                out += f".{part}" if out else part
+                value = value.get(part) if isinstance(value, dict) else None
+        return out
+
+    def _line(self, loc: Sequence[Any]) -> int | None:
+        node = self.root
+        line = node.start_mark.line + 1 if node is not None else None
+        for part in loc:
+            if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+                for key, child in node.value:
+                    if key.value == part:
+                        node = child
+                        line = key.start_mark.line + 1
+                        break
+                else:
+                    return line
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                continue
+        return line

@@ -1,0 +1,149 @@
+"""The one signature every probe implements, and how failures are classified.
+
+A probe object belongs to one target and lives as long as the exporter: it owns the target's
+connection(s), reuses them between probes, and drops them in ``reset`` after any failure (including
+a timeout that cancelled it mid-request), so a dead or hanging target never leaks a socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from ..config import ClusterConfig, Secret, TargetConfig
+from ..metric_catalog import MetricSpec
+
+REASONS = ("timeout", "refused", "auth", "protocol", "error")
+DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "postgresql": 5432, "postgres": 5432, "http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """Everything a probe needs to know about its target."""
+
+    tier: str
+    cluster: ClusterConfig
+    target: TargetConfig
+    password: Secret | None
+    timeout: float
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def region(self) -> str:
+        return self.target.region
+
+    def peer_by_address(self, host: str, port: int) -> str | None:
+        """The name of the target in the same cluster whose URL has this host and port, if any.
+
+        Used by a primary to attribute what it knows about its replicas (lag) to their targets.
+        """
+        for peer in self.cluster.targets:
+            parts = urlsplit(peer.url)
+            if parts.hostname == host and (parts.port or DEFAULT_PORTS.get(parts.scheme)) == port:
+                return peer.name
+        return None
+
+    @property
+    def labels(self) -> tuple[str, str, str, str]:
+        """Values of the target labels (tier, cluster, target, region)."""
+        return (self.tier, self.cluster.name, self.target.name, self.target.region)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One value of a catalogued metric; ``labels`` are the values of the spec's own labels."""
+
+    spec: MetricSpec
+    labels: tuple[str, ...]
+    value: float
+
+
+@dataclass
+class Observation:
+    """What one successful probe saw: the target's role (if it has one) and tier-specific samples."""
+
+    role: str | None = None
+    samples: list[Sample] = field(default_factory=list)
+    peer_samples: dict[str, list[Sample]] = field(default_factory=dict)
+
+    def add(self, spec: MetricSpec, value: float, *labels: str) -> None:
+        """Record ``value`` for ``spec`` with the spec's own label values, in order."""
+        if len(labels) != len(spec.labels):
+            raise ValueError(f"{spec.name} takes labels {spec.labels}, got {labels}")
+        self.samples.append(Sample(spec, labels, float(value)))
+
+    def add_for(self, peer: str, spec: MetricSpec, value: float, *labels: str) -> None:
+        """Record a sample about another target of the same cluster (``peer`` is its name), such as the
+        replication lag of a replica as its primary sees it. The peer's own samples win on a clash."""
+        if len(labels) != len(spec.labels):
+            raise ValueError(f"{spec.name} takes labels {spec.labels}, got {labels}")
+        self.peer_samples.setdefault(peer, []).append(Sample(spec, labels, float(value)))
+
+
+class ProbeFailure(Exception):
+    """A probe failed for a known reason; the message must never hold a secret."""
+
+    def __init__(self, reason: str, message: str = ""):
+        if reason not in REASONS:
+            raise ValueError(f"unknown failure reason {reason}")
+        super().__init__(message or reason)
+        self.reason = reason
+
+
+class Probe(ABC):
+    """A prober for one target. Subclasses implement ``probe`` and, if they hold connections,
+    ``close``; ``reset`` defaults to ``close`` (reconnect lazily on the next probe)."""
+
+    def __init__(self, info: TargetInfo):
+        self.info = info
+
+    @abstractmethod
+    async def probe(self) -> Observation:
+        """Probe the target once; raise on failure (ProbeFailure for known reasons)."""
+
+    async def reset(self) -> None:
+        """Drop connection state after a failure so the next probe starts clean."""
+        await self.close()
+
+    async def close(self) -> None:  # noqa: B027 - a probe without connections needs no cleanup
+        """Release every connection the probe holds."""
+
+
+def classify_failure(exc: BaseException) -> str:
+    """Map an exception from any client library to one of REASONS, by walking its cause chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ProbeFailure):
+            return current.reason
+        if isinstance(current, TimeoutError):
+            return "timeout"
+        if isinstance(current, ConnectionRefusedError):
+            return "refused"
+        if isinstance(current, ssl.SSLError):
+            return "protocol"
+        if isinstance(current, OSError) and current.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return "refused"
+        name = type(current).__name__
+        if "Timeout" in name:
+            return "timeout"
+        if "Authentication" in name or "InvalidPassword" in name or "AuthorizationError" in name:
+            return "auth"
+        if "Protocol" in name or "Response" in name and "Error" in name:
+            return "protocol"
+        current = current.__cause__ or current.__context__
+    return "error"
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A short, secret-free description for logs and the status page: the exception type only."""
+    if isinstance(exc, ProbeFailure):
+        return exc.reason if str(exc) == exc.reason else f"{exc.reason}: {exc}"
+    return type(exc).__name__
