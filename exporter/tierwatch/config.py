@@ -83,6 +83,7 @@ class TargetConfig(_Strict):
     expect_status: list[Annotated[int, Field(ge=100, le=599)]] | None = None
     expect_body: str | None = None
     tls_skip_verify: bool = False
+    tls_ca_file: str | None = None
 
     @field_validator("expect_body")
     @classmethod
@@ -169,7 +170,11 @@ def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -
     try:
         config = TierwatchConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([locate.problem(err["loc"], _expectation(err)) for err in exc.errors()]) from None
+        problems = [locate.problem(err["loc"], _expectation(err)) for err in exc.errors()]
+        partial = _partial_config(raw)
+        if partial is not None:
+            problems += [locate.problem(loc, msg) for loc, msg in _semantic_problems(partial)]
+        raise ConfigError(problems) from None
 
     problems = [locate.problem(loc, msg) for loc, msg in _semantic_problems(config)]
     secrets: dict[str, Secret] = {}
@@ -188,10 +193,57 @@ def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -
     return LoadedConfig(path=file, config=config, secrets=secrets)
 
 
+def _partial_config(raw: dict[str, Any]) -> TierwatchConfig | None:
+    """The parts of an invalid file that are valid on their own, so their semantic problems (duplicate
+    names, bad URLs, timeout >= interval) are reported in the same run. Invalid clusters become
+    placeholders so that indexes in key paths stay right."""
+    placeholder = ClusterConfig.model_construct(name="-", tier="app", targets=[])
+    clusters = []
+    for item in raw.get("clusters") or []:
+        try:
+            clusters.append(ClusterConfig.model_validate(item))
+        except ValidationError:
+            clusters.append(placeholder)
+    try:
+        monitor = MonitorSettings.model_validate(raw.get("monitor") or {})
+    except ValidationError:
+        monitor = MonitorSettings()
+    real = [c for c in clusters if c is not placeholder]
+    if not real and monitor.timeout < monitor.interval:  # nothing left to check
+        return None
+    return TierwatchConfig.model_construct(
+        monitor=monitor, circuit_breaker=BreakerSettings(), log=LogSettings(), listen="", clusters=clusters
+    )
+
+
+def _allowed_keys(loc: Sequence[Any]) -> list[str]:
+    """The keys a mapping at ``loc`` (the unknown key's parent) accepts."""
+    model: type[BaseModel] | None = TierwatchConfig
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _expectation(err: Any) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        return "unknown key (check spelling; see docs/configuration in README)"
+        allowed = _allowed_keys(err["loc"][:-1])
+        return f"unknown key; expected one of: {', '.join(allowed)}" if allowed else "unknown key"
     if kind == "missing":
         return "required key is missing"
     if kind == "literal_error":
@@ -207,12 +259,18 @@ def _expectation(err: Any) -> str:
 def _semantic_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...], str]]:
     monitor = config.monitor
     if monitor.timeout >= monitor.interval:
-        yield ("monitor", "timeout"), (
-            f"expected a probe timeout below monitor.interval ({monitor.interval:g}s), got {monitor.timeout:g}s"
+        yield (
+            ("monitor", "timeout"),
+            (
+                f"expected a probe timeout below monitor.interval ({monitor.interval:g}s), "
+                f"got {monitor.timeout:g}s"
+            ),
         )
     seen_clusters: set[str] = set()
     seen_targets: dict[str, str] = {}
     for ci, cluster in enumerate(config.clusters):
+        if cluster.name == "-":
+            continue  # placeholder for a cluster that failed structural validation
         if cluster.name in seen_clusters:
             yield ("clusters", ci, "name"), f"duplicate cluster name {cluster.name!r}"
         seen_clusters.add(cluster.name)
@@ -232,8 +290,9 @@ def _semantic_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...
         seen_queues: set[str] = set()
         for qi, queue in enumerate(cluster.queues):
             if queue.name in seen_queues:
-                yield ("clusters", ci, "queues", qi, "name"), (
-                    f"duplicate queue name {queue.name!r}: the queue label must identify one queue"
+                yield (
+                    ("clusters", ci, "queues", qi, "name"),
+                    (f"duplicate queue name {queue.name!r}: the queue label must identify one queue"),
                 )
             seen_queues.add(queue.name)
         groups: list[tuple[tuple[Any, ...], str, Sequence[TargetConfig]]] = [
@@ -245,9 +304,12 @@ def _semantic_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...
             for ti, target in enumerate(targets):
                 where = seen_targets.get(target.name)
                 if where is not None:
-                    yield (*prefix, ti, "name"), (
-                        f"duplicate target name {target.name!r} (also in cluster {where!r}); "
-                        "target names must be unique across the file"
+                    yield (
+                        (*prefix, ti, "name"),
+                        (
+                            f"duplicate target name {target.name!r} (also in cluster {where!r}); "
+                            "target names must be unique across the file"
+                        ),
                     )
                 seen_targets[target.name] = cluster.name
                 problem = _url_problem(target.url, URL_SCHEMES[tier])
@@ -260,7 +322,10 @@ def _semantic_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...
                     if problem:
                         yield (*prefix, ti, "stats_url"), problem
                 if tier not in ("lb", "app") and (target.expect_status or target.expect_body):
-                    yield (*prefix, ti, "expect_status"), "expect_status/expect_body are only valid on HTTP targets"
+                    yield (
+                        (*prefix, ti, "expect_status"),
+                        ("expect_status/expect_body are only valid on HTTP targets"),
+                    )
 
 
 def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:

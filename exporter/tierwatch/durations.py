@@ -26,9 +26,7 @@ def parse_duration(value: object) -> float:
                 seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
                 pos = match.end()
             if pos != len(text) or not text:
-                raise ValueError(
-                    "expected a duration such as 500ms, 5s, 1m or a number of seconds"
-                ) from None
+                raise ValueError("expected a duration such as 500ms, 5s, 1m or a number of seconds") from None
     else:
         raise ValueError("expected a duration such as 500ms, 5s, 1m or a number of seconds")
     if seconds <= 0:

@@ -131,7 +131,21 @@ ROLES_BY_TIER: dict[str, tuple[str, ...]] = {
     "postgres": ("primary", "replica"),
     "lb": ("active", "standby"),
 }
-PROBE_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+PROBE_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 # Core metrics shared by several tiers (DESIGN.md); tier modules emit them through Observation.
 REPLICATION_LAG_BYTES = metric(

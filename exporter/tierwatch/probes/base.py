@@ -17,7 +17,14 @@ from ..config import ClusterConfig, Secret, TargetConfig
 from ..metric_catalog import MetricSpec
 
 REASONS = ("timeout", "refused", "auth", "protocol", "error")
-DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "postgresql": 5432, "postgres": 5432, "http": 80, "https": 443}
+DEFAULT_PORTS = {
+    "redis": 6379,
+    "rediss": 6379,
+    "postgresql": 5432,
+    "postgres": 5432,
+    "http": 80,
+    "https": 443,
+}
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,7 @@ def classify_failure(exc: BaseException) -> str:
             return "timeout"
         if "Authentication" in name or "InvalidPassword" in name or "AuthorizationError" in name:
             return "auth"
-        if "Protocol" in name or "Response" in name and "Error" in name:
+        if "Protocol" in name or ("Response" in name and "Error" in name):
             return "protocol"
         current = current.__cause__ or current.__context__
     return "error"

@@ -20,9 +20,7 @@ class StackError(RuntimeError):
     """A server could not be started or did not become ready."""
 
 
-def wait_for(
-    condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05
-) -> T:
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll ``condition`` until it returns a truthy value or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
@@ -154,9 +152,7 @@ class ManagedProcess:
     def check_alive(self) -> None:
         """Raise StackError with the tail of the log if the process already exited."""
         if self.popen is not None and self.popen.poll() is not None:
-            raise StackError(
-                f"{self.name} exited with code {self.popen.returncode}:\n{self.log_tail()}"
-            )
+            raise StackError(f"{self.name} exited with code {self.popen.returncode}:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines the process wrote."""

@@ -1,0 +1,90 @@
+"""The ``tierwatch`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import ConfigError, load_config
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_config(args.file, resolve_secrets=not args.no_secrets)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{args.file}: {len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    cfg = loaded.config
+    targets = sum(len(c.targets) + (len(c.sentinel.targets) if c.sentinel else 0) for c in cfg.clusters)
+    print(f"{args.file}: OK ({len(cfg.clusters)} clusters, {targets} targets)")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import run_exporter
+
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(run_exporter(loaded, args.listen))
+    except (OSError, ValueError) as exc:
+        print(f"tierwatch serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="tierwatch", description="Prometheus exporter and recovery kit for an HA web stack."
+    )
+    parser.add_argument("--version", action="version", version=f"tierwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the exporter",
+        description="Probe every target and serve /metrics, /health, /ready and a status page at /.",
+    )
+    serve.add_argument("--config", required=True, metavar="FILE", help="tierwatch YAML config")
+    serve.add_argument(
+        "--listen", metavar="HOST:PORT", help="address to serve on (default: config's listen, 127.0.0.1:9489)"
+    )
+    serve.set_defaults(func=_serve)
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file",
+        description="Validate a config "
+        "file; exit 0 if valid, else 1 with every problem listed (file:line: key.path: "
+        "expectation).",
+    )
+    check.add_argument("file", metavar="FILE")
+    check.add_argument(
+        "--no-secrets",
+        action="store_true",
+        help="do not read password files or "
+        "environment variables (lint a config whose secrets are mounted only at run time)",
+    )
+    check.set_defaults(func=_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tierwatch`` console script."""
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

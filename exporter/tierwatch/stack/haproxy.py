@@ -1,0 +1,117 @@
+"""HAProxy load balancers started from the machine's haproxy binary, with a runtime API socket."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .ports import free_port, port_open
+from .process import ManagedProcess, Stack, wait_for
+
+
+@dataclass
+class HAProxy:
+    """A started HAProxy with one HTTP frontend, one backend of app servers and a stats socket."""
+
+    name: str
+    port: int
+    stats_socket: Path
+    config_path: Path
+    process: ManagedProcess
+
+    @property
+    def url(self) -> str:
+        """The LB's own health URL (answered by HAProxy itself via monitor-uri)."""
+        return f"http://127.0.0.1:{self.port}/health"
+
+    def command(self, line: str) -> str:
+        """Run one runtime API command and return its output."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.stats_socket))
+            sock.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+
+def render_config(
+    name: str,
+    port: int,
+    stats_socket: Path,
+    servers: Sequence[tuple[str, int]],
+    backend: str = "be_app",
+    check_interval_ms: int = 1000,
+) -> str:
+    """An HAProxy config: frontend on ``port`` naming itself in X-Served-By, one checked backend."""
+    lines = [
+        "global",
+        f"  stats socket {stats_socket} mode 600 level admin",
+        "  stats timeout 2m",
+        "defaults",
+        "  mode http",
+        "  timeout connect 1s",
+        "  timeout client 30s",
+        "  timeout server 30s",
+        "  option redispatch",
+        "  retries 2",
+        "frontend fe_web",
+        f"  bind 127.0.0.1:{port}",
+        "  monitor-uri /health",
+        # The one line that lets tierwatch tell which LB of the pair serves the VIP:
+        f"  http-after-response set-header X-Served-By {name}",
+        f"  default_backend {backend}",
+        f"backend {backend}",
+        "  balance roundrobin",
+        "  option httpchk GET /health",
+        f"  default-server check inter {check_interval_ms}ms fall 2 rise 1",
+    ]
+    lines += [f"  server {server} 127.0.0.1:{sport} weight 100" for server, sport in servers]
+    return "\n".join(lines) + "\n"
+
+
+def start_haproxy(
+    stack: Stack,
+    name: str,
+    servers: Sequence[tuple[str, int]],
+    port: int | None = None,
+    check_interval_ms: int = 1000,
+) -> HAProxy:
+    """Start HAProxy in the foreground (``-db``) and wait until the frontend and socket answer."""
+    port = port or free_port()
+    directory = stack.directory("haproxy", name)
+    sock = directory / "admin.sock"
+    cfg = directory / "haproxy.cfg"
+    cfg.write_text(render_config(name, port, sock, servers, check_interval_ms=check_interval_ms))
+    proc = stack.spawn(name, ["haproxy", "-db", "-f", str(cfg)])
+    lb = HAProxy(name, port, sock, cfg, proc)
+    wait_for(lambda: proc.check_alive() or (port_open(port) and sock.exists()), 10, f"haproxy {name}")
+    return lb
+
+
+@dataclass
+class Vip:
+    """A forwarder playing the pair's virtual IP (see stack/tcp_forwarder.py)."""
+
+    port: int
+    process: ManagedProcess
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/health"
+
+
+def start_vip(stack: Stack, lbs: Sequence[HAProxy], port: int | None = None) -> Vip:
+    """Serve a VIP on ``port`` held by the first LB of ``lbs`` that is alive (VRRP priority order)."""
+    import sys
+
+    port = port or free_port()
+    argv = [sys.executable, "-m", "tierwatch.stack.tcp_forwarder", "--port", str(port)]
+    for lb in lbs:
+        argv += ["--backend", str(lb.port)]
+    proc = stack.spawn("vip", argv)
+    wait_for(lambda: proc.check_alive() or port_open(port), 10, f"VIP forwarder on port {port}")
+    return Vip(port, proc)

@@ -1,0 +1,100 @@
+"""A tiny HTTP/1.1 backend for tests and the demo: answers /health, and its behaviour can be switched
+at run time through /_control (healthy, slow, hang, error) to play a sick app server.
+
+Run as ``python -m tierwatch.stack.http_backend --port P --name N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from urllib.parse import parse_qs, urlsplit
+
+MODES = ("healthy", "slow", "hang", "error")
+
+
+class Backend:
+    """State shared by all connections: the current mode, the delay for slow mode, counters."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.mode = "healthy"
+        self.delay = 1.0
+        self.requests = 0
+        self.connections = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one keep-alive connection."""
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+                parts = request_line.split(" ")
+                if len(parts) < 2:
+                    return
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                if length:
+                    await reader.readexactly(length)
+                status, body = await self.respond(parts[1])
+                writer.write(
+                    f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+                    f"X-Backend: {self.name}\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    async def respond(self, target: str) -> tuple[str, bytes]:
+        """Status line and body for a request path, honouring the current mode."""
+        url = urlsplit(target)
+        if url.path == "/_control":
+            query = parse_qs(url.query)
+            mode = query.get("mode", [self.mode])[0]
+            if mode not in MODES:
+                return "400 Bad Request", f"mode must be one of {MODES}\n".encode()
+            self.mode = mode
+            self.delay = float(query.get("delay", [self.delay])[0])
+            return "200 OK", f"mode={self.mode}\n".encode()
+        if url.path == "/_stats":
+            return "200 OK", f"requests={self.requests} connections={self.connections}\n".encode()
+        self.requests += 1
+        if self.mode == "hang":
+            await asyncio.Event().wait()
+        if self.mode == "slow":
+            await asyncio.sleep(self.delay)
+        if self.mode == "error":
+            return "503 Service Unavailable", b"unhealthy\n"
+        return "200 OK", f"ok {self.name}\n".encode()
+
+
+async def serve(port: int, name: str, host: str = "127.0.0.1") -> None:
+    """Serve until SIGTERM/SIGINT."""
+    backend = Backend(name)
+    server = await asyncio.start_server(backend.handle, host, port, backlog=1024)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default="backend")
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, args.name, args.host))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Shared fixtures: a Stack of real servers per test, config files written from dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tierwatch.config import LoadedConfig, load_config
+from tierwatch.stack import Stack
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    """A scratch directory plus every process the test starts in it, all stopped at the end."""
+    with Stack() as st:
+        yield st
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
+    """Write a config dict as YAML and return its path."""
+
+    def write(data: dict[str, Any], name: str = "tierwatch.yml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def make_config(write_config: Callable[[dict[str, Any]], Path]) -> Callable[..., LoadedConfig]:
+    """Build a LoadedConfig from clusters (monitor and breaker settings overridable)."""
+
+    def make(
+        clusters: list[dict[str, Any]],
+        interval: str = "1s",
+        timeout: str = "500ms",
+        failure_threshold: int = 5,
+        reset_timeout: str = "30s",
+        **extra: Any,
+    ) -> LoadedConfig:
+        data = {
+            "monitor": {"interval": interval, "timeout": timeout},
+            "circuit_breaker": {"failure_threshold": failure_threshold, "reset_timeout": reset_timeout},
+            "clusters": clusters,
+            **extra,
+        }
+        return load_config(write_config(data))
+
+    return make
