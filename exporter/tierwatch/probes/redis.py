@@ -1,0 +1,364 @@
+"""Redis probe: one persistent connection per target, one pipelined INFO per probe.
+
+A primary also reports, for each of its replicas, the replication lag (attributed to the replica's
+own target), and reads the cluster's configured queues in a second round trip (see queues.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, parse_url
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+
+from ..config import Secret
+from ..metric_catalog import (
+    CACHE_HITS,
+    CACHE_MISSES,
+    REPLICATION_LAG_BYTES,
+    REPLICATION_LAG_SECONDS,
+    metric,
+)
+from .base import Observation, Probe, ProbeFailure, TargetInfo, classify_failure
+
+CLIENT_NAME = "tierwatch"
+INFO_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication")
+Command = tuple[Any, ...]
+
+CONNECTED_REPLICAS = metric(
+    "tierwatch_redis_connected_replicas",
+    "gauge",
+    "Replicas connected to this server (INFO connected_slaves).",
+    section="redis",
+)
+UNKNOWN_REPLICAS = metric(
+    "tierwatch_redis_unknown_replicas",
+    "gauge",
+    "Connected replicas whose address matches no target of the cluster (their lag is not attributed).",
+    section="redis",
+)
+REPL_OFFSET = metric(
+    "tierwatch_redis_replication_offset_bytes",
+    "gauge",
+    "The server's replication offset (master_repl_offset on a primary, slave_repl_offset on a replica).",
+    section="redis",
+)
+MASTER_LINK_UP = metric(
+    "tierwatch_redis_master_link_up",
+    "gauge",
+    "On a replica: 1 if the link to its master is up, else 0.",
+    section="redis",
+)
+MASTER_LAST_IO = metric(
+    "tierwatch_redis_master_last_io_seconds",
+    "gauge",
+    "On a replica: seconds since the last interaction with its master (master_last_io_seconds_ago).",
+    section="redis",
+)
+MASTER_SYNC = metric(
+    "tierwatch_redis_master_sync_in_progress",
+    "gauge",
+    "On a replica: 1 while a full synchronisation from the master is in progress.",
+    section="redis",
+)
+EVICTED = metric(
+    "tierwatch_redis_evicted_keys_total", "counter", "Keys evicted because of maxmemory.", section="redis"
+)
+EXPIRED = metric(
+    "tierwatch_redis_expired_keys_total",
+    "counter",
+    "Keys deleted because their TTL expired.",
+    section="redis",
+)
+MEMORY_USED = metric(
+    "tierwatch_redis_memory_used_bytes", "gauge", "Memory allocated by Redis (used_memory).", section="redis"
+)
+MEMORY_MAX = metric(
+    "tierwatch_redis_memory_max_bytes", "gauge", "The maxmemory setting; 0 means no limit.", section="redis"
+)
+CLIENTS = metric(
+    "tierwatch_redis_connected_clients", "gauge", "Client connections (excluding replicas).", section="redis"
+)
+BLOCKED = metric(
+    "tierwatch_redis_blocked_clients",
+    "gauge",
+    "Clients waiting in a blocking call (BLPOP, XREAD, ...).",
+    section="redis",
+)
+MAX_CLIENTS = metric("tierwatch_redis_max_clients", "gauge", "The maxclients setting.", section="redis")
+REJECTED = metric(
+    "tierwatch_redis_rejected_connections_total",
+    "counter",
+    "Connections rejected because of maxclients.",
+    section="redis",
+)
+CONNECTIONS = metric(
+    "tierwatch_redis_connections_received_total",
+    "counter",
+    "Connections accepted by the server.",
+    section="redis",
+)
+COMMANDS = metric(
+    "tierwatch_redis_commands_processed_total",
+    "counter",
+    "Commands processed by the server.",
+    section="redis",
+)
+RDB_OK = metric(
+    "tierwatch_redis_rdb_last_bgsave_ok",
+    "gauge",
+    "1 if the last RDB background save succeeded, else 0.",
+    section="redis",
+)
+RDB_CHANGES = metric(
+    "tierwatch_redis_rdb_changes_since_last_save",
+    "gauge",
+    "Writes since the last RDB save (what a crash would lose without AOF).",
+    section="redis",
+)
+AOF_OK = metric(
+    "tierwatch_redis_aof_last_write_ok",
+    "gauge",
+    "1 if the last AOF write succeeded, else 0; only where AOF is enabled.",
+    section="redis",
+)
+UPTIME = metric(
+    "tierwatch_redis_uptime_seconds",
+    "gauge",
+    "Seconds since the server started (drops on a restart).",
+    section="redis",
+)
+
+ROLES = {"master": "primary", "slave": "replica"}
+
+
+def parse_info(raw: bytes | str) -> dict[str, str]:
+    """``INFO`` text as a flat ``field -> value`` mapping (section headers dropped)."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if line and line[0] != "#":
+            key, sep, value = line.partition(":")
+            if sep:
+                fields[key] = value
+    return fields
+
+
+def parse_pairs(value: str) -> dict[str, str]:
+    """``ip=1.2.3.4,port=6380,state=online`` as a mapping."""
+    out: dict[str, str] = {}
+    for part in value.split(","):
+        key, _, item = part.partition("=")
+        out[key] = item
+    return out
+
+
+def redis_failure(exc: BaseException) -> ProbeFailure:
+    """A secret-free ProbeFailure for an exception from the Redis client."""
+    if isinstance(exc, ProbeFailure):
+        return exc
+    reason = "auth" if isinstance(exc, AuthenticationError | NoPermissionError) else classify_failure(exc)
+    return ProbeFailure(reason, f"{reason}: {type(exc).__name__}")
+
+
+class RedisLink:
+    """One persistent connection to a Redis-protocol server, used for pipelined round trips.
+
+    Not safe for concurrent use; the monitor runs one probe of a target at a time.
+    """
+
+    def __init__(self, url: str, password: Secret | None, timeout: float, *, tls_skip_verify: bool = False):
+        kwargs = parse_url(url)
+        self._connection_class: type[AbstractConnection] = kwargs.pop("connection_class", Connection)
+        kwargs.pop("password", None)
+        self._kwargs = kwargs
+        self._password = password
+        self._timeout = timeout
+        self._tls_skip_verify = tls_skip_verify
+        self._conn: AbstractConnection | None = None
+        self._dirty = False
+        self.connects = 0
+
+    def _new_connection(self) -> AbstractConnection:
+        extra: dict[str, Any] = {}
+        if self._connection_class is SSLConnection and self._tls_skip_verify:
+            extra = {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
+        return self._connection_class(
+            **self._kwargs,
+            **extra,
+            password=self._password.reveal() if self._password else None,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            client_name=CLIENT_NAME,
+            driver_info=None,
+            protocol=2,
+            retry=None,
+            health_check_interval=0,
+        )
+
+    async def roundtrip(self, commands: Sequence[Command]) -> list[Any]:
+        """Send ``commands`` in one write and read every reply; error replies come back as
+        ResponseError values in place of their reply."""
+        if self._dirty:
+            await self.close()
+        if self._conn is None:
+            self._conn = self._new_connection()
+        conn = self._conn
+        if not conn.is_connected:
+            self.connects += 1
+            await conn.connect()
+        self._dirty = True
+        await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        self._dirty = False
+        return replies
+
+    async def close(self) -> None:
+        """Close the connection (if any); the next round trip reconnects."""
+        conn, self._conn, self._dirty = self._conn, None, False
+        if conn is not None:
+            try:
+                await conn.disconnect(nowait=True)
+            except Exception:  # noqa: BLE001 - closing must not fail
+                conn._close()
+
+
+async def guarded(link: RedisLink, timeout: float, work: Any) -> Any:
+    """Await ``work`` under ``timeout``; on any failure close ``link`` and raise a ProbeFailure."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await work
+    except asyncio.CancelledError:
+        await asyncio.shield(link.close())
+        raise
+    except Exception as exc:  # noqa: BLE001 - every client error is a probe failure, classified
+        await link.close()
+        raise redis_failure(exc) from None
+
+
+class RedisProbe(Probe):
+    """Probes one redis-server: role, replication, cache, clients, persistence, and queues on a primary."""
+
+    def __init__(self, info: TargetInfo):
+        super().__init__(info)
+        self.link = RedisLink(
+            info.target.url, info.password, info.timeout, tls_skip_verify=info.target.tls_skip_verify
+        )
+        self._info_command: Command = ("INFO",)
+
+    async def probe(self) -> Observation:
+        return await guarded(self.link, self.info.timeout, self._probe())
+
+    async def _probe(self) -> Observation:
+        (reply,) = await self.link.roundtrip([self._info_command])
+        if isinstance(reply, ResponseError):
+            raise reply
+        fields = parse_info(reply)
+        self._choose_info_command(fields)
+        observation = observe_info(fields, self.info)
+        if observation.role == "primary" and self.info.cluster.queues:
+            from .queues import read_queues
+
+            await read_queues(self.link, self.info.cluster.queues, observation, time.time())
+        return observation
+
+    def _choose_info_command(self, fields: dict[str, str]) -> None:
+        """From Redis 7 on, ask only for the sections used (INFO takes several sections)."""
+        major = fields.get("redis_version", "0").partition(".")[0]
+        if major.isdigit() and int(major) >= 7:
+            self._info_command = ("INFO", *INFO_SECTIONS)
+
+    async def close(self) -> None:
+        await self.link.close()
+
+
+def observe_info(fields: dict[str, str], info: TargetInfo) -> Observation:
+    """Turn parsed INFO fields into an Observation."""
+    role = ROLES.get(fields.get("role", ""))
+    if role is None:
+        raise ProbeFailure("protocol", "INFO has no known role")
+    obs = Observation(role=role)
+    _observe_replicas(fields, info, obs)
+    if role == "replica":
+        _observe_master_link(fields, obs)
+        _add(obs, REPL_OFFSET, fields, "slave_repl_offset")
+    else:
+        _add(obs, REPL_OFFSET, fields, "master_repl_offset")
+    for spec, key in (
+        (CACHE_HITS, "keyspace_hits"),
+        (CACHE_MISSES, "keyspace_misses"),
+        (EVICTED, "evicted_keys"),
+        (EXPIRED, "expired_keys"),
+        (MEMORY_USED, "used_memory"),
+        (MEMORY_MAX, "maxmemory"),
+        (CLIENTS, "connected_clients"),
+        (BLOCKED, "blocked_clients"),
+        (MAX_CLIENTS, "maxclients"),
+        (REJECTED, "rejected_connections"),
+        (CONNECTIONS, "total_connections_received"),
+        (COMMANDS, "total_commands_processed"),
+        (RDB_CHANGES, "rdb_changes_since_last_save"),
+        (UPTIME, "uptime_in_seconds"),
+    ):
+        _add(obs, spec, fields, key)
+    _observe_persistence(fields, obs)
+    return obs
+
+
+def _add(obs: Observation, spec: Any, fields: dict[str, str], key: str) -> None:
+    value = fields.get(key)
+    if value is not None:
+        try:
+            obs.add(spec, float(value))
+        except ValueError:
+            pass
+
+
+def _observe_persistence(fields: dict[str, str], obs: Observation) -> None:
+    status = fields.get("rdb_last_bgsave_status")
+    if status is not None:
+        obs.add(RDB_OK, 1.0 if status == "ok" else 0.0)
+    if fields.get("aof_enabled") == "1":
+        obs.add(AOF_OK, 1.0 if fields.get("aof_last_write_status") == "ok" else 0.0)
+
+
+def _observe_master_link(fields: dict[str, str], obs: Observation) -> None:
+    obs.add(MASTER_LINK_UP, 1.0 if fields.get("master_link_status") == "up" else 0.0)
+    obs.add(MASTER_SYNC, 1.0 if fields.get("master_sync_in_progress") == "1" else 0.0)
+    last_io = fields.get("master_last_io_seconds_ago", "-1")
+    if last_io.lstrip("-").isdigit() and int(last_io) >= 0:
+        obs.add(MASTER_LAST_IO, float(last_io))
+
+
+def _observe_replicas(fields: dict[str, str], info: TargetInfo, obs: Observation) -> None:
+    """Connected replicas: count them and attribute each one's lag to its own target."""
+    count = int(fields.get("connected_slaves", "0") or 0)
+    obs.add(CONNECTED_REPLICAS, count)
+    own_offset = int(fields.get("master_repl_offset", "0") or 0)
+    unknown = 0
+    for index in range(count):
+        line = fields.get(f"slave{index}")
+        if line is None:
+            continue
+        replica = parse_pairs(line)
+        peer = None
+        if replica.get("port", "").isdigit():
+            peer = info.peer_by_address(replica.get("ip", ""), int(replica["port"]))
+        if peer is None or peer == info.name:
+            unknown += 1
+            continue
+        offset = replica.get("offset", "")
+        if offset.lstrip("-").isdigit():
+            obs.add_for(peer, REPLICATION_LAG_BYTES, max(0, own_offset - int(offset)))
+        lag = replica.get("lag", "")
+        if lag.lstrip("-").isdigit() and int(lag) >= 0:
+            obs.add_for(peer, REPLICATION_LAG_SECONDS, float(lag))
+    obs.add(UNKNOWN_REPLICAS, unknown)
