@@ -42,6 +42,23 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recover(args: argparse.Namespace) -> int:
+    from .recovery.service import run_recovery
+
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(run_recovery(loaded, args.listen, dry_run=args.dry_run or None))
+    except (OSError, ValueError) as exc:
+        print(f"tierwatch recover: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -60,6 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", metavar="HOST:PORT", help="address to serve on (default: config's listen, 127.0.0.1:9489)"
     )
     serve.set_defaults(func=_serve)
+
+    recover = sub.add_parser(
+        "recover",
+        help="run the recovery service",
+        description="Receive Alertmanager webhooks (POST /webhook) and run the allowed recovery action of "
+        "each firing alert once, safely; see docs/operations.md.",
+    )
+    recover.add_argument(
+        "--config", required=True, metavar="FILE", help="tierwatch YAML config with a recovery: section"
+    )
+    recover.add_argument(
+        "--listen", metavar="HOST:PORT", help="address to serve on (default: recovery.listen)"
+    )
+    recover.add_argument("--dry-run", action="store_true", help="decide and audit, but change nothing")
+    recover.set_defaults(func=_recover)
 
     check = sub.add_parser(
         "check-config",

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from .durations import parse_duration
+from .recovery.settings import RecoverySettings
 
 Tier = Literal["lb", "app", "redis", "postgres"]
 QueueKind = Literal["bullmq", "celery", "rq", "stream", "list"]
@@ -130,6 +131,7 @@ class TierwatchConfig(_Strict):
     log: LogSettings = LogSettings()
     listen: str = "127.0.0.1:9489"
     clusters: Annotated[list[ClusterConfig], Field(min_length=1)]
+    recovery: RecoverySettings | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -
         raise ConfigError(problems) from None
 
     problems = [locate.problem(loc, msg) for loc, msg in _semantic_problems(config)]
+    problems += [locate.problem(loc, msg) for loc, msg in _recovery_problems(config)]
     secrets: dict[str, Secret] = {}
     if resolve_secrets:
         for index, cluster in enumerate(config.clusters):
@@ -326,6 +329,28 @@ def _semantic_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...
                         (*prefix, ti, "expect_status"),
                         ("expect_status/expect_body are only valid on HTTP targets"),
                     )
+
+
+def _recovery_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...], str]]:
+    recovery = config.recovery
+    if recovery is None:
+        return
+    auth = recovery.auth
+    if (auth.bearer_token_file is None) == (auth.basic is None):
+        yield ("recovery", "auth"), "expected exactly one of bearer_token_file or basic"
+    clusters = {c.name: c for c in config.clusters}
+    targets = {t.name for c in config.clusters for t in c.targets}
+    for name, settings in recovery.clusters.items():
+        if name not in clusters:
+            yield ("recovery", "clusters", name), f"no cluster named {name!r} in clusters"
+            continue
+        for key in ("restart_commands", "systemd_units"):
+            for target in getattr(settings, key):
+                if target not in targets:
+                    yield ("recovery", "clusters", name, key, target), f"no target named {target!r}"
+        for target, argv in settings.restart_commands.items():
+            if not argv:
+                yield ("recovery", "clusters", name, "restart_commands", target), "expected a non-empty list"
 
 
 def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:

@@ -21,6 +21,7 @@ SECTION_TITLES = {
     "queues": "Job queues in Redis",
     "sentinel": "Redis Sentinel",
     "postgres": "PostgreSQL",
+    "recovery": "Recovery service (`tierwatch recover`, its own /metrics)",
 }
 
 HEADER = f"""# Metrics reference

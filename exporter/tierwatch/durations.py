@@ -8,6 +8,13 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 
+def parse_duration_or_zero(value: object) -> float:
+    """Like parse_duration, but ``0`` / ``0s`` (off) is allowed."""
+    if value in (0, "0", "0s", "0ms"):
+        return 0.0
+    return parse_duration(value)
+
+
 def parse_duration(value: object) -> float:
     """Return ``value`` in seconds; accepts numbers and strings like ``500ms``, ``5s``, ``1m30s``."""
     if isinstance(value, bool):

@@ -16,7 +16,11 @@ PROBE_CLASSES: dict[str, str] = {
     "postgres": "tierwatch.probes.postgres:PostgresProbe",
 }
 # Modules that declare metrics without being a per-tier probe class.
-EXTRA_METRIC_MODULES: tuple[str, ...] = ("tierwatch.probes.vip", "tierwatch.probes.queues")
+EXTRA_METRIC_MODULES: tuple[str, ...] = (
+    "tierwatch.probes.vip",
+    "tierwatch.probes.queues",
+    "tierwatch.recovery.metrics",
+)
 
 
 def probe_class(tier: str) -> type[Probe]:

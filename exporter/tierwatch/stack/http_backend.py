@@ -1,5 +1,6 @@
 """A tiny HTTP/1.1 backend for tests and the demo: answers /health, and its behaviour can be switched
-at run time through /_control (healthy, slow, hang, error) to play a sick app server.
+at run time through /_control (healthy, slow, hang, error, fail_requests: health checks pass but
+every other request gets a 500) to play a sick app server.
 
 Run as ``python -m tierwatch.stack.http_backend --port P --name N``.
 """
@@ -11,7 +12,7 @@ import asyncio
 import signal
 from urllib.parse import parse_qs, urlsplit
 
-MODES = ("healthy", "slow", "hang", "error")
+MODES = ("healthy", "slow", "hang", "error", "fail_requests")
 
 
 class Backend:
@@ -66,6 +67,8 @@ class Backend:
         if url.path == "/_stats":
             return "200 OK", f"requests={self.requests} connections={self.connections}\n".encode()
         self.requests += 1
+        if self.mode == "fail_requests" and url.path != "/health":
+            return "500 Internal Server Error", b"broken\n"
         if self.mode == "hang":
             await asyncio.Event().wait()
         if self.mode == "slow":

@@ -29,6 +29,8 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
             value = condition()
             if value:
                 return value
+        except (StackError, AssertionError):
+            raise  # the thing waited for died: no point in waiting longer
         except Exception as exc:  # noqa: BLE001 - polled conditions may fail until ready
             last_exc = exc
         if time.monotonic() >= deadline:

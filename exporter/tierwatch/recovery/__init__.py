@@ -1,0 +1,1 @@
+"""The recovery service (``tierwatch recover``): Alertmanager webhooks drive recovery actions, safely."""

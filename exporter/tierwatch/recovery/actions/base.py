@@ -1,0 +1,91 @@
+"""What every recovery action gets and returns.
+
+An action re-checks the live state before it changes anything, says when it passes its point of no
+return (after which a resolved alert no longer cancels it and a restart of the service verifies
+instead of repeating), and verifies its result before reporting success.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ...config import ClusterConfig, LoadedConfig, Secret, TargetConfig
+from ..settings import ClusterRecovery, RecoverySettings
+
+OutcomeStatus = Literal["succeeded", "failed", "refused"]
+
+
+@dataclass(frozen=True)
+class AlertRef:
+    """The alert that asked for the action (labels as Alertmanager sent them; never used in a shell)."""
+
+    alertname: str
+    fingerprint: str
+    starts_at: str
+    labels: dict[str, str]
+
+    @property
+    def target(self) -> str | None:
+        return self.labels.get("target")
+
+    @property
+    def region(self) -> str | None:
+        return self.labels.get("region")
+
+
+@dataclass
+class Outcome:
+    """How an action ended. ``detail`` is for people and must hold no secret."""
+
+    status: OutcomeStatus
+    detail: str
+    failover: bool = False
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ActionContext:
+    """Everything an action may use. ``audit`` records a step of the decision trail;
+    ``point_of_no_return`` must be awaited right before the first irreversible change."""
+
+    loaded: LoadedConfig
+    settings: RecoverySettings
+    cluster: ClusterConfig
+    alert: AlertRef
+    dry_run: bool
+    audit: Callable[..., None]
+    point_of_no_return: Callable[[], Awaitable[None]]
+    resumed: bool = False  # True when re-run after a restart that happened past the point of no return
+
+    @property
+    def cluster_settings(self) -> ClusterRecovery:
+        return self.settings.clusters.get(self.cluster.name, ClusterRecovery())
+
+    @property
+    def password(self) -> Secret | None:
+        return self.loaded.password_for(self.cluster.name)
+
+    def admin_password(self) -> Secret | None:
+        """The cluster's admin password from ``admin_password_file``, else the monitoring password."""
+        path = self.cluster_settings.admin_password_file
+        if path:
+            with open(path, encoding="utf-8") as handle:
+                return Secret(handle.read().rstrip("\r\n"))
+        return self.password
+
+    def target(self, name: str) -> TargetConfig | None:
+        return next((t for t in self.cluster.targets if t.name == name), None)
+
+
+class Action(ABC):
+    """A recovery action; one instance serves every run."""
+
+    name: str
+
+    @abstractmethod
+    async def run(self, ctx: ActionContext) -> Outcome:
+        """Check the live state, act (unless ``ctx.dry_run``), verify; never raise for expected
+        refusals — return Outcome('refused', why)."""

@@ -1,0 +1,69 @@
+"""Service discovery through HAProxy: point a write backend at a cluster's new primary.
+
+The backend's servers are named after the cluster's targets; the new primary's server is set
+``ready`` and every other server ``maint`` on every LB that has a runtime API socket, so writes go to
+the new primary only.
+"""
+
+from __future__ import annotations
+
+from ..config import LoadedConfig
+from ..probes.haproxy import RuntimeApi
+
+
+def lb_sockets(loaded: LoadedConfig) -> list[tuple[str, str]]:
+    """(LB target name, runtime API socket path) of every LB in the config."""
+    return [
+        (t.name, t.stats_socket)
+        for c in loaded.config.clusters
+        if c.tier == "lb"
+        for t in c.targets
+        if t.stats_socket
+    ]
+
+
+async def runtime_command(socket_path: str, line: str) -> str:
+    """Run one runtime API command on an LB and return its output."""
+    api = RuntimeApi(socket_path)
+    try:
+        return await api.command(line)
+    finally:
+        await api.close()
+
+
+async def point_backend_at(
+    loaded: LoadedConfig, backend: str, primary: str, members: list[str]
+) -> dict[str, str]:
+    """Make ``primary`` the only ready server of ``backend`` on every LB. Returns per-LB results
+    ("ok" or a secret-free problem) so the caller can audit and verify them."""
+    results: dict[str, str] = {}
+    for lb, path in lb_sockets(loaded):
+        problems = []
+        for member in members:
+            state = "ready" if member == primary else "maint"
+            try:
+                out = (await runtime_command(path, f"set server {backend}/{member} state {state}")).strip()
+            except OSError as exc:
+                problems.append(f"{type(exc).__name__}")
+                break
+            if out and "No such" in out:
+                problems.append(f"{member}: no such server in {backend}")
+        results[lb] = "; ".join(problems) or "ok"
+    return results
+
+
+async def backend_primary(loaded: LoadedConfig, backend: str) -> dict[str, list[str]]:
+    """Per LB, the servers of ``backend`` not in maintenance (for verification)."""
+    from ..probes.haproxy import parse_show_stat
+
+    found: dict[str, list[str]] = {}
+    for lb, path in lb_sockets(loaded):
+        text = await runtime_command(path, "show stat")
+        found[lb] = [
+            row["svname"]
+            for row in parse_show_stat(text)
+            if row.get("pxname") == backend
+            and row.get("type") == "2"
+            and not row.get("status", "").startswith("MAINT")
+        ]
+    return found

@@ -1,0 +1,343 @@
+"""``tierwatch recover``: receives Alertmanager webhooks, records them durably, and runs the allowed
+recovery action of each firing alert once, under safety limits, with an audit trail of every decision.
+
+Flow: POST /webhook → authenticate → size limit → validate → Inbox.record (SQLite, fsynced) → 200.
+A worker claims pending alerts from the inbox and runs them: allow-list → cluster known → rate limit →
+cooldown → per-cluster lock → action (re-checks live state, point of no return, verifies) → outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import choose_encoder
+
+from ..config import ClusterConfig, LoadedConfig
+from ..events import EventLog
+from ..http_server import Receive, Scope, Send, header, respond, serve_app
+from ..metric_catalog import MetricSpec
+from . import metrics as m
+from .actions import ACTION_CLASSES, ActionContext, AlertRef, load_action
+from .audit import AuditTrail
+from .auth import Authenticator
+from .inbox import Inbox, InboxAlert
+from .settings import RecoverySettings
+from .webhook import PayloadError, parse_payload
+
+
+def _counter(spec: MetricSpec, registry: CollectorRegistry) -> Counter:
+    return Counter(spec.name.removesuffix("_total"), spec.help, list(spec.all_labels), registry=registry)
+
+
+def _gauge(spec: MetricSpec, registry: CollectorRegistry) -> Gauge:
+    return Gauge(spec.name, spec.help, list(spec.all_labels), registry=registry)
+
+
+@dataclass
+class _Running:
+    task: asyncio.Task[None]
+    past_ponr: bool = False
+
+
+@dataclass
+class RecoveryMetrics:
+    """The service's own metrics, named from the catalogue (docs/metrics.md)."""
+
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.actions = _counter(m.ACTIONS_TOTAL, r)
+        self.blocked = _counter(m.BLOCKED_TOTAL, r)
+        self.failovers = _counter(m.FAILOVERS_TOTAL, r)
+        self.last_failover = _gauge(m.LAST_FAILOVER, r)
+        self.notifications = _counter(m.NOTIFICATIONS_TOTAL, r)
+        self.pending = _gauge(m.INBOX_PENDING, r)
+        self.duration = _gauge(m.ACTION_DURATION, r)
+        for result in ("accepted", "duplicate", "resolved", "unauthorized", "invalid", "too_large"):
+            self.notifications.labels(result)
+
+
+class RecoveryService:
+    """The webhook receiver, the durable inbox and the action worker."""
+
+    def __init__(self, loaded: LoadedConfig, settings: RecoverySettings, events: EventLog | None = None):
+        self.loaded = loaded
+        self.settings = settings
+        self.events = events or EventLog(loaded.config.log.format, loaded.config.log.level)
+        state_dir = Path(settings.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.auth = Authenticator.from_settings(settings.auth)
+        self.inbox = Inbox(state_dir / "inbox.sqlite3")
+        self.audit = AuditTrail(state_dir / "audit.jsonl")
+        self.metrics = RecoveryMetrics()
+        self.clusters: dict[str, ClusterConfig] = {c.name: c for c in loaded.config.clusters}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._running: dict[str, _Running] = {}
+        self._wake = asyncio.Event()
+        self.ready = False
+
+    # --- webhook -----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if path in ("/webhook", "/api/v1/alerts") and method == "POST":
+            status, body = await self._webhook(scope, receive)
+            extra = [("www-authenticate", f'{self.auth.scheme} realm="tierwatch"')] if status == 401 else []
+            await respond(send, status, json.dumps(body) + "\n", "application/json", extra)
+        elif path == "/metrics" and method == "GET":
+            self.metrics.pending.set(self.inbox.pending_count())
+            encoder, content_type = choose_encoder(header(scope, "accept") or "")
+            await respond(send, 200, encoder(self.metrics.registry), content_type)
+        elif path == "/health" and method == "GET":
+            await respond(send, 200, "ok\n")
+        elif path == "/ready" and method == "GET":
+            await respond(send, 200 if self.ready else 503, "ready\n" if self.ready else "starting\n")
+        elif path == "/audit" and method == "GET":
+            if not self.auth.check(header(scope, "authorization")):
+                await respond(send, 401, '{"error": "unauthorized"}\n', "application/json")
+                return
+            entries = self.audit.read()[-200:]
+            await respond(send, 200, json.dumps(entries) + "\n", "application/json")
+        elif path in ("/webhook", "/metrics", "/health", "/ready", "/audit"):
+            await respond(send, 405, "method not allowed\n")
+        else:
+            await respond(send, 404, "not found\n")
+
+    async def _webhook(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
+        if not self.auth.check(header(scope, "authorization")):
+            self.metrics.notifications.labels("unauthorized").inc()
+            self.audit.record("notification_rejected", reason="unauthorized")
+            return 401, {"error": "unauthorized"}
+        limit = self.settings.max_body_bytes
+        declared = header(scope, "content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return self._too_large(limit)
+        body = bytearray()
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > limit:
+                return self._too_large(limit)
+            if not message.get("more_body"):
+                break
+        try:
+            payload = parse_payload(bytes(body))
+        except PayloadError as exc:
+            self.metrics.notifications.labels("invalid").inc()
+            self.audit.record("notification_rejected", reason="invalid", detail=str(exc))
+            return exc.status, {"error": str(exc)}
+        deliveries = await asyncio.to_thread(self.inbox.record, payload)
+        sender = header(scope, "user-agent") or "unknown"
+        for delivery in deliveries:
+            self.metrics.notifications.labels(
+                delivery.result if delivery.result != "ignored" else "resolved"
+            ).inc()
+            self.audit.record(
+                f"alert_{delivery.result}",
+                alert=delivery.alertname,
+                key=delivery.key,
+                receiver=payload.receiver,
+                sender=sender[:80],
+            )
+            running = self._running.get(delivery.key)
+            if delivery.cancel_running and running is not None and not running.past_ponr:
+                running.task.cancel()
+        self._wake.set()
+        counts: dict[str, int] = {}
+        for delivery in deliveries:
+            counts[delivery.result] = counts.get(delivery.result, 0) + 1
+        return 200, {"status": "recorded", **counts}
+
+    def _too_large(self, limit: int) -> tuple[int, dict[str, Any]]:
+        self.metrics.notifications.labels("too_large").inc()
+        self.audit.record("notification_rejected", reason="too_large", limit_bytes=limit)
+        return 413, {"error": f"body larger than {limit} bytes"}
+
+    # --- worker ------------------------------------------------------------------------------------
+
+    async def run_worker(self, stop: asyncio.Event) -> None:
+        """Run pending alerts until ``stop``; on stop, cancel actions before their point of no return
+        (they run again after a restart) and let the others finish."""
+        for alert in self.inbox.interrupted():
+            self.audit.record("alert_resumed", alert=alert.alertname, key=alert.key)
+            self._start(alert, resumed=True)
+        self.ready = True
+        while not stop.is_set():
+            alert = self.inbox.claim_next()
+            if alert is not None:
+                self._start(alert, resumed=False)
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.5)
+        for running in list(self._running.values()):
+            if not running.past_ponr:
+                running.task.cancel()
+        if self._running:
+            await asyncio.wait([r.task for r in self._running.values()], timeout=self.settings.action_timeout)
+
+    def _start(self, alert: InboxAlert, resumed: bool) -> None:
+        task = asyncio.create_task(self._run_alert(alert, resumed))
+        self._running[alert.key] = _Running(task, past_ponr=resumed)
+        task.add_done_callback(lambda _t, key=alert.key: self._running.pop(key, None))
+
+    async def _run_alert(self, alert: InboxAlert, resumed: bool) -> None:
+        labels = alert.labels
+        cluster_name = labels.get("cluster", "")
+        cluster = self.clusters.get(cluster_name)
+        action_name = self.settings.allow.get(alert.alertname)
+        tier = labels.get("tier") or (cluster.tier if cluster else "")
+        base = {
+            "alert": alert.alertname,
+            "key": alert.key,
+            "cluster": cluster_name,
+            "target": labels.get("target"),
+        }
+
+        def finish(outcome: str, detail: str, action: str | None = action_name) -> None:
+            self.inbox.finish(alert.key, outcome, detail)
+            self.audit.record("outcome", **base, action=action, outcome=outcome, detail=detail)
+            if action is not None and cluster is not None:
+                self.metrics.actions.labels(tier, cluster_name, action, outcome).inc()
+
+        if action_name is None or labels.get("action", action_name) != action_name:
+            self._blocked(tier, cluster_name, labels.get("action", "none"), "not_allowed", base)
+            self.inbox.finish(alert.key, "refused", "alert not in the allow-list for this action")
+            return
+        if cluster is None:
+            finish("refused", "alert names no configured cluster")
+            return
+        if not resumed:
+            now = time.time()
+            if (
+                self.inbox.runs_since(cluster_name, now - self.settings.rate_limit.per)
+                >= self.settings.rate_limit.max_actions
+            ):
+                self._blocked(tier, cluster_name, action_name, "rate_limit", base)
+                self.inbox.finish(alert.key, "refused", "rate limit reached")
+                return
+            last = self.inbox.last_run(cluster_name, action_name)
+            if last is not None and now - last < self.settings.cooldown:
+                self._blocked(tier, cluster_name, action_name, "cooldown", base)
+                self.inbox.finish(alert.key, "refused", "in cooldown after the previous run")
+                return
+        lock = self._locks.setdefault(cluster_name, asyncio.Lock())
+        if lock.locked():
+            self.audit.record("waiting_for_cluster_lock", **base, action=action_name)
+        started = time.monotonic()
+        try:
+            async with lock:
+                if not resumed:
+                    self.inbox.record_run(cluster_name, action_name)
+                self.audit.record(
+                    "action_started",
+                    **base,
+                    action=action_name,
+                    resumed=resumed,
+                    dry_run=self.settings.dry_run,
+                )
+                ctx = self._context(alert, cluster, resumed, base, action_name)
+                async with asyncio.timeout(self.settings.action_timeout):
+                    outcome = await load_action(action_name).run(ctx)
+        except asyncio.CancelledError:
+            finish("cancelled", "alert resolved before the point of no return")
+            return
+        except TimeoutError:
+            finish("timed_out", f"no result within {self.settings.action_timeout:g}s")
+            return
+        except Exception as exc:  # noqa: BLE001 - an action bug must be recorded, not crash the worker
+            finish("failed", f"action raised {type(exc).__name__}")
+            self.events.emit(
+                "action_crashed", "error", action=action_name, error=type(exc).__name__, where=_where(exc)
+            )
+            return
+        finally:
+            self.metrics.duration.labels(tier, cluster_name, action_name).set(time.monotonic() - started)
+        result = "dry_run" if self.settings.dry_run and outcome.status == "succeeded" else outcome.status
+        finish(result, outcome.detail)
+        if outcome.facts:
+            self.audit.record("facts", **{**base, "action": action_name, **outcome.facts})
+        if outcome.failover and result == "succeeded":
+            self.metrics.failovers.labels(tier, cluster_name, action_name).inc()
+            self.metrics.last_failover.labels(tier, cluster_name).set(time.time())
+            self.events.emit("failover", cluster=cluster_name, action=action_name, detail=outcome.detail)
+
+    def _context(
+        self, alert: InboxAlert, cluster: ClusterConfig, resumed: bool, base: dict[str, Any], action: str
+    ) -> ActionContext:
+        async def point_of_no_return() -> None:
+            running = self._running.get(alert.key)
+            if running is not None:
+                running.past_ponr = True
+            self.inbox.mark_point_of_no_return(alert.key)
+            self.audit.record("point_of_no_return", **base, action=action)
+
+        def audit(event: str, **fields: Any) -> None:
+            self.audit.record(event, **{**base, "action": action, **fields})
+
+        ref = AlertRef(alert.alertname, alert.fingerprint, alert.starts_at, dict(alert.labels))
+        return ActionContext(
+            self.loaded,
+            self.settings,
+            cluster,
+            ref,
+            self.settings.dry_run,
+            audit,
+            point_of_no_return,
+            resumed,
+        )
+
+    def _blocked(self, tier: str, cluster: str, action: str, limit: str, base: dict[str, Any]) -> None:
+        self.audit.record("blocked", **base, action=action, limit=limit)
+        self.metrics.blocked.labels(tier, cluster, action, limit).inc()
+
+    def close(self) -> None:
+        self.inbox.close()
+        self.audit.close()
+
+
+def _where(exc: BaseException) -> str:
+    """file:line of the innermost frame of an exception (no message: it could hold a secret)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else "?"
+
+
+async def run_recovery(loaded: LoadedConfig, listen: str | None = None, dry_run: bool | None = None) -> None:
+    """Serve the recovery service until SIGTERM/SIGINT."""
+    settings = loaded.config.recovery
+    if settings is None:
+        raise ValueError(f"{loaded.path}: no recovery: section")
+    if dry_run:
+        settings = settings.model_copy(update={"dry_run": True})
+    unknown = sorted(set(settings.allow.values()) - set(ACTION_CLASSES))
+    if unknown:
+        raise ValueError(f"unknown actions {unknown}")
+    service = RecoveryService(loaded, settings)
+    stop = asyncio.Event()
+    address = listen or settings.listen
+    config: dict[str, Any] = {}
+    if settings.tls is not None:
+        config = {"ssl_certfile": settings.tls.cert_file, "ssl_keyfile": settings.tls.key_file}
+    service.events.emit(
+        "recovery_started", listen=address, dry_run=settings.dry_run, state_dir=settings.state_dir
+    )
+    worker = asyncio.create_task(service.run_worker(stop))
+    try:
+        await serve_app(service, address, stop, **config)
+    finally:
+        stop.set()
+        await worker
+        service.close()
+        service.events.emit("recovery_stopped")

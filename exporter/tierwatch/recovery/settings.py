@@ -1,0 +1,83 @@
+"""The ``recovery:`` section of the tierwatch config: how the recovery service listens, authenticates,
+which alert may run which action, its safety limits, and per-cluster action settings."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from ..durations import parse_duration, parse_duration_or_zero
+
+ActionName = Literal[
+    "redis_failover", "pg_promote", "restart_instance", "shift_traffic", "regional_failover", "cache_warmup"
+]
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+DurationOrZero = Annotated[float, BeforeValidator(parse_duration_or_zero)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BasicAuth(_Strict):
+    username: Annotated[str, Field(min_length=1)]
+    password_file: str
+
+
+class AuthSettings(_Strict):
+    """Exactly one of a bearer token file or basic auth; requests without it get 401."""
+
+    bearer_token_file: str | None = None
+    basic: BasicAuth | None = None
+
+
+class TlsSettings(_Strict):
+    cert_file: str
+    key_file: str
+
+
+class RateLimit(_Strict):
+    max_actions: Annotated[int, Field(ge=1)] = 3
+    per: Duration = 3600.0
+
+
+class ClusterRecovery(_Strict):
+    """Per-cluster settings of the actions (only the keys an action uses are read)."""
+
+    # service discovery: an HAProxy backend whose servers are named after this cluster's targets;
+    # after a failover the new primary's server is set ready and the others maint, on every LB
+    write_backend: str | None = None
+    # Redis/PostgreSQL: a separate admin credential for promotion and re-pointing replicas
+    admin_user: str | None = None
+    admin_password_file: str | None = None
+    # PostgreSQL: the most WAL a promotion candidate may miss (bytes of replay behind the best)
+    max_lag_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
+    # Redis with Sentinel: how long to wait for Sentinel to finish its own failover
+    sentinel_wait: Duration = 30.0
+    # restart_instance: an argument list per target (no shell), or a systemd unit per target
+    restart_commands: dict[str, list[str]] = {}
+    systemd_units: dict[str, str] = {}
+    # traffic: the HAProxy backend of the app servers, weight steps and the error budget per step
+    app_backend: str = "be_app"
+    weight_steps: list[Annotated[int, Field(ge=0, le=256)]] = [75, 50, 25, 0]
+    step_interval: DurationOrZero = 2.0
+    max_error_ratio: Annotated[float, Field(ge=0, le=1)] = 0.05
+    # cache warm-up: URLs to GET, with bounded concurrency
+    warmup_urls: list[str] = []
+    warmup_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+
+
+class RecoverySettings(_Strict):
+    listen: str = "127.0.0.1:9490"
+    state_dir: str = "/var/lib/tierwatch"
+    dry_run: bool = False
+    auth: AuthSettings = AuthSettings()
+    tls: TlsSettings | None = None
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    action_timeout: Duration = 60.0
+    rate_limit: RateLimit = RateLimit()
+    cooldown: DurationOrZero = 600.0
+    allow: dict[str, ActionName] = {}
+    clusters: dict[str, ClusterRecovery] = {}
