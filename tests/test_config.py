@@ -262,3 +262,28 @@ def test_check_config_cli(write_config: Callable[..., Path]) -> None:
 def test_help(command: str) -> None:
     result = run_cli(command, "--help")
     assert result.returncode == 0 and "usage: tierwatch" in result.stdout
+
+
+def test_recovery_example_is_valid() -> None:
+    loaded = load_config(EXAMPLE.with_name("recovery.yml"), resolve_secrets=False)
+    recovery = loaded.config.recovery
+    assert recovery is not None and recovery.allow["RedisMasterDown"] == "redis_failover"
+    assert recovery.clusters["web"].systemd_units["es-1"] == "app@1.service"
+
+
+def test_recovery_section_problems(write_config: Callable[..., Path]) -> None:
+    data = base(
+        recovery={
+            "auth": {},
+            "allow": {"AppInstanceDown": "reboot_everything"},
+            "clusters": {"nope": {}, "web": {"restart_commands": {"es-9": ["true"], "es-1": []}}},
+        }
+    )
+    joined = "\n".join(problems_of(write_config, data))
+    assert "recovery.allow.AppInstanceDown: expected one of 'redis_failover'" in joined
+    data["recovery"]["allow"] = {"AppInstanceDown": "restart_instance"}
+    joined = "\n".join(problems_of(write_config, data))
+    assert "recovery.auth: expected exactly one of bearer_token_file or basic" in joined
+    assert "recovery.clusters.nope: no cluster named 'nope' in clusters" in joined
+    assert "recovery.clusters.web.restart_commands.es-9: no target named 'es-9'" in joined
+    assert "recovery.clusters.web.restart_commands.es-1: expected a non-empty list" in joined

@@ -59,6 +59,12 @@ def _recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    return run(args.listen, sentinel=args.sentinel)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -92,6 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recover.add_argument("--dry-run", action="store_true", help="decide and audit, but change nothing")
     recover.set_defaults(func=_recover)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the local demo stack",
+        description="Start the architecture on 127.0.0.1 (HAProxy pair with a VIP, four app servers in two "
+        "regions, Redis master/replicas with a backup pair, PostgreSQL primary/replicas/DR replica) and the "
+        "exporter watching it. Ctrl-C stops everything and removes its data.",
+    )
+    demo.add_argument("--listen", default="127.0.0.1:9489", metavar="HOST:PORT", help="exporter address")
+    demo.add_argument(
+        "--sentinel", action="store_true", help="also run 3 Redis Sentinels in charge of failover"
+    )
+    demo.set_defaults(func=_demo)
 
     check = sub.add_parser(
         "check-config",

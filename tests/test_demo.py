@@ -1,0 +1,80 @@
+"""`tierwatch demo` starts the whole stack, the exporter sees every target up, and Ctrl-C leaves no
+process or data directory behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tierwatch.stack import free_port, wait_for
+
+from helpers import metric_value
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.parametrize("sentinel", [False, True])
+def test_demo_runs_everything_and_cleans_up(sentinel: bool) -> None:
+    port = free_port()
+    argv = [sys.executable, "-m", "tierwatch", "demo", "--listen", f"127.0.0.1:{port}"]
+    proc = subprocess.Popen(
+        argv + (["--sentinel"] if sentinel else []),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    try:
+        config = wait_for(
+            lambda: next(
+                (m.group(1) for line in list(lines) if (m := re.match(r"Config\s+(\S+)", line))), None
+            ),
+            120,
+            "demo config",
+        )
+        stack_dir = str(Path(config).parent)
+        base = f"http://127.0.0.1:{port}"
+        expected = 4 + 2 + 5 + 4 + (3 if sentinel else 0)
+
+        def all_up() -> str | None:
+            text = httpx.get(base + "/metrics", timeout=5).text
+            ups = [line for line in text.splitlines() if line.startswith("tierwatch_up{")]
+            return text if len(ups) == expected and all(line.endswith(" 1.0") for line in ups) else None
+
+        text = wait_for(all_up, 60, "every demo target up")
+        assert metric_value(text, "tierwatch_role", target="redis-a", role="primary") == 1
+        assert metric_value(text, "tierwatch_role", target="pg-dr", role="replica") == 1
+        assert metric_value(text, "tierwatch_role", target="lb-1", role="active") == 1
+        page = httpx.get(base + "/").text
+        assert "VIP served by lb-1" in page
+        assert processes_mentioning(stack_dir)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+        reader.join(5)
+    assert proc.returncode == 0, "".join(lines)
+    assert "stopped; every process and data directory removed" in "".join(lines)
+    assert not Path(stack_dir).exists()
+    assert not processes_mentioning(stack_dir)
