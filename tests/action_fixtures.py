@@ -1,0 +1,183 @@
+"""Helpers for the recovery action tests: an ActionContext that records its audit trail, a tcp-mode
+HAProxy write backend whose servers are named after the targets, and PostgreSQL clusters with an
+admin role for promotion (imported explicitly: ``from action_fixtures import ...``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql as pgsql
+
+from tierwatch.config import LoadedConfig
+from tierwatch.recovery.actions.base import ActionContext, AlertRef
+from tierwatch.recovery.settings import ClusterRecovery, RecoverySettings
+from tierwatch.stack import Stack
+from tierwatch.stack.haproxy import HAProxy
+from tierwatch.stack.ports import free_port, port_open
+from tierwatch.stack.postgres import PgServer, start_primary, start_replica
+from tierwatch.stack.process import wait_for
+
+
+@dataclass
+class Recorder:
+    """Collects what an action audits and whether it passed its point of no return."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    point_of_no_return_calls: int = 0
+
+    def audit(self, event: str, **fields: Any) -> None:
+        self.events.append({"event": event, **fields, "at": time.monotonic()})
+
+    async def point_of_no_return(self) -> None:
+        self.point_of_no_return_calls += 1
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == event]
+
+    def text(self) -> str:
+        return repr(self.events)
+
+
+def make_context(
+    loaded: LoadedConfig,
+    cluster: str,
+    labels: dict[str, str],
+    *,
+    settings: ClusterRecovery | None = None,
+    dry_run: bool = False,
+    resumed: bool = False,
+) -> tuple[ActionContext, Recorder]:
+    """An ActionContext for ``cluster`` as if ``labels`` had come in an alert."""
+    recorder = Recorder()
+    recovery = RecoverySettings(clusters={cluster: settings or ClusterRecovery()})
+    config = next(c for c in loaded.config.clusters if c.name == cluster)
+    alert = AlertRef(
+        alertname=labels.get("alertname", "TestAlert"),
+        fingerprint="0123456789abcdef",
+        starts_at="2024-01-01T00:00:00Z",
+        labels=labels,
+    )
+    ctx = ActionContext(
+        loaded=loaded,
+        settings=recovery,
+        cluster=config,
+        alert=alert,
+        dry_run=dry_run,
+        audit=recorder.audit,
+        point_of_no_return=recorder.point_of_no_return,
+        resumed=resumed,
+    )
+    return ctx, recorder
+
+
+def render_tcp_backend(
+    stats_socket: Path, port: int, backend: str, servers: Sequence[tuple[str, int]]
+) -> str:
+    """An HAProxy config with one tcp-mode frontend and a backend of unchecked servers named
+    after targets (the write backend the recovery actions move)."""
+    lines = [
+        "global",
+        f"  stats socket {stats_socket} mode 600 level admin",
+        "defaults",
+        "  mode tcp",
+        "  timeout connect 1s",
+        "  timeout client 30s",
+        "  timeout server 30s",
+        "frontend fe_write",
+        f"  bind 127.0.0.1:{port}",
+        f"  default_backend {backend}",
+        f"backend {backend}",
+    ]
+    lines += [f"  server {name} 127.0.0.1:{sport}" for name, sport in servers]
+    return "\n".join(lines) + "\n"
+
+
+def start_tcp_lb(stack: Stack, name: str, backend: str, servers: Sequence[tuple[str, int]]) -> HAProxy:
+    """Start HAProxy with a tcp write backend; ready when its frontend and socket answer."""
+    port = free_port()
+    directory = stack.directory("haproxy", name)
+    sock = directory / "admin.sock"
+    cfg = directory / "haproxy.cfg"
+    cfg.write_text(render_tcp_backend(sock, port, backend, servers))
+    proc = stack.spawn(name, ["haproxy", "-db", "-f", str(cfg)])
+    wait_for(lambda: proc.check_alive() or (port_open(port) and sock.exists()), 10, f"haproxy {name}")
+    return HAProxy(name, port, sock, cfg, proc)
+
+
+def lb_cluster(lb: HAProxy) -> dict[str, Any]:
+    """The config entry of an LB cluster holding ``lb`` (so discovery finds its runtime socket)."""
+    target = {"name": lb.name, "region": "primary", "url": lb.url, "stats_socket": str(lb.stats_socket)}
+    return {"name": f"{lb.name}-pair", "tier": "lb", "targets": [target]}
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+ADMIN_ROLE = "tierwatch_admin"
+
+
+@dataclass
+class PgActionCluster:
+    """A primary, its replicas, the admin role's password file and the monitor password file."""
+
+    stack: Stack
+    servers: dict[str, PgServer]
+    admin_password_file: Path
+    monitor_password_file: Path
+
+    def region(self, name: str) -> str:
+        return "dr" if name.endswith("dr") else "main"
+
+    def cluster_entry(self, name: str = "main-db") -> dict[str, Any]:
+        targets = [
+            {"name": n, "region": self.region(n), "url": s.dsn_without_password}
+            for n, s in self.servers.items()
+        ]
+        return {
+            "name": name,
+            "tier": "postgres",
+            "targets": targets,
+            "password_file": str(self.monitor_password_file),
+        }
+
+
+def start_pg_cluster(stack: Stack, replicas: Sequence[str]) -> PgActionCluster:
+    """A primary ``pg-1`` and streaming ``replicas``, plus ``tierwatch_admin``: a SCRAM login over TCP
+    allowed only what promotion needs (pg_promote, ALTER SYSTEM of primary_conninfo, reload, a check
+    table). The replication passfile also gets an entry for every port, so re-pointed replicas can
+    log in to whichever server becomes the primary."""
+    primary = start_primary(stack, "pg-1")
+    admin_password = os.urandom(12).hex()
+    hba = primary.data_dir / "pg_hba.conf"
+    hba.write_text(hba.read_text() + f"host    all          {ADMIN_ROLE}   127.0.0.1/32  scram-sha-256\n")
+    statements = [
+        pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE pg_monitor").format(
+            pgsql.Identifier(ADMIN_ROLE), pgsql.Literal(admin_password)
+        ),
+        f"GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO {ADMIN_ROLE}",
+        f"GRANT EXECUTE ON FUNCTION pg_reload_conf() TO {ADMIN_ROLE}",
+        f"GRANT ALTER SYSTEM ON PARAMETER primary_conninfo TO {ADMIN_ROLE}",
+        f"GRANT CREATE ON SCHEMA public TO {ADMIN_ROLE}",
+        "SELECT pg_reload_conf()",
+    ]
+    for statement in statements:
+        primary.sql(statement)
+    passfile = stack.root / "pg" / "replication.pgpass"
+    first = passfile.read_text().splitlines()[0]
+    host, _port, rest = first.split(":", 2)
+    with open(passfile, "a") as out:
+        out.write(f"{host}:*:{rest}\n")
+    servers = {"pg-1": primary}
+    for name in replicas:
+        servers[name] = start_replica(stack, primary, name)
+    admin_file = stack.path("secrets", "pg-admin")
+    admin_file.write_text(admin_password + "\n")
+    monitor_file = stack.path("secrets", "pg-monitor")
+    monitor_file.write_text(primary.monitor_password + "\n")
+    for secret in (admin_file, monitor_file):
+        secret.chmod(0o600)
+    return PgActionCluster(stack, servers, admin_file, monitor_file)

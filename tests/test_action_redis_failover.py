@@ -1,0 +1,305 @@
+"""RedisFailover against real servers: a master with two replicas (ACL user + password), killed with
+SIGKILL; an HAProxy write backend; three Sentinels where Sentinel is in charge."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tierwatch.config import LoadedConfig
+from tierwatch.recovery.actions.base import Outcome
+from tierwatch.recovery.actions.redis_failover import CHECK_KEY, RedisFailover
+from tierwatch.recovery.settings import ClusterRecovery
+from tierwatch.stack import Stack, wait_for
+from tierwatch.stack.haproxy import HAProxy
+from tierwatch.stack.redis import RedisServer, start_redis, start_sentinels
+
+from action_fixtures import Recorder, lb_cluster, make_context, start_tcp_lb
+
+USER = "tw"
+PASSWORD = "redis-test-secret-7f3a"
+CLUSTER = "cache-main"
+BACKEND = "be_redis_write"
+ALERT = {"alertname": "RedisMasterDown", "target": "redis-1"}
+
+
+def start_trio(stack: Stack) -> list[RedisServer]:
+    """redis-1 (master) with replicas redis-2 and redis-3, all behind an ACL user with a password."""
+    master = start_redis(stack, "redis-1", password=PASSWORD, username=USER)
+    replicas = [
+        start_redis(stack, name, replica_of=master, password=PASSWORD, username=USER)
+        for name in ("redis-2", "redis-3")
+    ]
+    return [master, *replicas]
+
+
+def load(
+    make_config: Callable[..., LoadedConfig],
+    tmp_path: Path,
+    servers: list[RedisServer],
+    *,
+    lb: HAProxy | None = None,
+    sentinels: Sequence[RedisServer] = (),
+) -> LoadedConfig:
+    secret = tmp_path / "redis.pass"
+    secret.write_text(PASSWORD + "\n")
+    cluster: dict[str, Any] = {
+        "name": CLUSTER,
+        "tier": "redis",
+        "password_file": str(secret),
+        "targets": [{"name": s.name, "region": "main", "url": s.url} for s in servers],
+    }
+    if sentinels:
+        cluster["sentinel"] = {
+            "master_name": "mymaster",
+            "targets": [{"name": s.name, "region": "main", "url": s.url} for s in sentinels],
+        }
+    return make_config([cluster] + ([lb_cluster(lb)] if lb else []))
+
+
+def replication(server: RedisServer) -> dict[str, Any]:
+    return server.info("replication")
+
+
+def fill(server: RedisServer, megabytes: int) -> None:
+    """Write about ``megabytes`` MB to ``server`` in 100 kB values."""
+    client = server.client()
+    pipe = client.pipeline(transaction=False)
+    blob = "x" * 100_000
+    for i in range(megabytes * 10):
+        pipe.set(f"fill:{i}", blob)
+    pipe.execute()
+    client.close()
+
+
+def caught_up(master: RedisServer, replica: RedisServer) -> None:
+    target = replication(master)["master_repl_offset"]
+    wait_for(lambda: replication(replica)["slave_repl_offset"] >= target, 15, f"{replica.name} to catch up")
+
+
+def lag_then_kill(servers: list[RedisServer], lagging: RedisServer) -> float:
+    """Freeze ``lagging``, write ~20 MB (more than socket buffers hold), wait until the other replica
+    has it all, SIGKILL the master, unfreeze ``lagging``. Returns the monotonic time of the kill."""
+    master = servers[0]
+    fresh = next(s for s in servers[1:] if s is not lagging)
+    lagging.process.pause()
+    fill(master, 20)
+    caught_up(master, fresh)
+    killed_at = time.monotonic()
+    master.process.kill()
+    lagging.process.resume()
+    wait_for(lambda: replication(lagging)["master_link_status"] == "down", 10, "the frozen replica to notice")
+    behind = replication(lagging)["slave_repl_offset"]
+    assert behind < replication(fresh)["slave_repl_offset"], "the frozen replica should lag"
+    return killed_at
+
+
+def run(ctx: Any) -> Outcome:
+    return asyncio.run(RedisFailover().run(ctx))
+
+
+def events(recorder: Recorder) -> list[str]:
+    return [e["event"] for e in recorder.events]
+
+
+def assert_follows(replica: RedisServer, master: RedisServer) -> None:
+    info = replication(replica)
+    assert info["role"] == "slave" and info["master_port"] == master.port
+    assert info["master_link_status"] == "up"
+
+
+def test_failover_promotes_the_most_up_to_date_replica_and_moves_the_backend(
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    servers = start_trio(stack)
+    _master, fresh, lagging = servers
+    lb = start_tcp_lb(stack, "lb-1", BACKEND, [(s.name, s.port) for s in servers])
+    loaded = load(make_config, tmp_path, servers, lb=lb)
+    killed_at = lag_then_kill(servers, lagging)
+
+    ctx, recorder = make_context(loaded, CLUSTER, ALERT, settings=ClusterRecovery(write_backend=BACKEND))
+    outcome = run(ctx)
+    writable = time.monotonic() - killed_at
+
+    assert outcome.status == "succeeded", (outcome, recorder.text())
+    assert outcome.failover
+    assert outcome.facts["new_primary"] == "redis-2" and outcome.facts["old_primary"] == "redis-1"
+    assert outcome.facts["old_primary_fencing"] == "required"
+    assert recorder.point_of_no_return_calls == 1
+    assert replication(fresh)["role"] == "master"
+    assert_follows(lagging, fresh)
+    assert fresh.client().get(CHECK_KEY) is not None  # the action's own write check
+    # writes through the LB's write backend land on the new master
+    via_lb = redis.Redis(port=lb.port, username=USER, password=PASSWORD, decode_responses=True)
+    assert (
+        via_lb.set("after-failover", "1")
+        and via_lb.execute_command("INFO", "server")["tcp_port"] == fresh.port
+    )
+    via_lb.close()
+    order = events(recorder)
+    assert order.index("master_checked") < order.index("chosen") < order.index("promoted")
+    assert order.index("promoted") < order.index("repointed") < order.index("verified")
+    assert PASSWORD not in recorder.text() and PASSWORD not in repr(outcome)
+    write_at = recorder.named("write_checked")[0]["at"]
+    print(
+        f"\n[redis] kill -> new master accepting writes: {write_at - killed_at:.3f}s "
+        f"(REPLICAOF NO ONE -> write {outcome.facts['writable_after_s']:.3f}s); "
+        f"whole action incl. verify {writable:.3f}s"
+    )
+
+
+def test_priority_zero_replica_is_never_promoted(
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    servers = start_trio(stack)
+    _master, fresh, lagging = servers
+    fresh.client().config_set("replica-priority", 0)
+    loaded = load(make_config, tmp_path, servers)
+    lag_then_kill(servers, lagging)
+
+    ctx, recorder = make_context(loaded, CLUSTER, ALERT)
+    outcome = run(ctx)
+
+    assert outcome.status == "succeeded", (outcome, recorder.text())
+    assert outcome.facts["new_primary"] == "redis-3"
+    skipped = next(e for e in recorder.named("candidate") if e["target"] == "redis-2")
+    assert skipped["eligible"] == "replica-priority 0"
+    assert replication(lagging)["role"] == "master"
+    assert_follows(fresh, lagging)
+    assert lagging.client().set("k", "v")
+
+
+def test_refuses_while_the_master_answers(
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    servers = start_trio(stack)
+    lb = start_tcp_lb(stack, "lb-1", BACKEND, [(s.name, s.port) for s in servers])
+    loaded = load(make_config, tmp_path, servers, lb=lb)
+    before = lb.command(f"show servers state {BACKEND}")
+
+    for labels in (ALERT, {"alertname": "RedisMasterDown"}):  # with and without a target label
+        ctx, recorder = make_context(loaded, CLUSTER, labels, settings=ClusterRecovery(write_backend=BACKEND))
+        outcome = run(ctx)
+        assert outcome.status == "refused" and outcome.detail == "master redis-1 still answers"
+        assert recorder.named("refused")[0]["reason"].startswith("master redis-1 still answers")
+        assert recorder.point_of_no_return_calls == 0
+        assert "promoted" not in events(recorder)
+
+    assert replication(servers[0])["role"] == "master"
+    for replica in servers[1:]:
+        assert_follows(replica, servers[0])
+    assert lb.command(f"show servers state {BACKEND}") == before
+
+
+def test_dry_run_chooses_but_changes_nothing(
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    servers = start_trio(stack)
+    master, fresh, lagging = servers
+    loaded = load(make_config, tmp_path, servers)
+    lag_then_kill(servers, lagging)
+
+    ctx, recorder = make_context(loaded, CLUSTER, ALERT, dry_run=True)
+    outcome = run(ctx)
+
+    assert outcome == Outcome(
+        "succeeded", "dry run: would promote redis-2", facts={"would_promote": "redis-2"}
+    )
+    assert recorder.named("would_promote")[0]["target"] == "redis-2"
+    assert recorder.point_of_no_return_calls == 0
+    for replica in (fresh, lagging):
+        info = replication(replica)
+        assert info["role"] == "slave" and info["master_port"] == master.port
+
+
+def test_resumed_run_does_not_promote_again_but_finishes_the_job(
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    servers = start_trio(stack)
+    master, fresh, other = servers
+    lb = start_tcp_lb(stack, "lb-1", BACKEND, [(s.name, s.port) for s in servers])
+    loaded = load(make_config, tmp_path, servers, lb=lb)
+    master.process.kill()
+    fresh.client().execute_command("REPLICAOF", "NO", "ONE")  # the crash came right after promoting
+
+    ctx, recorder = make_context(
+        loaded, CLUSTER, ALERT, settings=ClusterRecovery(write_backend=BACKEND), resumed=True
+    )
+    outcome = run(ctx)
+
+    assert outcome.status == "succeeded", (outcome, recorder.text())
+    assert outcome.facts["new_primary"] == "redis-2" and outcome.facts["resumed"] is True
+    assert "promoted" not in events(recorder)
+    assert [e["target"] for e in recorder.named("repointed")] == ["redis-3"]
+    assert_follows(other, fresh)
+
+
+def test_resumed_run_with_two_masters_fails_without_touching_them(
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    servers = start_trio(stack)
+    loaded = load(make_config, tmp_path, servers)
+    servers[1].client().execute_command("REPLICAOF", "NO", "ONE")
+    ctx, recorder = make_context(loaded, CLUSTER, ALERT, resumed=True)
+    outcome = run(ctx)
+    assert outcome.status == "failed" and "2 masters" in outcome.detail
+    assert recorder.named("resume_failed") and recorder.point_of_no_return_calls == 0
+    assert replication(servers[2])["master_port"] == servers[0].port
+
+
+def test_sentinel_in_charge_the_action_waits_and_never_issues_replicaof(
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    servers = start_trio(stack)
+    master = servers[0]
+    sentinels = start_sentinels(stack, master, down_after_ms=1000, failover_timeout_ms=5000)
+    lb = start_tcp_lb(stack, "lb-1", BACKEND, [(s.name, s.port) for s in servers])
+    loaded = load(make_config, tmp_path, servers, lb=lb, sentinels=sentinels)
+    killed_at = time.monotonic()
+    master.process.kill()
+
+    settings = ClusterRecovery(write_backend=BACKEND, sentinel_wait=30)
+    ctx, recorder = make_context(loaded, CLUSTER, ALERT, settings=settings)
+    outcome = run(ctx)
+    elapsed = time.monotonic() - killed_at
+
+    assert outcome.status == "succeeded", (outcome, recorder.text())
+    assert outcome.facts["via"] == "sentinel"
+    new_name = outcome.facts["new_primary"]
+    assert new_name in ("redis-2", "redis-3")
+    new = next(s for s in servers if s.name == new_name)
+    other = next(s for s in servers[1:] if s is not new)
+    assert replication(new)["role"] == "master"
+    assert_follows(other, new)
+    assert recorder.named("waiting_for_sentinel") and recorder.named("sentinel_elected")
+    assert not {"chosen", "promoted", "repointed"} & set(events(recorder))
+    for server in servers[1:]:  # Sentinel sends SLAVEOF; the action would have sent REPLICAOF
+        stats = server.client().info("commandstats")
+        assert "cmdstat_replicaof" not in stats, stats.keys()
+    waited = recorder.named("sentinel_elected")[0]["waited_s"]
+    assert waited > 0.5  # it had to wait: Sentinel only acts after down-after-milliseconds
+    write_at = recorder.named("write_checked")[0]["at"]
+    print(
+        f"\n[redis+sentinel] kill -> elected master accepting writes: {write_at - killed_at:.3f}s "
+        f"(action waited {waited:.3f}s for Sentinel); whole action incl. verify {elapsed:.3f}s"
+    )
+
+
+def test_sentinel_that_does_not_elect_in_time_fails(
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    servers = start_trio(stack)
+    sentinels = start_sentinels(stack, servers[0], down_after_ms=60000)
+    loaded = load(make_config, tmp_path, servers, sentinels=sentinels)
+    servers[0].process.kill()
+    ctx, recorder = make_context(loaded, CLUSTER, ALERT, settings=ClusterRecovery(sentinel_wait=1.5))
+    outcome = run(ctx)
+    assert outcome.status == "failed" and "Sentinel elected no new master within 1.5s" in outcome.detail
+    assert recorder.point_of_no_return_calls == 0
+    for replica in servers[1:]:
+        assert replication(replica)["role"] == "slave"
