@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from . import __version__
-from .config import ConfigError, load_config
+from .config import ConfigError, LoadedConfig, load_config
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -25,38 +26,34 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from .server import run_exporter
-
+def _run_service(command: str, config: str, main: Callable[[LoadedConfig], Coroutine[Any, Any, None]]) -> int:
+    """Load ``config`` (listing every problem on failure), then run ``main`` until it returns."""
     try:
-        loaded = load_config(args.config)
+        loaded = load_config(config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
     try:
-        asyncio.run(run_exporter(loaded, args.listen))
+        asyncio.run(main(loaded))
     except (OSError, ValueError) as exc:
-        print(f"tierwatch serve: {exc}", file=sys.stderr)
+        print(f"tierwatch {command}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import run_exporter
+
+    return _run_service("serve", args.config, lambda loaded: run_exporter(loaded, args.listen))
 
 
 def _recover(args: argparse.Namespace) -> int:
     from .recovery.service import run_recovery
 
-    try:
-        loaded = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 1
-    try:
-        asyncio.run(run_recovery(loaded, args.listen, dry_run=args.dry_run or None))
-    except (OSError, ValueError) as exc:
-        print(f"tierwatch recover: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return _run_service(
+        "recover", args.config, lambda loaded: run_recovery(loaded, args.listen, dry_run=args.dry_run or None)
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:

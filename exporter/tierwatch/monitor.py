@@ -89,6 +89,7 @@ class Monitor:
         self._wall = wall_clock
         self.rounds = 0
         self.overruns = 0
+        self.version = 0  # bumped whenever any state a reader can see changes
         self.last_round_duration: float | None = None
         self.first_round_done = asyncio.Event()
         self._targets: list[_Target] = []
@@ -128,6 +129,7 @@ class Monitor:
         self._apply_vip_roles()
         self.last_round_duration = self._clock() - started
         self.rounds += 1
+        self.version += 1
         self.first_round_done.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -153,6 +155,12 @@ class Monitor:
         await asyncio.gather(*(p.close() for p in probes), return_exceptions=True)
 
     async def _probe(self, target: _Target) -> None:
+        try:
+            await self._probe_and_record(target)
+        finally:
+            self.version += 1
+
+    async def _probe_and_record(self, target: _Target) -> None:
         state = target.state
         if not state.breaker.allow():
             target.own_samples, target.peer_samples = [], {}

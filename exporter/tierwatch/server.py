@@ -22,6 +22,19 @@ class ExporterApp:
         self.monitor = monitor
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(TierwatchCollector(monitor))
+        self._rendered: dict[str, tuple[int, bytes]] = {}
+
+    def render_metrics(self, accept: str) -> tuple[bytes, str]:
+        """The exposition for ``accept``, rendered again only when the monitor's state changed since
+        the last render (an HA pair of Prometheus servers scrapes the same state twice)."""
+        encoder, content_type = choose_encoder(accept)
+        version = self.monitor.version
+        cached = self._rendered.get(content_type)
+        if cached is not None and cached[0] == version:
+            return cached[1], content_type
+        body = encoder(self.registry)
+        self._rendered[content_type] = (version, body)
+        return body, content_type
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -33,8 +46,8 @@ class ExporterApp:
             return
         path = scope["path"]
         if path == "/metrics":
-            encoder, content_type = choose_encoder(header(scope, "accept") or "")
-            await respond(send, 200, encoder(self.registry), content_type, head_only=head)
+            body, content_type = self.render_metrics(header(scope, "accept") or "")
+            await respond(send, 200, body, content_type, head_only=head)
         elif path == "/health":
             await respond(send, 200, "ok\n", head_only=head)
         elif path == "/ready":

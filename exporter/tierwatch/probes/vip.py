@@ -13,7 +13,7 @@ import httpx
 
 from ..config import ClusterConfig
 from ..metric_catalog import metric
-from .http import make_client
+from .http import make_client, ssl_context
 
 VIP_UP = metric(
     "tierwatch_lb_vip_up",
@@ -60,7 +60,7 @@ class VipProbe:
     async def probe(self, names: set[str]) -> VipResult:
         """Probe once; never raises."""
         if self._client is None:
-            self._client = make_client(self.timeout, True)
+            self._client = make_client(self.timeout, ssl_context(None, True))
         start = time.perf_counter()
         try:
             response = await self._client.get(self.url, headers={"Connection": "close"})

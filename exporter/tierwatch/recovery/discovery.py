@@ -7,8 +7,13 @@ the new primary only.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..config import LoadedConfig
-from ..probes.haproxy import RuntimeApi
+from ..probes.haproxy import RuntimeApi, parse_show_stat
+
+if TYPE_CHECKING:
+    from .actions.base import ActionContext
 
 
 def lb_sockets(loaded: LoadedConfig) -> list[tuple[str, str]]:
@@ -54,8 +59,6 @@ async def point_backend_at(
 
 async def backend_primary(loaded: LoadedConfig, backend: str) -> dict[str, list[str]]:
     """Per LB, the servers of ``backend`` not in maintenance (for verification)."""
-    from ..probes.haproxy import parse_show_stat
-
     found: dict[str, list[str]] = {}
     for lb, path in lb_sockets(loaded):
         text = await runtime_command(path, "show stat")
@@ -67,3 +70,28 @@ async def backend_primary(loaded: LoadedConfig, backend: str) -> dict[str, list[
             and not row.get("status", "").startswith("MAINT")
         ]
     return found
+
+
+async def point_write_backend(ctx: ActionContext, primary: str) -> dict[str, str] | None:
+    """Make ``primary`` the only ready server of the cluster's write backend (if one is configured)."""
+    backend = ctx.cluster_settings.write_backend
+    if not backend:
+        return None
+    members = [t.name for t in ctx.cluster.targets]
+    results = await point_backend_at(ctx.loaded, backend, primary, members)
+    ctx.audit("write_backend_set", backend=backend, primary=primary, results=results)
+    return results
+
+
+async def write_backend_problems(ctx: ActionContext, primary: str) -> list[str]:
+    """Why the write backend does not (yet) send writes to ``primary`` only; empty if it does."""
+    backend = ctx.cluster_settings.write_backend
+    if not backend:
+        return []
+    try:
+        found = await backend_primary(ctx.loaded, backend)
+    except (OSError, ValueError) as exc:
+        return [f"backend {backend}: {type(exc).__name__}"]
+    if not found:
+        return [f"backend {backend}: no LB with a runtime API socket in the config"]
+    return [f"{lb}: {backend} serves {servers}" for lb, servers in found.items() if servers != [primary]]

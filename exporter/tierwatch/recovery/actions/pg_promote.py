@@ -40,12 +40,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ...config import Secret, TargetConfig
 from ...probes.postgres import classify_pg_error
+from ..discovery import point_write_backend, write_backend_problems
 from .base import Action, ActionContext, Outcome
-from .redis_failover import point_write_backend, write_backend_problems
+from .liveness import ATTEMPTS, still_answers
 
 APPLICATION_NAME = "tierwatch-recovery"
-ATTEMPTS = 2
-ATTEMPT_GAP = 0.3  # seconds between the two liveness attempts
 PROMOTE_WAIT = 30  # seconds pg_promote may take
 VERIFY_TIMEOUT = 30.0  # seconds for the re-pointed replicas to stream from the new primary
 POLL = 0.1
@@ -174,20 +173,14 @@ async def observe(target: TargetConfig, password: Secret | None, timeout: float)
 
 
 async def answers(target: TargetConfig, password: Secret | None, timeout: float) -> tuple[bool, str]:
-    """Whether the server answers at all, on ATTEMPTS attempts ATTEMPT_GAP apart; and what was seen."""
-    last = ""
-    for attempt in range(ATTEMPTS):
-        if attempt:
-            await asyncio.sleep(ATTEMPT_GAP)
-        try:
-            async with await connect(target, password, timeout) as conn:
-                recovery = (await fetch(conn, "SELECT pg_is_in_recovery()"))[0][0]
-            return True, "in recovery" if recovery else "primary"
-        except (psycopg.Error, OSError, TimeoutError) as exc:
-            if not silent(exc):
-                return True, f"answered with {problem(exc)}"
-            last = problem(exc)
-    return False, last
+    """Whether the server answers at all (see liveness.still_answers); and what was seen."""
+
+    async def ask() -> str:
+        async with await connect(target, password, timeout) as conn:
+            recovery = (await fetch(conn, "SELECT pg_is_in_recovery()"))[0][0]
+        return "in recovery" if recovery else "primary"
+
+    return await still_answers(ask, silent, problem, (psycopg.Error, OSError, TimeoutError))
 
 
 class PgPromote(Action):

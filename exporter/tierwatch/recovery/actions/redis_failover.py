@@ -37,13 +37,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...config import Secret, TargetConfig
-from .. import discovery
+from ..discovery import point_write_backend, write_backend_problems
 from .base import Action, ActionContext, Outcome
+from .liveness import ATTEMPTS, still_answers
 
 CLIENT_NAME = "tierwatch-recovery"
 CHECK_KEY = "tierwatch:recovery:check"
-PING_ATTEMPTS = 2
-PING_GAP = 0.3  # seconds between the two liveness attempts
 VERIFY_TIMEOUT = 20.0  # seconds for the new topology to settle (replica links up, backend moved)
 POLL = 0.1
 
@@ -178,45 +177,14 @@ async def _priority(client: aioredis.Redis, info: dict[str, Any]) -> int | None:
 
 
 async def answers_ping(target: TargetConfig, password: Secret | None, timeout: float) -> tuple[bool, str]:
-    """Whether the server answers at all, on PING_ATTEMPTS attempts PING_GAP apart; and what was seen."""
-    last = ""
-    for attempt in range(PING_ATTEMPTS):
-        if attempt:
-            await asyncio.sleep(PING_GAP)
-        try:
-            async with redis_client(target, password, timeout) as client:
-                await client.ping()
-            return True, "PONG"
-        except (RedisError, OSError) as exc:
-            if not silent(exc):
-                return True, f"answered with {problem(exc)}"
-            last = problem(exc)
-    return False, last
+    """Whether the server answers at all (see liveness.still_answers); and what was seen."""
 
+    async def ping() -> str:
+        async with redis_client(target, password, timeout) as client:
+            await client.ping()
+        return "PONG"
 
-async def point_write_backend(ctx: ActionContext, primary: str) -> dict[str, str] | None:
-    """Make ``primary`` the only ready server of the cluster's write backend (if one is configured)."""
-    backend = ctx.cluster_settings.write_backend
-    if not backend:
-        return None
-    members = [t.name for t in ctx.cluster.targets]
-    results = await discovery.point_backend_at(ctx.loaded, backend, primary, members)
-    ctx.audit("write_backend_set", backend=backend, primary=primary, results=results)
-    return results
-
-
-async def write_backend_problems(ctx: ActionContext, primary: str) -> list[str]:
-    """Why the write backend does not (yet) send writes to ``primary`` only; empty if it does."""
-    backend = ctx.cluster_settings.write_backend
-    if not backend:
-        return []
-    try:
-        found = await discovery.backend_primary(ctx.loaded, backend)
-    except (OSError, ValueError) as exc:
-        return [f"backend {backend}: {type(exc).__name__}"]
-    if not found:
-        return [f"backend {backend}: no LB with a runtime API socket in the config"]
-    return [f"{lb}: {backend} serves {servers}" for lb, servers in found.items() if servers != [primary]]
+    return await still_answers(ping, silent, problem, (RedisError, OSError))
 
 
 class RedisFailover(Action):
@@ -239,7 +207,7 @@ class RedisFailover(Action):
                 "refused", "cannot tell which target was the master (no alert target, no replica link)"
             )
         alive, how = await answers_ping(by_name[old].target, password, timeout)
-        ctx.audit("master_checked", target=old, answers=alive, seen=how, attempts=PING_ATTEMPTS)
+        ctx.audit("master_checked", target=old, answers=alive, seen=how, attempts=ATTEMPTS)
         if alive:
             ctx.audit("refused", reason=f"master {old} still answers ({how})")
             return Outcome("refused", f"master {old} still answers")

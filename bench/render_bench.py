@@ -1,0 +1,69 @@
+"""How long rendering /metrics takes without the per-state cache, for N targets.
+
+The exporter renders /metrics again only when some target's state changed since the last render
+(see ExporterApp.render_metrics); this measures the full render a scrape pays after a state change.
+Run: ``python bench/render_bench.py [--targets 200] [--repeat 50]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+
+from tierwatch.config import load_config
+from tierwatch.events import EventLog
+from tierwatch.metrics import TierwatchCollector
+from tierwatch.monitor import Monitor
+from tierwatch.probes.base import Sample
+from tierwatch.probes.http import HTTP_CONTENT_LENGTH, HTTP_STATUS
+
+
+def synthetic_monitor(targets: int) -> Monitor:
+    """A monitor over ``targets`` HTTP targets whose state looks like after many healthy probes."""
+    config = {
+        "clusters": [{"name": "web", "tier": "app", "targets": [
+            {"name": f"t{i}", "region": "primary", "url": f"http://127.0.0.1:1/health?t={i}"}
+            for i in range(targets)]}],
+    }  # fmt: skip
+    path = Path(tempfile.mkdtemp()) / "c.yml"
+    path.write_text(yaml.safe_dump(config))
+    monitor = Monitor(load_config(path), EventLog(stream=io.StringIO()))
+    now = time.time()
+    for state in monitor.states:
+        state.up, state.last_probe, state.last_duration = True, now, 0.002
+        for _ in range(100):
+            state.observe_duration(0.002)
+        state.samples = [Sample(HTTP_STATUS, (), 200.0), Sample(HTTP_CONTENT_LENGTH, (), 12.0)]
+    monitor.rounds = 100
+    return monitor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--targets", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=50)
+    args = parser.parse_args()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TierwatchCollector(synthetic_monitor(args.targets)))
+    size = len(generate_latest(registry))
+    times = []
+    for _ in range(args.repeat):
+        start = time.process_time()
+        generate_latest(registry)
+        times.append((time.process_time() - start) * 1000)
+    median = statistics.median(times)
+    print(
+        f"{args.targets} targets: {size} bytes; full render {median:.2f} CPU-ms median "
+        f"({median / args.targets * 1000:.1f} CPU-us per target), {args.repeat} renders"
+    )
+
+
+if __name__ == "__main__":
+    main()
