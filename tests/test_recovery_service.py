@@ -255,3 +255,32 @@ def test_audit_endpoint_requires_auth(stack: Stack) -> None:
     entries = httpx.get(service.url + "/audit", headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert isinstance(entries, list)
     service.stop()
+
+
+def test_action_series_exist_at_zero_from_the_start(stack: Stack) -> None:
+    service, _, _ = restart_setup(stack)
+    metrics = httpx.get(service.url + "/metrics").text
+    for outcome in ("succeeded", "failed", "refused", "cancelled", "timed_out", "dry_run"):
+        assert (
+            metric_value(
+                metrics,
+                "tierwatch_recovery_actions_total",
+                cluster="web",
+                tier="app",
+                action="restart_instance",
+                outcome=outcome,
+            )
+            == 0
+        ), outcome
+    for limit in ("rate_limit", "cooldown", "cluster_lock", "max_lag", "not_allowed"):
+        assert (
+            metric_value(
+                metrics,
+                "tierwatch_recovery_blocked_total",
+                cluster="web",
+                action="restart_instance",
+                limit=limit,
+            )
+            == 0
+        ), limit
+    service.stop()

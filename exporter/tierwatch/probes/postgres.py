@@ -261,6 +261,8 @@ SELECT
     ELSE ('x' || substr(p.walfile, 1, 8))::bit(32)::int END AS timeline,
   CASE WHEN p.rec THEN lag.behind END AS lag_bytes,
   CASE WHEN NOT p.rec THEN NULL WHEN lag.behind = 0 THEN 0::float8
+    -- behind, but nothing replayed since start-up: the age is unknown, so no series (not 0)
+    WHEN p.replayed_at IS NULL THEN NULL
     ELSE greatest(extract(epoch FROM now() - p.replayed_at), 0)::float8 END AS lag_seconds,
   CASE WHEN p.rec THEN greatest(pg_wal_lsn_diff(p.received, p.pos), 0)::float8 END AS backlog_bytes,
   CASE WHEN p.rec THEN coalesce(wr.status = 'streaming', false) END AS receiver_up,

@@ -16,6 +16,15 @@ ACTIONS = (
     "regional_failover",
     "cache_warmup",
 )
+# which tiers of cluster each action works on (for creating every series at 0 on start)
+ACTION_TIERS = {
+    "redis_failover": ("redis",),
+    "pg_promote": ("postgres",),
+    "restart_instance": ("app", "lb"),
+    "shift_traffic": ("app",),
+    "regional_failover": ("app",),
+    "cache_warmup": ("redis",),
+}
 OUTCOMES = ("succeeded", "failed", "refused", "cancelled", "timed_out", "dry_run")
 LIMITS = ("rate_limit", "cooldown", "cluster_lock", "max_lag", "not_allowed")
 

@@ -64,6 +64,18 @@ class RecoveryMetrics:
         for result in ("accepted", "duplicate", "resolved", "unauthorized", "invalid", "too_large"):
             self.notifications.labels(result)
 
+    def create_series(self, clusters: list[ClusterConfig], actions: set[str]) -> None:
+        """Create every action/outcome and limit series at 0, so increase() sees the first event."""
+        for cluster in clusters:
+            for action in sorted(actions):
+                if cluster.tier not in m.ACTION_TIERS.get(action, ()):
+                    continue
+                for outcome in m.OUTCOMES:
+                    self.actions.labels(cluster.tier, cluster.name, action, outcome)
+                for limit in m.LIMITS:
+                    self.blocked.labels(cluster.tier, cluster.name, action, limit)
+                self.failovers.labels(cluster.tier, cluster.name, action)
+
 
 class RecoveryService:
     """The webhook receiver, the durable inbox and the action worker."""
@@ -78,6 +90,7 @@ class RecoveryService:
         self.inbox = Inbox(state_dir / "inbox.sqlite3")
         self.audit = AuditTrail(state_dir / "audit.jsonl")
         self.metrics = RecoveryMetrics()
+        self.metrics.create_series(loaded.config.clusters, set(settings.allow.values()))
         self.clusters: dict[str, ClusterConfig] = {c.name: c for c in loaded.config.clusters}
         self._locks: dict[str, asyncio.Lock] = {}
         self._running: dict[str, _Running] = {}
