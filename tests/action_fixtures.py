@@ -17,10 +17,8 @@ from tierwatch.config import LoadedConfig
 from tierwatch.recovery.actions.base import ActionContext, AlertRef
 from tierwatch.recovery.settings import ClusterRecovery, RecoverySettings
 from tierwatch.stack import Stack
-from tierwatch.stack.haproxy import HAProxy
-from tierwatch.stack.ports import free_port, port_open
+from tierwatch.stack.haproxy import HAProxy, start_write_lb
 from tierwatch.stack.postgres import PgServer, start_primary, start_replica
-from tierwatch.stack.process import wait_for
 
 
 @dataclass
@@ -75,38 +73,9 @@ def make_context(
     return ctx, recorder
 
 
-def render_tcp_backend(
-    stats_socket: Path, port: int, backend: str, servers: Sequence[tuple[str, int]]
-) -> str:
-    """An HAProxy config with one tcp-mode frontend and a backend of unchecked servers named
-    after targets (the write backend the recovery actions move)."""
-    lines = [
-        "global",
-        f"  stats socket {stats_socket} mode 600 level admin",
-        "defaults",
-        "  mode tcp",
-        "  timeout connect 1s",
-        "  timeout client 30s",
-        "  timeout server 30s",
-        "frontend fe_write",
-        f"  bind 127.0.0.1:{port}",
-        f"  default_backend {backend}",
-        f"backend {backend}",
-    ]
-    lines += [f"  server {name} 127.0.0.1:{sport}" for name, sport in servers]
-    return "\n".join(lines) + "\n"
-
-
 def start_tcp_lb(stack: Stack, name: str, backend: str, servers: Sequence[tuple[str, int]]) -> HAProxy:
-    """Start HAProxy with a tcp write backend; ready when its frontend and socket answer."""
-    port = free_port()
-    directory = stack.directory("haproxy", name)
-    sock = directory / "admin.sock"
-    cfg = directory / "haproxy.cfg"
-    cfg.write_text(render_tcp_backend(sock, port, backend, servers))
-    proc = stack.spawn(name, ["haproxy", "-db", "-f", str(cfg)])
-    wait_for(lambda: proc.check_alive() or (port_open(port) and sock.exists()), 10, f"haproxy {name}")
-    return HAProxy(name, port, sock, cfg, proc)
+    """An HAProxy with a tcp write backend whose servers are named after the targets."""
+    return start_write_lb(stack, name, backend, servers)
 
 
 def lb_cluster(lb: HAProxy) -> dict[str, Any]:

@@ -115,3 +115,46 @@ def start_vip(stack: Stack, lbs: Sequence[HAProxy], port: int | None = None) -> 
     proc = stack.spawn("vip", argv)
     wait_for(lambda: proc.check_alive() or port_open(port), 10, f"VIP forwarder on port {port}")
     return Vip(port, proc)
+
+
+def render_write_backend(
+    stats_socket: Path, port: int, backend: str, servers: Sequence[tuple[str, int]]
+) -> str:
+    """An HAProxy config with one tcp-mode frontend and a backend of servers named after the targets
+    of a Redis or PostgreSQL cluster: the write address apps use, which the recovery service points
+    at the current primary (every other server in maintenance)."""
+    lines = [
+        "global",
+        f"  stats socket {stats_socket} mode 600 level admin",
+        "  stats timeout 2m",
+        "defaults",
+        "  mode tcp",
+        "  timeout connect 1s",
+        "  timeout client 1m",
+        "  timeout server 1m",
+        "frontend fe_write",
+        f"  bind 127.0.0.1:{port}",
+        f"  default_backend {backend}",
+        f"backend {backend}",
+        "  option redispatch",
+    ]
+    lines += [f"  server {name} 127.0.0.1:{sport}" for name, sport in servers]
+    return "\n".join(lines) + "\n"
+
+
+def start_write_lb(
+    stack: Stack, name: str, backend: str, servers: Sequence[tuple[str, int]], primary: str | None = None
+) -> HAProxy:
+    """Start a write LB (see render_write_backend); with ``primary``, only that server is ready."""
+    port = free_port()
+    directory = stack.directory("haproxy", name)
+    sock = directory / "admin.sock"
+    cfg = directory / "haproxy.cfg"
+    cfg.write_text(render_write_backend(sock, port, backend, servers))
+    proc = stack.spawn(name, ["haproxy", "-db", "-f", str(cfg)])
+    wait_for(lambda: proc.check_alive() or (port_open(port) and sock.exists()), 10, f"haproxy {name}")
+    lb = HAProxy(name, port, sock, cfg, proc)
+    if primary is not None:
+        for server, _ in servers:
+            lb.command(f"set server {backend}/{server} state {'ready' if server == primary else 'maint'}")
+    return lb
