@@ -18,3 +18,25 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def connections_to(ports: set[int]) -> int:
+    """How many TCP connections this process holds open to 127.0.0.1 on any of ``ports`` (by socket
+    inode, from /proc), unaffected by unrelated descriptors other tests may leave to the GC."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            remote_port = int(fields[2].split(":")[1], 16)
+            if fields[3] == "01" and remote_port in ports and fields[9] in inodes:  # 01 = ESTABLISHED
+                count += 1
+    return count

@@ -19,8 +19,8 @@ from tierwatch.monitor import Monitor
 from tierwatch.stack import Stack, free_port
 from tierwatch.stack.http import HttpBackend, start_http_backend
 
+from helpers import connections_to, open_fds
 from helpers import metric_value as value
-from helpers import open_fds
 
 
 class FakeClock:
@@ -270,40 +270,45 @@ def test_no_leaks_when_targets_die_hang_and_come_back(
     stack: Stack, make_config: Callable[..., LoadedConfig]
 ) -> None:
     backends = [start_http_backend(stack, f"b{i}") for i in range(4)]
+    ports = {b.port for b in backends}
     loaded = make_config(
         [app_cluster(*((f"es-{i}", b.url) for i, b in enumerate(backends)))],
         timeout="300ms",
         failure_threshold=1000,
     )
     monitor = Monitor(loaded, EventLog(stream=io.StringIO()))
-    fds: list[int] = []
+    seen: list[tuple[int, int]] = []
+
+    def snapshot() -> None:
+        seen.append((connections_to(ports), open_fds()))
 
     async def scenario() -> int:
         for _ in range(3):
             await monitor.run_round()
-        fds.append(open_fds())
+        snapshot()
         backends[0].set_mode("hang")
         backends[1].process.pause()
         backends[2].process.kill()
         for _ in range(6):
             await monitor.run_round()
-        fds.append(open_fds())
+        snapshot()
         backends[0].set_mode("healthy")
         backends[1].process.resume()
         for _ in range(3):
             await monitor.run_round()
-        fds.append(open_fds())
+        snapshot()
         tasks = len(asyncio.all_tasks()) - 1
         await monitor.close()
-        fds.append(open_fds())
+        snapshot()
         return tasks
 
     leftover_tasks = asyncio.run(scenario())
     assert leftover_tasks == 0
-    steady, during, after, closed = fds
-    # during the outage the dead targets hold no sockets; afterwards one connection per live target
-    assert during <= steady
-    assert after == steady - 1  # the killed backend's connection is gone for good
-    assert closed == steady - 4  # every probe connection closed
+    (steady, fds_steady), (during, _fds_during), (after, fds_after), (closed, fds_closed) = seen
+    assert steady == 4  # one kept-alive connection per target
+    assert during == 1  # only the healthy target: failed probes dropped their connections
+    assert after == 3  # reconnected to the two that came back; the killed one is gone for good
+    assert closed == 0  # every probe connection closed
+    assert fds_after <= fds_steady and fds_closed <= fds_steady - 4
     states = {s.info.name: s for s in monitor.states}
     assert states["es-0"].up and states["es-1"].up and not states["es-2"].up and states["es-3"].up

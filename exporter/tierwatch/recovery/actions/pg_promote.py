@@ -1,6 +1,6 @@
-"""PostgreSQL promotion: promote the replica that replayed the most WAL once the primary is really
-gone, re-point the other replicas (ALTER SYSTEM primary_conninfo + reload) and the write backend,
-verify.
+"""PostgreSQL promotion: promote the replica holding the most WAL (received or replayed; replayed
+breaks ties) once the primary is really gone, re-point the other replicas (ALTER SYSTEM
+primary_conninfo + reload) and the write backend, verify.
 
 Safety rules:
 - The old primary (the alert's ``target``, else the server the replicas' primary_conninfo names)
@@ -263,13 +263,16 @@ class PgPromote(Action):
         return primaries[0] if len(primaries) == 1 else None
 
     def _choose(self, ctx: ActionContext, seen: list[Seen], old: str) -> tuple[Seen | None, str]:
-        """The eligible replica with the most replayed WAL (config order breaks ties), or why none."""
+        """The eligible replica holding the most WAL, or why none. Promotion first replays everything a
+        replica has received, so the WAL it ends with is max(received, replayed): ranking on that
+        loses nothing a replica already has (a synchronously committed write included); more replayed
+        WAL breaks ties (a faster promotion), then config order."""
         region = self._target(ctx, old).region
         regional = ctx.alert.labels.get("action") == "regional_failover"
         replicas = [s for s in seen if s.role == "replica" and s.name != old and s.replay is not None]
         best_received = max((max(s.receive or 0, s.replay or 0) for s in replicas), default=0)
         limit = ctx.cluster_settings.max_lag_bytes
-        ranked: list[tuple[int, int, Seen]] = []
+        ranked: list[tuple[int, int, int, Seen]] = []
         in_region = 0
         for index, s in enumerate(replicas):
             lag = best_received - (s.replay or 0)
@@ -287,12 +290,12 @@ class PgPromote(Action):
                 eligible=why,
             )
             if why == "ok":
-                ranked.append((s.replay or 0, -index, s))
+                ranked.append((max(s.receive or 0, s.replay or 0), s.replay or 0, -index, s))
         if not ranked:
             if in_region:
                 return None, f"max_lag: no replica within {limit} bytes of the best received WAL"
             return None, f"no reachable replica in region {region} eligible for promotion"
-        best = max(ranked, key=lambda r: (r[0], r[1]))[2]
+        best = max(ranked, key=lambda r: (r[0], r[1], r[2]))[3]
         ctx.audit("chosen", target=best.name, replay=best.replay)
         return best, "ok"
 
