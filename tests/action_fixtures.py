@@ -4,21 +4,18 @@ admin role for promotion (imported explicitly: ``from action_fixtures import ...
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from psycopg import sql as pgsql
-
 from tierwatch.config import LoadedConfig
 from tierwatch.recovery.actions.base import ActionContext, AlertRef
 from tierwatch.recovery.settings import ClusterRecovery, RecoverySettings
 from tierwatch.stack import Stack
 from tierwatch.stack.haproxy import HAProxy, start_write_lb
-from tierwatch.stack.postgres import PgServer, start_primary, start_replica
+from tierwatch.stack.postgres import ADMIN_ROLE, PgServer, create_admin_role, start_primary, start_replica
 
 
 @dataclass
@@ -86,8 +83,6 @@ def lb_cluster(lb: HAProxy) -> dict[str, Any]:
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
-ADMIN_ROLE = "tierwatch_admin"
-
 
 @dataclass
 class PgActionCluster:
@@ -120,26 +115,7 @@ def start_pg_cluster(stack: Stack, replicas: Sequence[str]) -> PgActionCluster:
     table). The replication passfile also gets an entry for every port, so re-pointed replicas can
     log in to whichever server becomes the primary."""
     primary = start_primary(stack, "pg-1")
-    admin_password = os.urandom(12).hex()
-    hba = primary.data_dir / "pg_hba.conf"
-    hba.write_text(hba.read_text() + f"host    all          {ADMIN_ROLE}   127.0.0.1/32  scram-sha-256\n")
-    statements = [
-        pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE pg_monitor").format(
-            pgsql.Identifier(ADMIN_ROLE), pgsql.Literal(admin_password)
-        ),
-        f"GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO {ADMIN_ROLE}",
-        f"GRANT EXECUTE ON FUNCTION pg_reload_conf() TO {ADMIN_ROLE}",
-        f"GRANT ALTER SYSTEM ON PARAMETER primary_conninfo TO {ADMIN_ROLE}",
-        f"GRANT CREATE ON SCHEMA public TO {ADMIN_ROLE}",
-        "SELECT pg_reload_conf()",
-    ]
-    for statement in statements:
-        primary.sql(statement)
-    passfile = stack.root / "pg" / "replication.pgpass"
-    first = passfile.read_text().splitlines()[0]
-    host, _port, rest = first.split(":", 2)
-    with open(passfile, "a") as out:
-        out.write(f"{host}:*:{rest}\n")
+    admin_password = create_admin_role(primary, ADMIN_ROLE)
     servers = {"pg-1": primary}
     for name in replicas:
         servers[name] = start_replica(stack, primary, name)

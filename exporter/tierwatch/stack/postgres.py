@@ -379,7 +379,46 @@ def _create_roles(server: PgServer, stack: Stack) -> None:
         )
     passfile = _passfile(stack)
     with open(passfile, "a") as out:
-        out.write(f"127.0.0.1:{server.port}:*:{REPLICATION_ROLE}:{replication_password}\n")
+        # any port: a replica re-pointed after a failover logs in to whichever server is primary
+        out.write(f"127.0.0.1:*:*:{REPLICATION_ROLE}:{replication_password}\n")
+
+
+ADMIN_ROLE = "tierwatch_admin"
+
+
+def create_admin_role(primary: PgServer, name: str = ADMIN_ROLE) -> str:
+    """Create the recovery service's role on ``primary`` (replicated to the replicas): a password
+    login allowed only what promotion needs (pg_promote, ALTER SYSTEM of primary_conninfo, reload, a
+    check table) and pg_monitor. Returns its password."""
+    password = secrets.token_urlsafe(18)
+    role = pgsql.Identifier(name)
+    statements = [
+        pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE pg_monitor").format(
+            role, pgsql.Literal(password)
+        ),
+        pgsql.SQL("GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO {}").format(role),
+        pgsql.SQL("GRANT EXECUTE ON FUNCTION pg_reload_conf() TO {}").format(role),
+        pgsql.SQL("GRANT ALTER SYSTEM ON PARAMETER primary_conninfo TO {}").format(role),
+        pgsql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(role),
+    ]
+    with primary.connect() as conn:
+        for statement in statements:
+            conn.execute(statement)
+    return password
+
+
+def create_app_role(primary: PgServer, name: str) -> str:
+    """Create an application role that can create tables and write (the demo's writers). Returns its
+    password."""
+    password = secrets.token_urlsafe(18)
+    with primary.connect() as conn:
+        conn.execute(
+            pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                pgsql.Identifier(name), pgsql.Literal(password)
+            )
+        )
+        conn.execute(pgsql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(pgsql.Identifier(name)))
+    return password
 
 
 def _passfile(stack: Stack) -> Path:
