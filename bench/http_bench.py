@@ -1,0 +1,542 @@
+"""Benchmark tierwatch against Debian's blackbox_exporter on the same HTTP targets, side by side.
+
+Both exporters run at once against the same targets (URLs on a few ``tierwatch.stack.http_backend``
+processes) at the same interval. tierwatch probes in the background; a driver process plays
+Prometheus: it scrapes tierwatch's /metrics once per interval and sends blackbox one
+``/probe?module=http_2xx&target=...`` per target per interval. After a warm-up, over a window of whole
+intervals, the bench measures for each exporter: CPU per probe (utime+stime from /proc/<pid>/stat over
+probes performed), scrape latency, peak RSS (VmHWM) and new TCP connections opened to the targets.
+
+Run: ``python bench/http_bench.py`` (about 100 s) or ``--quick``; results go to bench/results/http.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import http.client
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from tierwatch.stack import ManagedProcess, Stack, free_port, wait_for
+from tierwatch.stack.http import HttpBackend, start_http_backend
+
+BLACKBOX = "prometheus-blackbox-exporter"
+CLAIMED_BLACKBOX_CPU_MS = 2.9  # the figure quoted for blackbox_exporter per HTTP probe
+GOAL_FACTOR = 0.5  # tierwatch aims at half of it, with zero new connections in steady state
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+RESULTS = Path(__file__).resolve().parent / "results" / "http.json"
+
+
+# --------------------------------------------------------------------------- driver (own process)
+
+
+async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
+    """Issue blackbox /probe requests and tierwatch /metrics scrapes on schedule; return the records."""
+    interval: float = spec["interval"]
+    start: float = spec["start"]
+    until: float = spec["until"]
+    targets: list[str] = spec["targets"]
+    n = len(targets)
+    probes: list[tuple[float, float, bool]] = []  # (scheduled time, latency s, probe_success)
+    scrapes: list[tuple[float, float]] = []
+    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
+    headers = {"X-Prometheus-Scrape-Timeout-Seconds": f"{min(10.0, interval):g}"}
+    async with httpx.AsyncClient(timeout=10.0, limits=limits, trust_env=False, headers=headers) as client:
+        pending: set[asyncio.Task[None]] = set()
+
+        async def probe(url: str, when: float) -> None:
+            began = time.perf_counter()
+            try:
+                response = await client.get(url)
+                ok = response.status_code == 200 and "\nprobe_success 1" in response.text
+            except httpx.HTTPError:
+                ok = False
+            probes.append((when, time.perf_counter() - began, ok))
+
+        async def scrape(when: float) -> None:
+            began = time.perf_counter()
+            response = await client.get(spec["tierwatch_metrics"])
+            response.raise_for_status()
+            scrapes.append((when, time.perf_counter() - began))
+
+        # Like Prometheus, each target gets a fixed offset inside the interval (or all fire together).
+        events: list[tuple[float, str | None]] = [(interval / 2, None)]
+        for index, target in enumerate(targets):
+            offset = interval / 2 if spec["burst"] else (index + 0.5) * interval / n
+            url = f"{spec['blackbox']}/probe?module=http_2xx&target={quote(target, safe='')}"
+            events.append((offset, url))
+        events.sort(key=lambda e: e[0])
+        round_start = start
+        while round_start < until:
+            for offset, url in events:
+                when = round_start + offset
+                if when >= until:
+                    break
+                await asyncio.sleep(max(0.0, when - time.time()))
+                job = asyncio.create_task(scrape(when) if url is None else probe(url, when))
+                pending.add(job)
+                job.add_done_callback(pending.discard)
+            round_start += interval
+        await asyncio.gather(*pending)
+    return {"probes": probes, "scrapes": scrapes}
+
+
+def run_driver(spec_path: Path) -> None:
+    """Entry point of the driver process: read the spec, drive, write the records next to it."""
+    spec = json.loads(spec_path.read_text())
+    records = asyncio.run(_drive(spec))
+    Path(spec["out"]).write_text(json.dumps(records))
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of a process (all threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def vm_hwm_mib(pid: int) -> float:
+    """Peak resident set size (VmHWM) in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets a process holds open."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    return inodes
+
+
+class NewConnections:
+    """Counts the TCP connections a process opens to ``server_ports`` after it is created.
+
+    Sockets are told apart by inode, read from /proc/<pid>/fd (a consistent view); /proc/net/tcp is
+    only used to tell which new sockets go to a server port, and a socket it misses (the table is read
+    in chunks while blackbox churns it) is looked up again at the next poll.
+    """
+
+    def __init__(self, pid: int, server_ports: set[int]):
+        self.pid = pid
+        self.server_ports = server_ports
+        self.known = socket_inodes(pid)
+        self.unclassified: set[str] = set()
+        self.count = 0
+
+    def poll(self) -> None:
+        """Look at the process's sockets once more."""
+        current = socket_inodes(self.pid)
+        fresh = current - self.known
+        self.known |= fresh
+        self.unclassified = (self.unclassified | fresh) & current
+        if not self.unclassified:
+            return
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[9] in self.unclassified:
+                self.unclassified.discard(cols[9])
+                self.count += int(cols[2].split(":")[1], 16) in self.server_ports
+
+
+def metric_sum(text: str, name: str) -> float:
+    """Sum of every sample of ``name`` in a Prometheus text exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name)] in "{ ":
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def tierwatch_counters(conn: Http) -> tuple[float, float, float]:
+    """Probes performed, probes failed and late rounds so far, from tierwatch's /metrics."""
+    text = conn.get("/metrics")[1]
+    return (
+        metric_sum(text, "tierwatch_probe_duration_seconds_count"),
+        metric_sum(text, "tierwatch_probe_failures_total"),
+        metric_sum(text, "tierwatch_probe_round_overruns_total"),
+    )
+
+
+@dataclass
+class Http:
+    """A kept-alive HTTP/1.1 connection to 127.0.0.1:port (so reading stats opens no new connection)."""
+
+    port: int
+
+    def __post_init__(self) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+
+    def get(self, path: str) -> tuple[int, str]:
+        """GET ``path``; reconnects once if the server closed the idle connection (uvicorn does)."""
+        for attempt in (1, 2):
+            try:
+                self.conn.request("GET", path)
+                response = self.conn.getresponse()
+                return response.status, response.read().decode()
+            except (http.client.HTTPException, ConnectionError):
+                self.conn.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def backend_stats(conns: list[Http]) -> tuple[int, int]:
+    """Requests and connections served by all backends so far."""
+    requests = connections = 0
+    for conn in conns:
+        fields = dict(item.split("=") for item in conn.get("/_stats")[1].split())
+        requests += int(fields["requests"])
+        connections += int(fields["connections"])
+    return requests, connections
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def machine() -> dict[str, Any]:
+    """nproc, CPU model, kernel and Python of the machine running the bench."""
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def tierwatch_config(targets: list[str], interval: float) -> str:
+    """A tierwatch config with one app cluster holding every target."""
+    lines = [
+        "monitor:",
+        f"  interval: {interval:g}s",
+        f"  timeout: {min(2.0, interval * 0.8):g}s",
+        "log: {level: warning}",
+        "clusters:",
+        "  - name: bench",
+        "    tier: app",
+        "    targets:",
+    ]
+    lines += [f'      - {{name: t{i:04d}, region: primary, url: "{url}"}}' for i, url in enumerate(targets)]
+    return "\n".join(lines) + "\n"
+
+
+BLACKBOX_CONFIG = """\
+modules:
+  http_2xx:
+    prober: http
+    timeout: 2s
+    http: {}
+"""
+
+
+def start_tierwatch(stack: Stack, targets: list[str], interval: float) -> tuple[ManagedProcess, int]:
+    """Start ``tierwatch serve`` and wait until its first round is done."""
+    config = stack.path("tierwatch.yml")
+    config.write_text(tierwatch_config(targets, interval))
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "tierwatch",
+        "serve",
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+    ]
+    proc = stack.spawn("tierwatch", argv)
+
+    def ready() -> bool:
+        proc.check_alive()
+        return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200
+
+    wait_for(ready, 30, "tierwatch /ready")
+    return proc, port
+
+
+def start_blackbox(stack: Stack) -> tuple[ManagedProcess, int]:
+    """Start blackbox_exporter with an http_2xx module (2 s timeout) written to the stack's directory."""
+    config = stack.path("blackbox.yml")
+    config.write_text(BLACKBOX_CONFIG)
+    port = free_port()
+    argv = [BLACKBOX, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"]
+    proc = stack.spawn("blackbox", argv)
+
+    def healthy() -> bool:
+        proc.check_alive()
+        return httpx.get(f"http://127.0.0.1:{port}/-/healthy", timeout=2).status_code == 200
+
+    wait_for(healthy, 15, "blackbox_exporter /-/healthy")
+    return proc, port
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Run both exporters, measure over the window, stop everything; return the results."""
+    interval: float = args.interval
+    rounds = max(1, round(args.duration / interval))
+    with Stack(keep=args.keep) as stack:
+        backends: list[HttpBackend] = [
+            start_http_backend(stack, f"backend-{i}") for i in range(args.backends)
+        ]
+        targets = [
+            f"http://127.0.0.1:{backends[i % len(backends)].port}/health?t={i}" for i in range(args.targets)
+        ]
+        backend_ports = {b.port for b in backends}
+        tw, tw_port = start_tierwatch(stack, targets, interval)
+        bb, bb_port = start_blackbox(stack)
+        tw_http = Http(tw_port)
+        stats_conns = [Http(b.port) for b in backends]
+
+        start = time.time() + 0.5
+        window_start = start + args.warmup * interval
+        window_end = window_start + rounds * interval
+        spec = {
+            "interval": interval,
+            "start": start,
+            "until": window_end,
+            "targets": targets,
+            "burst": args.burst,
+            "blackbox": f"http://127.0.0.1:{bb_port}",
+            "tierwatch_metrics": f"http://127.0.0.1:{tw_port}/metrics",
+            "out": str(stack.path("driver-records.json")),
+        }
+        spec_path = stack.path("driver-spec.json")
+        spec_path.write_text(json.dumps(spec))
+        driver = stack.spawn(
+            "driver", [sys.executable, str(Path(__file__).resolve()), "--driver", str(spec_path)]
+        )
+        print(
+            f"{len(targets)} targets on {len(backends)} backends, interval {interval:g}s; warm-up "
+            f"{args.warmup * interval:g}s, window {rounds * interval:g}s",
+            file=sys.stderr,
+        )
+
+        time.sleep(max(0.0, window_start - time.time()))
+        # blackbox probes keep arriving while we sample: each counter is matched with the probes
+        # the driver scheduled after the moment it was read.
+        load0 = os.getloadavg()[0]
+        t_cpu0 = time.time()
+        tw_cpu0, bb_cpu0 = cpu_seconds(tw.pid), cpu_seconds(bb.pid)
+        t_stats0 = time.time()
+        req0, conn0 = backend_stats(stats_conns)
+        t_stats0 = (t_stats0 + time.time()) / 2
+        tw_conns = NewConnections(tw.pid, backend_ports)
+        tw_count0, tw_fail0, tw_late0 = tierwatch_counters(tw_http)
+        while time.time() < window_end + 0.25:  # tierwatch's sockets, to attribute connections
+            tw_conns.poll()
+            time.sleep(0.1)
+        tw_cpu1, bb_cpu1 = cpu_seconds(tw.pid), cpu_seconds(bb.pid)
+        load1 = os.getloadavg()[0]
+        req1, conn1 = backend_stats(stats_conns)
+        tw_count1, tw_fail1, tw_late1 = tierwatch_counters(tw_http)
+        if driver.popen is None or driver.popen.wait(60) != 0:
+            raise RuntimeError(f"driver failed:\n{driver.log_tail()}")
+        records = json.loads(Path(spec["out"]).read_text())
+
+        # tierwatch /metrics latency, after the window (not counted in CPU), while it keeps probing.
+        latencies = []
+        for _ in range(args.scrapes):
+            began = time.perf_counter()
+            status, body = tw_http.get("/metrics")
+            latencies.append(time.perf_counter() - began)
+            if status != 200:
+                raise RuntimeError(f"tierwatch /metrics answered {status}")
+            time.sleep(args.scrape_gap)
+        tw_up = metric_sum(body, "tierwatch_up")
+        metrics_bytes = len(body.encode())
+        tw_rss, bb_rss = vm_hwm_mib(tw.pid), vm_hwm_mib(bb.pid)
+
+    bb_probes = [p for p in records["probes"] if window_start <= p[0] < window_end]
+    bb_latency = [p[1] for p in bb_probes]
+    bb_cpu_probes = sum(1 for p in bb_probes if p[0] >= t_cpu0)
+    bb_conn_probes = sum(1 for p in bb_probes if p[0] >= t_stats0)
+    tw_probes = tw_count1 - tw_count0
+    tw_new_conns = tw_conns.count
+    new_conns = conn1 - conn0
+    window = rounds * interval
+    tools = {
+        "tierwatch": {
+            "probes": int(tw_probes),
+            "cpu_seconds": round(tw_cpu1 - tw_cpu0, 3),
+            "cpu_ms_per_probe": round(1000 * (tw_cpu1 - tw_cpu0) / tw_probes, 3),
+            "latency_what": f"GET /metrics with {len(targets)} targets ({metrics_bytes} bytes), "
+            f"{len(latencies)} sequential scrapes",
+            "latency_median_ms": round(1000 * statistics.median(latencies), 2),
+            "latency_p99_ms": round(1000 * percentile(latencies, 99), 2),
+            "driver_scrape_median_ms": round(1000 * statistics.median(s[1] for s in records["scrapes"]), 2),
+            "peak_rss_mib": round(tw_rss, 1),
+            "probes_failed": int(tw_fail1 - tw_fail0),
+            "round_overruns": int(tw_late1 - tw_late0),
+            "new_connections": tw_new_conns,
+            "new_connections_per_probe": round(tw_new_conns / tw_probes, 3),
+            "targets_up_at_end": int(tw_up),
+        },
+        "blackbox": {
+            "probes": len(bb_probes),
+            "probes_failed": sum(1 for p in bb_probes if not p[2]),
+            "cpu_seconds": round(bb_cpu1 - bb_cpu0, 3),
+            "cpu_ms_per_probe": round(1000 * (bb_cpu1 - bb_cpu0) / bb_cpu_probes, 3),
+            "latency_what": f"GET /probe (synchronous probe), {len(bb_probes)} requests from the driver",
+            "latency_median_ms": round(1000 * statistics.median(bb_latency), 2),
+            "latency_p99_ms": round(1000 * percentile(bb_latency, 99), 2),
+            "peak_rss_mib": round(bb_rss, 1),
+            "new_connections": new_conns - tw_new_conns,
+            "new_connections_per_probe": round((new_conns - tw_new_conns) / bb_conn_probes, 3),
+        },
+    }
+    tw_r, bb_r = tools["tierwatch"], tools["blackbox"]
+    ratios = {
+        key: round(tw_r[key] / bb_r[key], 3) if bb_r[key] else None
+        for key in (
+            "cpu_ms_per_probe",
+            "latency_median_ms",
+            "latency_p99_ms",
+            "peak_rss_mib",
+            "new_connections",
+        )
+    }
+    goal_cpu = CLAIMED_BLACKBOX_CPU_MS * GOAL_FACTOR
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": "python " + shlex.join(["bench/http_bench.py", *sys.argv[1:]]),
+        "machine": machine(),
+        "setup": {
+            "targets": len(targets),
+            "backends": len(backends),
+            "interval_s": interval,
+            "warmup_s": args.warmup * interval,
+            "window_s": window,
+            "burst": args.burst,
+            "loadavg_1m_window_start_end": [load0, load1],
+            "blackbox_version": _blackbox_version(),
+        },
+        "backends_during_window": {
+            "requests": req1 - req0,
+            "new_connections": new_conns,
+            "expected_requests": int(tw_probes) + bb_conn_probes,
+        },
+        "results": tools,
+        "ratios_tierwatch_over_blackbox": ratios,
+        "goal": {
+            "claimed_blackbox_cpu_ms_per_probe": CLAIMED_BLACKBOX_CPU_MS,
+            "tierwatch_target_cpu_ms_per_probe": goal_cpu,
+            "cpu_met": tw_r["cpu_ms_per_probe"] <= goal_cpu,
+            "cpu_half_of_measured_blackbox": ratios["cpu_ms_per_probe"] is not None
+            and ratios["cpu_ms_per_probe"] <= GOAL_FACTOR,
+            "zero_new_connections_met": tw_new_conns == 0,
+        },
+    }
+
+
+def _blackbox_version() -> str:
+    import subprocess
+
+    out = subprocess.run([BLACKBOX, "--version"], capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else "unknown"
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """The results as a plain-text table on stdout."""
+    tw, bb = result["results"]["tierwatch"], result["results"]["blackbox"]
+    ratio = result["ratios_tierwatch_over_blackbox"]
+    rows = [
+        ("probes in window", "probes", None),
+        ("CPU ms / probe", "cpu_ms_per_probe", "cpu_ms_per_probe"),
+        ("latency median ms", "latency_median_ms", "latency_median_ms"),
+        ("latency p99 ms", "latency_p99_ms", "latency_p99_ms"),
+        ("peak RSS MiB", "peak_rss_mib", "peak_rss_mib"),
+        ("new TCP connections", "new_connections", "new_connections"),
+    ]
+    print(f"{'':22}{'tierwatch':>12}{'blackbox':>12}{'tw/bb':>9}")
+    for label, key, ratio_key in rows:
+        value = ratio.get(ratio_key) if ratio_key else None
+        shown = "-" if value is None else f"{value:g}"
+        print(f"{label:22}{tw[key]:>12g}{bb[key]:>12g}{shown:>9}")
+    print(f"tierwatch latency: {tw['latency_what']}; blackbox latency: {bb['latency_what']}")
+    goal = result["goal"]
+    print(
+        f"goal: tierwatch <= {goal['tierwatch_target_cpu_ms_per_probe']} CPU-ms/probe: "
+        f"{'met' if goal['cpu_met'] else 'MISSED'}; zero new connections: "
+        f"{'met' if goal['zero_new_connections_met'] else 'MISSED'}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--targets", type=int, default=200, help="number of HTTP targets (default 200)")
+    parser.add_argument(
+        "--backends", type=int, default=10, help="backend processes serving them (default 10)"
+    )
+    parser.add_argument("--interval", type=float, default=5.0, help="probe interval, seconds (default 5)")
+    parser.add_argument("--duration", type=float, default=60.0, help="measured window, seconds (default 60)")
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up, in intervals (default 2)")
+    parser.add_argument("--scrapes", type=int, default=300, help="tierwatch /metrics latency samples")
+    parser.add_argument("--scrape-gap", type=float, default=0.02, help="pause between those samples, s")
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="send all /probe requests of a round at once (default: spread like Prometheus)",
+    )
+    parser.add_argument("--quick", action="store_true", help="short run: 2 s interval, 10 s window")
+    parser.add_argument("--output", type=Path, help=f"JSON results (default {RESULTS}; none with --quick)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (configs, logs)")
+    parser.add_argument("--driver", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.driver:
+        run_driver(args.driver)
+        return
+    if args.quick:
+        args.interval, args.duration, args.warmup, args.scrapes = 2.0, 10.0, 1, 50
+    result = bench(args)
+    print_table(result)
+    output = args.output or (None if args.quick else RESULTS)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written to {output}")
+
+
+if __name__ == "__main__":
+    main()
