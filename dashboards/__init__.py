@@ -1,0 +1,1 @@
+"""Grafana dashboards for tierwatch, generated from code (see generate.py and docs/dashboards.md)."""

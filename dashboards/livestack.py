@@ -1,0 +1,222 @@
+"""A small real stack that gives every dashboard panel data: used by tests/test_dashboards_live.py and by
+dashboards/render_preview.py.
+
+From the machine's binaries, on free loopback ports: four app servers in two regions (one of them
+stopped on purpose, so an alert fires and the overview shows where), an HAProxy pair behind a VIP, a
+Redis master + replica + one Sentinel with a list queue, a BullMQ queue and a stream with a consumer
+group, a PostgreSQL primary (WAL archiving on, one replication slot) + streaming replica,
+``tierwatch serve`` probing every second, ``tierwatch recover`` in dry-run mode, and Prometheus
+scraping both every second with the rules of rules/ (each ``for:`` shortened to a few seconds, nothing
+else changed). A background thread sends a little traffic through the VIP and to Redis, and two
+webhook notifications reach the recovery service (a refused failover, then one blocked by the cooldown).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tierwatch.stack import Stack, free_port, wait_for
+from tierwatch.stack.haproxy import start_haproxy, start_vip
+from tierwatch.stack.http import start_http_backend
+from tierwatch.stack.postgres import start_primary, start_replica
+from tierwatch.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
+from tierwatch.stack.redis import start_redis, start_sentinels
+
+ROOT = Path(__file__).resolve().parents[1]
+FOR_LINE = re.compile(r"^(\s+for:\s*)\S+\s*$", re.MULTILINE)
+TOKEN = "dashboards-live-token"
+APP_REGIONS = {"es-1": "primary", "es-2": "primary", "es-3": "failover", "es-4": "failover"}
+STOPPED_APP = "es-4"
+
+
+@dataclass
+class LiveStack:
+    """What the dashboards' queries run against."""
+
+    stack: Stack
+    prometheus: PrometheusServer
+    exporter_url: str
+    recovery_url: str
+
+
+def fast_rules(directory: Path, for_value: str = "3s") -> list[Path]:
+    """Copies of rules/*.yml with every ``for:`` set to ``for_value`` (expressions unchanged)."""
+    copies = []
+    for source in sorted((ROOT / "rules").glob("*.yml")):
+        target = directory / source.name
+        target.write_text(FOR_LINE.sub(lambda m: m.group(1) + for_value, source.read_text()))
+        copies.append(target)
+    return copies
+
+
+def _serve(stack: Stack, name: str, argv: list[str], env: dict[str, str] | None = None) -> str:
+    """Start a ``tierwatch`` subcommand on a free port and wait for /ready; its base URL."""
+    port = free_port()
+    process = stack.spawn(
+        name, [sys.executable, "-m", "tierwatch", *argv, "--listen", f"127.0.0.1:{port}"], env=env
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        process.check_alive()
+        return httpx.get(url + "/ready", timeout=2.0).status_code == 200
+
+    wait_for(ready, 30, f"{name} to be ready")
+    return url
+
+
+def _traffic(stop: threading.Event, vip_port: int, redis_client: Any) -> None:
+    """Requests through the VIP and Redis lookups (hits and misses) until ``stop`` is set."""
+    with httpx.Client(timeout=2.0) as client:
+        while not stop.wait(0.2):
+            try:
+                client.get(f"http://127.0.0.1:{vip_port}/")
+                redis_client.get("page:home")
+                redis_client.get("page:missing")
+            except Exception:  # noqa: BLE001 - traffic is best effort; the stack may be stopping
+                pass
+
+
+def _refused(recovery_url: str) -> bool:
+    """True once the recovery service counted a refused action."""
+    text = httpx.get(recovery_url + "/metrics", timeout=5).text
+    return bool(
+        re.search(r'^tierwatch_recovery_actions_total\{[^}]*outcome="refused"[^}]*\} [1-9]', text, re.M)
+    )
+
+
+def _notify(recovery_url: str, name: str, labels: dict[str, str], starts_at: str) -> None:
+    alert = {
+        "status": "firing",
+        "labels": {"alertname": name, "severity": "critical", **labels},
+        "annotations": {"summary": name},
+        "startsAt": starts_at,
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus/graph",
+        "fingerprint": name.encode().hex()[:16],  # one alert; a new incident is a new startsAt
+    }
+    body = {
+        "version": "4",
+        "groupKey": "{}:{alertname}",
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "recovery",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager",
+        "alerts": [alert],
+    }
+    response = httpx.post(
+        recovery_url + "/webhook", json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+    )
+    response.raise_for_status()
+
+
+@contextmanager
+def live_stack(keep: bool = False) -> Iterator[LiveStack]:
+    """Start everything; stop every process on exit."""
+    stop = threading.Event()
+    with Stack(keep=keep) as stack:
+        apps = {name: start_http_backend(stack, name) for name in APP_REGIONS}
+        lbs = [start_haproxy(stack, f"lb-{i}", [(n, a.port) for n, a in apps.items()]) for i in (1, 2)]
+        vip = start_vip(stack, lbs)
+
+        redis_a = start_redis(stack, "redis-a")
+        redis_b = start_redis(stack, "redis-b", replica_of=redis_a)
+        sentinels = start_sentinels(
+            stack, redis_a, n=1, quorum=1, master_name="cache-main", down_after_ms=5000
+        )
+        master = redis_a.client()
+        master.set("page:home", "cached")
+        master.lpush("jobs", *[f"job-{i}" for i in range(25)])
+        for i in range(12):
+            master.xadd("events", {"n": i})
+        master.xgroup_create("events", "mailer", id="0")
+
+        pg_1 = start_primary(stack, "pg-1", archive=True)
+        pg_2 = start_replica(stack, pg_1, "pg-2")
+        pg_1.sql("SELECT pg_create_physical_replication_slot('pg_dr')")
+        pg_1.sql("CREATE TABLE visits (id serial PRIMARY KEY, at timestamptz DEFAULT now())")
+        pg_1.sql("INSERT INTO visits DEFAULT VALUES")
+        pg_1.sql("SELECT pg_switch_wal()")
+        pg_2.wait_caught_up()
+
+        clusters: list[dict[str, Any]] = [
+            {"name": "edge", "tier": "lb", "vip": vip.url, "targets": [
+                {"name": lb.name, "region": "primary", "url": lb.url, "stats_socket": str(lb.stats_socket)}
+                for lb in lbs]},
+            {"name": "web", "tier": "app", "targets": [
+                {"name": n, "region": APP_REGIONS[n], "url": a.url} for n, a in apps.items()]},
+            {"name": "cache-main", "tier": "redis",
+             "targets": [{"name": s.name, "region": "primary", "url": s.url} for s in (redis_a, redis_b)],
+             "sentinel": {"master_name": "cache-main", "targets": [
+                 {"name": s.name, "region": "primary", "url": s.url} for s in sentinels]},
+             "queues": [{"name": "jobs", "kind": "list"}, {"name": "emails", "kind": "bullmq"},
+                        {"name": "events", "kind": "stream"}]},
+            {"name": "main-db", "tier": "postgres", "password_env": "TIERWATCH_LIVE_PG_PASSWORD", "targets": [
+                {"name": s.name, "region": "primary", "url": s.dsn_without_password} for s in (pg_1, pg_2)]},
+        ]  # fmt: skip
+        config = stack.path("tierwatch.yml")
+        config.write_text(
+            yaml.safe_dump({"monitor": {"interval": "1s", "timeout": "800ms"}, "clusters": clusters})
+        )
+        env = dict(os.environ, TIERWATCH_LIVE_PG_PASSWORD=pg_1.monitor_password)
+        exporter_url = _serve(stack, "tierwatch", ["serve", "--config", str(config)], env)
+
+        token = stack.path("secrets", "token")
+        token.write_text(TOKEN + "\n")
+        recovery = {
+            "state_dir": str(stack.directory("recovery-state")),
+            "dry_run": True,
+            "auth": {"bearer_token_file": str(token)},
+            "allow": {"RedisMasterDown": "redis_failover"},
+        }
+        recovery_config = stack.path("recover.yml")
+        recovery_config.write_text(yaml.safe_dump({"clusters": clusters[1:3], "recovery": recovery}))
+        recovery_url = _serve(stack, "recover", ["recover", "--config", str(recovery_config)], env)
+
+        prometheus = start_prometheus(
+            stack,
+            [
+                ScrapeJob("tierwatch", [exporter_url.removeprefix("http://")]),
+                ScrapeJob("tierwatch-recovery", [recovery_url.removeprefix("http://")]),
+            ],
+            fast_rules(stack.directory("rules")),
+            scrape_interval="1s",
+            evaluation_interval="1s",
+        )
+        wait_for(prometheus.targets_up, 30, "prometheus to scrape the exporter and the recovery service")
+
+        traffic = threading.Thread(target=_traffic, args=(stop, vip.port, master), daemon=True)
+        traffic.start()
+        try:
+            apps[STOPPED_APP].process.stop()  # an app server goes down: AppInstanceDown fires
+            # the recovery counters are scraped at 0 first, so increase() sees the decisions that follow
+            wait_for(lambda: prometheus.query("tierwatch_recovery_actions_total"), 30, "recovery series")
+            # the master still answers: the dry-run failover is refused (a decision, with a duration);
+            # the same alert again, from a new incident, is then blocked by the cooldown
+            redis_alert = {
+                "tier": "redis",
+                "cluster": "cache-main",
+                "target": "redis-a",
+                "action": "redis_failover",
+            }
+            _notify(recovery_url, "RedisMasterDown", redis_alert, "2026-01-01T00:00:00Z")
+            wait_for(lambda: _refused(recovery_url), 60, "the recovery service to refuse the failover")
+            _notify(recovery_url, "RedisMasterDown", redis_alert, "2026-01-01T01:00:00Z")
+            yield LiveStack(stack, prometheus, exporter_url, recovery_url)
+        finally:
+            stop.set()
+            traffic.join(5)
