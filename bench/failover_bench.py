@@ -1,0 +1,326 @@
+"""Failover benchmark: time from a killed primary to writes accepted again, and acknowledged writes
+lost, for the tierwatch chain (exporter -> Prometheus -> Alertmanager -> recovery service) side by
+side with redis-sentinel on the same machine, at the same detection window; and for PostgreSQL.
+
+Each run builds a fresh cluster (Redis: a master and two replicas behind a write LB, or under three
+Sentinels; PostgreSQL: a primary, two synchronous-quorum replicas, a write LB), runs a writer, kills
+the primary with SIGKILL, and measures until a write is acknowledged again:
+
+- Redis: a write is acknowledged when SET succeeded and ``WAIT 1`` confirmed a replica has it;
+  Sentinel's writer asks the Sentinels for the master's address, the chain's writer goes through the
+  write LB the recovery service moves.
+- PostgreSQL: a write is acknowledged when its commit returned (ANY 1 synchronous replica).
+
+The detection window is Sentinel's ``down-after-milliseconds`` and the alert's ``for`` in the chain.
+
+Run: ``python bench/failover_bench.py [--runs 3] [--windows 5,1] [--output bench/results/failover.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tierwatch.drills import NO_RETRY, PgWrites, RedisWrites, Writer
+from tierwatch.stack import Stack, wait_for
+from tierwatch.stack.chain import ChainTiming, audit, redis_cluster, start_chain, write_lb_cluster
+from tierwatch.stack.haproxy import start_write_lb
+from tierwatch.stack.postgres import create_admin_role, create_app_role, start_primary, start_replica
+from tierwatch.stack.redis import RedisServer, start_redis, start_sentinels
+
+PASSWORD = "bench-redis-pw"
+
+
+class SentinelWrites:
+    """SET + WAIT 1 on the master the Sentinels name (what a Sentinel-aware client does)."""
+
+    def __init__(self, sentinels: list[RedisServer]):
+        self.sentinels = sentinels
+        self.client: redis.Redis | None = None
+
+    def __call__(self, n: int) -> bool:
+        try:
+            if self.client is None:
+                host, port = self._master()
+                self.client = redis.Redis(
+                    host=host,
+                    port=port,
+                    password=PASSWORD,
+                    socket_timeout=0.5,
+                    socket_connect_timeout=0.5,
+                    retry=NO_RETRY,
+                )
+                if self.client.info("replication")["role"] != "master":
+                    raise redis.ConnectionError("not the master yet")
+            self.client.set(f"bench:{n}", n)
+            return int(self.client.execute_command("WAIT", 1, 250)) >= 1
+        except redis.RedisError:
+            if self.client is not None:
+                self.client.close()
+            self.client = None
+            return False
+
+    def _master(self) -> tuple[str, int]:
+        for sentinel in self.sentinels:
+            try:
+                host, port = sentinel.client(socket_timeout=0.5).execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "bench"
+                )
+                return str(host), int(port)
+            except redis.RedisError:
+                continue
+        raise redis.ConnectionError("no sentinel answered")
+
+
+def _timing(window: float) -> ChainTiming:
+    cadence = "500ms" if window >= 2 else "250ms"
+    value = f"{int(window * 1000)}ms"
+    alerts = ("RedisMasterDown", "RedisNoMaster", "PostgresPrimaryDown", "PostgresNoPrimary")
+    return ChainTiming(
+        probe_interval=cadence,
+        probe_timeout="200ms",
+        scrape_interval=cadence,
+        evaluation_interval=cadence,
+        for_values=tuple((a, value) for a in alerts),
+    )
+
+
+def _measure(
+    writer: Writer, kill: Callable[[], None], recovered: Callable[[float], bool], timeout: float = 60
+) -> dict[str, Any]:
+    writer.start()
+    wait_for(lambda: len(writer.acked) > 20, 30, "writes flowing")
+    killed = time.time()
+    kill()
+    ok = False
+    deadline = killed + timeout
+    while time.time() < deadline:
+        if recovered(killed) and writer.first_ack_after(killed) is not None:
+            ok = True
+            break
+        time.sleep(0.02)
+    time.sleep(0.5)
+    writer.stop()
+    first = writer.first_ack_after(killed)
+    return {"recovered": ok, "seconds": round(first - killed, 3) if first else None, "killed_at": killed}
+
+
+def redis_servers(stack: Stack) -> list[RedisServer]:
+    master = start_redis(stack, "redis-a", password=PASSWORD)
+    return [
+        master,
+        *(start_redis(stack, n, password=PASSWORD, replica_of=master) for n in ("redis-b", "redis-c")),
+    ]
+
+
+def masters(servers: list[RedisServer]) -> list[str]:
+    found = []
+    for server in servers:
+        try:
+            if server.client(socket_timeout=0.5).info("replication")["role"] == "master":
+                found.append(server.name)
+        except redis.RedisError:
+            continue
+    return found
+
+
+def lost_keys(server: RedisServer, acked: list[tuple[int, float]], prefix: str) -> int:
+    client = server.client()
+    keys = [f"{prefix}:{n}" for n, _ in acked]
+    present = sum(int(client.exists(*keys[i : i + 500])) for i in range(0, len(keys), 500))
+    return len(keys) - present
+
+
+def run_chain_redis(window: float) -> dict[str, Any]:
+    with Stack() as stack:
+        servers = redis_servers(stack)
+        lb = start_write_lb(
+            stack, "lb-write", "be_redis_write", [(s.name, s.port) for s in servers], primary="redis-a"
+        )
+        secret = stack.path("chain-secrets", "redis")
+        secret.write_text(PASSWORD)
+        clusters = [redis_cluster("cache", servers, secret)]
+        write_lb = [write_lb_cluster("write", [lb])]
+        recovery = {
+            "allow": {"RedisMasterDown": "redis_failover", "RedisNoMaster": "redis_failover"},
+            "clusters": {"cache": {"write_backend": "be_redis_write"}},
+        }
+        chain = start_chain(stack, clusters, recovery, _timing(window), recovery_only=write_lb)
+        wait_for(chain.prometheus.targets_up, 30, "scraping")
+        wait_for(lambda: chain.prometheus.value('min(tierwatch_up{tier="redis"})') == 1, 30, "targets up")
+        writer = Writer(RedisWrites(lb.port, PASSWORD))
+        result = _measure(
+            writer, servers[0].process.kill, lambda _t: bool([m for m in masters(servers) if m != "redis-a"])
+        )
+        live = masters(servers)
+        result["primaries"] = len(live)
+        result["lost"] = (
+            lost_keys(next(s for s in servers if s.name == live[0]), writer.acked, "drill") if live else None
+        )
+        result["acked"] = len(writer.acked)
+        entries = audit(chain)
+        accepted = next((e["ts"] for e in entries if e["event"] == "alert_accepted"), None)
+        result["alert_at"] = round(accepted - result.pop("killed_at"), 3) if accepted else None
+        return result
+
+
+def run_sentinel(window: float) -> dict[str, Any]:
+    with Stack() as stack:
+        servers = redis_servers(stack)
+        sentinels = start_sentinels(
+            stack,
+            servers[0],
+            n=3,
+            quorum=2,
+            master_name="bench",
+            down_after_ms=int(window * 1000),
+            failover_timeout_ms=10000,
+        )
+        writer = Writer(SentinelWrites(sentinels))
+        result = _measure(
+            writer, servers[0].process.kill, lambda _t: bool([m for m in masters(servers) if m != "redis-a"])
+        )
+        result.pop("killed_at")
+        live = masters(servers)
+        result["primaries"] = len(live)
+        result["lost"] = (
+            lost_keys(next(s for s in servers if s.name == live[0]), writer.acked, "bench") if live else None
+        )
+        result["acked"] = len(writer.acked)
+        return result
+
+
+def run_chain_pg(window: float) -> dict[str, Any]:
+    with Stack() as stack:
+        sync = {"synchronous_standby_names": 'ANY 1 ("pg-1", "pg-2", "pg-3")'}
+        primary = start_primary(stack, "pg-1")
+        admin = create_admin_role(primary)
+        app = create_app_role(primary, "app")
+        servers = {
+            "pg-1": primary,
+            **{n: start_replica(stack, primary, n, settings=sync) for n in ("pg-2", "pg-3")},
+        }
+        primary.sql(f"ALTER SYSTEM SET synchronous_standby_names = '{sync['synchronous_standby_names']}'")
+        primary.sql("SELECT pg_reload_conf()")
+        primary.sql("CREATE TABLE drill_writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+        primary.sql("GRANT INSERT, SELECT ON drill_writes TO app")
+        lb = start_write_lb(
+            stack, "lb-write", "be_pg_write", [(n, s.port) for n, s in servers.items()], primary="pg-1"
+        )
+        files = {"pg": primary.monitor_password, "pg-admin": admin}
+        for name, value in files.items():
+            stack.path("chain-secrets", name).write_text(value)
+        clusters = [
+            {
+                "name": "db",
+                "tier": "postgres",
+                "password_file": str(stack.path("chain-secrets", "pg")),
+                "targets": [
+                    {"name": n, "region": "primary", "url": s.dsn_without_password}
+                    for n, s in servers.items()
+                ],
+            }
+        ]
+        write_lb = [write_lb_cluster("write", [lb])]
+        recovery = {
+            "allow": {"PostgresPrimaryDown": "pg_promote", "PostgresNoPrimary": "pg_promote"},
+            "clusters": {
+                "db": {
+                    "write_backend": "be_pg_write",
+                    "admin_user": "tierwatch_admin",
+                    "admin_password_file": str(stack.path("chain-secrets", "pg-admin")),
+                }
+            },
+        }
+        chain = start_chain(stack, clusters, recovery, _timing(window), recovery_only=write_lb)
+        wait_for(chain.prometheus.targets_up, 30, "scraping")
+        wait_for(lambda: chain.prometheus.value('min(tierwatch_up{tier="postgres"})') == 1, 30, "targets up")
+        writer = Writer(PgWrites(lb.port, app))
+
+        def promoted(_t: float) -> bool:
+            return any(not s.in_recovery() for n, s in servers.items() if n != "pg-1" and _alive(s))
+
+        result = _measure(writer, primary.process.kill, promoted)
+        live = [n for n, s in servers.items() if n != "pg-1" and _alive(s) and not s.in_recovery()]
+        result["primaries"] = len(live)
+        if live:
+            ids = {row[0] for row in servers[live[0]].sql("SELECT id FROM drill_writes")}
+            result["lost"] = len({n for n, _ in writer.acked} - ids)
+        result["acked"] = len(writer.acked)
+        entries = audit(chain)
+        accepted = next((e["ts"] for e in entries if e["event"] == "alert_accepted"), None)
+        result["alert_at"] = round(accepted - result.pop("killed_at"), 3) if accepted else None
+        return result
+
+
+def _alive(server: Any) -> bool:
+    try:
+        server.in_recovery()
+        return True
+    except Exception:  # noqa: BLE001 - a dead server is simply not alive
+        return False
+
+
+def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    seconds = [r["seconds"] for r in runs if r["seconds"] is not None]
+    return {
+        "scenario": name,
+        "runs": len(runs),
+        "recovered": sum(1 for r in runs if r["recovered"]),
+        "median_s": round(statistics.median(seconds), 2) if seconds else None,
+        "max_s": round(max(seconds), 2) if seconds else None,
+        "lost_acked_writes": sum(r.get("lost") or 0 for r in runs),
+        "max_primaries": max((r["primaries"] for r in runs), default=0),
+        "raw": runs,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--windows", default="5,1", help="detection windows in seconds, comma separated")
+    parser.add_argument("--skip-pg", action="store_true")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "failover.json")
+    args = parser.parse_args()
+    windows = [float(w) for w in args.windows.split(",")]
+    summaries = []
+    for window in windows:
+        for name, fn in (("sentinel", run_sentinel), ("tierwatch-chain", run_chain_redis)):
+            runs = [fn(window) for _ in range(args.runs)]
+            summaries.append(summarize(f"redis {name} window={window:g}s", runs))
+            print(_line(summaries[-1]), flush=True)
+    if not args.skip_pg:
+        runs = [run_chain_pg(5.0) for _ in range(args.runs)]
+        summaries.append(summarize("postgres tierwatch-chain window=5s", runs))
+        print(_line(summaries[-1]), flush=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(
+        json.dumps(
+            {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": summaries}, indent=2
+        )
+        + "\n"
+    )
+    print(f"written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _line(summary: dict[str, Any]) -> str:
+    return (
+        f"{summary['scenario']:<42} recovered {summary['recovered']}/{summary['runs']}  "
+        f"median {summary['median_s']}s  max {summary['max_s']}s  "
+        f"lost acked writes {summary['lost_acked_writes']}  max primaries {summary['max_primaries']}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
