@@ -18,7 +18,8 @@ from tierwatch.probes.haproxy import parse_show_stat
 from tierwatch.recovery.actions import ActionContext, AlertRef, Outcome, load_action
 from tierwatch.recovery.settings import RecoverySettings
 from tierwatch.stack import Stack, wait_for
-from tierwatch.stack.haproxy import HAProxy, start_haproxy
+from tierwatch.stack.chain import write_lb_cluster
+from tierwatch.stack.haproxy import HAProxy, start_haproxy, start_write_lb
 from tierwatch.stack.http import HttpBackend, start_http_backend
 
 REGIONS = {"es-1": "primary", "es-2": "primary", "es-3": "failover", "es-4": "failover"}
@@ -37,7 +38,10 @@ def site(stack: Stack) -> Iterator[Site]:
     apps = {name: start_http_backend(stack, name) for name in REGIONS}
     servers = [(name, app.port) for name, app in apps.items()]
     lbs = [start_haproxy(stack, f"lb-{i}", servers, check_interval_ms=200) for i in (1, 2)]
+    # an LB without the app backend (a write LB) in the same config: actions must leave it alone
+    other = start_write_lb(stack, "lb-write", "be_other", [("x", 1)])
     clusters: list[dict[str, Any]] = [
+        write_lb_cluster("write-lbs", [other]),
         {
             "name": "edge",
             "tier": "lb",

@@ -36,39 +36,59 @@ async def runtime_command(socket_path: str, line: str) -> str:
         await api.close()
 
 
+async def lbs_with_backend(loaded: LoadedConfig, backend: str) -> dict[str, dict[str, str]]:
+    """Per LB that has ``backend``: its socket path under key "", and each server's status (an LB
+    whose runtime API does not answer is listed with key "!" set). LBs without it are left out:
+    one config may hold app LBs and write LBs side by side."""
+    found: dict[str, dict[str, str]] = {}
+    for lb, path in lb_sockets(loaded):
+        try:
+            rows = list(parse_show_stat(await runtime_command(path, "show stat")))
+        except (OSError, ValueError):
+            found[lb] = {"": path, "!": "unreachable"}
+            continue
+        servers = {
+            r["svname"]: r.get("status", "")
+            for r in rows
+            if r.get("pxname") == backend and r.get("type") == "2"
+        }
+        if servers:
+            found[lb] = {"": path, **servers}
+    return found
+
+
 async def point_backend_at(
     loaded: LoadedConfig, backend: str, primary: str, members: list[str]
 ) -> dict[str, str]:
-    """Make ``primary`` the only ready server of ``backend`` on every LB. Returns per-LB results
-    ("ok" or a secret-free problem) so the caller can audit and verify them."""
+    """Make ``primary`` the only ready server of ``backend`` on every LB that has that backend (LBs
+    without it are left alone). Returns per-LB results ("ok" or a secret-free problem)."""
     results: dict[str, str] = {}
-    for lb, path in lb_sockets(loaded):
+    for lb, servers in (await lbs_with_backend(loaded, backend)).items():
+        if servers.get("!"):
+            results[lb] = servers["!"]
+            continue
         problems = []
         for member in members:
+            if member not in servers:
+                problems.append(f"{member}: no such server in {backend}")
+                continue
             state = "ready" if member == primary else "maint"
             try:
-                out = (await runtime_command(path, f"set server {backend}/{member} state {state}")).strip()
+                await runtime_command(servers[""], f"set server {backend}/{member} state {state}")
             except OSError as exc:
-                problems.append(f"{type(exc).__name__}")
+                problems.append(type(exc).__name__)
                 break
-            if out and "No such" in out:
-                problems.append(f"{member}: no such server in {backend}")
         results[lb] = "; ".join(problems) or "ok"
     return results
 
 
 async def backend_primary(loaded: LoadedConfig, backend: str) -> dict[str, list[str]]:
-    """Per LB, the servers of ``backend`` not in maintenance (for verification)."""
+    """Per LB that has ``backend``, its servers not in maintenance (for verification)."""
     found: dict[str, list[str]] = {}
-    for lb, path in lb_sockets(loaded):
-        text = await runtime_command(path, "show stat")
-        found[lb] = [
-            row["svname"]
-            for row in parse_show_stat(text)
-            if row.get("pxname") == backend
-            and row.get("type") == "2"
-            and not row.get("status", "").startswith("MAINT")
-        ]
+    for lb, servers in (await lbs_with_backend(loaded, backend)).items():
+        if servers.get("!"):
+            raise OSError(f"{lb} unreachable")
+        found[lb] = [name for name, status in servers.items() if name and not status.startswith("MAINT")]
     return found
 
 
@@ -93,5 +113,5 @@ async def write_backend_problems(ctx: ActionContext, primary: str) -> list[str]:
     except (OSError, ValueError) as exc:
         return [f"backend {backend}: {type(exc).__name__}"]
     if not found:
-        return [f"backend {backend}: no LB with a runtime API socket in the config"]
+        return [f"backend {backend}: no LB in the config has this backend (or a runtime API socket)"]
     return [f"{lb}: {backend} serves {servers}" for lb, servers in found.items() if servers != [primary]]

@@ -183,6 +183,22 @@ class Inbox:
             ]
         return [a for a in (self.get(k) for k in keys) if a is not None]
 
+    def active_with(self, cluster: str, action: str, region: str | None, since: float) -> bool:
+        """True if an unresolved alert for ``cluster`` asking for ``action`` (in ``region``, when given)
+        was received since ``since`` and did not end refused or cancelled."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT labels FROM alerts WHERE received_at >= ? AND resolved = 0"
+                " AND coalesce(outcome, '') NOT IN ('refused', 'cancelled')",
+                (since,),
+            ).fetchall()
+        for (text,) in rows:
+            labels = json.loads(text)
+            same_region = region is None or labels.get("region") in (None, region)
+            if labels.get("cluster") == cluster and labels.get("action") == action and same_region:
+                return True
+        return False
+
     def pending_count(self) -> int:
         """Alerts recorded whose action has not finished."""
         with self._lock:

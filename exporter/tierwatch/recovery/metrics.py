@@ -26,7 +26,7 @@ ACTION_TIERS = {
     "cache_warmup": ("redis",),
 }
 OUTCOMES = ("succeeded", "failed", "refused", "cancelled", "timed_out", "dry_run")
-LIMITS = ("rate_limit", "cooldown", "cluster_lock", "max_lag", "not_allowed")
+LIMITS = ("rate_limit", "cooldown", "cluster_lock", "max_lag", "not_allowed", "superseded")
 
 ACTIONS_TOTAL = metric(
     "tierwatch_recovery_actions_total",
@@ -41,7 +41,7 @@ BLOCKED_TOTAL = metric(
     "tierwatch_recovery_blocked_total",
     "counter",
     "Recovery actions not started because a safety limit stopped them (rate_limit, cooldown, "
-    "cluster_lock, max_lag, not_allowed).",
+    "cluster_lock, max_lag, not_allowed, superseded by a regional failover).",
     ("action", "limit"),
     scope="cluster",
     section="recovery",

@@ -31,6 +31,9 @@ from .inbox import Inbox, InboxAlert
 from .settings import RecoverySettings
 from .webhook import PayloadError, parse_payload
 
+# actions on one instance, which a regional failover of the instance's region supersedes
+INSTANCE_ACTIONS = ("restart_instance", "shift_traffic")
+
 
 def _counter(spec: MetricSpec, registry: CollectorRegistry) -> Counter:
     return Counter(spec.name.removesuffix("_total"), spec.help, list(spec.all_labels), registry=registry)
@@ -244,6 +247,10 @@ class RecoveryService:
                 self._blocked(tier, cluster_name, action_name, "cooldown", base)
                 self.inbox.finish(alert.key, "refused", "in cooldown after the previous run")
                 return
+        if action_name in INSTANCE_ACTIONS and not resumed and await self._superseded(alert, cluster_name):
+            self._blocked(tier, cluster_name, action_name, "superseded", base)
+            self.inbox.finish(alert.key, "refused", "superseded by a regional failover of the same region")
+            return
         lock = self._locks.setdefault(cluster_name, asyncio.Lock())
         if lock.locked():
             self.audit.record("waiting_for_cluster_lock", **base, action=action_name)
@@ -284,6 +291,14 @@ class RecoveryService:
             self.metrics.failovers.labels(tier, cluster_name, action_name).inc()
             self.metrics.last_failover.labels(tier, cluster_name).set(time.time())
             self.events.emit("failover", cluster=cluster_name, action=action_name, detail=outcome.detail)
+
+    async def _superseded(self, alert: InboxAlert, cluster: str) -> bool:
+        """Wait ``settle`` seconds, then: is a regional failover of this alert's region on its way?"""
+        if self.settings.settle > 0:
+            await asyncio.sleep(self.settings.settle)
+        window = max(self.settings.cooldown, 600.0)
+        region = alert.labels.get("region")
+        return self.inbox.active_with(cluster, "regional_failover", region, time.time() - window)
 
     def _context(
         self, alert: InboxAlert, cluster: ClusterConfig, resumed: bool, base: dict[str, Any], action: str

@@ -79,5 +79,8 @@ class RecoverySettings(_Strict):
     action_timeout: Duration = 60.0
     rate_limit: RateLimit = RateLimit()
     cooldown: DurationOrZero = 600.0
+    # instance-level actions wait this long, so a regional failover raised by the same evaluation
+    # (the region is gone, not its instances) can supersede them instead of racing them
+    settle: DurationOrZero = 1.0
     allow: dict[str, ActionName] = {}
     clusters: dict[str, ClusterRecovery] = {}

@@ -8,7 +8,7 @@ import asyncio
 
 from ...config import LoadedConfig
 from ...probes.haproxy import parse_show_stat
-from ..discovery import lb_sockets, runtime_command
+from ..discovery import lb_sockets, lbs_with_backend, runtime_command
 from .base import Action, ActionContext, Outcome
 from .restart import answers
 
@@ -17,8 +17,10 @@ async def backend_counters(loaded: LoadedConfig, backend: str) -> tuple[float, f
     """Sum over LBs of the backend's responses and 5xx responses, and which servers are UP anywhere."""
     total = errors = 0.0
     up: dict[str, bool] = {}
-    for _, path in lb_sockets(loaded):
-        for row in parse_show_stat(await runtime_command(path, "show stat")):
+    for servers in (await lbs_with_backend(loaded, backend)).values():
+        if servers.get("!"):
+            continue
+        for row in parse_show_stat(await runtime_command(servers[""], "show stat")):
             if row.get("pxname") != backend:
                 continue
             if row.get("type") == "1":
@@ -34,11 +36,18 @@ async def backend_counters(loaded: LoadedConfig, backend: str) -> tuple[float, f
 
 
 async def set_servers(loaded: LoadedConfig, backend: str, servers: list[str], command: str) -> list[str]:
-    """Run ``set server <backend>/<server> <command>`` on every LB; returns problems (empty when ok)."""
+    """Run ``set server <backend>/<server> <command>`` on every LB that has ``backend``; returns
+    problems (empty when ok)."""
     problems = []
-    for lb, path in lb_sockets(loaded):
+    found = await lbs_with_backend(loaded, backend)
+    if not found:
+        return [f"no LB has backend {backend}"]
+    for lb, known in found.items():
+        if known.get("!"):
+            problems.append(f"{lb}: runtime API unreachable")
+            continue
         for server in servers:
-            out = (await runtime_command(path, f"set server {backend}/{server} {command}")).strip()
+            out = (await runtime_command(known[""], f"set server {backend}/{server} {command}")).strip()
             if out:
                 problems.append(f"{lb}: {server}: {out[:120]}")
     return problems

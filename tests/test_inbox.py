@@ -1,0 +1,66 @@
+"""The durable inbox on its own: exactly-once recording, resolution, crash recovery, supersession."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tierwatch.recovery.inbox import Inbox
+from tierwatch.recovery.webhook import parse_payload
+
+from recovery_fixtures import alert, payload
+
+
+def record(inbox: Inbox, *alerts: dict[str, object]) -> list[str]:
+    import json
+
+    return [d.result for d in inbox.record(parse_payload(json.dumps(payload(*alerts)).encode()))]
+
+
+def test_exactly_once_and_resolution(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path / "inbox.sqlite3")
+    firing = alert("AppInstanceDown", {"cluster": "web", "target": "es-1", "action": "restart_instance"})
+    assert record(inbox, firing) == ["accepted"]
+    assert record(inbox, firing, firing) == ["duplicate", "duplicate"]
+    claimed = inbox.claim_next()
+    assert claimed is not None and claimed.alertname == "AppInstanceDown" and inbox.claim_next() is None
+    assert record(inbox, dict(firing, status="resolved")) == ["resolved"]
+    inbox.close()
+
+
+def test_crash_recovery_rules(tmp_path: Path) -> None:
+    path = tmp_path / "inbox.sqlite3"
+    inbox = Inbox(path)
+    before = alert("A", {"cluster": "c"}, fingerprint="00000000000000a1")
+    past = alert("B", {"cluster": "c"}, fingerprint="00000000000000b2")
+    record(inbox, before, past)
+    first, second = inbox.claim_next(), inbox.claim_next()
+    assert first is not None and second is not None
+    inbox.mark_point_of_no_return(second.key)
+    inbox.close()
+    reopened = Inbox(path)  # as after a crash: both were left running
+    resumed = reopened.interrupted()
+    assert [a.key for a in resumed] == [second.key]  # past its point of no return: verify, not redo
+    again = reopened.claim_next()
+    assert again is not None and again.key == first.key  # before it: runs again from the start
+    reopened.close()
+
+
+def test_regional_failover_supersedes_instance_actions(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path / "inbox.sqlite3")
+    since = time.time() - 60
+    region_down = alert(
+        "AppRegionDown",
+        {"cluster": "web", "region": "primary", "action": "regional_failover"},
+        fingerprint="00000000000000c3",
+    )
+    assert not inbox.active_with("web", "regional_failover", "primary", since)
+    record(inbox, region_down)
+    assert inbox.active_with("web", "regional_failover", "primary", since)
+    assert not inbox.active_with("web", "regional_failover", "failover", since)
+    assert not inbox.active_with("other", "regional_failover", "primary", since)
+    claimed = inbox.claim_next()
+    assert claimed is not None
+    inbox.finish(claimed.key, "refused", "every server answers")
+    assert not inbox.active_with("web", "regional_failover", "primary", since)
+    inbox.close()
