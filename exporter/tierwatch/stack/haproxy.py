@@ -20,11 +20,12 @@ class HAProxy:
     stats_socket: Path
     config_path: Path
     process: ManagedProcess
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
         """The LB's own health URL (answered by HAProxy itself via monitor-uri)."""
-        return f"http://127.0.0.1:{self.port}/health"
+        return f"http://{self.host}:{self.port}/health"
 
     def command(self, line: str) -> str:
         """Run one runtime API command and return its output."""
@@ -45,8 +46,11 @@ def render_config(
     servers: Sequence[tuple[str, int]],
     backend: str = "be_app",
     check_interval_ms: int = 1000,
+    bind: str = "127.0.0.1",
+    server_host: str = "127.0.0.1",
 ) -> str:
-    """An HAProxy config: frontend on ``port`` naming itself in X-Served-By, one checked backend."""
+    """An HAProxy config: frontend on ``bind:port`` naming itself in X-Served-By, one checked backend
+    of ``servers`` (name, port) on ``server_host``."""
     lines = [
         "global",
         f"  stats socket {stats_socket} mode 600 level admin",
@@ -59,7 +63,7 @@ def render_config(
         "  option redispatch",
         "  retries 2",
         "frontend fe_web",
-        f"  bind 127.0.0.1:{port}",
+        f"  bind {bind}:{port}",
         "  monitor-uri /health",
         # The one line that lets tierwatch tell which LB of the pair serves the VIP:
         f"  http-after-response set-header X-Served-By {name}",
@@ -69,7 +73,7 @@ def render_config(
         "  option httpchk GET /health",
         f"  default-server check inter {check_interval_ms}ms fall 2 rise 1",
     ]
-    lines += [f"  server {server} 127.0.0.1:{sport} weight 100" for server, sport in servers]
+    lines += [f"  server {server} {server_host}:{sport} weight 100" for server, sport in servers]
     return "\n".join(lines) + "\n"
 
 
@@ -79,16 +83,30 @@ def start_haproxy(
     servers: Sequence[tuple[str, int]],
     port: int | None = None,
     check_interval_ms: int = 1000,
+    *,
+    bind: str = "127.0.0.1",
+    server_host: str = "127.0.0.1",
+    host: str = "127.0.0.1",
+    prefix: Sequence[str] = (),
 ) -> HAProxy:
-    """Start HAProxy in the foreground (``-db``) and wait until the frontend and socket answer."""
+    """Start HAProxy in the foreground (``-db``) and wait until the frontend and socket answer.
+
+    ``bind`` is the frontend's address, ``server_host`` where the ``servers`` listen, ``host`` the
+    address this process reaches the frontend on (the LB's ``url``), and ``prefix`` goes before the
+    command line (``["ip", "netns", "exec", NS]`` runs HAProxy in a network namespace).
+    """
     port = port or free_port()
     directory = stack.directory("haproxy", name)
     sock = directory / "admin.sock"
     cfg = directory / "haproxy.cfg"
-    cfg.write_text(render_config(name, port, sock, servers, check_interval_ms=check_interval_ms))
-    proc = stack.spawn(name, ["haproxy", "-db", "-f", str(cfg)])
-    lb = HAProxy(name, port, sock, cfg, proc)
-    wait_for(lambda: proc.check_alive() or (port_open(port) and sock.exists()), 10, f"haproxy {name}")
+    cfg.write_text(
+        render_config(
+            name, port, sock, servers, check_interval_ms=check_interval_ms, bind=bind, server_host=server_host
+        )
+    )
+    proc = stack.spawn(name, [*prefix, "haproxy", "-db", "-f", str(cfg)])
+    lb = HAProxy(name, port, sock, cfg, proc, host)
+    wait_for(lambda: proc.check_alive() or (port_open(port, host) and sock.exists()), 10, f"haproxy {name}")
     return lb
 
 

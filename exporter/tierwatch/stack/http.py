@@ -17,10 +17,11 @@ class HttpBackend:
     name: str
     port: int
     process: ManagedProcess
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/health"
+        return f"http://{self.host}:{self.port}/health"
 
     def set_mode(self, mode: str, delay: float | None = None) -> None:
         """Switch to healthy, slow (with ``delay`` seconds), hang or error."""
@@ -29,11 +30,12 @@ class HttpBackend:
             resp.read()
 
 
-def start_http_backend(stack: Stack, name: str, port: int | None = None) -> HttpBackend:
-    """Start one backend on ``port`` (a free one by default) and wait until it accepts connections."""
+def start_http_backend(
+    stack: Stack, name: str, port: int | None = None, host: str = "127.0.0.1"
+) -> HttpBackend:
+    """Start one backend on ``host:port`` (a free port by default) and wait until it accepts connections."""
     port = port or free_port()
-    proc = stack.spawn(
-        name, [sys.executable, "-m", "tierwatch.stack.http_backend", "--port", str(port), "--name", name]
-    )
-    wait_for(lambda: proc.check_alive() or port_open(port), 10, f"{name} on port {port}")
-    return HttpBackend(name, port, proc)
+    argv = [sys.executable, "-m", "tierwatch.stack.http_backend", "--port", str(port), "--name", name]
+    proc = stack.spawn(name, [*argv, "--host", host])
+    wait_for(lambda: proc.check_alive() or port_open(port, host), 10, f"{name} on port {port}")
+    return HttpBackend(name, port, proc, host)
