@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tierwatch.stack import free_port, wait_for
+from tierwatch.stack import wait_for
 
 from helpers import metric_value
 
@@ -35,8 +35,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 @pytest.mark.parametrize("sentinel", [False, True])
 def test_demo_runs_everything_and_cleans_up(sentinel: bool) -> None:
-    port = free_port()
-    argv = [sys.executable, "-m", "tierwatch", "demo", "--listen", f"127.0.0.1:{port}"]
+    argv = [sys.executable, "-m", "tierwatch", "demo"]
     proc = subprocess.Popen(
         argv + (["--sentinel"] if sentinel else []),
         stdout=subprocess.PIPE,
@@ -47,15 +46,14 @@ def test_demo_runs_everything_and_cleans_up(sentinel: bool) -> None:
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
     reader.start()
     try:
-        config = wait_for(
-            lambda: next(
-                (m.group(1) for line in list(lines) if (m := re.match(r"Config\s+(\S+)", line))), None
-            ),
-            120,
-            "demo config",
-        )
-        stack_dir = str(Path(config).parent)
-        base = f"http://127.0.0.1:{port}"
+
+        def printed(pattern: str) -> str | None:
+            assert proc.poll() is None, "".join(lines)
+            return next((m.group(1) for line in list(lines) if (m := re.match(pattern, line))), None)
+
+        config = wait_for(lambda: printed(r"Config\s+(\S+)"), 180, "demo config")
+        base = wait_for(lambda: printed(r"Exporter\s+(http://\S+?)/\s"), 5, "exporter address")
+        stack_dir = str(Path(config).parents[1])
         expected = 4 + 2 + 5 + 4 + (3 if sentinel else 0)
 
         def all_up() -> str | None:
@@ -69,6 +67,7 @@ def test_demo_runs_everything_and_cleans_up(sentinel: bool) -> None:
         assert metric_value(text, "tierwatch_role", target="lb-1", role="active") == 1
         page = httpx.get(base + "/").text
         assert "VIP served by lb-1" in page
+        assert "Express" in "".join(lines) and "keepalived VRRP" in "".join(lines)
         assert processes_mentioning(stack_dir)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -78,3 +77,5 @@ def test_demo_runs_everything_and_cleans_up(sentinel: bool) -> None:
     assert "stopped; every process and data directory removed" in "".join(lines)
     assert not Path(stack_dir).exists()
     assert not processes_mentioning(stack_dir)
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "tw-" not in namespaces, namespaces

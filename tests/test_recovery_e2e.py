@@ -14,7 +14,7 @@ import time
 import redis
 
 from tierwatch.stack import Stack, wait_for
-from tierwatch.stack.chain import ChainTiming, audit, start_chain
+from tierwatch.stack.chain import ChainTiming, audit, redis_cluster, start_chain, write_lb_cluster
 from tierwatch.stack.haproxy import start_write_lb
 from tierwatch.stack.redis import start_redis
 
@@ -31,29 +31,9 @@ def test_killed_redis_master_recovers_by_itself(stack: Stack) -> None:
     lb = start_write_lb(stack, "lb-redis", BACKEND, [(s.name, s.port) for s in servers], primary="redis-a")
     password_file = stack.path("chain-secrets", "redis")
     password_file.write_text(PASSWORD)
-    clusters = [
-        {
-            "name": "cache-main",
-            "tier": "redis",
-            "password_file": str(password_file),
-            "targets": [{"name": s.name, "region": "primary", "url": s.url} for s in servers],
-        },
-    ]
+    clusters = [redis_cluster("cache-main", servers, password_file)]
     # the write LB: the recovery service finds its runtime socket through an LB cluster entry
-    write_lb = [
-        {
-            "name": "redis-write",
-            "tier": "lb",
-            "targets": [
-                {
-                    "name": lb.name,
-                    "region": "primary",
-                    "url": f"http://127.0.0.1:{lb.port}/",
-                    "stats_socket": str(lb.stats_socket),
-                }
-            ],
-        }
-    ]
+    write_lb = [write_lb_cluster("redis-write", [lb])]
     recovery = {
         "allow": {"RedisMasterDown": "redis_failover", "RedisNoMaster": "redis_failover"},
         "clusters": {"cache-main": {"write_backend": BACKEND}},

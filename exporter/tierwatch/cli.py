@@ -59,7 +59,34 @@ def _recover(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run
 
-    return run(args.listen, sentinel=args.sentinel)
+    return run(sentinel=args.sentinel)
+
+
+def _drill(args: argparse.Namespace) -> int:
+    import json
+
+    from .demo import missing_packages
+    from .drills import SCENARIOS, run_drill
+
+    missing = missing_packages()
+    if missing:
+        print(f"tierwatch demo drill: missing Debian packages: {' '.join(missing)}", file=sys.stderr)
+        return 1
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the stack on SIGTERM too
+    scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    results = []
+    for scenario in scenarios:
+        print(f"tierwatch demo drill {scenario}: starting a demo stack...", flush=True)
+        result = run_drill(scenario, timeout=args.timeout)
+        print(result.render(), flush=True)
+        results.append(result)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump([r.as_dict() for r in results], out, indent=2)
+    bad = [r for r in results if not r.recovered or r.lost or any(v != 1 for v in r.primaries.values())]
+    return 1 if bad else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,14 +127,31 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the local demo stack",
         description="Start the architecture on 127.0.0.1 (HAProxy pair with a VIP, four app servers in two "
-        "regions, Redis master/replicas with a backup pair, PostgreSQL primary/replicas/DR replica) and the "
-        "exporter watching it. Ctrl-C stops everything and removes its data.",
+        "regions, Redis master/replicas with a backup pair, PostgreSQL primary/replicas/DR replica, write "
+        "addresses) and the whole kit watching and repairing it: the exporter, Prometheus with the rules, "
+        "Alertmanager with the routes and the recovery service. Ctrl-C stops everything and removes its "
+        "data.",
     )
-    demo.add_argument("--listen", default="127.0.0.1:9489", metavar="HOST:PORT", help="exporter address")
     demo.add_argument(
         "--sentinel", action="store_true", help="also run 3 Redis Sentinels in charge of failover"
     )
     demo.set_defaults(func=_demo)
+    demo_sub = demo.add_subparsers(dest="demo_command", metavar="drill")
+    from .drills import SCENARIOS
+
+    drill = demo_sub.add_parser(
+        "drill",
+        help="break a demo stack on purpose and time its recovery",
+        description="Start a demo stack, cause a failure, wait for the kit to repair it, and print the "
+        "timeline (failure, detection, alert, action, recovered) and the acknowledged writes lost. "
+        "Scenarios: " + "; ".join(f"{k}: {v}" for k, v in SCENARIOS.items()) + ".",
+    )
+    drill.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    drill.add_argument(
+        "--timeout", type=float, default=90.0, help="seconds to wait for recovery (default 90)"
+    )
+    drill.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    drill.set_defaults(func=_drill)
 
     check = sub.add_parser(
         "check-config",

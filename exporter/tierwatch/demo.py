@@ -1,47 +1,98 @@
-"""``tierwatch demo``: the architecture on one machine, watched by the exporter.
+"""``tierwatch demo``: the architecture on one machine, watched and repaired by the whole kit.
 
 Starts, on 127.0.0.1 with the machine's own binaries: an HAProxy pair behind a VIP (a forwarder that
 plays VRRP: see stack/tcp_forwarder.py), four app servers in two regions, Redis master + 2 replicas +
 a backup master and replica in the failover region (+ 3 Sentinels with ``--sentinel``), PostgreSQL
-primary + 2 replicas + a DR replica, and the exporter. Ctrl-C stops everything and removes its data.
+primary + 2 replicas + a DR replica, write addresses (HAProxy tcp backends) for Redis and PostgreSQL,
+and the chain: the exporter, Prometheus with the kit's rules, Alertmanager with the kit's routes and
+the recovery service. Ctrl-C stops everything and removes its data.
+
+The demo runs the chain with the fast-failover settings of docs/failover.md (1 s probe, scrape and
+evaluation; 5 s ``for`` on the alerts that trigger an action) so the drills finish in seconds.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import secrets
 import shutil
 import signal
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import load_config
-from .server import run_exporter
 from .stack import Stack, StackError
-from .stack.haproxy import start_haproxy, start_vip
-from .stack.http import start_http_backend
-from .stack.postgres import pg_bin_dir, start_primary, start_replica
+from .stack.chain import Chain, ChainTiming, start_chain, write_lb_cluster
+from .stack.express import APP_DIR, ExpressApp, start_express
+from .stack.haproxy import HAProxy, start_haproxy, start_vip, start_write_lb
+from .stack.http import HttpBackend, start_http_backend
+from .stack.launch import kill_launched
+from .stack.postgres import (
+    PgServer,
+    create_admin_role,
+    create_app_role,
+    pg_bin_dir,
+    start_primary,
+    start_replica,
+)
 from .stack.redis import RedisServer, start_redis, start_sentinels
+from .stack.vrrp import VrrpPair, create_vrrp_network, start_vrrp_pair, vrrp_available
+
+AppServer = ExpressApp | HttpBackend
 
 REQUIRED = {
     "haproxy": "haproxy",
     "redis-server": "redis-server",
     "redis-sentinel": "redis-sentinel",
+    "prometheus": "prometheus",
+    "prometheus-alertmanager": "prometheus-alertmanager",
 }
+APP_REGIONS = {"es-1": "primary", "es-2": "primary", "es-3": "failover", "es-4": "failover"}
+REDIS_REGIONS = {
+    "redis-a": "primary",
+    "redis-b": "primary",
+    "redis-c": "primary",
+    "redis-d": "failover",
+    "redis-e": "failover",
+}
+PG_REGIONS = {"pg-1": "primary", "pg-2": "primary", "pg-3": "primary", "pg-dr": "failover"}
+APP_ENV = ("HOST", "PORT", "APP_NAME", "REGION", "REDIS_URL", "REDIS_PASSWORD", "NODE_ENV")
+REDIS_WRITE, PG_WRITE, APP_BACKEND = "be_redis_write", "be_pg_write", "be_app"
+WINDOW = "5s"  # the detection window: `for` of every alert that triggers an action
+ACTION_ALERTS = (
+    "RedisMasterDown",
+    "RedisNoMaster",
+    "PostgresPrimaryDown",
+    "PostgresNoPrimary",
+    "AppInstanceDown",
+    "AppRegionDown",
+    "LBActiveDown",
+    "LBStandbyDown",
+)
+ALLOW = {"RedisMasterDown": "redis_failover", "RedisNoMaster": "redis_failover",
+         "PostgresPrimaryDown": "pg_promote", "PostgresNoPrimary": "pg_promote",
+         "AppInstanceDown": "restart_instance", "AppRegionDown": "regional_failover",
+         "LBActiveDown": "restart_instance", "LBStandbyDown": "restart_instance"}  # fmt: skip
 
 
 @dataclass
 class DemoStack:
-    """What the demo started and the exporter config that watches it."""
+    """Everything the demo started, with what drills need to reach it."""
 
     stack: Stack
-    config_path: Path
-    summary: list[str]
+    apps: dict[str, AppServer]
+    lbs: list[HAProxy]
+    vip_url: str
+    redis: dict[str, RedisServer]
+    pg: dict[str, PgServer]
+    redis_write: HAProxy
+    pg_write: HAProxy
+    redis_password: str
+    pg_app_password: str
+    chain: Chain | None = None
+    sentinels: list[RedisServer] = field(default_factory=list)
+    vrrp: VrrpPair | None = None
+    summary: list[str] = field(default_factory=list)
 
 
 def missing_packages() -> list[str]:
@@ -54,88 +105,210 @@ def missing_packages() -> list[str]:
     return missing
 
 
-def build(stack: Stack, sentinel: bool = False) -> DemoStack:
-    """Start every server of the demo in ``stack`` and write the exporter's config."""
-    summary: list[str] = []
-    apps = {f"es-{i}": start_http_backend(stack, f"es-{i}") for i in range(1, 5)}
-    regions = {"es-1": "primary", "es-2": "primary", "es-3": "failover", "es-4": "failover"}
-    lbs = [start_haproxy(stack, f"lb-{i}", [(n, a.port) for n, a in apps.items()]) for i in (1, 2)]
-    vip = start_vip(stack, lbs)
-    summary.append(f"VIP            {vip.url}  (lb-1 {lbs[0].url}, lb-2 {lbs[1].url})")
+def _launcher(stack: Stack, name: str, argv: list[str], env: dict[str, str] | None = None) -> list[str]:
+    """The restart command of a demo server: relaunch ``argv`` detached (stack/launch.py); ``env``
+    goes through a file readable by root only, so no secret is on a command line."""
+    command = [
+        sys.executable,
+        "-m",
+        "tierwatch.stack.launch",
+        "--pidfile",
+        str(stack.path("launched", f"{name}.pid")),
+        "--log",
+        str(stack.path("logs", f"{name}-restarted.log")),
+    ]
+    if env:
+        env_file = stack.path("launched", f"{name}.env")
+        env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
+        env_file.chmod(0o600)
+        command += ["--env-file", str(env_file)]
+    return [*command, "--", *argv]
 
-    password = secrets.token_urlsafe(16)
-    redis_a = start_redis(stack, "redis-a", password=password)
-    redis_b = start_redis(stack, "redis-b", password=password, replica_of=redis_a)
-    redis_c = start_redis(stack, "redis-c", password=password, replica_of=redis_a)
-    redis_d = start_redis(stack, "redis-d", password=password, replica_of=redis_a)
-    redis_e = start_redis(stack, "redis-e", password=password, replica_of=redis_d)
-    redis_regions = {
-        "redis-a": "primary",
-        "redis-b": "primary",
-        "redis-c": "primary",
-        "redis-d": "failover",
-        "redis-e": "failover",
-    }
-    redis_servers: list[RedisServer] = [redis_a, redis_b, redis_c, redis_d, redis_e]
-    summary.append(f"Redis master   {redis_a.url}  (replicas b, c; backup d -> e in the failover region)")
 
-    pg1 = start_primary(stack, "pg-1", archive=True)
-    pg2 = start_replica(stack, pg1, "pg-2")
-    pg3 = start_replica(stack, pg1, "pg-3")
-    pgdr = start_replica(stack, pg1, "pg-dr")
-    summary.append(
-        f"PostgreSQL     primary 127.0.0.1:{pg1.port}, replicas {pg2.port} {pg3.port}, DR {pgdr.port}"
+def build(
+    stack: Stack,
+    *,
+    sentinel: bool = False,
+    timing: ChainTiming | None = None,
+    vrrp: bool | None = None,
+    express: bool | None = None,
+) -> DemoStack:
+    """Start every server of the demo and the chain around them.
+
+    ``vrrp``: keepalived VRRP between the LBs in network namespaces (default: when running as root
+    with ip netns and keepalived; otherwise a TCP forwarder plays the VIP). ``express``: the Node.js
+    app servers of demo/app (default: when node and npm are installed; otherwise a small Python app
+    stands in)."""
+    stack.on_close(lambda: kill_launched(stack.root / "launched"))
+    use_vrrp = vrrp_available() if vrrp is None else vrrp
+    use_express = bool(shutil.which("node") and shutil.which("npm")) if express is None else express
+    redis_password = _secret()
+    redis: dict[str, RedisServer] = {"redis-a": start_redis(stack, "redis-a", password=redis_password)}
+    for name, upstream in (
+        ("redis-b", "redis-a"),
+        ("redis-c", "redis-a"),
+        ("redis-d", "redis-a"),
+        ("redis-e", "redis-d"),
+    ):
+        redis[name] = start_redis(stack, name, password=redis_password, replica_of=redis[upstream])
+    redis_write = start_write_lb(
+        stack, "lb-redis-write", REDIS_WRITE, [(n, s.port) for n, s in redis.items()], primary="redis-a"
+    )
+
+    net = create_vrrp_network(stack) if use_vrrp else None
+    host = net.host_ip if net is not None else "127.0.0.1"
+    apps: dict[str, AppServer] = {}
+    restart: dict[str, list[str]] = {}
+    for name, region in APP_REGIONS.items():
+        if use_express:
+            app = start_express(
+                stack,
+                name,
+                region,
+                f"redis://127.0.0.1:{redis_write.port}",
+                host=host,
+                redis_password=redis_password,
+            )
+            env = {key: value for key, value in (app.process.env or {}).items() if key in APP_ENV}
+            restart[name] = _launcher(stack, name, ["node", str(APP_DIR / "server.js")], env)
+            apps[name] = app
+        else:
+            backend = start_http_backend(stack, name, host=host)
+            restart[name] = _launcher(stack, name, list(backend.process.argv))
+            apps[name] = backend
+    servers = [(n, a.port) for n, a in apps.items()]
+    pair: VrrpPair | None = None
+    if net is not None:
+        pair = start_vrrp_pair(stack, servers, network=net)
+        lbs, vip_url = pair.lbs, pair.vip_url
+    else:
+        lbs = [start_haproxy(stack, f"lb-{i}", servers) for i in (1, 2)]
+        vip_url = start_vip(stack, lbs).url
+    restart.update({lb.name: _launcher(stack, lb.name, list(lb.process.argv)) for lb in lbs})
+
+    # commits wait for ANY 1 of the main-region servers (whichever are standbys at the time), so an
+    # acknowledged write survives the primary's loss; set once the standbys stream, or creating the
+    # roles would wait for a standby that does not exist yet
+    sync = {"synchronous_standby_names": 'ANY 1 ("pg-1", "pg-2", "pg-3")'}
+    pg: dict[str, PgServer] = {"pg-1": start_primary(stack, "pg-1", archive=True)}
+    admin_password = create_admin_role(pg["pg-1"])
+    app_password = create_app_role(pg["pg-1"], "app")
+    for name in ("pg-2", "pg-3", "pg-dr"):
+        pg[name] = start_replica(stack, pg["pg-1"], name, settings=sync if name != "pg-dr" else None)
+    pg["pg-1"].sql(f"ALTER SYSTEM SET synchronous_standby_names = '{sync['synchronous_standby_names']}'")
+    pg["pg-1"].sql("SELECT pg_reload_conf()")
+    pg_write = start_write_lb(
+        stack, "lb-pg-write", PG_WRITE, [(n, s.port) for n, s in pg.items()], primary="pg-1"
     )
 
     secrets_dir = stack.directory("secrets")
-    (secrets_dir / "redis").write_text(password)
-    (secrets_dir / "pg").write_text(pg1.monitor_password)
-    os.chmod(secrets_dir / "redis", 0o600)
-    os.chmod(secrets_dir / "pg", 0o600)
+    files = {"redis": redis_password, "pg": pg["pg-1"].monitor_password, "pg-admin": admin_password}
+    for file_name, value in files.items():
+        (secrets_dir / file_name).write_text(value + "\n")
+        (secrets_dir / file_name).chmod(0o600)
 
     cache: dict[str, Any] = {
         "name": "cache-main",
         "tier": "redis",
         "password_file": str(secrets_dir / "redis"),
-        "targets": [{"name": s.name, "region": redis_regions[s.name], "url": s.url} for s in redis_servers],
+        "targets": [{"name": n, "region": REDIS_REGIONS[n], "url": s.url} for n, s in redis.items()],
         "queues": [
-            {"name": "jobs", "kind": "list"},
             {"name": "emails", "kind": "bullmq"},
+            {"name": "jobs", "kind": "list"},
             {"name": "events", "kind": "stream"},
         ],
     }
+    sentinels: list[RedisServer] = []
     if sentinel:
         sentinels = start_sentinels(
-            stack, redis_a, n=3, quorum=2, master_name="cache-main", down_after_ms=5000
+            stack, redis["redis-a"], n=3, quorum=2, master_name="cache-main", down_after_ms=5000
         )
         cache["sentinel"] = {
             "master_name": "cache-main",
             "targets": [{"name": s.name, "region": "primary", "url": s.url} for s in sentinels],
         }
-        summary.append("Sentinel       3 sentinels, quorum 2, down-after 5 s")
-    config = {
-        "monitor": {"interval": "5s", "timeout": "2s"},
-        "circuit_breaker": {"failure_threshold": 5, "reset_timeout": "30s"},
-        "clusters": [
-            {"name": "edge", "tier": "lb", "vip": vip.url, "targets": [
+    clusters = [
+        {
+            "name": "edge",
+            "tier": "lb",
+            "vip": vip_url,
+            "targets": [
                 {"name": lb.name, "region": "primary", "url": lb.url, "stats_socket": str(lb.stats_socket)}
-                for lb in lbs]},
-            {"name": "web", "tier": "app", "targets": [
-                {"name": n, "region": regions[n], "url": a.url} for n, a in apps.items()]},
-            cache,
-            {"name": "main-db", "tier": "postgres", "password_file": str(secrets_dir / "pg"), "targets": [
-                {"name": s.name, "region": "failover" if s is pgdr else "primary",
-                 "url": s.dsn_without_password}
-                for s in (pg1, pg2, pg3, pgdr)]},
-        ],
+                for lb in lbs
+            ],
+        },
+        {
+            "name": "web",
+            "tier": "app",
+            "targets": [{"name": n, "region": APP_REGIONS[n], "url": a.url} for n, a in apps.items()],
+        },
+        cache,
+        {
+            "name": "main-db",
+            "tier": "postgres",
+            "password_file": str(secrets_dir / "pg"),
+            "targets": [
+                {"name": n, "region": PG_REGIONS[n], "url": s.dsn_without_password} for n, s in pg.items()
+            ],
+        },
+    ]
+    write_lbs = [write_lb_cluster("write-lbs", [redis_write, pg_write])]
+    recovery = {
+        "allow": ALLOW, "cooldown": "0s", "action_timeout": "60s",
+        "rate_limit": {"max_actions": 10, "per": "1h"},
+        "clusters": {
+            "cache-main": {"write_backend": REDIS_WRITE, "sentinel_wait": "30s"},
+            "main-db": {"write_backend": PG_WRITE, "admin_user": "tierwatch_admin",
+                        "admin_password_file": str(secrets_dir / "pg-admin")},
+            "web": {"app_backend": APP_BACKEND, "restart_commands": {n: restart[n] for n in apps},
+                    "weight_steps": [50, 0], "step_interval": "1s"},
+            "edge": {"restart_commands": {lb.name: restart[lb.name] for lb in lbs}},
+        },
     }  # fmt: skip
-    path = stack.path("tierwatch.yml")
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return DemoStack(stack, path, summary)
+    timing = timing or ChainTiming(for_values=tuple((name, WINDOW) for name in ACTION_ALERTS))
+    chain = start_chain(stack, clusters, recovery, timing, recovery_only=write_lbs)
+    demo = DemoStack(
+        stack,
+        apps,
+        lbs,
+        vip_url,
+        redis,
+        pg,
+        redis_write,
+        pg_write,
+        redis_password,
+        app_password,
+        chain,
+        sentinels,
+        pair,
+    )
+    demo.summary = [
+        f"VIP            {vip_url}  ({'keepalived VRRP in network namespaces' if pair else 'TCP forwarder'}; "
+        f"lb-1 {lbs[0].url}, lb-2 {lbs[1].url})",
+        f"App servers    {', '.join(f'{n} {a.url}' for n, a in apps.items())}  "
+        f"({'Express' if use_express else 'Python stand-in'})",
+        f"Redis writes   redis://127.0.0.1:{redis_write.port}  (master redis-a; replicas b, c; "
+        "backup d -> e in the failover region)",
+        f"PG writes      postgresql://app@127.0.0.1:{pg_write.port}/postgres  "
+        "(primary pg-1; replicas pg-2, pg-3; DR pg-dr)",
+        *(["Sentinel       3 sentinels in charge of Redis failover (down-after 5 s)"] if sentinel else []),
+        f"Exporter       {chain.exporter.url}/  (status page) and {chain.exporter.url}/metrics",
+        f"Prometheus     {chain.prometheus.url}/alerts",
+        f"Alertmanager   {chain.alertmanager.url}",
+        f"Recovery       {chain.recovery.url}/metrics; audit trail {chain.state_dir / 'audit.jsonl'}",
+        f"Config         {chain.exporter.config}",
+    ]
+    return demo
 
 
-def run(listen: str = "127.0.0.1:9489", sentinel: bool = False) -> int:
-    """Start the demo and the exporter; block until Ctrl-C; stop everything."""
+def _secret() -> str:
+    import secrets
+
+    return secrets.token_urlsafe(16)
+
+
+def run(sentinel: bool = False) -> int:
+    """Start the demo; block until Ctrl-C; stop everything."""
     missing = missing_packages()
     if missing:
         print(
@@ -147,25 +320,22 @@ def run(listen: str = "127.0.0.1:9489", sentinel: bool = False) -> int:
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     stack = Stack()
     try:
-        print(
-            "tierwatch demo: starting the stack (HAProxy pair, app servers, Redis, PostgreSQL)...", flush=True
-        )
+        print("tierwatch demo: starting the stack and the chain (takes ~20 s)...", flush=True)
         demo = build(stack, sentinel=sentinel)
         print(
             "\n".join(
                 [
                     "",
                     *demo.summary,
-                    "",
-                    f"Exporter       http://{listen}/  (status page), http://{listen}/metrics",
-                    f"Config         {demo.config_path}",
+                    "Drills         tierwatch demo drill --help  (each starts a stack of its own)",
                     "Stop           Ctrl-C (stops every process and removes the data)",
                     "",
                 ]
             ),
             flush=True,
         )
-        asyncio.run(run_exporter(load_config(demo.config_path), listen))
+        while True:
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
     except StackError as exc:
@@ -176,3 +346,9 @@ def run(listen: str = "127.0.0.1:9489", sentinel: bool = False) -> int:
         signal.signal(signal.SIGTERM, previous)
         print("tierwatch demo: stopped; every process and data directory removed.", flush=True)
     return 0
+
+
+def config_path(demo: DemoStack) -> Path:
+    """The exporter config the demo wrote."""
+    assert demo.chain is not None
+    return demo.chain.exporter.config

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .alertmanager import Alertmanager, rewrite_for_test, start_alertmanager
+from .haproxy import HAProxy
 from .process import Stack, StackError
 from .prometheus import PrometheusServer, ScrapeJob, rules_with_for, start_prometheus
 from .tierwatch import TierwatchProcess, start_exporter, start_recovery
@@ -115,3 +116,29 @@ def audit(chain: Chain) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_lb_cluster(name: str, lbs: Sequence[HAProxy]) -> dict[str, Any]:
+    """A config entry for write LBs: the recovery service finds their runtime sockets through it (it
+    is passed as ``recovery_only``; write LBs have no health URL for the exporter to probe)."""
+    return {
+        "name": name,
+        "tier": "lb",
+        "targets": [
+            {"name": lb.name, "region": "primary", "url": f"http://127.0.0.1:{lb.port}/",
+             "stats_socket": str(lb.stats_socket)}
+            for lb in lbs
+        ],
+    }  # fmt: skip
+
+
+def redis_cluster(
+    name: str, servers: Sequence[Any], password_file: Path, region: str = "primary"
+) -> dict[str, Any]:
+    """A config entry for a Redis cluster of started servers (stack.redis.RedisServer)."""
+    return {
+        "name": name,
+        "tier": "redis",
+        "password_file": str(password_file),
+        "targets": [{"name": s.name, "region": region, "url": s.url} for s in servers],
+    }

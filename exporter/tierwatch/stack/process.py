@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
 import shutil
@@ -39,15 +40,23 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
-def _demote(user: str) -> Callable[[], None]:
-    entry = pwd.getpwnam(user)
+_PR_SET_PDEATHSIG = 1
 
-    def switch() -> None:
-        os.setgid(entry.pw_gid)
-        os.initgroups(user, entry.pw_gid)
-        os.setuid(entry.pw_uid)
 
-    return switch
+def _child_setup(user: str | None) -> Callable[[], None]:
+    """Runs in the child before exec: die with the parent (so a killed test run or demo never leaves
+    servers behind), and switch to ``user`` when given."""
+    entry = pwd.getpwnam(user) if user else None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def setup() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if entry is not None:
+            os.setgid(entry.pw_gid)
+            os.initgroups(entry.pw_name, entry.pw_gid)
+            os.setuid(entry.pw_uid)
+
+    return setup
 
 
 class ManagedProcess:
@@ -83,9 +92,8 @@ class ManagedProcess:
         if shutil.which(self.argv[0]) is None and not Path(self.argv[0]).exists():
             raise StackError(f"{self.name}: {self.argv[0]} not found; install its Debian package")
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        preexec = None
-        if self.user and os.geteuid() == 0 and pwd.getpwuid(0).pw_name != self.user:
-            preexec = _demote(self.user)
+        demote = self.user and os.geteuid() == 0 and pwd.getpwuid(0).pw_name != self.user
+        preexec = _child_setup(self.user if demote else None)
         env = dict(os.environ if self.env is None else self.env)
         self.popen = subprocess.Popen(
             self.argv,

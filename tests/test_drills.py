@@ -1,0 +1,29 @@
+"""Every drill against the demo stack: the stack recovers by itself, loses no acknowledged write, and
+never ends with two primaries. Each drill builds its own demo stack (Express apps and keepalived VRRP
+when available, as `tierwatch demo` does) and the whole chain with the demo's 5 s window."""
+
+from __future__ import annotations
+
+import pytest
+
+from tierwatch.drills import SCENARIOS, run_drill
+from tierwatch.stack import Stack
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_drill_recovers_by_itself(stack: Stack, scenario: str) -> None:
+    result = run_drill(scenario, stack=stack, timeout=90)
+    report = result.render()
+    print("\n" + report)
+    assert result.recovered, report
+    assert result.lost == 0, report
+    assert all(count == 1 for count in result.primaries.values()), report
+    events = [what for _, what in result.timeline]
+    assert any(what.startswith("failure:") for what in events), report
+    assert any(what.startswith("alert:") for what in events), report
+    assert any(what.startswith("action:") and "started" in what for what in events), report
+    if scenario in ("redis-master", "pg-primary"):
+        assert result.acked > 0
+        assert any("succeeded" in what for what in events), report
