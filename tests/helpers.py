@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 
 def open_fds() -> int:
@@ -40,3 +43,23 @@ def connections_to(ports: set[int]) -> int:
             if fields[3] == "01" and remote_port in ports and fields[9] in inodes:  # 01 = ESTABLISHED
                 count += 1
     return count
+
+
+def spawn_exporter(config: Path) -> tuple[subprocess.Popen[str], str]:
+    """``tierwatch serve`` on a free port with its output piped (tests read its event log), and its
+    base URL. The caller stops it."""
+    from tierwatch.stack import free_port
+
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "tierwatch",
+        "serve",
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, f"http://127.0.0.1:{port}"

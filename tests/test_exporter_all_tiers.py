@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tierwatch.stack import Stack, free_port, wait_for
+from tierwatch.stack import Stack, wait_for
 from tierwatch.stack.haproxy import start_haproxy, start_vip
 from tierwatch.stack.http import start_http_backend
 from tierwatch.stack.postgres import start_primary, start_replica
 from tierwatch.stack.redis import start_redis, start_sentinels
 
 from helpers import metric_value as value
+from helpers import spawn_exporter
 
 REDIS_PASSWORD = "redis-Pa55-word-xyz"
 
@@ -88,24 +88,8 @@ def test_every_tier_through_the_real_exporter(
             ],
         }
     )
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tierwatch",
-            "serve",
-            "--config",
-            str(config),
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, base = spawn_exporter(config)
     try:
-        base = f"http://127.0.0.1:{port}"
 
         def all_up() -> str | None:
             text = httpx.get(base + "/metrics").text

@@ -21,6 +21,7 @@ from tierwatch.stack.haproxy import start_haproxy, start_vip
 from tierwatch.stack.http import start_http_backend
 
 from helpers import metric_value as value
+from helpers import spawn_exporter
 
 SECRET = "Sup3r-S3cret-redis-pw"
 
@@ -79,23 +80,7 @@ def exporter(
             ],
         }
     )
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tierwatch",
-            "serve",
-            "--config",
-            str(config),
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    proc, base = spawn_exporter(config)
     try:
         wait_for(lambda: httpx.get(base + "/ready").status_code == 200, 20, "exporter ready")
         yield base, proc, stack

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from urllib.parse import parse_qs, urlsplit
+
+from .serving import serve_until_signalled
 
 MODES = ("healthy", "slow", "hang", "error", "fail_requests")
 
@@ -80,14 +81,7 @@ class Backend:
 
 async def serve(port: int, name: str, host: str = "127.0.0.1") -> None:
     """Serve until SIGTERM/SIGINT."""
-    backend = Backend(name)
-    server = await asyncio.start_server(backend.handle, host, port, backlog=1024)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with server:
-        await stop.wait()
+    await serve_until_signalled(Backend(name).handle, host, port)
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
+
+from .serving import serve_until_signalled
 
 
 class Forwarder:
@@ -51,14 +52,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 async def serve(port: int, backends: list[int]) -> None:
     """Forward until SIGTERM/SIGINT."""
-    forwarder = Forwarder(backends)
-    server = await asyncio.start_server(forwarder.handle, "127.0.0.1", port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with server:
-        await stop.wait()
+    await serve_until_signalled(Forwarder(backends).handle, "127.0.0.1", port)
 
 
 def main() -> None:
