@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -199,3 +201,32 @@ def test_cache_warmup_fetches_every_url_with_bounded_concurrency(site: Site) -> 
     bad = [f"http://127.0.0.1:{site.apps['es-2'].port}/warm"]
     outcome, _ = run_action(site, "cache_warmup", {}, warmup_urls=bad)
     assert outcome.status == "failed"
+
+
+def test_traffic_command_puts_the_region_back(site: Site) -> None:
+    outcome, _ = run_action(site, "shift_traffic", {"region": "primary"}, weight_steps=[0])
+    assert outcome.status == "succeeded"
+    assert server_states(site.lbs[0])["es-1"] == "DRAIN"
+    command = [
+        sys.executable,
+        "-m",
+        "tierwatch",
+        "traffic",
+        "enable",
+        "--config",
+        str(site.config),
+        "--cluster",
+        "web",
+        "--region",
+        "primary",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for lb in site.lbs:
+        assert server_weights(lb)["es-1"] == 100 and server_weights(lb)["es-2"] == 100
+        wait_for(lambda lb=lb: server_states(lb)["es-2"] == "UP", 10, "es-2 UP again")
+    drain = [*command[:4], "drain", *command[5:7], "--cluster", "web", "--target", "es-3"]
+    assert subprocess.run(drain, capture_output=True, text=True, timeout=60).returncode == 0
+    assert server_states(site.lbs[1])["es-3"] == "DRAIN"
+    unknown = [*command[:10], "nowhere"]  # --region nowhere
+    assert subprocess.run(unknown, capture_output=True, text=True, timeout=60).returncode == 1

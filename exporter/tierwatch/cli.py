@@ -89,6 +89,34 @@ def _drill(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _traffic(args: argparse.Namespace) -> int:
+    from .recovery.actions.traffic import set_server_state
+
+    try:
+        loaded = load_config(args.config, resolve_secrets=False)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    cluster = next((c for c in loaded.config.clusters if c.name == args.cluster), None)
+    if cluster is None or cluster.tier != "app":
+        print(f"tierwatch traffic: no app cluster named {args.cluster!r} in {args.config}", file=sys.stderr)
+        return 1
+    servers = [t.name for t in cluster.targets if t.region == args.region or t.name in (args.target or ())]
+    if not servers:
+        print("tierwatch traffic: no target matches --region/--target", file=sys.stderr)
+        return 1
+    recovery = loaded.config.recovery
+    settings = recovery.clusters.get(cluster.name) if recovery else None
+    backend = args.backend or (settings.app_backend if settings else "be_app")
+    problems = asyncio.run(set_server_state(loaded, backend, servers, args.operation))
+    for problem in problems:
+        print(f"tierwatch traffic: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{args.operation}: {', '.join(servers)} in {backend} on every LB that has it")
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -152,6 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drill.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     drill.set_defaults(func=_drill)
+
+    traffic = sub.add_parser(
+        "traffic",
+        help="enable, drain or disable app servers on every LB",
+        description="Put traffic back after a shift or a regional failover (enable: ready and weight 100%%), "
+        "or drain/disable app servers by hand, through the runtime API of every LB in the config that has "
+        "the app backend.",
+    )
+    traffic.add_argument("operation", choices=["enable", "drain", "disable"])
+    traffic.add_argument("--config", required=True, metavar="FILE", help="tierwatch YAML config")
+    traffic.add_argument("--cluster", required=True, help="the app cluster")
+    traffic.add_argument("--region", help="every target of this region")
+    traffic.add_argument("--target", action="append", help="a target (repeatable)")
+    traffic.add_argument(
+        "--backend", help="HAProxy backend (default: recovery.clusters.CLUSTER.app_backend, be_app)"
+    )
+    traffic.set_defaults(func=_traffic)
 
     check = sub.add_parser(
         "check-config",

@@ -1,6 +1,6 @@
 """Traffic actions through HAProxy's runtime API on every LB: shift an app region's weight down in
 steps (checking the 5xx ratio between steps) and drain it; a regional failover does the same for a
-whole region that is down. ``set_region_state`` re-enables a region by hand or from a runbook."""
+whole region that is down. ``set_server_state`` (``tierwatch traffic``) puts traffic back by hand."""
 
 from __future__ import annotations
 
@@ -53,13 +53,23 @@ async def set_servers(loaded: LoadedConfig, backend: str, servers: list[str], co
     return problems
 
 
-async def set_region_state(loaded: LoadedConfig, backend: str, servers: list[str], enable: bool) -> list[str]:
-    """Re-enable (ready, weight 100%) or disable (maint) a set of app servers on every LB."""
-    if enable:
-        return await set_servers(loaded, backend, servers, "state ready") + await set_servers(
-            loaded, backend, servers, "weight 100%"
-        )
-    return await set_servers(loaded, backend, servers, "state maint")
+SERVER_COMMANDS = {
+    "enable": ("state ready", "weight 100%"),
+    "drain": ("state drain",),
+    "disable": ("state maint",),
+}
+
+
+async def set_server_state(
+    loaded: LoadedConfig, backend: str, servers: list[str], operation: str
+) -> list[str]:
+    """``enable`` (ready, weight 100%), ``drain`` (no new sessions) or ``disable`` (maintenance) app
+    servers on every LB that has ``backend``; returns problems (empty when ok). ``tierwatch traffic``
+    uses it to put traffic back after a shift or a regional failover."""
+    problems: list[str] = []
+    for command in SERVER_COMMANDS[operation]:
+        problems += await set_servers(loaded, backend, servers, command)
+    return problems
 
 
 class ShiftTraffic(Action):
