@@ -38,5 +38,5 @@ def test_readme_quick_start_is_the_ci_command() -> None:
     block = readme.split("## Quick start", 1)[1].split("```", 2)[1]
     commands = [line for line in block.splitlines()[1:] if line.strip() and not line.startswith("#")]
     assert commands == ["./scripts/quickstart", "./scripts/test"]
-    ci = (ROOT / ".ci" / "run").read_text()
-    assert "exec ./scripts/test" in ci
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert commands[1] in ci_lines, "the README's test command must be a line of .ci/run"
