@@ -33,6 +33,7 @@ import httpx
 
 from tierwatch.stack import ManagedProcess, Stack, free_port, wait_for
 from tierwatch.stack.http import HttpBackend, start_http_backend
+from tierwatch.stack.tierwatch import start_exporter
 
 BLACKBOX = "prometheus-blackbox-exporter"
 CLAIMED_BLACKBOX_CPU_MS = 2.9  # the figure quoted for blackbox_exporter per HTTP probe
@@ -270,25 +271,8 @@ def start_tierwatch(stack: Stack, targets: list[str], interval: float) -> tuple[
     """Start ``tierwatch serve`` and wait until its first round is done."""
     config = stack.path("tierwatch.yml")
     config.write_text(tierwatch_config(targets, interval))
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "tierwatch",
-        "serve",
-        "--config",
-        str(config),
-        "--listen",
-        f"127.0.0.1:{port}",
-    ]
-    proc = stack.spawn("tierwatch", argv)
-
-    def ready() -> bool:
-        proc.check_alive()
-        return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200
-
-    wait_for(ready, 30, "tierwatch /ready")
-    return proc, port
+    exporter = start_exporter(stack, config, name="tierwatch")
+    return exporter.process, exporter.port
 
 
 def start_blackbox(stack: Stack) -> tuple[ManagedProcess, int]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
+import signal
+
+from tierwatch.stack import ManagedProcess
 
 
 def open_fds() -> int:
@@ -45,21 +45,9 @@ def connections_to(ports: set[int]) -> int:
     return count
 
 
-def spawn_exporter(config: Path) -> tuple[subprocess.Popen[str], str]:
-    """``tierwatch serve`` on a free port with its output piped (tests read its event log), and its
-    base URL. The caller stops it."""
-    from tierwatch.stack import free_port
-
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "tierwatch",
-        "serve",
-        "--config",
-        str(config),
-        "--listen",
-        f"127.0.0.1:{port}",
-    ]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return proc, f"http://127.0.0.1:{port}"
+def terminate(process: ManagedProcess, timeout: float = 20) -> tuple[int, str]:
+    """SIGTERM a started process, wait for it, and return its exit code and everything it logged."""
+    assert process.popen is not None
+    process.popen.send_signal(signal.SIGTERM)
+    code = process.popen.wait(timeout)
+    return code, process.log_path.read_text(errors="replace")

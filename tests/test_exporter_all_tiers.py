@@ -18,9 +18,10 @@ from tierwatch.stack.haproxy import start_haproxy, start_vip
 from tierwatch.stack.http import start_http_backend
 from tierwatch.stack.postgres import start_primary, start_replica
 from tierwatch.stack.redis import start_redis, start_sentinels
+from tierwatch.stack.tierwatch import start_exporter
 
 from helpers import metric_value as value
-from helpers import spawn_exporter
+from helpers import terminate
 
 REDIS_PASSWORD = "redis-Pa55-word-xyz"
 
@@ -88,7 +89,8 @@ def test_every_tier_through_the_real_exporter(
             ],
         }
     )
-    proc, base = spawn_exporter(config)
+    exporter = start_exporter(stack, config)
+    base = exporter.url
     try:
 
         def all_up() -> str | None:
@@ -123,7 +125,6 @@ def test_every_tier_through_the_real_exporter(
         for body in (text, page):
             assert REDIS_PASSWORD not in body and primary.monitor_password not in body
     finally:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 0, out
+        code, out = terminate(exporter.process)
+    assert code == 0, out
     assert REDIS_PASSWORD not in out and primary.monitor_password not in out

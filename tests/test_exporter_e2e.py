@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,12 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tierwatch.stack import Stack, free_port, wait_for
+from tierwatch.stack import ManagedProcess, Stack, free_port, wait_for
 from tierwatch.stack.haproxy import start_haproxy, start_vip
 from tierwatch.stack.http import start_http_backend
+from tierwatch.stack.tierwatch import start_exporter
 
 from helpers import metric_value as value
-from helpers import spawn_exporter
+from helpers import terminate
 
 SECRET = "Sup3r-S3cret-redis-pw"
 
@@ -29,7 +29,7 @@ SECRET = "Sup3r-S3cret-redis-pw"
 @pytest.fixture
 def exporter(
     stack: Stack, write_config: Callable[[dict[str, Any]], Path], tmp_path: Path
-) -> Iterator[tuple[str, subprocess.Popen[str], Stack]]:
+) -> Iterator[tuple[str, ManagedProcess, Stack]]:
     app = start_http_backend(stack, "es-1")
     hanging = start_http_backend(stack, "es-2")
     hanging.set_mode("hang")
@@ -80,17 +80,11 @@ def exporter(
             ],
         }
     )
-    proc, base = spawn_exporter(config)
-    try:
-        wait_for(lambda: httpx.get(base + "/ready").status_code == 200, 20, "exporter ready")
-        yield base, proc, stack
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
+    exporter = start_exporter(stack, config)
+    yield exporter.url, exporter.process, stack
 
 
-def test_endpoints_promtool_and_no_secrets(exporter: tuple[str, subprocess.Popen[str], Stack]) -> None:
+def test_endpoints_promtool_and_no_secrets(exporter: tuple[str, ManagedProcess, Stack]) -> None:
     base, proc, _ = exporter
     assert httpx.get(base + "/health").text == "ok\n"
     assert httpx.post(base + "/metrics").status_code == 405
@@ -145,9 +139,8 @@ def test_endpoints_promtool_and_no_secrets(exporter: tuple[str, subprocess.Popen
     for body in (text, openmetrics.text, page.text):
         assert SECRET not in body
 
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 0, out
+    code, out = terminate(proc)
+    assert code == 0, out
     assert SECRET not in out
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     names = [e["event"] for e in events]
@@ -159,13 +152,12 @@ def test_endpoints_promtool_and_no_secrets(exporter: tuple[str, subprocess.Popen
 
 
 def test_sigterm_stops_promptly_with_a_hanging_target(
-    exporter: tuple[str, subprocess.Popen[str], Stack],
+    exporter: tuple[str, ManagedProcess, Stack],
 ) -> None:
     _, proc, _ = exporter
     started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(15)
-    assert proc.returncode == 0
+    code, _ = terminate(proc, timeout=15)
+    assert code == 0
     # bounded by one probe timeout (500 ms) plus shutdown; generous bound against a hang, not a benchmark
     assert time.monotonic() - started < 10
 

@@ -12,13 +12,20 @@ from . import __version__
 from .config import ConfigError, LoadedConfig, load_config
 
 
-def _check_config(args: argparse.Namespace) -> int:
+def _load(path: str, resolve_secrets: bool = True) -> LoadedConfig | None:
+    """The config at ``path``, or None after printing every problem (file:line: key.path: expectation)."""
     try:
-        loaded = load_config(args.file, resolve_secrets=not args.no_secrets)
+        return load_config(path, resolve_secrets=resolve_secrets)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        print(f"{args.file}: {len(exc.problems)} problem(s) found", file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} problem(s) found", file=sys.stderr)
+        return None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    loaded = _load(args.file, resolve_secrets=not args.no_secrets)
+    if loaded is None:
         return 1
     cfg = loaded.config
     targets = sum(len(c.targets) + (len(c.sentinel.targets) if c.sentinel else 0) for c in cfg.clusters)
@@ -28,11 +35,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _run_service(command: str, config: str, main: Callable[[LoadedConfig], Coroutine[Any, Any, None]]) -> int:
     """Load ``config`` (listing every problem on failure), then run ``main`` until it returns."""
-    try:
-        loaded = load_config(config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    loaded = _load(config)
+    if loaded is None:
         return 1
     try:
         asyncio.run(main(loaded))
@@ -92,11 +96,8 @@ def _drill(args: argparse.Namespace) -> int:
 def _traffic(args: argparse.Namespace) -> int:
     from .recovery.actions.traffic import set_server_state
 
-    try:
-        loaded = load_config(args.config, resolve_secrets=False)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    loaded = _load(args.config, resolve_secrets=False)
+    if loaded is None:
         return 1
     cluster = next((c for c in loaded.config.clusters if c.name == args.cluster), None)
     if cluster is None or cluster.tier != "app":

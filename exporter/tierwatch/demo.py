@@ -13,12 +13,12 @@ evaluation; 5 s ``for`` on the alerts that trigger an action) so the drills fini
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .stack import Stack, StackError
@@ -142,7 +142,7 @@ def build(
     stack.on_close(lambda: kill_launched(stack.root / "launched"))
     use_vrrp = vrrp_available() if vrrp is None else vrrp
     use_express = bool(shutil.which("node") and shutil.which("npm")) if express is None else express
-    redis_password = _secret()
+    redis_password = secrets.token_urlsafe(16)
     redis: dict[str, RedisServer] = {"redis-a": start_redis(stack, "redis-a", password=redis_password)}
     for name, upstream in (
         ("redis-b", "redis-a"),
@@ -301,12 +301,6 @@ def build(
     return demo
 
 
-def _secret() -> str:
-    import secrets
-
-    return secrets.token_urlsafe(16)
-
-
 def run(sentinel: bool = False) -> int:
     """Start the demo; block until Ctrl-C; stop everything."""
     missing = missing_packages()
@@ -346,9 +340,3 @@ def run(sentinel: bool = False) -> int:
         signal.signal(signal.SIGTERM, previous)
         print("tierwatch demo: stopped; every process and data directory removed.", flush=True)
     return 0
-
-
-def config_path(demo: DemoStack) -> Path:
-    """The exporter config the demo wrote."""
-    assert demo.chain is not None
-    return demo.chain.exporter.config

@@ -19,7 +19,6 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .metric_catalog import (
     BUILD_INFO,
-    CATALOG,
     CIRCUIT_STATE,
     CIRCUIT_STATES,
     FAILURE_REASONS,
@@ -139,9 +138,3 @@ class TierwatchCollector(Collector):
             for status in ("up", "down", "unknown"):
                 _add(targets, [tier, status], by_tier_state.get((tier, status), 0))
         yield targets
-
-
-def catalog_specs() -> list[MetricSpec]:
-    """Every catalogued metric, core first, then by section and name (for docs/metrics.md)."""
-    order = {"core": 0, "exporter": 1}
-    return sorted(CATALOG.values(), key=lambda s: (order.get(s.section, 2), s.section, s.name))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .breaker import CircuitBreaker
@@ -109,6 +109,7 @@ class Monitor:
             if cluster.vip:
                 state.vip_probe = VipProbe(cluster, self.timeout)
             self.clusters[cluster.name] = state
+        self._by_name = {t.state.info.name: t for t in self._targets}
 
     @property
     def states(self) -> list[TargetState]:
@@ -235,11 +236,11 @@ class Monitor:
 
     def _merge_peer_samples(self) -> None:
         """Attach samples a primary reported about its replicas to the replicas' own targets."""
-        by_name = {t.state.info.name: t for t in self._targets}
         incoming: dict[str, list[Sample]] = {}
         for target in self._targets:
             for peer, samples in target.peer_samples.items():
-                if peer in by_name and by_name[peer].state.info.cluster is target.state.info.cluster:
+                known = self._by_name.get(peer)
+                if known is not None and known.state.info.cluster is target.state.info.cluster:
                     incoming.setdefault(peer, []).extend(samples)
         for target in self._targets:
             own = target.own_samples
@@ -282,8 +283,3 @@ class Monitor:
             region=info.region,
             **fields,
         )
-
-
-def iter_targets(states: Iterable[TargetState], cluster: str) -> list[TargetState]:
-    """The states of one cluster's targets."""
-    return [s for s in states if s.info.cluster.name == cluster]

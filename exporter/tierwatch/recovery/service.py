@@ -247,7 +247,8 @@ class RecoveryService:
                 self._blocked(tier, cluster_name, action_name, "cooldown", base)
                 self.inbox.finish(alert.key, "refused", "in cooldown after the previous run")
                 return
-        if action_name in INSTANCE_ACTIONS and not resumed and await self._superseded(alert, cluster_name):
+        supersedable = action_name in INSTANCE_ACTIONS and "regional_failover" in self.settings.allow.values()
+        if supersedable and not resumed and await self._superseded(alert, cluster_name):
             self._blocked(tier, cluster_name, action_name, "superseded", base)
             self.inbox.finish(alert.key, "refused", "superseded by a regional failover of the same region")
             return

@@ -80,6 +80,13 @@ class ActionContext:
         return next((t for t in self.cluster.targets if t.name == name), None)
 
 
+def refuse(ctx: ActionContext, detail: str, reason: str | None = None) -> Outcome:
+    """Audit why the action will not act (``reason``, the fuller account, defaults to ``detail``) and
+    return the refusal."""
+    ctx.audit("refused", reason=reason or detail)
+    return Outcome("refused", detail)
+
+
 class Action(ABC):
     """A recovery action; one instance serves every run."""
 

@@ -41,7 +41,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ...config import Secret, TargetConfig
 from ...probes.postgres import classify_pg_error
 from ..discovery import point_write_backend, write_backend_problems
-from .base import Action, ActionContext, Outcome
+from .base import Action, ActionContext, Outcome, refuse
 from .liveness import ATTEMPTS, still_answers
 
 APPLICATION_NAME = "tierwatch-recovery"
@@ -196,23 +196,25 @@ class PgPromote(Action):
         if ctx.resumed:
             return await self._resume(ctx, seen, old)
         if old is None:
-            ctx.audit("refused", reason="cannot tell which target was the primary")
-            return Outcome(
-                "refused", "cannot tell which target was the primary (no alert target, no upstream)"
+            return refuse(
+                ctx,
+                "cannot tell which target was the primary (no alert target, no upstream)",
+                "cannot tell which target was the primary",
             )
         alive, how = await answers(self._target(ctx, old), ctx.password, timeout)
         ctx.audit("primary_checked", target=old, answers=alive, seen=how, attempts=ATTEMPTS)
         if alive:
-            ctx.audit("refused", reason=f"primary {old} still answers ({how})")
-            return Outcome("refused", f"primary {old} still answers")
+            return refuse(ctx, f"primary {old} still answers", f"primary {old} still answers ({how})")
         for other in seen:
             if other.role == "primary":
-                ctx.audit("refused", reason=f"primary {other.name} still answers (not in recovery)")
-                return Outcome("refused", f"primary {other.name} still answers")
+                return refuse(
+                    ctx,
+                    f"primary {other.name} still answers",
+                    f"primary {other.name} still answers (not in recovery)",
+                )
         best, why = self._choose(ctx, seen, old)
         if best is None:
-            ctx.audit("refused", reason=why)
-            return Outcome("refused", why)
+            return refuse(ctx, why)
         if ctx.dry_run:
             ctx.audit("would_promote", target=best.name, replay=best.replay)
             return Outcome(

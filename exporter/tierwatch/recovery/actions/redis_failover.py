@@ -38,7 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...config import Secret, TargetConfig
 from ..discovery import point_write_backend, write_backend_problems
-from .base import Action, ActionContext, Outcome
+from .base import Action, ActionContext, Outcome, refuse
 from .liveness import ATTEMPTS, still_answers
 
 CLIENT_NAME = "tierwatch-recovery"
@@ -202,26 +202,28 @@ class RedisFailover(Action):
         if ctx.resumed:
             return await self._resume(ctx, seen, old)
         if old is None:
-            ctx.audit("refused", reason="cannot tell which target was the master")
-            return Outcome(
-                "refused", "cannot tell which target was the master (no alert target, no replica link)"
+            return refuse(
+                ctx,
+                "cannot tell which target was the master (no alert target, no replica link)",
+                "cannot tell which target was the master",
             )
         alive, how = await answers_ping(by_name[old].target, password, timeout)
         ctx.audit("master_checked", target=old, answers=alive, seen=how, attempts=ATTEMPTS)
         if alive:
-            ctx.audit("refused", reason=f"master {old} still answers ({how})")
-            return Outcome("refused", f"master {old} still answers")
+            return refuse(ctx, f"master {old} still answers", f"master {old} still answers ({how})")
         if ctx.cluster.sentinel is not None:
             return await self._via_sentinel(ctx, seen, old)
         for other in seen:
             if other.name != old and other.role == "master" and other.linked_replicas:
                 reason = f"master {other.name} still answers ({other.linked_replicas} linked replicas)"
-                ctx.audit("refused", reason=reason)
-                return Outcome("refused", f"master {other.name} still answers")
+                return refuse(ctx, f"master {other.name} still answers", reason)
         best = self._choose(ctx, seen, old)
         if best is None:
-            ctx.audit("refused", reason="no eligible replica")
-            return Outcome("refused", "no reachable replica eligible for promotion (priority 0 or syncing)")
+            return refuse(
+                ctx,
+                "no reachable replica eligible for promotion (priority 0 or syncing)",
+                "no eligible replica",
+            )
         if ctx.dry_run:
             ctx.audit("would_promote", target=best.name, offset=best.offset)
             return Outcome(
