@@ -154,7 +154,12 @@ def test_rules_load_and_evaluate_cleanly(live: LiveStack) -> None:
         30,
         "one live PostgreSQL primary",
     )
-    assert prom.value('cluster:tierwatch_replicas_healthy:count{cluster="cache-main"}') == 1
+    # another rule group, evaluated on its own schedule: wait for it as for the two above
+    poll(
+        lambda: prom.value('cluster:tierwatch_replicas_healthy:count{cluster="cache-main"}') == 1,
+        30,
+        "one healthy Redis replica",
+    )
     assert prom.rule_health() == []
     assert prom.alert_state("Watchdog") == "firing"
     for name in ("RedisSplitBrain", "PostgresSplitBrain", "PostgresReplicationLagHigh", "RedisMasterDown"):
