@@ -29,12 +29,12 @@ from typing import Any
 
 import redis
 
-from tierwatch.drills import NO_RETRY, PgWrites, RedisWrites, Writer
-from tierwatch.stack import Stack, wait_for
-from tierwatch.stack.chain import ChainTiming, audit, redis_cluster, start_chain, write_lb_cluster
-from tierwatch.stack.haproxy import start_write_lb
-from tierwatch.stack.postgres import create_admin_role, create_app_role, start_primary, start_replica
-from tierwatch.stack.redis import RedisServer, start_redis, start_sentinels
+from tierwatch.lab.drills import NO_RETRY, PgWrites, RedisWrites, Writer
+from tierwatch.lab.stack import Stack, wait_for
+from tierwatch.lab.stack.chain import ChainTiming, audit, redis_cluster, start_chain, write_lb_cluster
+from tierwatch.lab.stack.haproxy import start_write_lb
+from tierwatch.lab.stack.postgres import create_admin_role, create_app_role, start_primary, start_replica
+from tierwatch.lab.stack.redis import RedisServer, start_redis, start_sentinels
 
 PASSWORD = "bench-redis-pw"
 

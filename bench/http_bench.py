@@ -1,6 +1,6 @@
 """Benchmark tierwatch against Debian's blackbox_exporter on the same HTTP targets, side by side.
 
-Both exporters run at once against the same targets (URLs on a few ``tierwatch.stack.http_backend``
+Both exporters run at once against the same targets (URLs on a few ``tierwatch.lab.stack.http_backend``
 processes) at the same interval. tierwatch probes in the background; a driver process plays
 Prometheus: it scrapes tierwatch's /metrics once per interval and sends blackbox one
 ``/probe?module=http_2xx&target=...`` per target per interval. After a warm-up, over a window of whole
@@ -31,9 +31,9 @@ from urllib.parse import quote
 
 import httpx
 
-from tierwatch.stack import ManagedProcess, Stack, free_port, wait_for
-from tierwatch.stack.http import HttpBackend, start_http_backend
-from tierwatch.stack.tierwatch import start_exporter
+from tierwatch.lab.stack import ManagedProcess, Stack, free_port, wait_for
+from tierwatch.lab.stack.http import HttpBackend, start_http_backend
+from tierwatch.lab.stack.tierwatch import start_exporter
 
 BLACKBOX = "prometheus-blackbox-exporter"
 CLAIMED_BLACKBOX_CPU_MS = 2.9  # the figure quoted for blackbox_exporter per HTTP probe

@@ -1,6 +1,6 @@
 """Side-by-side benchmark: tierwatch's PostgresProbe vs Debian's prometheus-postgres-exporter.
 
-Starts a primary, two replicas and a DR replica (tierwatch.stack.postgres), then for the same
+Starts a primary, two replicas and a DR replica (tierwatch.lab.stack.postgres), then for the same
 duration and interval:
   * one prometheus-postgres-exporter per server (what its docs and the Debian service set up:
     DATA_SOURCE_NAME in the environment, default collectors, plus the ``pg_replication`` lag query
@@ -197,9 +197,9 @@ def main() -> None:
 def bench(duration: float, interval: float) -> dict[str, Any]:
     from psycopg import sql as pgsql
 
-    from tierwatch.stack import Stack, free_port
-    from tierwatch.stack.ports import port_open
-    from tierwatch.stack.postgres import start_primary, start_replica
+    from tierwatch.lab.stack import Stack, free_port
+    from tierwatch.lab.stack.ports import port_open
+    from tierwatch.lab.stack.postgres import start_primary, start_replica
 
     with Stack() as stack:
         settings = {"log_connections": "on"}

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from tierwatch.stack import Stack, free_port, wait_for
-from tierwatch.stack.redis import RedisServer, start_redis
+from tierwatch.lab.stack import Stack, free_port, wait_for
+from tierwatch.lab.stack.redis import RedisServer, start_redis
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

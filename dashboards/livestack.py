@@ -26,12 +26,12 @@ from typing import Any
 import httpx
 import yaml
 
-from tierwatch.stack import Stack, free_port, wait_for
-from tierwatch.stack.haproxy import start_haproxy, start_vip
-from tierwatch.stack.http import start_http_backend
-from tierwatch.stack.postgres import start_primary, start_replica
-from tierwatch.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
-from tierwatch.stack.redis import start_redis, start_sentinels
+from tierwatch.lab.stack import Stack, free_port, wait_for
+from tierwatch.lab.stack.haproxy import start_haproxy, start_vip
+from tierwatch.lab.stack.http import start_http_backend
+from tierwatch.lab.stack.postgres import start_primary, start_replica
+from tierwatch.lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
+from tierwatch.lab.stack.redis import start_redis, start_sentinels
 
 ROOT = Path(__file__).resolve().parents[1]
 FOR_LINE = re.compile(r"^(\s+for:\s*)\S+\s*$", re.MULTILINE)

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from tierwatch.config import LoadedConfig
+from tierwatch.config.recovery import ClusterRecovery, RecoverySettings
+from tierwatch.lab.stack import Stack
+from tierwatch.lab.stack.haproxy import HAProxy, start_write_lb
+from tierwatch.lab.stack.postgres import ADMIN_ROLE, PgServer, create_admin_role, start_primary, start_replica
 from tierwatch.recovery.actions.base import ActionContext, AlertRef
-from tierwatch.recovery.settings import ClusterRecovery, RecoverySettings
-from tierwatch.stack import Stack
-from tierwatch.stack.haproxy import HAProxy, start_write_lb
-from tierwatch.stack.postgres import ADMIN_ROLE, PgServer, create_admin_role, start_primary, start_replica
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tierwatch.stack import Stack, free_port, wait_for
+from tierwatch.lab.stack import Stack, free_port, wait_for
 
 TOKEN = "webhook-t0ken-Very-Secret"
 
@@ -24,7 +24,8 @@ marker, port, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
 with open(marker, "a") as handle:
     handle.write("restart\\n")
 time.sleep(delay)
-proc = subprocess.Popen([sys.executable, "-m", "tierwatch.stack.http_backend", "--port", port, "--name", "r"],
+backend = "tierwatch.lab.stack.http_backend"
+proc = subprocess.Popen([sys.executable, "-m", backend, "--port", port, "--name", "r"],
                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                         start_new_session=True)
 with open(marker + ".pids", "a") as handle:

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from tierwatch.config import LoadedConfig
+from tierwatch.config.recovery import ClusterRecovery
+from tierwatch.lab.stack import Stack, wait_for
+from tierwatch.lab.stack.haproxy import HAProxy
+from tierwatch.lab.stack.postgres import PgServer
 from tierwatch.recovery.actions.base import Outcome
 from tierwatch.recovery.actions.pg_promote import CHECK_TABLE, PgPromote
 from tierwatch.recovery.discovery import backend_primary
-from tierwatch.recovery.settings import ClusterRecovery
-from tierwatch.stack import Stack, wait_for
-from tierwatch.stack.haproxy import HAProxy
-from tierwatch.stack.postgres import PgServer
 
 from action_fixtures import (
     ADMIN_ROLE,

@@ -16,13 +16,13 @@ import pytest
 import yaml
 
 from tierwatch.config import load_config
+from tierwatch.config.recovery import RecoverySettings
+from tierwatch.lab.stack import Stack, wait_for
+from tierwatch.lab.stack.chain import write_lb_cluster
+from tierwatch.lab.stack.haproxy import HAProxy, start_haproxy, start_write_lb
+from tierwatch.lab.stack.http import HttpBackend, start_http_backend
 from tierwatch.probes.haproxy import parse_show_stat
 from tierwatch.recovery.actions import ActionContext, AlertRef, Outcome, load_action
-from tierwatch.recovery.settings import RecoverySettings
-from tierwatch.stack import Stack, wait_for
-from tierwatch.stack.chain import write_lb_cluster
-from tierwatch.stack.haproxy import HAProxy, start_haproxy, start_write_lb
-from tierwatch.stack.http import HttpBackend, start_http_backend
 
 REGIONS = {"es-1": "primary", "es-2": "primary", "es-3": "failover", "es-4": "failover"}
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tierwatch.stack import Stack, wait_for
-from tierwatch.stack.alertmanager import rewrite_for_test, start_alertmanager
+from tierwatch.lab.stack import Stack, wait_for
+from tierwatch.lab.stack.alertmanager import rewrite_for_test, start_alertmanager
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "alertmanager" / "alertmanager.yml"

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tierwatch.drills import SCENARIOS, run_drill
-from tierwatch.stack import Stack
+from tierwatch.lab.drills import SCENARIOS, run_drill
+from tierwatch.lab.stack import Stack
 
 pytestmark = pytest.mark.slow
 

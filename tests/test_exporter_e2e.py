@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tierwatch.stack import ManagedProcess, Stack, free_port, wait_for
-from tierwatch.stack.haproxy import start_haproxy, start_vip
-from tierwatch.stack.http import start_http_backend
-from tierwatch.stack.tierwatch import start_exporter
+from tierwatch.lab.stack import ManagedProcess, Stack, free_port, wait_for
+from tierwatch.lab.stack.haproxy import start_haproxy, start_vip
+from tierwatch.lab.stack.http import start_http_backend
+from tierwatch.lab.stack.tierwatch import start_exporter
 
 from helpers import metric_value as value
 from helpers import terminate

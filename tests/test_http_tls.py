@@ -16,10 +16,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tierwatch.config import LoadedConfig
 from tierwatch.events import EventLog
+from tierwatch.lab.stack import Stack, free_port, wait_for
+from tierwatch.lab.stack.ports import port_open
 from tierwatch.metrics import TierwatchCollector
 from tierwatch.monitor import Monitor
-from tierwatch.stack import Stack, free_port, wait_for
-from tierwatch.stack.ports import port_open
 
 from helpers import metric_value as value
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from tierwatch.stack import Stack, free_port, wait_for
-from tierwatch.stack.http import start_http_backend
+from tierwatch.lab.stack import Stack, free_port, wait_for
+from tierwatch.lab.stack.http import start_http_backend
 
 from helpers import metric_value
 from recovery_fixtures import (

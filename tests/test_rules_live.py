@@ -29,10 +29,10 @@ import httpx
 import pytest
 import yaml
 
-from tierwatch.stack import Stack, free_port, wait_for
-from tierwatch.stack.postgres import PgServer, start_primary, start_replica
-from tierwatch.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
-from tierwatch.stack.redis import RedisServer, start_redis, wait_replica_linked
+from tierwatch.lab.stack import Stack, free_port, wait_for
+from tierwatch.lab.stack.postgres import PgServer, start_primary, start_replica
+from tierwatch.lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
+from tierwatch.lab.stack.redis import RedisServer, start_redis, wait_replica_linked
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "rules"

@@ -60,8 +60,20 @@ def _recover(args: argparse.Namespace) -> int:
     )
 
 
+def _kit_problem(command: str) -> bool:
+    """Print why the demo cannot run from here (not a clone of the repository); True if it cannot."""
+    from .lab.kit import kit_problem
+
+    problem = kit_problem()
+    if problem:
+        print(f"tierwatch {command}: {problem}", file=sys.stderr)
+    return problem is not None
+
+
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run
+    if _kit_problem("demo"):
+        return 1
+    from .lab.demo import run
 
     return run(sentinel=args.sentinel)
 
@@ -69,8 +81,10 @@ def _demo(args: argparse.Namespace) -> int:
 def _drill(args: argparse.Namespace) -> int:
     import json
 
-    from .demo import missing_packages
-    from .drills import SCENARIOS, run_drill
+    if _kit_problem("demo drill"):
+        return 1
+    from .lab.demo import missing_packages
+    from .lab.drills import SCENARIOS, run_drill
 
     missing = missing_packages()
     if missing:
@@ -118,8 +132,28 @@ def _traffic(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
+def _add_drill_parser(demo: argparse.ArgumentParser) -> None:
+    from .lab.drills import SCENARIOS
+
+    demo_sub = demo.add_subparsers(dest="demo_command", metavar="drill")
+    drill = demo_sub.add_parser(
+        "drill",
+        help="break a demo stack on purpose and time its recovery",
+        description="Start a demo stack, cause a failure, wait for the kit to repair it, and print the "
+        "timeline (failure, detection, alert, action, recovered) and the acknowledged writes lost. "
+        "Scenarios: " + "; ".join(f"{k}: {v}" for k, v in SCENARIOS.items()) + ".",
+    )
+    drill.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    drill.add_argument(
+        "--timeout", type=float, default=90.0, help="seconds to wait for recovery (default 90)"
+    )
+    drill.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    drill.set_defaults(func=_drill)
+
+
+def build_parser(with_drills: bool = True) -> argparse.ArgumentParser:
+    """The argument parser with every subcommand; ``demo drill`` (which imports the lab wing for its
+    scenario list) only ``with_drills``."""
     parser = argparse.ArgumentParser(
         prog="tierwatch", description="Prometheus exporter and recovery kit for an HA web stack."
     )
@@ -165,22 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--sentinel", action="store_true", help="also run 3 Redis Sentinels in charge of failover"
     )
     demo.set_defaults(func=_demo)
-    demo_sub = demo.add_subparsers(dest="demo_command", metavar="drill")
-    from .drills import SCENARIOS
-
-    drill = demo_sub.add_parser(
-        "drill",
-        help="break a demo stack on purpose and time its recovery",
-        description="Start a demo stack, cause a failure, wait for the kit to repair it, and print the "
-        "timeline (failure, detection, alert, action, recovered) and the acknowledged writes lost. "
-        "Scenarios: " + "; ".join(f"{k}: {v}" for k, v in SCENARIOS.items()) + ".",
-    )
-    drill.add_argument("scenario", choices=[*SCENARIOS, "all"])
-    drill.add_argument(
-        "--timeout", type=float, default=90.0, help="seconds to wait for recovery (default 90)"
-    )
-    drill.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    drill.set_defaults(func=_drill)
+    if with_drills:
+        _add_drill_parser(demo)
 
     traffic = sub.add_parser(
         "traffic",
@@ -219,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tierwatch`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the product's commands never import the lab wing: only `tierwatch demo ...` builds the drill parser
+    args = build_parser(with_drills=argv[:1] == ["demo"]).parse_args(argv)
     code: int = args.func(args)
     return code
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Secret
-from .settings import AuthSettings
+from ..config.recovery import AuthSettings
 
 
 def _read_secret(path: str) -> Secret:

@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import choose_encoder
 
-from ..config import ClusterConfig, LoadedConfig
+from ..config import ClusterConfig, LoadedConfig, RecoverySettings
 from ..events import EventLog
 from ..http_server import Receive, Scope, Send, header, respond, serve_app
 from ..metric_catalog import MetricSpec
@@ -28,7 +28,6 @@ from .actions import ACTION_CLASSES, ActionContext, AlertRef, load_action
 from .audit import AuditTrail
 from .auth import Authenticator
 from .inbox import Inbox, InboxAlert
-from .settings import RecoverySettings
 from .webhook import PayloadError, parse_payload
 
 # actions on one instance, which a regional failover of the instance's region supersedes

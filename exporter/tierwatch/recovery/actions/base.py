@@ -12,8 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ...config import ClusterConfig, LoadedConfig, Secret, TargetConfig
-from ..settings import ClusterRecovery, RecoverySettings
+from ...config import ClusterConfig, ClusterRecovery, LoadedConfig, RecoverySettings, Secret, TargetConfig
 
 OutcomeStatus = Literal["succeeded", "failed", "refused"]
 

@@ -22,7 +22,7 @@ Safety rules:
 
 Promotion speed: a replica whose primary just vanished retries streaming every
 ``wal_retrieve_retry_interval`` and only then notices the promotion request; with the default 5 s,
-pg_promote issued right after the crash can stall ~5 s. The stack (tierwatch.stack.postgres) sets
+pg_promote issued right after the crash can stall ~5 s. The stack (tierwatch.lab.stack.postgres) sets
 it to 200 ms; deployments should set it low on replicas too (docs: ``wal_retrieve_retry_interval``).
 """
 

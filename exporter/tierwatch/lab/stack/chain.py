@@ -16,23 +16,12 @@ from typing import Any
 
 import yaml
 
+from ..kit import kit_dir
 from .alertmanager import Alertmanager, rewrite_for_test, start_alertmanager
 from .haproxy import HAProxy
-from .process import Stack, StackError
+from .process import Stack
 from .prometheus import PrometheusServer, ScrapeJob, rules_with_for, start_prometheus
 from .tierwatch import TierwatchProcess, start_exporter, start_recovery
-
-
-def kit_dir(name: str) -> Path:
-    """A directory of the kit shipped in the repository (``rules``, ``alertmanager``, ``dashboards``);
-    ``TIERWATCH_KIT_DIR`` points elsewhere when tierwatch is installed without its repository."""
-    base = Path(os.environ.get("TIERWATCH_KIT_DIR") or Path(__file__).resolve().parents[3])
-    path = base / name
-    if not path.is_dir():
-        raise StackError(
-            f"{path} not found: run from a clone of the tierwatch repository or set TIERWATCH_KIT_DIR"
-        )
-    return path
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from .durations import parse_duration
-from .recovery.settings import RecoverySettings
+from ..durations import parse_duration
+from .recovery import RecoverySettings
 
 Tier = Literal["lb", "app", "redis", "postgres"]
 QueueKind = Literal["bullmq", "celery", "rq", "stream", "list"]

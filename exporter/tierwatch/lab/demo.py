@@ -23,7 +23,7 @@ from typing import Any
 
 from .stack import Stack, StackError
 from .stack.chain import Chain, ChainTiming, start_chain, write_lb_cluster
-from .stack.express import APP_DIR, ExpressApp, start_express
+from .stack.express import ExpressApp, demo_app_dir, start_express
 from .stack.haproxy import HAProxy, start_haproxy, start_vip, start_write_lb
 from .stack.http import HttpBackend, start_http_backend
 from .stack.launch import kill_launched
@@ -111,7 +111,7 @@ def _launcher(stack: Stack, name: str, argv: list[str], env: dict[str, str] | No
     command = [
         sys.executable,
         "-m",
-        "tierwatch.stack.launch",
+        "tierwatch.lab.stack.launch",
         "--pidfile",
         str(stack.path("launched", f"{name}.pid")),
         "--log",
@@ -170,7 +170,7 @@ def build(
                 redis_password=redis_password,
             )
             env = {key: value for key, value in (app.process.env or {}).items() if key in APP_ENV}
-            restart[name] = _launcher(stack, name, ["node", str(APP_DIR / "server.js")], env)
+            restart[name] = _launcher(stack, name, ["node", str(demo_app_dir() / "server.js")], env)
             apps[name] = app
         else:
             backend = start_http_backend(stack, name, host=host)

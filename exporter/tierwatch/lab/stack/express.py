@@ -15,10 +15,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..kit import kit_dir
 from .ports import free_port
 from .process import ManagedProcess, Stack, StackError, wait_for
 
-APP_DIR = Path(__file__).resolve().parents[3] / "demo" / "app"
 NODE_HINT = "install Node.js 18 or newer with npm (Debian: apt-get install nodejs npm)"
 
 
@@ -57,12 +57,19 @@ def _installed(app_dir: Path) -> bool:
     return marker.stat().st_mtime >= newest_input
 
 
-def ensure_app_installed(app_dir: Path = APP_DIR, timeout: float = 300.0) -> Path:
-    """Install the app's dependencies with ``npm ci`` unless they are up to date; returns ``app_dir``.
+def demo_app_dir() -> Path:
+    """The demo's Express app in the kit (raises KitMissing outside a clone)."""
+    return kit_dir("demo/app")
+
+
+def ensure_app_installed(app_dir: Path | None = None, timeout: float = 300.0) -> Path:
+    """Install the app's dependencies with ``npm ci`` unless they are up to date; returns ``app_dir``
+    (default: the demo app of the kit).
 
     Raises StackError naming what to install when node or npm is missing, or with npm's output when
     the install fails. Concurrent callers (parallel tests) wait for one another through a file lock.
     """
+    app_dir = app_dir or demo_app_dir()
     if not (app_dir / "package-lock.json").exists():
         raise StackError(
             f"{app_dir} has no package-lock.json: run tierwatch from a checkout of the repository"

@@ -27,8 +27,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..probes.haproxy import parse_show_stat
 from .demo import APP_BACKEND, DemoStack, build
-from .probes.haproxy import parse_show_stat
 from .stack import Stack, StackError, wait_for
 from .stack.chain import audit
 

@@ -1,0 +1,40 @@
+"""The tierwatch config: one YAML file, validated into typed settings.
+
+- ``exporter``: the monitor, the clusters and their targets, loading and error reporting;
+- ``recovery``: the ``recovery:`` section of ``tierwatch recover``.
+
+Config imports nothing from the rest of the package except ``durations`` and the action catalogue.
+"""
+
+from .exporter import (
+    BreakerSettings,
+    ClusterConfig,
+    ConfigError,
+    LoadedConfig,
+    LogSettings,
+    MonitorSettings,
+    QueueConfig,
+    Secret,
+    SentinelConfig,
+    TargetConfig,
+    TierwatchConfig,
+    load_config,
+)
+from .recovery import ClusterRecovery, RecoverySettings
+
+__all__ = [
+    "BreakerSettings",
+    "ClusterConfig",
+    "ClusterRecovery",
+    "ConfigError",
+    "LoadedConfig",
+    "LogSettings",
+    "MonitorSettings",
+    "QueueConfig",
+    "RecoverySettings",
+    "Secret",
+    "SentinelConfig",
+    "TargetConfig",
+    "TierwatchConfig",
+    "load_config",
+]
