@@ -79,3 +79,14 @@ def test_demo_runs_everything_and_cleans_up(sentinel: bool) -> None:
     assert not processes_mentioning(stack_dir)
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "tw-" not in namespaces, namespaces
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["demo", "drill", "redis-master"]])
+def test_demo_outside_a_clone_says_so_in_one_sentence(tmp_path: Path, argv: list[str]) -> None:
+    env = {**os.environ, "TIERWATCH_KIT_DIR": str(tmp_path / "not-a-clone")}
+    out = subprocess.run(
+        [sys.executable, "-m", "tierwatch", *argv], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1
+    assert "runs from a clone of the tierwatch repository" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,0 +1,102 @@
+"""The package's rooms and what each may import (docs/architecture.md, "Rooms"), checked on the source.
+
+An import counts wherever it is written (module top or inside a function), except in the CLI, which
+loads the lab wing lazily for `tierwatch demo` only (tests/test_imports.py checks that at run time).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "exporter" / "tierwatch"
+
+# room -> the rooms it may import (besides itself)
+FOUNDATION = {"durations", "metric_catalog", "action_catalog", "events", "__version__"}
+ALLOWED: dict[str, set[str]] = {
+    "foundation": set(),
+    "config": {"foundation"},
+    "clients": {"foundation", "config"},
+    "probes": {"foundation", "config", "clients"},
+    "exporter": {"foundation", "config", "clients", "probes", "http"},
+    "http": {"foundation"},
+    "recovery": {"foundation", "config", "clients", "http"},
+    "cli": {"foundation", "config", "exporter", "recovery", "http"},
+    "lab": {"foundation", "config", "clients", "probes", "exporter", "recovery", "http", "cli"},
+}
+EXPORTER = {"monitor", "breaker", "metrics", "server", "status_page"}
+
+
+def room_of(module: str) -> str:
+    """The room of a dotted module name inside the package (``tierwatch.x.y``)."""
+    parts = module.split(".")[1:]
+    head = parts[0] if parts else "version"
+    if head in ("__init__", "__main__", "version") or not parts:
+        return "foundation" if head != "__main__" else "cli"
+    if head in FOUNDATION:
+        return "foundation"
+    if head in EXPORTER:
+        return "exporter"
+    if head == "http_server":
+        return "http"
+    if head in ("config", "clients", "probes", "recovery", "lab", "cli"):
+        return head
+    raise AssertionError(f"module {module} is in no room: add it to tests/test_layout.py and the doc")
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> list[tuple[str, bool]]:
+    """(imported tierwatch module, at module top level) for every import in the file."""
+    module = module_name(path)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top = {id(node) for node in tree.body}
+    found: list[tuple[str, bool]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                names = [".".join([*base, node.module] if node.module else base)]
+                if not node.module:  # from . import x
+                    names = [f"{names[0]}.{a.name}" for a in node.names]
+            else:
+                names = [node.module or ""]
+        else:
+            continue
+        found += [(n, id(node) in top) for n in names if n == "tierwatch" or n.startswith("tierwatch.")]
+    return found
+
+
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_each_room_imports_only_what_it_may(path: Path) -> None:
+    room = room_of(module_name(path))
+    wrong = []
+    for imported, at_top in imports_of(path):
+        other = room_of(imported)
+        if other == room or other in ALLOWED[room]:
+            continue
+        if room == "cli" and other == "lab" and not at_top:
+            continue  # `tierwatch demo` only
+        wrong.append(f"{imported} ({other})")
+    assert not wrong, f"{room} may import only {sorted(ALLOWED[room])}; found {wrong}"
+
+
+def test_every_room_is_in_the_architecture_doc() -> None:
+    doc = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    for room in ALLOWED:
+        assert f"**{room}**" in doc, f"docs/architecture.md does not describe the {room} room"
