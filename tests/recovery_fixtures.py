@@ -82,9 +82,10 @@ class RecoveryProcess:
     def post(self, body: Any, token: str | None = TOKEN, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         headers.update(kwargs.pop("headers", {}))
+        kwargs.setdefault("timeout", 10)
         if isinstance(body, (bytes, str)):
-            return httpx.post(self.url + "/webhook", content=body, headers=headers, timeout=10, **kwargs)
-        return httpx.post(self.url + "/webhook", json=body, headers=headers, timeout=10, **kwargs)
+            return httpx.post(self.url + "/webhook", content=body, headers=headers, **kwargs)
+        return httpx.post(self.url + "/webhook", json=body, headers=headers, **kwargs)
 
     def audit(self) -> list[dict[str, Any]]:
         path = self.state_dir / "audit.jsonl"
@@ -118,18 +119,34 @@ def start_recovery(
     recovery: dict[str, Any],
     state_dir: Path | None = None,
     name: str = "recover",
+    nofile: int | None = None,
 ) -> RecoveryProcess:
-    """Write a config with a ``recovery:`` section (bearer token auth) and start the service."""
+    """Write a config with a ``recovery:`` section (bearer token auth) and start the service
+    (with its open-file limit lowered to ``nofile`` when given)."""
     token_file = stack.path("secrets", "token")
     token_file.write_text(TOKEN + "\n")
     state_dir = state_dir or stack.directory("recovery-state")
     settings = {"state_dir": str(state_dir), "auth": {"bearer_token_file": str(token_file)}, **recovery}
     config = stack.path(f"{name}.yml")
     config.write_text(yaml.safe_dump({"clusters": clusters, "recovery": settings}, sort_keys=False))
-    return launch(stack, config, state_dir, name)
+    return launch(stack, config, state_dir, name, nofile)
 
 
-def launch(stack: Stack, config: Path, state_dir: Path, name: str = "recover") -> RecoveryProcess:
+def _limit_open_files(nofile: int | None) -> Any:
+    if nofile is None:
+        return None
+
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    return limit
+
+
+def launch(
+    stack: Stack, config: Path, state_dir: Path, name: str = "recover", nofile: int | None = None
+) -> RecoveryProcess:
     """Start (or restart) the service on a config; waits until /ready."""
     port = free_port()
     log = stack.path("logs", f"{name}-{port}.log")
@@ -149,6 +166,7 @@ def launch(stack: Stack, config: Path, state_dir: Path, name: str = "recover") -
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=_limit_open_files(nofile),
     )
     stack.on_close(lambda: proc.poll() is None and proc.kill())
     service = RecoveryProcess(f"http://127.0.0.1:{port}", config, state_dir, proc, log)

@@ -1,15 +1,18 @@
 """A small ASGI helper shared by the exporter and the recovery service: routing by path, uvicorn in
-the caller's event loop, and signal handling that lets the caller clean up before exiting."""
+the caller's event loop, signal handling that lets the caller clean up before exiting, and a guard
+against slow clients (a deadline for request headers, a cap on open connections)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -52,6 +55,105 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+# open files kept free for everything but client connections (inbox, audit, logs, action clients)
+RESERVED_FILES = 64
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_MAX_CONNECTIONS = 1024
+
+
+class ConnectionGuard:
+    """Shared state of the guarded connections of one server.
+
+    A connection must deliver a complete request head within ``read_timeout`` of being opened (or of
+    its previous response), else it is closed. At most ``limit`` connections are open: a new one past
+    the limit evicts the oldest connection still waiting for its request head, so a crowd of slow
+    clients cannot keep a real request out; only if none is waiting is the new one closed.
+    ``on_drop(reason)`` is told of each ('read_timeout', 'evicted', 'over_limit')."""
+
+    def __init__(
+        self,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        on_drop: Callable[[str], None] | None = None,
+    ):
+        self.read_timeout = read_timeout
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        files = soft - RESERVED_FILES if soft != resource.RLIM_INFINITY else 4 * max_connections
+        # asyncio accepts up to `backlog` connections in one go, before any of them is seen here:
+        # keep room for one such batch on top of the open connections, so accept never hits EMFILE
+        self.backlog = max(16, min(2048, files // 4))
+        self.limit = max(8, min(max_connections, files - self.backlog))
+        self.on_drop = on_drop or (lambda _reason: None)
+        self.open = 0
+        self.waiting: dict[GuardedH11Protocol, None] = {}  # waiting for a request head, oldest first
+
+    def protocol_class(self) -> type[GuardedH11Protocol]:
+        """An h11 protocol class bound to this guard (for uvicorn's ``http`` setting)."""
+        return type("BoundGuardedH11Protocol", (GuardedH11Protocol,), {"guard": self})
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the ConnectionGuard's deadline and connection cap."""
+
+    guard: ConnectionGuard
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._armed_cycle: object = None
+        self._counted = True
+        guard = self.guard
+        guard.open += 1
+        if guard.open > guard.limit:
+            victim = next(iter(guard.waiting), None)
+            if victim is None:
+                guard.on_drop("over_limit")
+                transport.close()
+                return
+            guard.on_drop("evicted")
+            victim._drop()
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._armed_cycle = self.cycle
+        self._deadline = self.loop.call_later(self.guard.read_timeout, self._expired)
+        self.guard.waiting[self] = None
+
+    def _disarm(self) -> None:
+        if getattr(self, "_deadline", None) is not None:
+            self._deadline.cancel()  # type: ignore[union-attr]
+            self._deadline = None
+        self.guard.waiting.pop(self, None)
+
+    def _drop(self) -> None:
+        self._disarm()
+        self.transport.abort()  # frees the descriptor now, even with unsent data
+
+    def _expired(self) -> None:
+        self._deadline = None
+        self.guard.on_drop("read_timeout")
+        self._drop()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._deadline is not None and self.cycle is not self._armed_cycle:
+            self._disarm()  # a request head arrived (its body is the application's to time)
+
+    def on_response_complete(self) -> None:
+        before = self.cycle
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.cycle is before:
+            self._arm()  # keep-alive: the next request head has a deadline too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if getattr(self, "_counted", False):
+            self._counted = False
+            self.guard.open -= 1
+        super().connection_lost(exc)
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal capture: the caller decides how to stop."""
 
@@ -64,16 +166,25 @@ async def serve_app(
     app: Callable[[Scope, Receive, Send], Awaitable[None]],
     listen: str,
     on_stop: asyncio.Event,
+    guard: ConnectionGuard | None = None,
     **config: Any,
 ) -> None:
     """Serve ``app`` on ``listen`` until SIGTERM/SIGINT or until ``on_stop`` is set; sets ``on_stop``
-    when a signal arrives so the caller's other tasks can finish."""
+    when a signal arrives so the caller's other tasks can finish. Connections are guarded by
+    ``guard`` (by default a ConnectionGuard with its default deadline and cap)."""
     host, port = parse_listen(listen)
-    server = _Server(
-        uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", **config
-        )
-    )
+    guard = guard or ConnectionGuard()
+    options: dict[str, Any] = {
+        "log_level": "warning",
+        "access_log": False,
+        "lifespan": "off",
+        "http": guard.protocol_class(),
+        "backlog": guard.backlog,
+        "ws": "none",
+        "timeout_graceful_shutdown": 5,
+        **config,
+    }
+    server = _Server(uvicorn.Config(app, host=host, port=port, **options))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop.set)

@@ -1,9 +1,18 @@
 """The durable inbox: every firing alert is recorded (SQLite, fsynced) before the webhook answers 2xx,
 once per alert (fingerprint + startsAt) whoever sends it and however often. Actions run from here, so
-a crash or restart loses nothing and repeats nothing."""
+a crash or restart loses nothing and repeats nothing.
+
+Alerts that differ only by replica labels (an HA Prometheus pair sends each alert twice) are one
+incident: while one of them is waiting or running, the others are recorded as duplicates of it.
+
+Runs (for the rate limit and the cooldown) are reserved atomically with the check of both limits and
+kept only once the action passes its point of no return; an attempt that ends before it (refused,
+cancelled, interrupted by a crash or a shutdown) gives its reservation back.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -11,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .webhook import WebhookPayload
+from .webhook import WebhookAlert, WebhookPayload
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -37,6 +46,13 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at REAL NOT NULL
 );
 """
+# columns added after the first release (ALTER TABLE keeps existing state directories usable)
+MIGRATIONS = (
+    ("alerts", "incident", "TEXT NOT NULL DEFAULT ''"),
+    ("runs", "alert_key", "TEXT"),
+    ("runs", "state", "TEXT NOT NULL DEFAULT 'counted'"),  # 'reserved' until the point of no return
+)
+DEFAULT_REPLICA_LABELS = ("replica", "prometheus", "prometheus_replica")
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,7 @@ class Delivery:
     alertname: str
     result: str
     cancel_running: bool = False
+    same_incident: str | None = None
 
 
 def alert_key(fingerprint: str, starts_at: str) -> str:
@@ -69,15 +86,29 @@ def alert_key(fingerprint: str, starts_at: str) -> str:
     return f"{fingerprint}@{starts_at}"
 
 
-class Inbox:
-    """SQLite-backed store, safe to call from the event loop (each call is a short transaction)."""
+def incident_key(labels: dict[str, str], replica_labels: tuple[str, ...] = DEFAULT_REPLICA_LABELS) -> str:
+    """The identity of an incident: the alert's labels without those that only say which Prometheus
+    replica evaluated it (so the copies an HA pair sends are one incident)."""
+    kept = sorted((k, v) for k, v in labels.items() if k not in replica_labels)
+    return hashlib.sha256(json.dumps(kept).encode()).hexdigest()[:24]
 
-    def __init__(self, path: Path):
+
+class Inbox:
+    """SQLite-backed store; each call is one short transaction (callers on the event loop run the
+    writing ones in a thread: they fsync)."""
+
+    def __init__(self, path: Path, replica_labels: tuple[str, ...] = DEFAULT_REPLICA_LABELS):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.replica_labels = tuple(replica_labels)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        for table, column, declaration in MIGRATIONS:
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS alerts_incident ON alerts (incident, state)")
         self._lock = threading.Lock()
 
     def record(self, payload: WebhookPayload) -> list[Delivery]:
@@ -88,31 +119,73 @@ class Inbox:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for alert in payload.alerts:
-                    key = alert_key(alert.fingerprint, alert.startsAt)
-                    name = alert.labels.get("alertname", "")
                     if alert.status == "firing":
-                        inserted = self._db.execute(
-                            "INSERT OR IGNORE INTO alerts (key, alertname, fingerprint, starts_at, labels,"
-                            " received_at) VALUES (?, ?, ?, ?, ?, ?)",
-                            (key, name, alert.fingerprint, alert.startsAt, json.dumps(alert.labels), now),
-                        ).rowcount
-                        if not inserted:
-                            self._db.execute(
-                                "UPDATE alerts SET deliveries = deliveries + 1 WHERE key = ?", (key,)
-                            )
-                        deliveries.append(Delivery(key, name, "accepted" if inserted else "duplicate"))
+                        deliveries.append(self._fire(alert, now))
                     else:
-                        deliveries.append(self._resolve(key, name))
+                        deliveries.append(self._resolve(alert, now))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return deliveries
 
-    def _resolve(self, key: str, name: str) -> Delivery:
+    def _insert(
+        self,
+        alert: WebhookAlert,
+        now: float,
+        state: str = "pending",
+        outcome: str | None = None,
+        detail: str | None = None,
+        resolved: bool = False,
+    ) -> None:
+        key = alert_key(alert.fingerprint, alert.startsAt)
+        self._db.execute(
+            "INSERT INTO alerts (key, alertname, fingerprint, starts_at, labels, received_at, incident,"
+            " state, outcome, detail, resolved, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                alert.labels.get("alertname", ""),
+                alert.fingerprint,
+                alert.startsAt,
+                json.dumps(alert.labels),
+                now,
+                incident_key(alert.labels, self.replica_labels),
+                state,
+                outcome,
+                detail,
+                int(resolved),
+                None if state == "pending" else now,
+            ),
+        )
+
+    def _fire(self, alert: WebhookAlert, now: float) -> Delivery:
+        key = alert_key(alert.fingerprint, alert.startsAt)
+        name = alert.labels.get("alertname", "")
+        row = self._db.execute("SELECT resolved FROM alerts WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            self._db.execute("UPDATE alerts SET deliveries = deliveries + 1 WHERE key = ?", (key,))
+            # a firing delivered after its own resolution (out of order, or a late retry) is stale
+            return Delivery(key, name, "stale" if row[0] else "duplicate")
+        incident = incident_key(alert.labels, self.replica_labels)
+        same = self._db.execute(
+            "SELECT key FROM alerts WHERE incident = ? AND state IN ('pending', 'running') AND resolved = 0"
+            " LIMIT 1",
+            (incident,),
+        ).fetchone()
+        if same is not None:
+            self._insert(alert, now, "done", "duplicate", f"same incident as {same[0]}")
+            return Delivery(key, name, "duplicate", same_incident=same[0])
+        self._insert(alert, now)
+        return Delivery(key, name, "accepted")
+
+    def _resolve(self, alert: WebhookAlert, now: float) -> Delivery:
+        key = alert_key(alert.fingerprint, alert.startsAt)
+        name = alert.labels.get("alertname", "")
         row = self._db.execute("SELECT state, past_ponr FROM alerts WHERE key = ?", (key,)).fetchone()
         if row is None:
-            return Delivery(key, name, "ignored")  # resolved before we ever saw it fire: nothing to do
+            # resolved before we ever saw it fire: remember it, so a late firing is not acted on
+            self._insert(alert, now, "cancelled", "cancelled", "resolved before it was seen firing", True)
+            return Delivery(key, name, "ignored")
         state, past_ponr = row
         self._db.execute("UPDATE alerts SET resolved = 1 WHERE key = ?", (key,))
         if state == "pending":
@@ -155,7 +228,10 @@ class Inbox:
     def mark_point_of_no_return(self, key: str) -> None:
         """From now on the alert's action is not cancelled and not repeated after a restart."""
         with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("UPDATE alerts SET past_ponr = 1 WHERE key = ?", (key,))
+            self._db.execute("UPDATE runs SET state = 'counted' WHERE alert_key = ?", (key,))
+            self._db.execute("COMMIT")
 
     def finish(self, key: str, outcome: str, detail: str) -> None:
         """Record the final outcome of an alert's action."""
@@ -170,6 +246,9 @@ class Inbox:
         """Alerts left 'running' by a crash. Those before their point of no return go back to pending
         (nothing irreversible happened); those past it are returned to be resumed (verify, not redo)."""
         with self._lock:
+            # nothing runs yet: a reservation not counted is an attempt that never passed its point of
+            # no return, so it gives back its place in the rate limit and the cooldown
+            self._db.execute("DELETE FROM runs WHERE state = 'reserved'")
             self._db.execute(
                 "UPDATE alerts SET state = 'pending'"
                 " WHERE state = 'running' AND past_ponr = 0 AND resolved = 0"
@@ -207,26 +286,70 @@ class Inbox:
             ).fetchone()
         return int(row[0])
 
-    def record_run(self, cluster: str, action: str) -> None:
-        """Remember that an action started on a cluster (for rate limits and cooldowns across restarts)."""
+    def reserve(
+        self, key: str, cluster: str, action: str, max_runs: int, per: float, cooldown: float
+    ) -> str | None:
+        """Check the rate limit (``max_runs`` per ``per`` seconds on ``cluster``) and the cooldown of
+        ``action`` on ``cluster`` and, if both allow it, reserve a run for alert ``key``, in one
+        transaction. Returns the limit that stops it ('rate_limit', 'cooldown'), or None if reserved."""
+        now = time.time()
         with self._lock:
-            self._db.execute("INSERT INTO runs VALUES (?, ?, ?)", (cluster, action, time.time()))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                (count,) = self._db.execute(
+                    "SELECT count(*) FROM runs WHERE cluster = ? AND started_at >= ?", (cluster, now - per)
+                ).fetchone()
+                (last,) = self._db.execute(
+                    "SELECT max(started_at) FROM runs WHERE cluster = ? AND action = ?", (cluster, action)
+                ).fetchone()
+                if count >= max_runs:
+                    blocked: str | None = "rate_limit"
+                elif last is not None and now - last < cooldown:
+                    blocked = "cooldown"
+                else:
+                    blocked = None
+                    self._db.execute(
+                        "INSERT INTO runs (cluster, action, started_at, alert_key, state)"
+                        " VALUES (?, ?, ?, ?, 'reserved')",
+                        (cluster, action, now, key),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return blocked
+
+    def keep(self, key: str) -> None:
+        """Count the reserved run of ``key`` (its action changed something, or would have in a dry run)."""
+        with self._lock:
+            self._db.execute("UPDATE runs SET state = 'counted' WHERE alert_key = ?", (key,))
+
+    def release(self, key: str) -> None:
+        """Give back the reservation of ``key`` if it was never counted (nothing was changed)."""
+        with self._lock:
+            self._db.execute("DELETE FROM runs WHERE alert_key = ? AND state = 'reserved'", (key,))
+
+    def requeue(self, key: str) -> None:
+        """Put an alert interrupted before its point of no return back in the queue (a shutdown, not
+        a resolution), releasing its reservation."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM runs WHERE alert_key = ? AND state = 'reserved'", (key,))
+            self._db.execute(
+                "UPDATE alerts SET state = CASE WHEN resolved = 1 THEN 'cancelled' ELSE 'pending' END,"
+                " outcome = CASE WHEN resolved = 1 THEN 'cancelled' ELSE NULL END"
+                " WHERE key = ? AND state = 'running' AND past_ponr = 0",
+                (key,),
+            )
+            self._db.execute("COMMIT")
 
     def runs_since(self, cluster: str, since: float) -> int:
-        """How many actions started on ``cluster`` since ``since`` (Unix time)."""
+        """How many runs of actions on ``cluster`` (reserved or counted) started since ``since``."""
         with self._lock:
             row = self._db.execute(
                 "SELECT count(*) FROM runs WHERE cluster = ? AND started_at >= ?", (cluster, since)
             ).fetchone()
         return int(row[0])
-
-    def last_run(self, cluster: str, action: str) -> float | None:
-        """When ``action`` last started on ``cluster``."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT max(started_at) FROM runs WHERE cluster = ? AND action = ?", (cluster, action)
-            ).fetchone()
-        return float(row[0]) if row and row[0] is not None else None
 
     def close(self) -> None:
         with self._lock:

@@ -2,8 +2,13 @@
 recovery action of each firing alert once, under safety limits, with an audit trail of every decision.
 
 Flow: POST /webhook → authenticate → size limit → validate → Inbox.record (SQLite, fsynced) → 200.
-A worker claims pending alerts from the inbox and runs them: allow-list → cluster known → rate limit →
-cooldown → per-cluster lock → action (re-checks live state, point of no return, verifies) → outcome.
+A worker claims pending alerts from the inbox and runs them: allow-list → cluster known → (settle,
+superseded?) → per-cluster lock → rate limit + cooldown checked and a run reserved in one step →
+action (re-checks live state, point of no return, verifies) → outcome. The reservation counts from
+the point of no return; an attempt that ends before it gives it back.
+
+Nothing here blocks the event loop on the disk: inbox writes run in a thread, audit records are
+written by the audit's own thread.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,17 +27,21 @@ from prometheus_client.exposition import choose_encoder
 
 from ..config import ClusterConfig, LoadedConfig, RecoverySettings
 from ..events import EventLog
-from ..http_server import Receive, Scope, Send, header, respond, serve_app
+from ..http_server import ConnectionGuard, Receive, Scope, Send, header, respond, serve_app
 from ..metric_catalog import MetricSpec
 from . import metrics as m
 from .actions import ACTION_CLASSES, ActionContext, AlertRef, load_action
-from .audit import AuditTrail
+from .audit import AuditTrail, RateLimitedAudit
 from .auth import Authenticator
 from .inbox import Inbox, InboxAlert
 from .webhook import PayloadError, parse_payload
 
 # actions on one instance, which a regional failover of the instance's region supersedes
 INSTANCE_ACTIONS = ("restart_instance", "shift_traffic")
+# on SIGTERM, how long an action past its point of no return may go on before it is interrupted (it is
+# resumed, verify-only, after the restart)
+SHUTDOWN_GRACE = 5.0
+AUDIT_ENTRIES = 200  # what GET /audit returns
 
 
 def _counter(spec: MetricSpec, registry: CollectorRegistry) -> Counter:
@@ -46,6 +56,19 @@ def _gauge(spec: MetricSpec, registry: CollectorRegistry) -> Gauge:
 class _Running:
     task: asyncio.Task[None]
     past_ponr: bool = False
+    shutdown: bool = False  # cancelled because the service stops (not because the alert resolved)
+
+
+NOTIFICATION_RESULTS = (
+    "accepted",
+    "duplicate",
+    "stale",
+    "resolved",
+    "unauthorized",
+    "invalid",
+    "too_large",
+    "timed_out",
+)
 
 
 @dataclass
@@ -63,8 +86,12 @@ class RecoveryMetrics:
         self.notifications = _counter(m.NOTIFICATIONS_TOTAL, r)
         self.pending = _gauge(m.INBOX_PENDING, r)
         self.duration = _gauge(m.ACTION_DURATION, r)
-        for result in ("accepted", "duplicate", "resolved", "unauthorized", "invalid", "too_large"):
+        self.truncated = _counter(m.TRUNCATED_ALERTS, r)
+        self.dropped = _counter(m.CONNECTIONS_DROPPED, r)
+        for result in NOTIFICATION_RESULTS:
             self.notifications.labels(result)
+        for reason in ("read_timeout", "evicted", "over_limit"):
+            self.dropped.labels(reason)
 
     def create_series(self, clusters: list[ClusterConfig], actions: set[str]) -> None:
         """Create every action/outcome and limit series at 0, so increase() sees the first event."""
@@ -88,9 +115,10 @@ class RecoveryService:
         self.events = events or EventLog(loaded.config.log.format, loaded.config.log.level)
         state_dir = Path(settings.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.auth = Authenticator.from_settings(settings.auth)
-        self.inbox = Inbox(state_dir / "inbox.sqlite3")
+        self.auth = Authenticator.from_settings(settings.auth, loaded.auth_secret())  # read at load time
+        self.inbox = Inbox(state_dir / "inbox.sqlite3", tuple(settings.replica_labels))
         self.audit = AuditTrail(state_dir / "audit.jsonl")
+        self.rejections = RateLimitedAudit(self.audit)
         self.metrics = RecoveryMetrics()
         self.metrics.create_series(loaded.config.clusters, set(settings.allow.values()))
         self.clusters: dict[str, ClusterConfig] = {c.name: c for c in loaded.config.clusters}
@@ -110,7 +138,7 @@ class RecoveryService:
             extra = [("www-authenticate", f'{self.auth.scheme} realm="tierwatch"')] if status == 401 else []
             await respond(send, status, json.dumps(body) + "\n", "application/json", extra)
         elif path == "/metrics" and method == "GET":
-            self.metrics.pending.set(self.inbox.pending_count())
+            self.metrics.pending.set(await asyncio.to_thread(self.inbox.pending_count))
             encoder, content_type = choose_encoder(header(scope, "accept") or "")
             await respond(send, 200, encoder(self.metrics.registry), content_type)
         elif path == "/health" and method == "GET":
@@ -121,7 +149,7 @@ class RecoveryService:
             if not self.auth.check(header(scope, "authorization")):
                 await respond(send, 401, '{"error": "unauthorized"}\n', "application/json")
                 return
-            entries = self.audit.read()[-200:]
+            entries = await asyncio.to_thread(self.audit.tail, AUDIT_ENTRIES)
             await respond(send, 200, json.dumps(entries) + "\n", "application/json")
         elif path in ("/webhook", "/metrics", "/health", "/ready", "/audit"):
             await respond(send, 405, "method not allowed\n")
@@ -130,21 +158,28 @@ class RecoveryService:
 
     async def _webhook(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
         if not self.auth.check(header(scope, "authorization")):
+            # counted always, audited at most once per interval: a flood must not fill the disk
             self.metrics.notifications.labels("unauthorized").inc()
-            self.audit.record("notification_rejected", reason="unauthorized")
+            self.rejections.record("notification_rejected", "unauthorized")
             return 401, {"error": "unauthorized"}
         limit = self.settings.max_body_bytes
         declared = header(scope, "content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return self._too_large(limit)
         body = bytearray()
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if len(body) > limit:
-                return self._too_large(limit)
-            if not message.get("more_body"):
-                break
+        try:
+            async with asyncio.timeout(self.settings.read_timeout):
+                while True:
+                    message = await receive()
+                    body += message.get("body", b"")
+                    if len(body) > limit:
+                        return self._too_large(limit)
+                    if not message.get("more_body"):
+                        break
+        except TimeoutError:
+            self.metrics.notifications.labels("timed_out").inc()
+            self.rejections.record("notification_rejected", "timed_out")
+            return 408, {"error": f"body not received within {self.settings.read_timeout:g}s"}
         try:
             payload = parse_payload(bytes(body))
         except PayloadError as exc:
@@ -152,22 +187,28 @@ class RecoveryService:
             self.audit.record("notification_rejected", reason="invalid", detail=str(exc))
             return exc.status, {"error": str(exc)}
         deliveries = await asyncio.to_thread(self.inbox.record, payload)
+        if payload.truncatedAlerts:
+            self.metrics.truncated.inc(payload.truncatedAlerts)
+            self.audit.record("alerts_truncated", count=payload.truncatedAlerts, receiver=payload.receiver)
         sender = header(scope, "user-agent") or "unknown"
         for delivery in deliveries:
             self.metrics.notifications.labels(
                 delivery.result if delivery.result != "ignored" else "resolved"
             ).inc()
+            extra = {"same_incident_as": delivery.same_incident} if delivery.same_incident else {}
             self.audit.record(
                 f"alert_{delivery.result}",
                 alert=delivery.alertname,
                 key=delivery.key,
                 receiver=payload.receiver,
                 sender=sender[:80],
+                **extra,
             )
             running = self._running.get(delivery.key)
             if delivery.cancel_running and running is not None and not running.past_ponr:
                 running.task.cancel()
         self._wake.set()
+        await self.audit.flush()  # acknowledged means audited too
         counts: dict[str, int] = {}
         for delivery in deliveries:
             counts[delivery.result] = counts.get(delivery.result, 0) + 1
@@ -181,25 +222,39 @@ class RecoveryService:
     # --- worker ------------------------------------------------------------------------------------
 
     async def run_worker(self, stop: asyncio.Event) -> None:
-        """Run pending alerts until ``stop``; on stop, cancel actions before their point of no return
-        (they run again after a restart) and let the others finish."""
-        for alert in self.inbox.interrupted():
+        """Run pending alerts until ``stop``. On stop, actions before their point of no return are
+        interrupted and go back to the queue (they run again after a restart); the others get
+        SHUTDOWN_GRACE seconds, then are interrupted too and resumed (verify-only) after a restart."""
+        for alert in await asyncio.to_thread(self.inbox.interrupted):
             self.audit.record("alert_resumed", alert=alert.alertname, key=alert.key)
             self._start(alert, resumed=True)
         self.ready = True
         while not stop.is_set():
-            alert = self.inbox.claim_next()
+            alert = await asyncio.to_thread(self.inbox.claim_next)
             if alert is not None:
                 self._start(alert, resumed=False)
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.5)
+        await self._stop_running()
+
+    async def _stop_running(self) -> None:
         for running in list(self._running.values()):
             if not running.past_ponr:
+                running.shutdown = True
                 running.task.cancel()
-        if self._running:
-            await asyncio.wait([r.task for r in self._running.values()], timeout=self.settings.action_timeout)
+        tasks = [r.task for r in self._running.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=min(SHUTDOWN_GRACE, self.settings.action_timeout))
+        for running in list(self._running.values()):
+            if not running.shutdown:  # past the point of no return and not done within the grace
+                running.shutdown = True
+                running.task.cancel()
+        tasks = [r.task for r in self._running.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+        await self.audit.flush()
 
     def _start(self, alert: InboxAlert, resumed: bool) -> None:
         task = asyncio.create_task(self._run_alert(alert, resumed))
@@ -219,64 +274,94 @@ class RecoveryService:
             "target": labels.get("target"),
         }
 
-        def finish(outcome: str, detail: str, action: str | None = action_name) -> None:
-            self.inbox.finish(alert.key, outcome, detail)
+        async def finish(outcome: str, detail: str, action: str | None = action_name) -> None:
+            await asyncio.to_thread(self.inbox.finish, alert.key, outcome, detail)
             self.audit.record("outcome", **base, action=action, outcome=outcome, detail=detail)
             if action is not None and cluster is not None:
                 self.metrics.actions.labels(tier, cluster_name, action, outcome).inc()
+            await self.audit.flush()
+
+        async def refuse(limit: str, detail: str, action: str) -> None:
+            self._blocked(tier, cluster_name, action, limit, base)
+            await asyncio.to_thread(self.inbox.finish, alert.key, "refused", detail)
 
         if action_name is None or labels.get("action", action_name) != action_name:
-            self._blocked(tier, cluster_name, labels.get("action", "none"), "not_allowed", base)
-            self.inbox.finish(alert.key, "refused", "alert not in the allow-list for this action")
+            await refuse(
+                "not_allowed", "alert not in the allow-list for this action", labels.get("action", "none")
+            )
             return
         if cluster is None:
-            finish("refused", "alert names no configured cluster")
+            await finish("refused", "alert names no configured cluster")
             return
-        if not resumed:
-            now = time.time()
-            if (
-                self.inbox.runs_since(cluster_name, now - self.settings.rate_limit.per)
-                >= self.settings.rate_limit.max_actions
-            ):
-                self._blocked(tier, cluster_name, action_name, "rate_limit", base)
-                self.inbox.finish(alert.key, "refused", "rate limit reached")
-                return
-            last = self.inbox.last_run(cluster_name, action_name)
-            if last is not None and now - last < self.settings.cooldown:
-                self._blocked(tier, cluster_name, action_name, "cooldown", base)
-                self.inbox.finish(alert.key, "refused", "in cooldown after the previous run")
-                return
-        supersedable = action_name in INSTANCE_ACTIONS and "regional_failover" in self.settings.allow.values()
-        if supersedable and not resumed and await self._superseded(alert, cluster_name):
-            self._blocked(tier, cluster_name, action_name, "superseded", base)
-            self.inbox.finish(alert.key, "refused", "superseded by a regional failover of the same region")
-            return
-        lock = self._locks.setdefault(cluster_name, asyncio.Lock())
-        if lock.locked():
-            self.audit.record("waiting_for_cluster_lock", **base, action=action_name)
-        started = time.monotonic()
         try:
+            supersedable = (
+                action_name in INSTANCE_ACTIONS and "regional_failover" in self.settings.allow.values()
+            )
+            if supersedable and not resumed and await self._superseded(alert, cluster_name):
+                await refuse(
+                    "superseded", "superseded by a regional failover of the same region", action_name
+                )
+                return
+            lock = self._locks.setdefault(cluster_name, asyncio.Lock())
+            if lock.locked():
+                self.audit.record("waiting_for_cluster_lock", **base, action=action_name)
             async with lock:
                 if not resumed:
-                    self.inbox.record_run(cluster_name, action_name)
-                self.audit.record(
-                    "action_started",
-                    **base,
-                    action=action_name,
-                    resumed=resumed,
-                    dry_run=self.settings.dry_run,
-                )
-                ctx = self._context(alert, cluster, resumed, base, action_name)
-                async with asyncio.timeout(self.settings.action_timeout):
-                    outcome = await load_action(action_name).run(ctx)
+                    limits = self.settings.rate_limit
+                    blocked = await asyncio.to_thread(
+                        self.inbox.reserve,
+                        alert.key,
+                        cluster_name,
+                        action_name,
+                        limits.max_actions,
+                        limits.per,
+                        self.settings.cooldown,
+                    )
+                    if blocked is not None:
+                        why = (
+                            "rate limit reached"
+                            if blocked == "rate_limit"
+                            else "in cooldown after the previous run"
+                        )
+                        await refuse(blocked, why, action_name)
+                        return
+                await self._act(alert, cluster, tier, base, action_name, resumed, finish)
         except asyncio.CancelledError:
-            finish("cancelled", "alert resolved before the point of no return")
-            return
+            running = self._running.get(alert.key)
+            if running is not None and running.shutdown:
+                await self._interrupted(alert, base, action_name, running.past_ponr)
+            else:
+                await asyncio.to_thread(self.inbox.release, alert.key)
+                await finish("cancelled", "alert resolved before the point of no return")
+
+    async def _act(
+        self,
+        alert: InboxAlert,
+        cluster: ClusterConfig,
+        tier: str,
+        base: dict[str, Any],
+        action_name: str,
+        resumed: bool,
+        finish: Callable[[str, str], Awaitable[None]],
+    ) -> None:
+        """Run the action under the cluster lock with a reserved run; keep the run if it changed
+        something (or would have, in a dry run), give it back otherwise."""
+        cluster_name = cluster.name
+        self.audit.record(
+            "action_started", **base, action=action_name, resumed=resumed, dry_run=self.settings.dry_run
+        )
+        started = time.monotonic()
+        try:
+            ctx = self._context(alert, cluster, resumed, base, action_name)
+            async with asyncio.timeout(self.settings.action_timeout):
+                outcome = await load_action(action_name).run(ctx)
         except TimeoutError:
-            finish("timed_out", f"no result within {self.settings.action_timeout:g}s")
+            await self._settle_run(alert.key, changed=False)
+            await finish("timed_out", f"no result within {self.settings.action_timeout:g}s")
             return
         except Exception as exc:  # noqa: BLE001 - an action bug must be recorded, not crash the worker
-            finish("failed", f"action raised {type(exc).__name__}")
+            await self._settle_run(alert.key, changed=False)
+            await finish("failed", f"action raised {type(exc).__name__}")
             self.events.emit(
                 "action_crashed", "error", action=action_name, error=type(exc).__name__, where=_where(exc)
             )
@@ -284,13 +369,37 @@ class RecoveryService:
         finally:
             self.metrics.duration.labels(tier, cluster_name, action_name).set(time.monotonic() - started)
         result = "dry_run" if self.settings.dry_run and outcome.status == "succeeded" else outcome.status
-        finish(result, outcome.detail)
+        await self._settle_run(alert.key, changed=result == "dry_run")
+        await finish(result, outcome.detail)
         if outcome.facts:
             self.audit.record("facts", **{**base, "action": action_name, **outcome.facts})
         if outcome.failover and result == "succeeded":
             self.metrics.failovers.labels(tier, cluster_name, action_name).inc()
             self.metrics.last_failover.labels(tier, cluster_name).set(time.time())
             self.events.emit("failover", cluster=cluster_name, action=action_name, detail=outcome.detail)
+
+    async def _settle_run(self, key: str, changed: bool) -> None:
+        """A run past its point of no return is already counted; before it, keep it only if
+        ``changed`` (a dry run's would-be action), else give it back."""
+        running = self._running.get(key)
+        if running is not None and running.past_ponr:
+            return
+        await asyncio.to_thread(self.inbox.keep if changed else self.inbox.release, key)
+
+    async def _interrupted(
+        self, alert: InboxAlert, base: dict[str, Any], action: str, past_ponr: bool
+    ) -> None:
+        """The service is stopping: before the point of no return the alert goes back to the queue
+        (its reservation released); past it, it stays running in the inbox, to be resumed."""
+        if not past_ponr:
+            await asyncio.to_thread(self.inbox.requeue, alert.key)
+        self.audit.record(
+            "action_interrupted",
+            **base,
+            action=action,
+            reason="shutdown",
+            then="resume_verify_only" if past_ponr else "run_again",
+        )
 
     async def _superseded(self, alert: InboxAlert, cluster: str) -> bool:
         """Wait ``settle`` seconds, then: is a regional failover of this alert's region on its way?"""
@@ -307,8 +416,9 @@ class RecoveryService:
             running = self._running.get(alert.key)
             if running is not None:
                 running.past_ponr = True
-            self.inbox.mark_point_of_no_return(alert.key)
+            await asyncio.to_thread(self.inbox.mark_point_of_no_return, alert.key)
             self.audit.record("point_of_no_return", **base, action=action)
+            await self.audit.flush()  # on disk before anything irreversible
 
         def audit(event: str, **fields: Any) -> None:
             self.audit.record(event, **{**base, "action": action, **fields})
@@ -329,7 +439,12 @@ class RecoveryService:
         self.audit.record("blocked", **base, action=action, limit=limit)
         self.metrics.blocked.labels(tier, cluster, action, limit).inc()
 
+    def on_connection_dropped(self, reason: str) -> None:
+        """Count a connection the HTTP guard closed (slow or surplus client)."""
+        self.metrics.dropped.labels(reason).inc()
+
     def close(self) -> None:
+        self.rejections.close("notification_rejected")
         self.inbox.close()
         self.audit.close()
 
@@ -361,9 +476,10 @@ async def run_recovery(loaded: LoadedConfig, listen: str | None = None, dry_run:
     service.events.emit(
         "recovery_started", listen=address, dry_run=settings.dry_run, state_dir=settings.state_dir
     )
+    guard = ConnectionGuard(settings.read_timeout, settings.max_connections, service.on_connection_dropped)
     worker = asyncio.create_task(service.run_worker(stop))
     try:
-        await serve_app(service, address, stop, **config)
+        await serve_app(service, address, stop, guard, **config)
     finally:
         stop.set()
         await worker
