@@ -14,14 +14,15 @@ from typing import Any
 
 import pytest
 import yaml
+from hostile_peers import garbage_runtime_api
 
+from tierwatch.clients.haproxy import parse_show_stat
 from tierwatch.config import load_config
 from tierwatch.config.recovery import RecoverySettings
 from tierwatch.lab.stack import Stack, wait_for
 from tierwatch.lab.stack.chain import write_lb_cluster
 from tierwatch.lab.stack.haproxy import HAProxy, start_haproxy, start_write_lb
 from tierwatch.lab.stack.http import HttpBackend, start_http_backend
-from tierwatch.probes.haproxy import parse_show_stat
 from tierwatch.recovery.actions import ActionContext, AlertRef, Outcome, load_action
 
 REGIONS = {"es-1": "primary", "es-2": "primary", "es-3": "failover", "es-4": "failover"}
@@ -181,6 +182,20 @@ def test_regional_failover_only_when_the_region_is_down(site: Site) -> None:
     assert outcome.status == "succeeded" and outcome.failover
     assert server_states(site.lbs[1])["es-2"].startswith(("DRAIN", "DOWN"))
     assert server_weights(site.lbs[1])["es-2"] == 0
+
+
+def test_an_lb_answering_garbage_makes_the_action_refuse_before_changing_anything(site: Site) -> None:
+    with garbage_runtime_api(site.stack.path("garbage.sock")) as garbage:
+        data = yaml.safe_load(site.config.read_text())
+        odd = {"name": "lb-odd", "region": "p", "url": "http://127.0.0.1:9/", "stats_socket": str(garbage)}
+        data["clusters"].append({"name": "odd", "tier": "lb", "targets": [odd]})
+        site.config.write_text(yaml.safe_dump(data))
+        outcome, trail = run_action(site, "shift_traffic", {"region": "primary"})
+    assert outcome.status == "refused", outcome
+    assert outcome.detail.startswith("not moving traffic: lb-odd: runtime API answered garbage")
+    assert not any(e["event"] == "point_of_no_return" for e in trail)
+    for lb in site.lbs:
+        assert all(w == 100 for w in server_weights(lb).values())
 
 
 def test_dry_run_changes_no_weight(site: Site) -> None:

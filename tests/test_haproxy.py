@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from tierwatch.clients.haproxy import parse_show_stat, server_state
 from tierwatch.config import LoadedConfig
 from tierwatch.events import EventLog
 from tierwatch.lab.stack import Stack, wait_for
@@ -18,7 +19,6 @@ from tierwatch.lab.stack.haproxy import HAProxy, start_haproxy, start_vip
 from tierwatch.lab.stack.http import start_http_backend
 from tierwatch.metrics import TierwatchCollector
 from tierwatch.monitor import Monitor
-from tierwatch.probes.haproxy import parse_show_stat, server_status
 
 from helpers import metric_value as value
 
@@ -44,7 +44,7 @@ def lb_cluster(lbs: list[HAProxy], vip: str | None = None, via: str = "socket") 
 
 def test_server_status_normalisation() -> None:
     assert [
-        server_status(s) for s in ("UP", "UP 1/2", "DOWN 1/2", "MAINT (via be/x)", "no check", "DRAIN")
+        server_state(s) for s in ("UP", "UP 1/2", "DOWN 1/2", "MAINT (via be/x)", "no check", "DRAIN")
     ] == [
         "up",
         "up",

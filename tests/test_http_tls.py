@@ -15,12 +15,15 @@ from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tierwatch.config import LoadedConfig
+from tierwatch.config.recovery import ClusterRecovery
 from tierwatch.events import EventLog
 from tierwatch.lab.stack import Stack, free_port, wait_for
 from tierwatch.lab.stack.ports import port_open
 from tierwatch.metrics import TierwatchCollector
 from tierwatch.monitor import Monitor
+from tierwatch.recovery.actions import load_action
 
+from action_fixtures import make_context
 from helpers import metric_value as value
 
 NOT_AFTER = dt.datetime(2031, 5, 17, 12, 0, 0, tzinfo=dt.UTC)
@@ -56,9 +59,9 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     return bundle, ca
 
 
-def test_certificate_expiry_with_and_without_verification(
-    stack: Stack, make_config: Callable[..., LoadedConfig]
-) -> None:
+def start_tls_frontend(stack: Stack) -> tuple[str, Path]:
+    """An HAProxy TLS frontend answering /health itself, with a self-signed certificate; returns its
+    health URL and the certificate (as a CA file)."""
     bundle, ca = self_signed(stack.directory("tls"))
     port = free_port()
     cfg = stack.path("tls", "haproxy.cfg")
@@ -68,7 +71,13 @@ def test_certificate_expiry_with_and_without_verification(
     )
     proc = stack.spawn("haproxy-tls", ["haproxy", "-db", "-f", str(cfg)])
     wait_for(lambda: proc.check_alive() or port_open(port), 10, "TLS frontend")
-    url = f"https://127.0.0.1:{port}/health"
+    return f"https://127.0.0.1:{port}/health", ca
+
+
+def test_certificate_expiry_with_and_without_verification(
+    stack: Stack, make_config: Callable[..., LoadedConfig]
+) -> None:
+    url, ca = start_tls_frontend(stack)
     loaded = make_config(
         [
             {
@@ -99,3 +108,25 @@ def test_certificate_expiry_with_and_without_verification(
     assert value(text, "tierwatch_http_tls_cert_expiry_timestamp_seconds", target="unverified") == expected
     assert value(text, "tierwatch_up", target="untrusted") == 0
     assert value(text, "tierwatch_probe_failures_total", target="untrusted", reason="protocol") == 1
+
+
+def test_restart_refuses_a_healthy_self_signed_target(
+    stack: Stack, make_config: Callable[..., LoadedConfig]
+) -> None:
+    """The live check honours the target's TLS options: a healthy server with a self-signed
+    certificate and tls_skip_verify answers, so it is not restarted (nor is it with tls_ca_file)."""
+    url, ca = start_tls_frontend(stack)
+    marker = stack.path("restarted")
+    targets = [
+        {"name": "skip", "region": "r", "url": url, "tls_skip_verify": True},
+        {"name": "ca", "region": "r", "url": url, "tls_ca_file": str(ca)},
+    ]
+    loaded = make_config([{"name": "web", "tier": "app", "targets": targets}])
+    command = ["sh", "-c", f"echo restarted >> {marker}"]
+    settings = ClusterRecovery(restart_commands={"skip": command, "ca": command})
+    for name in ("skip", "ca"):
+        ctx, recorder = make_context(loaded, "web", {"target": name}, settings=settings)
+        outcome = asyncio.run(load_action("restart_instance").run(ctx))
+        assert outcome.status == "refused" and outcome.detail == f"{name} answers; not restarting", outcome
+        assert recorder.point_of_no_return_calls == 0
+    assert not marker.exists()

@@ -27,7 +27,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..probes.haproxy import parse_show_stat
+from ..clients.haproxy import HAProxyError, parse_show_stat
 from .demo import APP_BACKEND, DemoStack, build
 from .stack import Stack, StackError, wait_for
 from .stack.chain import audit
@@ -339,10 +339,10 @@ def _server_up(demo: DemoStack, server: str) -> bool:
         if not lb.process.running() and not Path(lb.stats_socket).exists():
             continue
         try:
-            rows = parse_show_stat(lb.command("show stat"))
-        except OSError:
+            servers = parse_show_stat(lb.command("show stat")).servers(APP_BACKEND)
+        except (OSError, HAProxyError):  # a dying LB answers half a table
             continue
-        states += [r["status"] for r in rows if r.get("pxname") == APP_BACKEND and r.get("svname") == server]
+        states += [servers[server].status] if server in servers else []
     return bool(states) and all(s.startswith("UP") for s in states)
 
 

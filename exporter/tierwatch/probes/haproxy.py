@@ -8,19 +8,29 @@ no new connection to the LB.
 from __future__ import annotations
 
 import asyncio
-import csv
-from collections.abc import Iterator
+from collections.abc import Awaitable
+from typing import TypeVar
 
-import httpx
-
+from ..clients.haproxy import (
+    SERVER_STATES,
+    HAProxyError,
+    RuntimeApi,
+    ShowStat,
+    parse_show_stat,
+    stats_page,
+)
+from ..clients.http import HttpClient, HttpFailure, tls_verify
 from ..metric_catalog import metric
 from .base import Observation, Probe, ProbeFailure, TargetInfo
-from .http import HttpProbe, make_client, tls_verify
+from .http import HttpProbe
 
+# parse_show_stat stays importable from here for older callers; new code imports clients.haproxy
+__all__ = ["HAProxyProbe", "add_stats", "parse_show_stat"]
+
+A = TypeVar("A")
+B = TypeVar("B")
 _PROXY = ("proxy",)
 _SERVER = ("proxy", "server")
-SERVER_STATUSES = ("up", "down", "maint", "drain", "nolb", "no_check")
-RESPONSE_CODES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
 
 FRONTEND_SESSIONS = metric(
     "tierwatch_lb_frontend_sessions_current", "gauge", "Current sessions on a frontend.", _PROXY, section="lb"
@@ -105,91 +115,48 @@ SERVER_QUEUE = metric(
     "tierwatch_lb_server_queue_current", "gauge", "Requests queued for a server.", _SERVER, section="lb"
 )
 
-PROMPT = b"\n> "
+
+def add_stats(observation: Observation, stat: ShowStat) -> None:
+    """Turn ``show stat`` rows into samples."""
+    for row in stat:
+        proxy, name = row.proxy, row.name
+        if row.kind == "frontend":
+            observation.add(FRONTEND_SESSIONS, row.number("scur"), proxy)
+            observation.add(FRONTEND_REQUESTS, row.number("req_tot"), proxy)
+            for code, count in row.responses().items():
+                observation.add(FRONTEND_RESPONSES, count, proxy, code)
+        elif row.kind == "backend":
+            observation.add(BACKEND_UP, 1.0 if row.up else 0.0, proxy)
+            observation.add(BACKEND_ACTIVE, row.number("act"), proxy)
+            observation.add(BACKEND_SESSIONS, row.number("scur"), proxy)
+            observation.add(BACKEND_QUEUE, row.number("qcur"), proxy)
+            observation.add(BACKEND_CONNECTION_ERRORS, row.number("econ"), proxy)
+            for code, count in row.responses().items():
+                observation.add(BACKEND_RESPONSES, count, proxy, code)
+        elif row.kind == "server":
+            state = row.state
+            observation.add(SERVER_UP, 1.0 if row.up else 0.0, proxy, name)
+            for candidate in SERVER_STATES:
+                observation.add(SERVER_STATUS, 1.0 if candidate == state else 0.0, proxy, name, candidate)
+            observation.add(SERVER_WEIGHT, row.number("weight"), proxy, name)
+            observation.add(SERVER_SESSIONS, row.number("scur"), proxy, name)
+            observation.add(SERVER_QUEUE, row.number("qcur"), proxy, name)
 
 
-def server_status(raw: str) -> str:
-    """Normalise HAProxy's status column ('UP 1/2', 'MAINT (via x)', 'no check') to SERVER_STATUSES."""
-    word = raw.strip().lower()
-    if word.startswith("no check"):
-        return "no_check"
-    first = word.split(" ", 1)[0]
-    return first if first in SERVER_STATUSES else "down"
-
-
-def _num(row: dict[str, str], key: str) -> float:
-    value = row.get(key) or ""
+async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Run two awaitables concurrently; when one fails, cancel the other and wait until it has
+    stopped before raising, so nothing still uses a connection the caller is about to reset."""
+    tasks = (asyncio.ensure_future(first), asyncio.ensure_future(second))
     try:
-        return float(value)
-    except ValueError:
-        return 0.0
-
-
-def parse_show_stat(text: str) -> Iterator[dict[str, str]]:
-    """Rows of ``show stat`` CSV output as dicts keyed by column name."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines or not lines[0].startswith("# "):
-        raise ProbeFailure("protocol", "stats output has no CSV header")
-    header = lines[0][2:].split(",")
-    for values in csv.reader(lines[1:]):
-        yield dict(zip(header, values, strict=False))
-
-
-def add_stats(observation: Observation, text: str) -> None:
-    """Turn ``show stat`` CSV into samples."""
-    for row in parse_show_stat(text):
-        proxy, name, kind = row.get("pxname", ""), row.get("svname", ""), row.get("type", "")
-        if kind == "0":
-            observation.add(FRONTEND_SESSIONS, _num(row, "scur"), proxy)
-            observation.add(FRONTEND_REQUESTS, _num(row, "req_tot"), proxy)
-            for code in RESPONSE_CODES:
-                observation.add(FRONTEND_RESPONSES, _num(row, f"hrsp_{code}"), proxy, code)
-        elif kind == "1":
-            observation.add(BACKEND_UP, 1.0 if row.get("status", "").startswith("UP") else 0.0, proxy)
-            observation.add(BACKEND_ACTIVE, _num(row, "act"), proxy)
-            observation.add(BACKEND_SESSIONS, _num(row, "scur"), proxy)
-            observation.add(BACKEND_QUEUE, _num(row, "qcur"), proxy)
-            observation.add(BACKEND_CONNECTION_ERRORS, _num(row, "econ"), proxy)
-            for code in RESPONSE_CODES:
-                observation.add(BACKEND_RESPONSES, _num(row, f"hrsp_{code}"), proxy, code)
-        elif kind == "2":
-            status = server_status(row.get("status", ""))
-            observation.add(SERVER_UP, 1.0 if status in ("up", "drain", "no_check") else 0.0, proxy, name)
-            for candidate in SERVER_STATUSES:
-                observation.add(SERVER_STATUS, 1.0 if candidate == status else 0.0, proxy, name, candidate)
-            observation.add(SERVER_WEIGHT, _num(row, "weight"), proxy, name)
-            observation.add(SERVER_SESSIONS, _num(row, "scur"), proxy, name)
-            observation.add(SERVER_QUEUE, _num(row, "qcur"), proxy, name)
-
-
-class RuntimeApi:
-    """A kept-open, interactive connection to HAProxy's runtime API on a unix socket."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def command(self, line: str) -> str:
-        """Send one command and return its output (without the prompt)."""
-        if self._writer is None:
-            self._reader, self._writer = await asyncio.open_unix_connection(self.path, limit=1 << 24)
-            self._writer.write(b"prompt\n")
-            await self._reader.readuntil(b"> ")
-        assert self._reader is not None
-        self._writer.write(line.encode() + b"\n")
-        data = await self._reader.readuntil(PROMPT)
-        return data[: -len(PROMPT)].decode("utf-8", "replace")
-
-    async def close(self) -> None:
-        """Close the connection (the next command reconnects)."""
-        writer, self._writer, self._reader = self._writer, None, None
-        if writer is not None:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    return tasks[0].result(), tasks[1].result()
 
 
 class HAProxyProbe(Probe):
@@ -197,28 +164,35 @@ class HAProxyProbe(Probe):
 
     def __init__(self, info: TargetInfo):
         super().__init__(info)
+        target = info.target
         self._http = HttpProbe(info)
-        self._api = RuntimeApi(info.target.stats_socket) if info.target.stats_socket else None
-        self._stats_client: httpx.AsyncClient | None = None
+        self._api = (
+            RuntimeApi(target.stats_socket, max_bytes=target.max_stats_bytes, timeout=info.timeout)
+            if target.stats_socket
+            else None
+        )
+        self._stats_client: HttpClient | None = None
 
     async def probe(self) -> Observation:
-        health, stats = await asyncio.gather(self._http.probe(), self._stats())
+        health, stats = await both(self._http.probe(), self._stats())
         if stats is not None:
             add_stats(health, stats)
         return health
 
-    async def _stats(self) -> str | None:
-        if self._api is not None:
-            return await self._api.command("show stat")
-        url = self.info.target.stats_url
-        if url is None:
-            return None
-        if self._stats_client is None:
-            self._stats_client = make_client(self.info.timeout, tls_verify(self.info.target))
-        response = await self._stats_client.get(url.rstrip("/") + "/;csv")
-        if response.status_code != 200:
-            raise ProbeFailure("protocol", f"stats page answered {response.status_code}")
-        return response.text
+    async def _stats(self) -> ShowStat | None:
+        try:
+            if self._api is not None:
+                return await self._api.show_stat()
+            url = self.info.target.stats_url
+            if url is None:
+                return None
+            if self._stats_client is None:
+                self._stats_client = HttpClient(self.info.timeout, tls_verify(self.info.target))
+            return await stats_page(self._stats_client, url, self.info.target.max_stats_bytes)
+        except HAProxyError as exc:
+            raise ProbeFailure(exc.reason, str(exc)) from exc
+        except HttpFailure as exc:
+            raise ProbeFailure(exc.reason, f"stats page: {exc}") from exc
 
     async def close(self) -> None:
         await self._http.close()
@@ -226,4 +200,4 @@ class HAProxyProbe(Probe):
             await self._api.close()
         if self._stats_client is not None:
             client, self._stats_client = self._stats_client, None
-            await client.aclose()
+            await client.close()

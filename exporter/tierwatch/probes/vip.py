@@ -9,11 +9,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import httpx
-
+from ..clients.http import HttpClient, HttpRules, ssl_context
 from ..config import ClusterConfig
 from ..metric_catalog import metric
-from .http import make_client, ssl_context
+
+# The VIP is up when the LB answers at all with 2xx/3xx (a redirect to https is an answer): the
+# first answer is judged, never followed, so its served-by header names the LB that gave it.
+VIP_RULES = HttpRules(accept=frozenset(range(200, 400)), follow_redirects=False)
 
 VIP_UP = metric(
     "tierwatch_lb_vip_up",
@@ -55,24 +57,23 @@ class VipProbe:
         self.url = cluster.vip
         self.header = cluster.vip_header
         self.timeout = timeout
-        self._client: httpx.AsyncClient | None = None
+        self._client: HttpClient | None = None
 
     async def probe(self, names: set[str]) -> VipResult:
         """Probe once; never raises."""
         if self._client is None:
-            self._client = make_client(self.timeout, ssl_context(None, True))
+            self._client = HttpClient(self.timeout, ssl_context(None, True), fresh_connections=True)
         start = time.perf_counter()
         try:
-            response = await self._client.get(self.url, headers={"Connection": "close"})
-        except Exception:  # noqa: BLE001 - any failure means the VIP is not served
+            answer = await self._client.check(self.url, VIP_RULES)
+        except Exception:  # noqa: BLE001 - any failure (HttpFailure above all) means the VIP is not served
             await self.close()
             return VipResult(False, None, time.perf_counter() - start)
-        served_by = response.headers.get(self.header)
-        up = 200 <= response.status_code < 400
-        return VipResult(up, served_by if served_by in names else None, time.perf_counter() - start)
+        served_by = answer.headers.get(self.header.lower())
+        return VipResult(True, served_by if served_by in names else None, time.perf_counter() - start)
 
     async def close(self) -> None:
         """Release the client."""
         if self._client is not None:
             client, self._client = self._client, None
-            await client.aclose()
+            await client.close()

@@ -2,18 +2,48 @@
 
 The backend's servers are named after the cluster's targets; the new primary's server is set
 ``ready`` and every other server ``maint`` on every LB that has a runtime API socket, so writes go to
-the new primary only.
+the new primary only. An LB whose runtime API does not answer, or answers something that is not
+``show stat``, is reported as a problem, never raised.
 """
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..clients.haproxy import HAProxyError, Server, ShowStat, parse_show_stat, runtime_command
 from ..config import LoadedConfig
-from ..probes.haproxy import RuntimeApi, parse_show_stat
 
 if TYPE_CHECKING:
     from .actions.base import ActionContext
+
+__all__ = [
+    "LbStat",
+    "backend_primary",
+    "lb_sockets",
+    "lbs_with_backend",
+    "point_backend_at",
+    "point_write_backend",
+    "read_lb",
+    "run_on_lb",
+    "runtime_command",
+    "write_backend_problems",
+]
+
+
+@dataclass(frozen=True)
+class LbStat:
+    """What one LB's runtime API said: its ``show stat``, or (``problem``) why it could not be read."""
+
+    lb: str
+    socket: str
+    stat: ShowStat | None
+    problem: str | None = None
+
+    def servers(self, backend: str) -> dict[str, Server]:
+        """The servers of ``backend`` on this LB (empty if it has no such backend or was not read)."""
+        return self.stat.servers(backend) if self.stat is not None else {}
 
 
 def lb_sockets(loaded: LoadedConfig) -> list[tuple[str, str]]:
@@ -27,34 +57,36 @@ def lb_sockets(loaded: LoadedConfig) -> list[tuple[str, str]]:
     ]
 
 
-async def runtime_command(socket_path: str, line: str) -> str:
-    """Run one runtime API command on an LB and return its output."""
-    api = RuntimeApi(socket_path)
+async def read_lb(lb: str, socket_path: str) -> LbStat:
+    """``show stat`` of one LB; never raises (a problem is a secret-free reason)."""
     try:
-        return await api.command(line)
-    finally:
-        await api.close()
+        return LbStat(lb, socket_path, parse_show_stat(await runtime_command(socket_path, "show stat")))
+    except HAProxyError as exc:
+        return LbStat(lb, socket_path, None, f"runtime API answered garbage ({exc})")
+    except OSError as exc:
+        return LbStat(lb, socket_path, None, f"runtime API unreachable ({type(exc).__name__})")
 
 
-async def lbs_with_backend(loaded: LoadedConfig, backend: str) -> dict[str, dict[str, str]]:
-    """Per LB that has ``backend``: its socket path under key "", and each server's status (an LB
-    whose runtime API does not answer is listed with key "!" set). LBs without it are left out:
-    one config may hold app LBs and write LBs side by side."""
-    found: dict[str, dict[str, str]] = {}
-    for lb, path in lb_sockets(loaded):
-        try:
-            rows = list(parse_show_stat(await runtime_command(path, "show stat")))
-        except (OSError, ValueError):
-            found[lb] = {"": path, "!": "unreachable"}
-            continue
-        servers = {
-            r["svname"]: r.get("status", "")
-            for r in rows
-            if r.get("pxname") == backend and r.get("type") == "2"
-        }
-        if servers:
-            found[lb] = {"": path, **servers}
-    return found
+async def lbs_with_backend(loaded: LoadedConfig, backend: str) -> dict[str, LbStat]:
+    """Every LB that has ``backend``, plus every LB whose runtime API could not be read (``problem``
+    set: it may have it). LBs known not to have it are left out: one config may hold app LBs and
+    write LBs side by side."""
+    views = await asyncio.gather(*(read_lb(lb, path) for lb, path in lb_sockets(loaded)))
+    return {
+        v.lb: v for v in views if v.problem is not None or (v.stat is not None and v.stat.backend(backend))
+    }
+
+
+async def run_on_lb(view: LbStat, line: str) -> str | None:
+    """Run a ``set ...`` command on one LB; None when it succeeded (HAProxy prints nothing), else a
+    short problem (its output, or why the runtime API did not answer)."""
+    try:
+        out = (await runtime_command(view.socket, line)).strip()
+    except HAProxyError as exc:
+        return f"runtime API answered garbage ({exc})"
+    except OSError as exc:
+        return f"runtime API unreachable ({type(exc).__name__})"
+    return out[:120] or None
 
 
 async def point_backend_at(
@@ -63,32 +95,33 @@ async def point_backend_at(
     """Make ``primary`` the only ready server of ``backend`` on every LB that has that backend (LBs
     without it are left alone). Returns per-LB results ("ok" or a secret-free problem)."""
     results: dict[str, str] = {}
-    for lb, servers in (await lbs_with_backend(loaded, backend)).items():
-        if servers.get("!"):
-            results[lb] = servers["!"]
+    for lb, view in (await lbs_with_backend(loaded, backend)).items():
+        if view.problem is not None:
+            results[lb] = view.problem
             continue
+        servers = view.servers(backend)
         problems = []
         for member in members:
             if member not in servers:
                 problems.append(f"{member}: no such server in {backend}")
                 continue
             state = "ready" if member == primary else "maint"
-            try:
-                await runtime_command(servers[""], f"set server {backend}/{member} state {state}")
-            except OSError as exc:
-                problems.append(type(exc).__name__)
+            problem = await run_on_lb(view, f"set server {backend}/{member} state {state}")
+            if problem is not None:
+                problems.append(f"{member}: {problem}")
                 break
         results[lb] = "; ".join(problems) or "ok"
     return results
 
 
 async def backend_primary(loaded: LoadedConfig, backend: str) -> dict[str, list[str]]:
-    """Per LB that has ``backend``, its servers not in maintenance (for verification)."""
+    """Per LB that has ``backend``, its servers not in maintenance (for verification). Raises
+    HAProxyError naming an LB whose runtime API could not be read."""
     found: dict[str, list[str]] = {}
-    for lb, servers in (await lbs_with_backend(loaded, backend)).items():
-        if servers.get("!"):
-            raise OSError(f"{lb} unreachable")
-        found[lb] = [name for name, status in servers.items() if name and not status.startswith("MAINT")]
+    for lb, view in (await lbs_with_backend(loaded, backend)).items():
+        if view.problem is not None:
+            raise HAProxyError(f"{lb}: {view.problem}")
+        found[lb] = [s.name for s in view.servers(backend).values() if s.state != "maint"]
     return found
 
 
@@ -108,10 +141,15 @@ async def write_backend_problems(ctx: ActionContext, primary: str) -> list[str]:
     backend = ctx.cluster_settings.write_backend
     if not backend:
         return []
-    try:
-        found = await backend_primary(ctx.loaded, backend)
-    except (OSError, ValueError) as exc:
-        return [f"backend {backend}: {type(exc).__name__}"]
-    if not found:
+    views = await lbs_with_backend(ctx.loaded, backend)
+    if not views:
         return [f"backend {backend}: no LB in the config has this backend (or a runtime API socket)"]
-    return [f"{lb}: {backend} serves {servers}" for lb, servers in found.items() if servers != [primary]]
+    problems = []
+    for lb, view in views.items():
+        if view.problem is not None:
+            problems.append(f"{lb}: {view.problem}")
+            continue
+        serving = [s.name for s in view.servers(backend).values() if s.state != "maint"]
+        if serving != [primary]:
+            problems.append(f"{lb}: {backend} serves {serving}")
+    return problems

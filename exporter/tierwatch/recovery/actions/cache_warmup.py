@@ -4,32 +4,38 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
-
+from ...clients.http import HttpClient, HttpFailure, HttpRules, ssl_context
 from .base import Action, ActionContext, Outcome
+
+# A warm-up GET only needs the server to build its cache; the answer's body is not needed, and a
+# body longer than the cap is left unread (its connection closed), whatever the URL sends.
+WARMUP_RULES = HttpRules()
 
 
 async def warm_up(urls: list[str], concurrency: int, timeout: float) -> tuple[int, int]:
-    """GET every URL, at most ``concurrency`` at a time; returns (succeeded, failed)."""
+    """GET every URL, at most ``concurrency`` at a time; returns (succeeded, failed). A request
+    succeeds when its final answer (after redirects) is 2xx."""
     gate = asyncio.Semaphore(concurrency)
     ok = failed = 0
+    client = HttpClient(timeout, ssl_context(None, True), connections=concurrency)
 
-    async def fetch(client: httpx.AsyncClient, url: str) -> None:
+    async def fetch(url: str) -> None:
         nonlocal ok, failed
         async with gate:
             try:
-                response = await client.get(url)
-                good = 200 <= response.status_code < 400
-            except httpx.HTTPError:
+                await client.check(url, WARMUP_RULES)
+                good = True
+            except HttpFailure:
                 good = False
         if good:
             ok += 1
         else:
             failed += 1
 
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
-        await asyncio.gather(*(fetch(client, url) for url in urls))
+    try:
+        await asyncio.gather(*(fetch(url) for url in urls))
+    finally:
+        await client.close()
     return ok, failed
 
 

@@ -5,25 +5,27 @@ configured target, and an unknown target is refused."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 
-import httpx
-
+from ...clients.http import answer_problem
+from ...config import TargetConfig
 from .base import Action, ActionContext, Outcome
 
 
-async def answers(url: str, timeout: float = 1.0) -> bool:
-    """True if a GET of ``url`` returns 2xx/3xx within ``timeout``."""
-    try:
-        async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
-            response = await client.get(url)
-        return 200 <= response.status_code < 400
-    except httpx.HTTPError:
-        return False
+async def live_check(ctx: ActionContext, target: TargetConfig) -> str | None:
+    """None if ``target`` answers as the exporter would count it up (its TLS options, expect_status,
+    expect_body, bounded reads, within the monitor's probe timeout), else what was seen instead."""
+    return await answer_problem(target, ctx.loaded.config.monitor.timeout)
 
 
 async def run_command(argv: list[str], timeout: float) -> tuple[int, str]:
-    """Run ``argv`` without a shell; returns (exit code, last output line, truncated)."""
+    """Run ``argv`` without a shell, in its own process group; returns (exit code, last output line,
+    truncated), or (-1, 'timed out'). On timeout or cancellation the whole process group is killed
+    (the command and every child it left in it), so nothing it started outlives it unless it
+    deliberately left the group (a daemon it started)."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -34,11 +36,23 @@ async def run_command(argv: list[str], timeout: float) -> tuple[int, str]:
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        await _kill_group(proc)
         return -1, "timed out"
+    except asyncio.CancelledError:
+        await _kill_group(proc)
+        raise
     lines = out.decode(errors="replace").strip().splitlines()
     return proc.returncode or 0, (lines[-1][:200] if lines else "")
+
+
+async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the process group led by ``proc`` and reap ``proc`` (bounded: never hangs a shutdown)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(proc.wait()), 2.0)
 
 
 class RestartInstance(Action):
@@ -60,20 +74,25 @@ class RestartInstance(Action):
             # the command already ran before the service restarted: verify, do not run it twice
             ctx.audit("resumed_verify_only", target=target.name)
         else:
-            if await answers(target.url):
+            problem = await live_check(ctx, target)
+            if problem is None:
                 ctx.audit("live_check", target=target.name, answers=True)
                 return Outcome("refused", f"{target.name} answers; not restarting")
-            ctx.audit("live_check", target=target.name, answers=False)
+            ctx.audit("live_check", target=target.name, answers=False, seen=problem)
             if ctx.dry_run:
                 return Outcome("succeeded", f"dry run: would run the restart command of {target.name}")
             await ctx.point_of_no_return()
-            code, last_line = await run_command(argv, timeout=max(1.0, ctx.settings.action_timeout / 2))
+            try:
+                code, last_line = await run_command(argv, timeout=max(1.0, ctx.settings.action_timeout / 2))
+            except asyncio.CancelledError:
+                ctx.audit("command_finished", target=target.name, exit_code=None, output="killed")
+                raise
             ctx.audit("command_finished", target=target.name, exit_code=code, output=last_line)
             if code != 0:
                 return Outcome("failed", f"restart command of {target.name} exited {code}")
         deadline = started + ctx.settings.action_timeout
         while time.monotonic() < deadline:
-            if await answers(target.url):
+            if await live_check(ctx, target) is None:
                 return Outcome(
                     "succeeded",
                     f"{target.name} restarted and answers",

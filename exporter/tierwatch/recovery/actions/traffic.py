@@ -6,32 +6,27 @@ from __future__ import annotations
 
 import asyncio
 
+from ...clients.http import answer_problem
 from ...config import LoadedConfig
-from ...probes.haproxy import parse_show_stat
-from ..discovery import lb_sockets, lbs_with_backend, runtime_command
+from ..discovery import LbStat, lb_sockets, lbs_with_backend, run_on_lb
 from .base import Action, ActionContext, Outcome
-from .restart import answers
 
 
-async def backend_counters(loaded: LoadedConfig, backend: str) -> tuple[float, float, dict[str, bool]]:
-    """Sum over LBs of the backend's responses and 5xx responses, and which servers are UP anywhere."""
+def backend_counters(views: dict[str, LbStat], backend: str) -> tuple[float, float, dict[str, bool]]:
+    """Sum over the LBs read of the backend's responses and 5xx responses, and which servers are UP
+    anywhere."""
     total = errors = 0.0
     up: dict[str, bool] = {}
-    for servers in (await lbs_with_backend(loaded, backend)).values():
-        if servers.get("!"):
+    for view in views.values():
+        if view.stat is None:
             continue
-        for row in parse_show_stat(await runtime_command(servers[""], "show stat")):
-            if row.get("pxname") != backend:
-                continue
-            if row.get("type") == "1":
-                counts = [
-                    float(row.get(f"hrsp_{c}") or 0) for c in ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
-                ]
-                total += sum(counts)
-                errors += counts[4]
-            elif row.get("type") == "2":
-                name = row.get("svname", "")
-                up[name] = up.get(name, False) or row.get("status", "").startswith("UP")
+        row = view.stat.backend(backend)
+        if row is not None:
+            responses = row.responses()
+            total += sum(responses.values())
+            errors += responses["5xx"]
+        for server in view.servers(backend).values():
+            up[server.name] = up.get(server.name, False) or server.status.startswith("UP")
     return total, errors, up
 
 
@@ -42,14 +37,14 @@ async def set_servers(loaded: LoadedConfig, backend: str, servers: list[str], co
     found = await lbs_with_backend(loaded, backend)
     if not found:
         return [f"no LB has backend {backend}"]
-    for lb, known in found.items():
-        if known.get("!"):
-            problems.append(f"{lb}: runtime API unreachable")
+    for lb, view in found.items():
+        if view.problem is not None:
+            problems.append(f"{lb}: {view.problem}")
             continue
         for server in servers:
-            out = (await runtime_command(known[""], f"set server {backend}/{server} {command}")).strip()
-            if out:
-                problems.append(f"{lb}: {server}: {out[:120]}")
+            problem = await run_on_lb(view, f"set server {backend}/{server} {command}")
+            if problem is not None:
+                problems.append(f"{lb}: {server}: {problem}")
     return problems
 
 
@@ -90,13 +85,20 @@ class ShiftTraffic(Action):
         backend = ctx.cluster_settings.app_backend
         if not lb_sockets(ctx.loaded):
             return Outcome("refused", "no LB with a stats_socket in the config")
-        total, errors, up = await backend_counters(ctx.loaded, backend)
+        views = await lbs_with_backend(ctx.loaded, backend)
+        unreadable = [f"{lb}: {v.problem}" for lb, v in views.items() if v.problem is not None]
+        if unreadable:
+            # moving traffic on some LBs of a pair and not the others would leave them disagreeing
+            return Outcome("refused", "not moving traffic: " + "; ".join(unreadable))
+        total, errors, up = backend_counters(views, backend)
         receivers = [t.name for t in staying if up.get(t.name)]
         ctx.audit("live_check", backend=backend, receiving_servers_up=receivers)
         if not receivers:
             return Outcome("refused", "no server of the other regions is UP to take the traffic")
         if self.require_region_down:
-            answering = [t.name for t in leaving if await answers(t.url)]
+            timeout = ctx.loaded.config.monitor.timeout
+            problems = await asyncio.gather(*(answer_problem(t, timeout) for t in leaving))
+            answering = [t.name for t, problem in zip(leaving, problems, strict=True) if problem is None]
             ctx.audit("live_check", region=region, answering=answering)
             if len(answering) == len(leaving):
                 return Outcome("refused", f"every server of region {region} answers; not failing over")
@@ -110,7 +112,7 @@ class ShiftTraffic(Action):
             if problems:
                 return Outcome("failed", "; ".join(problems))
             await asyncio.sleep(ctx.cluster_settings.step_interval)
-            new_total, new_errors, _ = await backend_counters(ctx.loaded, backend)
+            new_total, new_errors, _ = backend_counters(await lbs_with_backend(ctx.loaded, backend), backend)
             served = new_total - total
             ratio = (new_errors - errors) / served if served > 0 else 0.0
             ctx.audit("step", weight_percent=weight, responses=served, error_ratio=round(ratio, 4))

@@ -1,0 +1,1 @@
+"""One client per protocol, shared by the probes and the recovery actions."""
