@@ -46,8 +46,10 @@ def make_context(
     settings: ClusterRecovery | None = None,
     dry_run: bool = False,
     resumed: bool = False,
+    regional: bool = False,
 ) -> tuple[ActionContext, Recorder]:
-    """An ActionContext for ``cluster`` as if ``labels`` had come in an alert."""
+    """An ActionContext for ``cluster`` as if ``labels`` had come in an alert (``regional``: as the
+    service passes it for a failover allowed to leave the old primary's region)."""
     recorder = Recorder()
     recovery = RecoverySettings(clusters={cluster: settings or ClusterRecovery()})
     config = next(c for c in loaded.config.clusters if c.name == cluster)
@@ -66,6 +68,7 @@ def make_context(
         audit=recorder.audit,
         point_of_no_return=recorder.point_of_no_return,
         resumed=resumed,
+        regional=regional,
     )
     return ctx, recorder
 

@@ -163,7 +163,7 @@ def test_promotes_the_replica_with_most_replayed_wal_and_repoints_the_others(
     assert recorder.named("repointed") == []
 
 
-def test_regional_failover_alert_allows_the_dr_replica(
+def test_only_a_regional_failover_promotes_the_dr_replica(
     make_config: Callable[..., LoadedConfig], stack: Stack
 ) -> None:
     pg = start_pg_cluster(stack, ("pg-2", "pg-dr"))
@@ -174,21 +174,23 @@ def test_regional_failover_alert_allows_the_dr_replica(
     primary.process.kill()
     local.process.kill()  # the whole main region is gone
 
-    ctx, recorder = make_context(loaded, CLUSTER, ALERT, settings=settings(pg))
+    # not regional (whatever the alert's labels say: the service decides and passes ``regional``)
+    labels = {**ALERT, "action": "regional_failover"}
+    ctx, recorder = make_context(loaded, CLUSTER, labels, settings=settings(pg))
     outcome = run(ctx)
     assert (
         outcome.status == "refused"
         and outcome.detail == "no reachable replica in region main eligible for promotion"
-    )
+    ), (outcome, recorder.text())
+    assert recorder.named("candidate")[0]["eligible"] == "region dr (needs a regional failover)"
     assert dr.in_recovery()
 
-    regional = {**ALERT, "action": "regional_failover"}
-    ctx, recorder = make_context(loaded, CLUSTER, regional, settings=settings(pg), dry_run=True)
+    ctx, recorder = make_context(loaded, CLUSTER, ALERT, settings=settings(pg), dry_run=True, regional=True)
     outcome = run(ctx)
     assert outcome.status == "succeeded" and outcome.detail == "dry run: would promote pg-dr"
     assert recorder.point_of_no_return_calls == 0 and dr.in_recovery()
 
-    ctx, recorder = make_context(loaded, CLUSTER, regional, settings=settings(pg))
+    ctx, recorder = make_context(loaded, CLUSTER, ALERT, settings=settings(pg), regional=True)
     outcome = run(ctx)
     assert outcome.status == "succeeded", (outcome, recorder.text())
     assert outcome.facts["new_primary"] == "pg-dr"
@@ -213,6 +215,7 @@ def test_refuses_when_every_candidate_is_beyond_max_lag(
     outcome = run(ctx)
 
     assert outcome.status == "refused" and "max_lag" in outcome.detail, (outcome, recorder.text())
+    assert outcome.facts == {"limit": "max_lag"}  # the service counts it as blocked by max_lag
     assert all(e["eligible"].startswith("max_lag") for e in recorder.named("candidate"))
     assert recorder.point_of_no_return_calls == 0
     assert a.in_recovery() and b.in_recovery()

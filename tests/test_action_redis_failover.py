@@ -303,3 +303,35 @@ def test_sentinel_that_does_not_elect_in_time_fails(
     assert recorder.point_of_no_return_calls == 0
     for replica in servers[1:]:
         assert replication(replica)["role"] == "slave"
+
+
+def test_a_replica_of_another_region_is_promoted_only_in_a_regional_failover(
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    master = start_redis(stack, "redis-1", password=PASSWORD, username=USER)
+    dr = start_redis(stack, "redis-dr", replica_of=master, password=PASSWORD, username=USER)
+    secret = tmp_path / "redis.pass"
+    secret.write_text(PASSWORD + "\n")
+    regions = {"redis-1": "main", "redis-dr": "dr"}
+    cluster = {
+        "name": CLUSTER,
+        "tier": "redis",
+        "password_file": str(secret),
+        "targets": [{"name": s.name, "region": regions[s.name], "url": s.url} for s in (master, dr)],
+    }
+    loaded = make_config([cluster])
+    caught_up(master, dr)
+    master.process.kill()
+
+    ctx, recorder = make_context(loaded, CLUSTER, ALERT)
+    outcome = run(ctx)
+    assert outcome.status == "refused", (outcome, recorder.text())
+    assert outcome.detail == "no reachable replica in region main eligible for promotion"
+    assert recorder.named("candidate")[0]["eligible"] == "region dr (needs a regional failover)"
+    assert recorder.point_of_no_return_calls == 0
+
+    ctx, recorder = make_context(loaded, CLUSTER, ALERT, regional=True)
+    outcome = run(ctx)
+    assert outcome.status == "succeeded", (outcome, recorder.text())
+    assert outcome.facts["new_primary"] == "redis-dr"
+    assert replication(dr)["role"] == "master"

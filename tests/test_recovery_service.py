@@ -272,7 +272,7 @@ def test_action_series_exist_at_zero_from_the_start(stack: Stack) -> None:
             )
             == 0
         ), outcome
-    for limit in ("rate_limit", "cooldown", "cluster_lock", "max_lag", "not_allowed"):
+    for limit in ("rate_limit", "cooldown", "max_lag", "not_allowed"):
         assert (
             metric_value(
                 metrics,

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from ..action_catalog import FAILOVER_ACTIONS, action_names
 from ..durations import parse_duration, parse_duration_or_zero
 
-ActionName = Literal[
-    "redis_failover", "pg_promote", "restart_instance", "shift_traffic", "regional_failover", "cache_warmup"
-]
+# the names in the action catalogue, as a Literal built at import time (pydantic checks it)
+ActionName = Literal[action_names()]  # type: ignore[valid-type]
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 DurationOrZero = Annotated[float, BeforeValidator(parse_duration_or_zero)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BasicAuth(_Strict):
@@ -69,6 +69,32 @@ class ClusterRecovery(_Strict):
     warmup_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
 
 
+class AllowedAction(_Strict):
+    """An allow-list entry: the action, and whether a failover may promote outside the old primary's
+    region. Crossing regions accepts losing what the other region had not yet received, so it is the
+    operator's reviewed config that allows it, never a label of the alert."""
+
+    action: ActionName
+    regional: bool = False
+
+    @model_validator(mode="after")
+    def _regional_failover_only(self) -> AllowedAction:
+        if self.regional and self.action not in FAILOVER_ACTIONS:
+            raise ValueError(
+                f"regional: true only with a failover action ({', '.join(sorted(FAILOVER_ACTIONS))})"
+            )
+        return self
+
+
+def _allow_entry(value: object) -> object:
+    """A bare action name is ``{action: NAME}``; an unknown name is named in one clear message."""
+    if isinstance(value, str):
+        if value not in action_names():
+            raise ValueError(f"expected one of {', '.join(repr(n) for n in action_names())}")
+        return {"action": value}
+    return value
+
+
 class RecoverySettings(_Strict):
     listen: str = "127.0.0.1:9490"
     state_dir: str = "/var/lib/tierwatch"
@@ -82,5 +108,21 @@ class RecoverySettings(_Strict):
     # instance-level actions wait this long, so a regional failover raised by the same evaluation
     # (the region is gone, not its instances) can supersede them instead of racing them
     settle: DurationOrZero = 1.0
-    allow: dict[str, ActionName] = {}
+    # alertname -> the one action it may run: a name, or {action, regional} (see AllowedAction)
+    allow: dict[str, Annotated[AllowedAction, BeforeValidator(_allow_entry)]] = {}
     clusters: dict[str, ClusterRecovery] = {}
+    # labels that only say which Prometheus replica sent an alert: alerts differing only in these are
+    # one incident (one action, whatever the number of copies)
+    replica_labels: list[str] = ["replica", "prometheus", "prometheus_replica"]
+    # HTTP: a request's headers, and its body, must each arrive within read_timeout; at most
+    # max_connections are open at once (fewer if the open-file limit is low)
+    read_timeout: Duration = 10.0
+    max_connections: Annotated[int, Field(ge=8, le=65536)] = 1024
+
+    def allowed(self, alertname: str) -> AllowedAction | None:
+        """The allow-list entry of ``alertname`` (a bare action name is ``regional: false``)."""
+        return self.allow.get(alertname)
+
+    def allowed_actions(self) -> set[str]:
+        """Every action some alert may run."""
+        return {entry.action for entry in self.allow.values()}

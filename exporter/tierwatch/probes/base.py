@@ -11,20 +11,10 @@ import errno
 import ssl
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
+from ..clients.addresses import target_at
 from ..config import ClusterConfig, Secret, TargetConfig
-from ..metric_catalog import MetricSpec
-
-REASONS = ("timeout", "refused", "auth", "protocol", "error")
-DEFAULT_PORTS = {
-    "redis": 6379,
-    "rediss": 6379,
-    "postgresql": 5432,
-    "postgres": 5432,
-    "http": 80,
-    "https": 443,
-}
+from ..metric_catalog import FAILURE_REASONS, MetricSpec
 
 
 @dataclass(frozen=True)
@@ -46,15 +36,12 @@ class TargetInfo:
         return self.target.region
 
     def peer_by_address(self, host: str, port: int) -> str | None:
-        """The name of the target in the same cluster whose URL has this host and port, if any.
+        """The name of the target in the same cluster at this host and port (clients.addresses), if any.
 
         Used by a primary to attribute what it knows about its replicas (lag) to their targets.
         """
-        for peer in self.cluster.targets:
-            parts = urlsplit(peer.url)
-            if parts.hostname == host and (parts.port or DEFAULT_PORTS.get(parts.scheme)) == port:
-                return peer.name
-        return None
+        peer = target_at(self.cluster.targets, host, port)
+        return peer.name if peer else None
 
     @property
     def labels(self) -> tuple[str, str, str, str]:
@@ -97,7 +84,7 @@ class ProbeFailure(Exception):
     """A probe failed for a known reason; the message must never hold a secret."""
 
     def __init__(self, reason: str, message: str = ""):
-        if reason not in REASONS:
+        if reason not in FAILURE_REASONS:
             raise ValueError(f"unknown failure reason {reason}")
         super().__init__(message or reason)
         self.reason = reason
@@ -123,7 +110,7 @@ class Probe(ABC):
 
 
 def classify_failure(exc: BaseException) -> str:
-    """Map an exception from any client library to one of REASONS, by walking its cause chain."""
+    """Map an exception from any client library to one of FAILURE_REASONS, by walking its cause chain."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:

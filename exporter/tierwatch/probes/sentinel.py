@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import ResponseError
 
+from ..clients.redis import pairs, refuses_password, text
 from ..metric_catalog import metric
 from .base import Observation, Probe, TargetInfo
 from .redis import RedisLink, guarded
@@ -77,12 +78,9 @@ FAILOVER = metric(
 )
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _pairs(flat: Any) -> dict[str, str]:
-    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+def _state(flat: Any) -> dict[str, str]:
+    """A SENTINEL MASTER/REPLICAS item (flat key-value list) as text."""
+    return {key: text(value) for key, value in pairs(flat).items()}
 
 
 def _flags(state: dict[str, str]) -> set[str]:
@@ -119,9 +117,7 @@ class SentinelProbe(Probe):
 
     def _fall_back_without_password(self, exc: Exception) -> bool:
         """A Sentinel without requirepass refuses AUTH; then probe it without the cluster's password."""
-        cause = exc.__context__
-        refused = isinstance(cause, AuthenticationError) and "without any password" in str(cause)
-        if refused and self.info.password is not None and not self._password_refused:
+        if refuses_password(exc) and self.info.password is not None and not self._password_refused:
             self._password_refused = True
             self.link = self._link(with_password=False)
             return True
@@ -144,7 +140,7 @@ class SentinelProbe(Probe):
             obs.add(MASTER_MONITORED, 0)
             return obs
         obs.add(MASTER_MONITORED, 1)
-        self._observe_master(_pairs(master), obs)
+        self._observe_master(_state(master), obs)
         obs.add(OK_REPLICAS, _count_ok(replicas))
         obs.add(OK_SENTINELS, 1 + _count_ok(sentinels))
         obs.add(QUORUM_REACHABLE, 0 if isinstance(quorum, ResponseError) else 1)
@@ -171,4 +167,4 @@ def _count_ok(reply: Any) -> int:
     """Instances in a SENTINEL REPLICAS/SENTINELS reply without a down flag."""
     if isinstance(reply, ResponseError):
         raise reply
-    return sum(1 for item in reply or [] if not _flags(_pairs(item)) & DOWN_FLAGS)
+    return sum(1 for item in reply or [] if not _flags(_state(item)) & DOWN_FLAGS)

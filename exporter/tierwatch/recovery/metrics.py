@@ -6,27 +6,16 @@ rules/kit.rules.yml alert on them.
 
 from __future__ import annotations
 
+from .. import action_catalog as catalog
 from ..metric_catalog import metric
 
-ACTIONS = (
-    "redis_failover",
-    "pg_promote",
-    "restart_instance",
-    "shift_traffic",
-    "regional_failover",
-    "cache_warmup",
-)
 # which tiers of cluster each action works on (for creating every series at 0 on start)
-ACTION_TIERS = {
-    "redis_failover": ("redis",),
-    "pg_promote": ("postgres",),
-    "restart_instance": ("app", "lb"),
-    "shift_traffic": ("app",),
-    "regional_failover": ("app",),
-    "cache_warmup": ("redis",),
-}
+ACTION_TIERS = catalog.ACTION_TIERS
 OUTCOMES = ("succeeded", "failed", "refused", "cancelled", "timed_out", "dry_run")
-LIMITS = ("rate_limit", "cooldown", "cluster_lock", "max_lag", "not_allowed", "superseded")
+# what stopped an action: rate_limit, cooldown, not_allowed and superseded before it started;
+# max_lag when every candidate was too far behind (the action's Outcome.facts["limit"]). There is no
+# cluster_lock limit: a second action on a locked cluster waits for the lock, it is not stopped.
+LIMITS = ("rate_limit", "cooldown", "max_lag", "not_allowed", "superseded")
 
 ACTIONS_TOTAL = metric(
     "tierwatch_recovery_actions_total",
@@ -40,8 +29,8 @@ ACTIONS_TOTAL = metric(
 BLOCKED_TOTAL = metric(
     "tierwatch_recovery_blocked_total",
     "counter",
-    "Recovery actions not started because a safety limit stopped them (rate_limit, cooldown, "
-    "cluster_lock, max_lag, not_allowed, superseded by a regional failover).",
+    "Recovery actions stopped by a safety limit (rate_limit, cooldown, not_allowed, superseded by a "
+    "regional failover; max_lag: every promotion candidate too far behind).",
     ("action", "limit"),
     scope="cluster",
     section="recovery",
@@ -64,7 +53,9 @@ LAST_FAILOVER = metric(
 NOTIFICATIONS_TOTAL = metric(
     "tierwatch_recovery_notifications_total",
     "counter",
-    "Webhook notifications received, by result: accepted, duplicate, unauthorized, invalid, too_large.",
+    "Webhook alerts and requests received, by result: accepted, duplicate (the same alert again, or "
+    "another copy of an incident being handled), stale (firing after its own resolution), resolved, "
+    "unauthorized, invalid, too_large, timed_out (body not received within read_timeout).",
     ("result",),
     scope="exporter",
     section="recovery",
@@ -82,5 +73,21 @@ ACTION_DURATION = metric(
     "How long the last run of each action took, from start to verified result.",
     ("action",),
     scope="cluster",
+    section="recovery",
+)
+TRUNCATED_ALERTS = metric(
+    "tierwatch_recovery_truncated_alerts_total",
+    "counter",
+    "Alerts Alertmanager left out of its notifications (truncatedAlerts: its max_alerts was reached).",
+    scope="exporter",
+    section="recovery",
+)
+CONNECTIONS_DROPPED = metric(
+    "tierwatch_recovery_connections_dropped_total",
+    "counter",
+    "HTTP connections the recovery service closed on its own, by reason: read_timeout (no complete "
+    "request head in time), evicted (a slow connection closed to make room), over_limit.",
+    ("reason",),
+    scope="exporter",
     section="recovery",
 )

@@ -1,23 +1,18 @@
-"""Recovery actions, one module each, looked up by name."""
+"""Recovery actions, one module each, looked up by name in the action catalogue
+(tierwatch.action_catalog); a module is imported only when its action first runs."""
 
 from __future__ import annotations
 
 import importlib
 
+from ...action_catalog import ACTIONS
 from .base import Action, ActionContext, AlertRef, Outcome
 
-ACTION_CLASSES: dict[str, str] = {
-    "redis_failover": "tierwatch.recovery.actions.redis_failover:RedisFailover",
-    "pg_promote": "tierwatch.recovery.actions.pg_promote:PgPromote",
-    "restart_instance": "tierwatch.recovery.actions.restart:RestartInstance",
-    "shift_traffic": "tierwatch.recovery.actions.traffic:ShiftTraffic",
-    "regional_failover": "tierwatch.recovery.actions.traffic:RegionalFailover",
-    "cache_warmup": "tierwatch.recovery.actions.cache_warmup:CacheWarmup",
-}
+ACTION_CLASSES: dict[str, str] = {name: spec.implementation for name, spec in ACTIONS.items()}
 
 
 def load_action(name: str) -> Action:
-    """A new instance of the named action."""
+    """A new instance of the named action (one per run: an action may keep state while it runs)."""
     module_name, _, class_name = ACTION_CLASSES[name].partition(":")
     cls: type[Action] = getattr(importlib.import_module(module_name), class_name)
     return cls()

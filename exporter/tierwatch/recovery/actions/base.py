@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ...config import ClusterConfig, ClusterRecovery, LoadedConfig, RecoverySettings, Secret, TargetConfig
+from ...config.secrets import read_secret_file
 
 OutcomeStatus = Literal["succeeded", "failed", "refused"]
 
@@ -58,6 +59,8 @@ class ActionContext:
     audit: Callable[..., None]
     point_of_no_return: Callable[[], Awaitable[None]]
     resumed: bool = False  # True when re-run after a restart that happened past the point of no return
+    # a failover may promote a server of another region than the old primary's (the service decides)
+    regional: bool = False
 
     @property
     def cluster_settings(self) -> ClusterRecovery:
@@ -68,11 +71,14 @@ class ActionContext:
         return self.loaded.password_for(self.cluster.name)
 
     def admin_password(self) -> Secret | None:
-        """The cluster's admin password from ``admin_password_file``, else the monitoring password."""
+        """The cluster's admin password (``admin_password_file``, read at load time), else the
+        monitoring password."""
+        resolved = self.loaded.admin_password_for(self.cluster.name)
+        if resolved is not None:
+            return resolved
         path = self.cluster_settings.admin_password_file
-        if path:
-            with open(path, encoding="utf-8") as handle:
-                return Secret(handle.read().rstrip("\r\n"))
+        if path:  # settings not from the loaded file (built by hand): the same reader, now
+            return read_secret_file(path, "admin password file")
         return self.password
 
     def target(self, name: str) -> TargetConfig | None:
@@ -87,7 +93,7 @@ def refuse(ctx: ActionContext, detail: str, reason: str | None = None) -> Outcom
 
 
 class Action(ABC):
-    """A recovery action; one instance serves every run."""
+    """A recovery action; ``load_action`` makes a new instance for every run."""
 
     name: str
 

@@ -1,0 +1,419 @@
+"""The failover sequence every engine follows, with its safety rules in one place; a driver per
+engine (RedisDriver in redis_failover.py, PgDriver in pg_promote.py) says how to observe, promote,
+re-point and verify, as Patroni keeps its rules in one HA loop.
+
+The sequence: observe every target → find the old primary → a resumed run only verifies → the old
+primary must be really gone → an election the engine runs itself (Sentinel) is waited for → no other
+live primary → choose the most up-to-date eligible replica → a dry run stops here → point of no
+return → promote → re-point the other replicas → move the write backend → verify.
+
+Safety rules:
+- "Really gone" means the old primary (the alert's ``target``, else the one server the replicas
+  follow, else the one primary) fails to answer on ``liveness.ATTEMPTS`` attempts; any answer, even
+  an error (bad password, loading, starting up), means "still there": refuse.
+- Never two primaries: another target that is a live primary (the driver says what counts) → refuse.
+- Region: a candidate must be in the old primary's region unless ``ctx.regional`` (the service
+  decides; a regional failover accepts the loss of what the other region had not received yet).
+- A candidate needs a TCP address in its URL: the other replicas are re-pointed at that address.
+- The driver's own rules (Redis replica-priority 0 or a sync in progress, PostgreSQL max lag).
+- A resumed run (a restart past the point of no return) never promotes again: with exactly one
+  primary it re-points the replicas that follow another server, moves the backend and verifies.
+
+Nobody fences the old primary here: before it rejoins it must become a replica of the new one;
+Outcome.facts says so (``old_primary_fencing``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from ...clients.addresses import Address, target_address, target_at
+from ...config import TargetConfig
+from ..discovery import point_write_backend, write_backend_problems
+from .base import Action, ActionContext, Outcome, refuse
+from .liveness import ATTEMPTS
+
+POLL = 0.1  # seconds between verification rounds
+
+
+@dataclass
+class Seen:
+    """What one target reported, or why it did not; engines add their own fields."""
+
+    target: TargetConfig
+    answered: bool = False
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def role(self) -> str:
+        """The engine's name for the role it reported ("unreachable" if it did not answer)."""
+        raise NotImplementedError
+
+    @property
+    def is_primary(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def is_replica(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def upstream(self) -> Address | None:
+        """The address this replica is configured to follow, if it is one."""
+        return None
+
+    def details(self) -> dict[str, Any]:
+        """What the engine reported beyond the role, for the audit trail (never a secret)."""
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        """Role, region, details and error, for the "observed" audit record."""
+        out: dict[str, Any] = {"role": self.role, "region": self.target.region, **self.details()}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+S = TypeVar("S", bound=Seen)
+
+
+@dataclass(frozen=True)
+class Ineligible:
+    """Why a replica may not be promoted; ``limit`` names the safety limit (for the blocked metric)."""
+
+    why: str
+    limit: str | None = None
+
+
+@dataclass
+class Elected:
+    """A new primary chosen by the engine's own election (Sentinel), with the facts to report."""
+
+    target: TargetConfig
+    facts: dict[str, Any]
+    replicas: list[TargetConfig]
+
+
+@dataclass
+class PrimaryState:
+    """One look at the new primary during verification."""
+
+    problems: list[str] = field(default_factory=list)
+    wrote: bool = False  # the write check was made in this look
+    followers: set[str] = field(default_factory=set)  # replicas it lists as streaming from it
+
+
+class StepFailed(Exception):
+    """A step of the sequence failed; ``detail`` is for people, ``error`` for the audit (no secret)."""
+
+    def __init__(self, detail: str, error: str):
+        super().__init__(detail)
+        self.detail = detail
+        self.error = error
+
+
+class Driver(ABC, Generic[S]):
+    """How one engine observes, promotes, re-points and verifies; made per run with its context."""
+
+    primary_word: str  # what the engine calls a primary: "master", "primary"
+    primary_words: str
+    verify_timeout: float  # seconds for the new topology to settle
+    errors: tuple[type[BaseException], ...]  # what the engine's client raises
+
+    def __init__(self, ctx: ActionContext):
+        self.ctx = ctx
+        self.timeout = ctx.loaded.config.monitor.timeout
+
+    @property
+    def repoints(self) -> bool:
+        """Whether the action re-points the replicas (not when the engine does it, as Sentinel)."""
+        return True
+
+    @abstractmethod
+    async def observe(self, target: TargetConfig) -> S:
+        """What ``target`` reports (monitor credential); never raises for an unreachable target."""
+
+    @abstractmethod
+    async def answers(self, target: TargetConfig) -> tuple[bool, str]:
+        """Whether ``target`` answers at all (liveness.still_answers), and what was seen."""
+
+    @abstractmethod
+    def problem(self, exc: BaseException) -> str:
+        """A secret-free description of a client error."""
+
+    async def election(self, seen: list[S], old: str) -> Elected | Outcome | None:
+        """Wait for the engine's own election where one is in charge: the elected primary, or an
+        Outcome (dry run, nobody elected); None when the action chooses and promotes itself."""
+        return None
+
+    @abstractmethod
+    def live_primary(self, s: S) -> str | None:
+        """Why ``s`` (not the old primary) counts as a live primary, or None."""
+
+    @abstractmethod
+    def ineligible(self, s: S, replicas: Sequence[S]) -> Ineligible | None:
+        """The engine's reason not to promote ``s`` (``replicas``: every candidate), or None."""
+
+    @abstractmethod
+    def rank(self, s: S) -> tuple[int, ...]:
+        """Higher is more up to date (config order breaks ties)."""
+
+    @abstractmethod
+    def position(self, s: S) -> dict[str, Any]:
+        """The replication position of ``s`` for the audit trail (and the facts)."""
+
+    @abstractmethod
+    async def promote(self, best: S) -> None:
+        """Make ``best`` the primary; raise StepFailed."""
+
+    @abstractmethod
+    async def repoint(self, new: S, where: Address, replica: S) -> dict[str, Any]:
+        """Point ``replica`` at ``new`` (listening at ``where``); extra audit fields. Raises one of
+        ``errors`` on failure."""
+
+    @abstractmethod
+    async def check_primary(self, new: TargetConfig, write: bool) -> PrimaryState:
+        """Is ``new`` a primary (and, if ``write``, does it take a write)? Never raises."""
+
+    @abstractmethod
+    async def follows(
+        self, replica: TargetConfig, new: TargetConfig, where: Address
+    ) -> tuple[str | None, bool]:
+        """(problem, paused): None if ``replica`` follows ``new`` at ``where``; paused when it will once
+        its replay is resumed."""
+
+
+class FailoverAction(Action, Generic[S]):
+    """An action that runs the failover sequence with its engine's driver."""
+
+    driver: type[Driver[S]]
+
+    async def run(self, ctx: ActionContext) -> Outcome:
+        return await run_failover(ctx, self.driver(ctx))
+
+
+async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
+    """The failover sequence (see the module docstring)."""
+    word = driver.primary_word
+    seen = list(await asyncio.gather(*(driver.observe(t) for t in ctx.cluster.targets)))
+    ctx.audit("observed", targets={s.name: s.summary() for s in seen})
+    old = old_primary(ctx, seen)
+    if ctx.resumed:
+        return await _resume(ctx, driver, seen, old)
+    if old is None:
+        why = f"cannot tell which target was the {word}"
+        return refuse(ctx, f"{why} (no alert target, no replica link)", why)
+    old_target = _target(ctx, old)
+    alive, how = await driver.answers(old_target)
+    ctx.audit(f"{word}_checked", target=old, answers=alive, seen=how, attempts=ATTEMPTS)
+    if alive:
+        return refuse(ctx, f"{word} {old} still answers", f"{word} {old} still answers ({how})")
+
+    elected = await driver.election(seen, old)
+    if isinstance(elected, Outcome):
+        return elected
+    if isinstance(elected, Elected):
+        await ctx.point_of_no_return()
+        started = time.monotonic()
+        await point_write_backend(ctx, elected.target.name)
+        return await verify(ctx, driver, elected.target, elected.replicas, elected.facts, started)
+
+    for other in seen:
+        why = driver.live_primary(other) if other.name != old else None
+        if why:
+            return refuse(
+                ctx, f"{word} {other.name} still answers", f"{word} {other.name} still answers ({why})"
+            )
+    best = choose(ctx, driver, seen, old_target)
+    if isinstance(best, Outcome):
+        return best
+    if ctx.dry_run:
+        ctx.audit("would_promote", target=best.name, **driver.position(best))
+        return Outcome("succeeded", f"dry run: would promote {best.name}", facts={"would_promote": best.name})
+
+    await ctx.point_of_no_return()
+    started = time.monotonic()
+    try:
+        await driver.promote(best)
+    except StepFailed as exc:
+        ctx.audit("promote_failed", target=best.name, error=exc.error)
+        return Outcome("failed", exc.detail)
+    seconds = round(time.monotonic() - started, 3)
+    ctx.audit("promoted", target=best.name, seconds=seconds, **driver.position(best))
+    replicas = [s for s in seen if s.is_replica and s.name != best.name]
+    where = target_address(best.target)
+    assert where is not None  # a candidate without a TCP address is not eligible
+    failed = await _repoint_all(ctx, driver, best, where, replicas)
+    await point_write_backend(ctx, best.name)
+    facts = {"new_primary": best.name, "old_primary": old, **driver.position(best)}
+    facts["old_primary_fencing"] = "required"
+    if failed:
+        facts["not_repointed"] = sorted(failed)
+    followers = [s.target for s in replicas if s.name not in failed]
+    return await verify(ctx, driver, best.target, followers, facts, started)
+
+
+def old_primary(ctx: ActionContext, seen: Sequence[Seen]) -> str | None:
+    """The alert's target, else the one target every replica follows, else the one primary."""
+    if ctx.alert.target and ctx.target(ctx.alert.target):
+        return ctx.alert.target
+    upstreams = {s.upstream for s in seen if s.is_replica and s.upstream is not None}
+    if len(upstreams) == 1:
+        found = target_at(ctx.cluster.targets, *upstreams.pop())
+        if found is not None:
+            return found.name
+    primaries = [s.name for s in seen if s.is_primary]
+    return primaries[0] if len(primaries) == 1 else None
+
+
+def choose(ctx: ActionContext, driver: Driver[S], seen: Sequence[S], old: TargetConfig) -> S | Outcome:
+    """The eligible replica the driver ranks highest (config order breaks ties), or the refusal
+    (with ``facts["limit"]`` when one safety limit stopped every candidate). Every candidate is
+    audited with why it is (not) eligible."""
+    replicas = [s for s in seen if s.is_replica and s.name != old.name]
+    ranked: list[tuple[tuple[int, ...], int, S]] = []
+    in_scope: list[tuple[str, Ineligible]] = []
+    for index, s in enumerate(replicas):
+        if s.target.region != old.region and not ctx.regional:
+            reason: Ineligible | None = Ineligible(f"region {s.target.region} (needs a regional failover)")
+        else:
+            reason = _ineligible(driver, s, replicas)
+            if reason is not None:
+                in_scope.append((s.name, reason))
+        why = reason.why if reason else "ok"
+        ctx.audit("candidate", target=s.name, region=s.target.region, eligible=why, **driver.position(s))
+        if reason is None:
+            ranked.append((driver.rank(s), -index, s))
+    if ranked:
+        best = max(ranked, key=lambda r: (r[0], r[1]))[2]
+        ctx.audit("chosen", target=best.name, **driver.position(best))
+        return best
+    scope = "" if ctx.regional else f" in region {old.region}"
+    if not in_scope:
+        return refuse(ctx, f"no reachable replica{scope} eligible for promotion")
+    reasons = "; ".join(f"{name}: {r.why}" for name, r in in_scope)
+    outcome = refuse(ctx, f"no replica{scope} eligible for promotion ({reasons})")
+    limits = {r.limit for _, r in in_scope}
+    if len(limits) == 1 and None not in limits:
+        outcome.facts["limit"] = limits.pop()
+    return outcome
+
+
+def _ineligible(driver: Driver[S], s: S, replicas: Sequence[S]) -> Ineligible | None:
+    if target_address(s.target) is None:
+        return Ineligible("no TCP address in its URL (the other replicas could not follow it)")
+    return driver.ineligible(s, replicas)
+
+
+async def _repoint_all(
+    ctx: ActionContext, driver: Driver[S], new: S, where: Address, replicas: Sequence[S]
+) -> set[str]:
+    """Point each replica at ``new`` (at ``where``); the names it failed on (audited)."""
+    failed: set[str] = set()
+    for replica in replicas:
+        try:
+            extra = await driver.repoint(new, where, replica)
+        except driver.errors as exc:
+            failed.add(replica.name)
+            ctx.audit("repoint_failed", target=replica.name, primary=new.name, error=driver.problem(exc))
+            continue
+        ctx.audit("repointed", target=replica.name, primary=new.name, **extra)
+    return failed
+
+
+async def _resume(ctx: ActionContext, driver: Driver[S], seen: Sequence[S], old: str | None) -> Outcome:
+    """After a restart past the point of no return: never promote again; with exactly one primary
+    reachable, re-point the replicas that follow another server, move the backend and verify."""
+    primaries = [s for s in seen if s.is_primary]
+    if len(primaries) != 1:
+        names = ", ".join(s.name for s in primaries) or "none"
+        ctx.audit("resume_failed", **{driver.primary_words: names})
+        return Outcome(
+            "failed",
+            f"resumed run found {len(primaries)} {driver.primary_words} ({names}); not promoting again",
+        )
+    new = primaries[0]
+    ctx.audit("resumed", primary=new.name)
+    replicas = [s for s in seen if s.is_replica]
+    failed: set[str] = set()
+    if driver.repoints:
+        where = target_address(new.target)
+        if where is None:
+            why = f"cannot re-point the replicas at {new.name}: no TCP address in its URL"
+            ctx.audit("resume_failed", reason=why)
+            return Outcome("failed", why)
+        stray = [s for s in replicas if s.upstream != where]
+        failed = await _repoint_all(ctx, driver, new, where, stray)
+    await point_write_backend(ctx, new.name)
+    facts: dict[str, Any] = {"new_primary": new.name, "old_primary": old, "resumed": True}
+    facts["old_primary_fencing"] = "required"
+    if failed:
+        facts["not_repointed"] = sorted(failed)
+    followers = [s.target for s in replicas if s.name not in failed]
+    return await verify(ctx, driver, new.target, followers, facts, time.monotonic())
+
+
+async def verify(
+    ctx: ActionContext,
+    driver: Driver[S],
+    new: TargetConfig,
+    replicas: Sequence[TargetConfig],
+    facts: dict[str, Any],
+    started: float,
+) -> Outcome:
+    """Poll until ``new`` is a primary and took a write, each replica follows it (or will once its
+    replay is resumed) and the write backend points at it; succeeded with ``facts``, or failed with
+    what is missing after ``driver.verify_timeout``."""
+    word = driver.primary_word
+    where = target_address(new)
+    deadline = time.monotonic() + driver.verify_timeout
+    written_at: float | None = None
+    while True:
+        state = await driver.check_primary(new, write=written_at is None)
+        problems = list(state.problems)
+        if state.wrote:
+            written_at = time.monotonic()
+            ctx.audit("write_checked", target=new.name, after_s=round(written_at - started, 3))
+        pending: list[str] = []
+        for replica in replicas:
+            if replica.name in state.followers:
+                continue
+            if where is None:
+                problems.append(f"{new.name} has no TCP address in its URL")
+                break
+            problem, paused = await driver.follows(replica, new, where)
+            if problem:
+                problems.append(problem)
+            elif paused:
+                pending.append(replica.name)
+        problems += await write_backend_problems(ctx, new.name)
+        if not problems or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(POLL)
+    if problems:
+        ctx.audit("verify_failed", problems=problems)
+        return Outcome("failed", "not verified: " + "; ".join(problems), failover=True, facts=facts)
+    if written_at is not None:
+        facts["writable_after_s"] = round(written_at - started, 3)
+    if pending:
+        facts["replay_paused"] = pending  # re-pointed; they follow once an operator resumes replay
+    ctx.audit("verified", new_primary=new.name, replicas=[r.name for r in replicas], replay_paused=pending)
+    detail = f"{new.name} is the {word}, {len(replicas)} replica(s) follow it"
+    if pending:
+        detail += f" ({', '.join(pending)} once replay is resumed)"
+    return Outcome("succeeded", detail, failover=True, facts=facts)
+
+
+def _target(ctx: ActionContext, name: str) -> TargetConfig:
+    target = ctx.target(name)
+    assert target is not None  # old_primary only returns configured targets
+    return target
