@@ -267,7 +267,7 @@ def test_help(command: str) -> None:
 def test_recovery_example_is_valid() -> None:
     loaded = load_config(EXAMPLE.with_name("recovery.yml"), resolve_secrets=False)
     recovery = loaded.config.recovery
-    assert recovery is not None and recovery.allow["RedisMasterDown"] == "redis_failover"
+    assert recovery is not None and recovery.allow["RedisMasterDown"].action == "redis_failover"
     assert recovery.clusters["web"].systemd_units["es-1"] == "app@1.service"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tierwatch.breaker import CircuitBreaker
-from tierwatch.durations import format_duration, parse_duration
+from tierwatch.durations import format_duration, parse_duration, parse_duration_or_zero
 
 
 @pytest.mark.parametrize(
@@ -20,6 +20,29 @@ def test_parse_duration(text: object, seconds: float) -> None:
 def test_parse_duration_rejects(bad: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    "bad", [float("nan"), float("inf"), float("-inf"), "nan", "NaN", "inf", "-inf", "Infinity", "1e999"]
+)
+def test_parse_duration_rejects_non_finite(bad: object) -> None:
+    with pytest.raises(ValueError, match="expected a finite duration"):
+        parse_duration(bad)
+    with pytest.raises(ValueError, match="expected a finite duration"):
+        parse_duration_or_zero(bad)
+
+
+def test_parse_duration_bounds() -> None:
+    assert parse_duration("365d") == 365 * 86400.0
+    for too_long in ("366d", "53w", 1e300, "99999999999999999999w"):
+        with pytest.raises(ValueError, match="at most 365d"):
+            parse_duration(too_long)
+
+
+def test_zero_is_off_but_false_is_not_a_duration() -> None:
+    assert [parse_duration_or_zero(v) for v in (0, "0", "0s", "0ms")] == [0.0] * 4
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration_or_zero(False)
 
 
 def test_format_duration() -> None:

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import re
 
+MAX_DURATION = 365 * 86400.0  # a year: beyond it a timer is a mistake (and overflows some event loops)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 
 def parse_duration_or_zero(value: object) -> float:
     """Like parse_duration, but ``0`` / ``0s`` (off) is allowed."""
-    if value in (0, "0", "0s", "0ms"):
+    if not isinstance(value, bool) and value in (0, "0", "0s", "0ms"):
         return 0.0
     return parse_duration(value)
 
 
 def parse_duration(value: object) -> float:
-    """Return ``value`` in seconds; accepts numbers and strings like ``500ms``, ``5s``, ``1m30s``."""
+    """Return ``value`` in seconds; accepts numbers and strings like ``500ms``, ``5s``, ``1m30s``.
+
+    Refuses anything not finite, not above zero, or above a year."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 500ms, 5s, 1m or a number of seconds")
     if isinstance(value, int | float):
@@ -36,8 +40,12 @@ def parse_duration(value: object) -> float:
                 raise ValueError("expected a duration such as 500ms, 5s, 1m or a number of seconds") from None
     else:
         raise ValueError("expected a duration such as 500ms, 5s, 1m or a number of seconds")
+    if not math.isfinite(seconds):  # nan, inf and overflows such as 1e999
+        raise ValueError("expected a finite duration")
     if seconds <= 0:
         raise ValueError("expected a duration greater than zero")
+    if seconds > MAX_DURATION:
+        raise ValueError("expected a duration of at most 365d")
     return seconds
 
 

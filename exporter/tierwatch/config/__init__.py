@@ -1,7 +1,9 @@
 """The tierwatch config: one YAML file, validated into typed settings.
 
 - ``exporter``: the monitor, the clusters and their targets, loading and error reporting;
-- ``recovery``: the ``recovery:`` section of ``tierwatch recover``.
+- ``recovery``: the ``recovery:`` section of ``tierwatch recover``;
+- ``yaml_file``: reading the file within limits (1 MiB, UTF-8, 32 levels, no duplicate keys);
+- ``secrets``: the one reader of password and token files, used at load time.
 
 Config imports nothing from the rest of the package except ``durations`` and the action catalogue.
 """

@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from ..durations import parse_duration
 from .recovery import RecoverySettings
+from .secrets import Secret, SecretError, read_secret_env, read_secret_file
+from .yaml_file import YamlFileError, read_yaml_file
 
 Tier = Literal["lb", "app", "redis", "postgres"]
 QueueKind = Literal["bullmq", "celery", "rq", "stream", "list"]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 URL_SCHEMES: dict[str, tuple[str, ...]] = {
     "lb": ("http", "https"),
@@ -43,31 +46,15 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-class Secret:
-    """A credential that never shows itself in repr, str or f-strings."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def reveal(self) -> str:
-        """The secret itself, for handing to a client library."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MonitorSettings(_Strict):
     interval: Duration = 5.0
     timeout: Duration = 2.0
+    # probes in flight at once; the rest wait for their slot without their latency being measured
+    max_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 256
 
 
 class BreakerSettings(_Strict):
@@ -85,6 +72,12 @@ class TargetConfig(_Strict):
     expect_body: str | None = None
     tls_skip_verify: bool = False
     tls_ca_file: str | None = None
+    # HTTP reads are bounded (see clients/http.py): body bytes read from the health URL, and from
+    # the stats page or runtime API (a CSV of every proxy and server, so a larger default)
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 64 * 1024
+    max_stats_bytes: Annotated[int, Field(ge=64 * 1024, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
+    # follow up to 10 redirects (a loop or more is a failure); false: a 3xx fails unless expect_status
+    follow_redirects: bool = True
 
     @field_validator("expect_body")
     @classmethod
@@ -136,64 +129,85 @@ class TierwatchConfig(_Strict):
 
 @dataclass(frozen=True)
 class LoadedConfig:
-    """A validated config plus the secrets it references, resolved."""
+    """A validated config plus every secret it references, read at load time (see ``secrets.py``).
+
+    ``secrets`` is keyed by what the secret is for: ``clusters.NAME.password``, ``recovery.auth``,
+    ``recovery.clusters.NAME.admin_password``; empty when loaded with ``resolve_secrets=False``.
+    """
 
     path: Path
     config: TierwatchConfig
     secrets: dict[str, Secret]
 
     def password_for(self, cluster: str) -> Secret | None:
-        """The password configured for ``cluster``, if any."""
-        return self.secrets.get(cluster)
+        """The password configured for ``cluster`` (password_file or password_env), if any."""
+        return self.secrets.get(f"clusters.{cluster}.password")
+
+    def admin_password_for(self, cluster: str) -> Secret | None:
+        """The ``recovery.clusters.CLUSTER.admin_password_file`` secret, if configured."""
+        return self.secrets.get(f"recovery.clusters.{cluster}.admin_password")
+
+    def auth_secret(self) -> Secret | None:
+        """The recovery service's bearer token or basic-auth password, if configured."""
+        return self.secrets.get("recovery.auth")
 
 
 def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -> LoadedConfig:
     """Load, validate and (optionally) resolve the secrets of a config file.
 
-    Raises ConfigError listing every problem found.
+    Raises ConfigError listing every problem found. The file is refused before parsing if larger than
+    1 MiB or not UTF-8, and while parsing if nested deeper than 32 levels or holding a duplicate key.
     """
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{file}: cannot read config file: {exc.strerror or exc}"]) from None
-    try:
-        raw = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{file}:{mark.line + 1}" if mark else str(file)
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+        document = read_yaml_file(file)
+    except YamlFileError as exc:
+        raise ConfigError([exc.problem]) from None
+    raw = document.data
     if not isinstance(raw, dict):
         raise ConfigError([f"{file}: expected a mapping at the top level (monitor, clusters, ...)"])
 
-    locate = _Locator(file, root, raw)
+    locate = _Locator(file, document.root, raw)
+    problems = [
+        locate.problem(
+            dup.path,
+            f"duplicate key{_quoted_key(dup.key)} "
+            + (
+                f"on lines {dup.first_line} and {dup.line}"
+                if dup.first_line != dup.line
+                else f"twice on line {dup.line}"
+            )
+            + "; give each key once",
+            line=dup.line,
+        )
+        for dup in document.duplicates
+    ]
     try:
         config = TierwatchConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [locate.problem(err["loc"], _expectation(err)) for err in exc.errors()]
+        problems += [locate.problem(err["loc"], _expectation(err)) for err in exc.errors()]
         partial = _partial_config(raw)
         if partial is not None:
             problems += [locate.problem(loc, msg) for loc, msg in _semantic_problems(partial)]
         raise ConfigError(problems) from None
 
-    problems = [locate.problem(loc, msg) for loc, msg in _semantic_problems(config)]
+    problems += [locate.problem(loc, msg) for loc, msg in _semantic_problems(config)]
     problems += [locate.problem(loc, msg) for loc, msg in _recovery_problems(config)]
     secrets: dict[str, Secret] = {}
     if resolve_secrets:
-        for index, cluster in enumerate(config.clusters):
+        for ref in _secret_refs(config):
             try:
-                secret = _resolve_secret(cluster)
-            except ValueError as exc:
-                key = "password_file" if cluster.password_file else "password_env"
-                problems.append(locate.problem(("clusters", index, key), str(exc)))
-                continue
-            if secret is not None:
-                secrets[cluster.name] = secret
+                secrets[ref.name] = ref.read()
+            except SecretError as exc:
+                problems.append(locate.problem(ref.loc, str(exc)))
     if problems:
         raise ConfigError(problems)
     return LoadedConfig(path=file, config=config, secrets=secrets)
+
+
+def _quoted_key(key: str) -> str:
+    """`` 'key'`` for a key or name that is valid, else nothing (a stray one may be a pasted secret)."""
+    return f" {key!r}" if re.fullmatch(NAME_PATTERN, key) else ""
 
 
 def _partial_config(raw: dict[str, Any]) -> TierwatchConfig | None:
@@ -342,15 +356,18 @@ def _recovery_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...
     targets = {t.name for c in config.clusters for t in c.targets}
     for name, settings in recovery.clusters.items():
         if name not in clusters:
-            yield ("recovery", "clusters", name), f"no cluster named {name!r} in clusters"
+            yield ("recovery", "clusters", name), f"no cluster named{_quoted_key(name)} in clusters"
             continue
         for key in ("restart_commands", "systemd_units"):
             for target in getattr(settings, key):
                 if target not in targets:
-                    yield ("recovery", "clusters", name, key, target), f"no target named {target!r}"
+                    yield ("recovery", "clusters", name, key, target), f"no target named{_quoted_key(target)}"
         for target, argv in settings.restart_commands.items():
             if not argv:
                 yield ("recovery", "clusters", name, "restart_commands", target), "expected a non-empty list"
+
+
+_PASSWORD_PARAMETERS = frozenset({"password", "sslpassword"})
 
 
 def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
@@ -364,6 +381,12 @@ def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
         return f"expected a URL with scheme {' or '.join(s + '://' for s in schemes)}"
     if parts.password:
         return "URL must not contain a password: use the cluster's password_file or password_env"
+    for key, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if key.lower() in _PASSWORD_PARAMETERS:  # libpq and redis-py both read ?password=
+            return (
+                f"URL must not contain a password (query parameter {key.lower()}): "
+                "use the cluster's password_file or password_env"
+            )
     if parts.scheme == "unix":
         return None if parts.path else "expected unix:///path/to/socket"
     if not parts.hostname:
@@ -373,24 +396,49 @@ def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
     return None
 
 
-def _resolve_secret(cluster: ClusterConfig) -> Secret | None:
-    if cluster.password_file:
-        try:
-            value = Path(cluster.password_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(
-                f"cannot read password file {cluster.password_file}: {exc.strerror or type(exc).__name__}"
-            ) from None
-        value = value.rstrip("\r\n")
-        if not value:
-            raise ValueError(f"password file {cluster.password_file} is empty")
-        return Secret(value)
-    if cluster.password_env:
-        value = os.environ.get(cluster.password_env)
-        if not value:
-            raise ValueError(f"environment variable {cluster.password_env} is not set or empty")
-        return Secret(value)
-    return None
+@dataclass(frozen=True)
+class _SecretRef:
+    """A secret the config names: its key in LoadedConfig.secrets, its key path, and where it is."""
+
+    name: str
+    loc: tuple[Any, ...]
+    what: str = "password file"
+    file: str | None = None
+    env: str | None = None
+
+    def read(self) -> Secret:
+        if self.file is not None:
+            return read_secret_file(self.file, self.what)
+        assert self.env is not None
+        return read_secret_env(self.env)
+
+
+def _secret_refs(config: TierwatchConfig) -> Iterator[_SecretRef]:
+    """Every secret the config names, cluster passwords then the recovery section's."""
+    for index, cluster in enumerate(config.clusters):
+        name = f"clusters.{cluster.name}.password"
+        if cluster.password_file:
+            yield _SecretRef(name, ("clusters", index, "password_file"), file=cluster.password_file)
+        elif cluster.password_env:
+            yield _SecretRef(name, ("clusters", index, "password_env"), env=cluster.password_env)
+    recovery = config.recovery
+    if recovery is None:
+        return
+    auth = recovery.auth
+    if auth.bearer_token_file:
+        loc: tuple[Any, ...] = ("recovery", "auth", "bearer_token_file")
+        yield _SecretRef("recovery.auth", loc, "bearer token file", file=auth.bearer_token_file)
+    elif auth.basic is not None:
+        loc = ("recovery", "auth", "basic", "password_file")
+        yield _SecretRef("recovery.auth", loc, file=auth.basic.password_file)
+    for cluster_name, settings in recovery.clusters.items():
+        if settings.admin_password_file:
+            yield _SecretRef(
+                f"recovery.clusters.{cluster_name}.admin_password",
+                ("recovery", "clusters", cluster_name, "admin_password_file"),
+                "admin password file",
+                file=settings.admin_password_file,
+            )
 
 
 class _Locator:
@@ -401,8 +449,8 @@ class _Locator:
         self.root = root
         self.raw = raw
 
-    def problem(self, loc: Sequence[Any], message: str) -> str:
-        line = self._line(loc)
+    def problem(self, loc: Sequence[Any], message: str, line: int | None = None) -> str:
+        line = line or self._line(loc)
         where = f"{self.file}:{line}" if line else str(self.file)
         return f"{where}: {self._path(loc) or '(top level)'}: {message}"
 
@@ -414,12 +462,13 @@ class _Locator:
                 out += f"[{part}]"
                 value = value[part] if isinstance(value, list) and part < len(value) else None
                 name = value.get("name") if isinstance(value, dict) else None
-                if isinstance(name, str) and len(name) <= 64:
+                if isinstance(name, str) and re.fullmatch(NAME_PATTERN, name):  # never an invalid name
                     out += f"({name})"
             else:
                 if not isinstance(part, str) or part.startswith(("function-", "list[", "nullable")):
                     continue
-                out += f".{part}" if out else part
+                shown = part if re.fullmatch(NAME_PATTERN, part) else "<key>"
+                out += f".{shown}" if out else shown
                 value = value.get(part) if isinstance(value, dict) else None
         return out
 

@@ -5,17 +5,10 @@ from __future__ import annotations
 import base64
 import hmac
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..config import Secret
 from ..config.recovery import AuthSettings
-
-
-def _read_secret(path: str) -> Secret:
-    value = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-    if not value:
-        raise ValueError(f"secret file {path} is empty")
-    return Secret(value)
+from ..config.secrets import read_secret_file
 
 
 @dataclass(frozen=True)
@@ -26,13 +19,15 @@ class Authenticator:
     expected: bytes
 
     @classmethod
-    def from_settings(cls, auth: AuthSettings) -> Authenticator:
-        """Read the credential files once, at start-up (errors name the file, never the secret)."""
+    def from_settings(cls, auth: AuthSettings, secret: Secret | None = None) -> Authenticator:
+        """The authenticator for ``auth`` with ``secret``, the credential ``load_config`` read
+        (``LoadedConfig.auth_secret()``); without it the file is read now, by the same reader."""
         if auth.bearer_token_file:
-            return cls("Bearer", _read_secret(auth.bearer_token_file).reveal().encode())
+            token = secret or read_secret_file(auth.bearer_token_file, "bearer token file")
+            return cls("Bearer", token.reveal().encode())
         if auth.basic is None:
             raise ValueError("recovery.auth: expected bearer_token_file or basic")
-        password = _read_secret(auth.basic.password_file).reveal()
+        password = (secret or read_secret_file(auth.basic.password_file, "password file")).reveal()
         token = base64.b64encode(f"{auth.basic.username}:{password}".encode()).decode()
         return cls("Basic", token.encode())
 
