@@ -39,7 +39,7 @@ def room_of(module: str) -> str:
         return "foundation"
     if head in EXPORTER:
         return "exporter"
-    if head == "http_server":
+    if head in ("http_server", "web_config"):
         return "http"
     if head in ("config", "clients", "probes", "recovery", "lab", "cli"):
         return head

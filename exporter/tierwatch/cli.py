@@ -46,17 +46,41 @@ def _run_service(command: str, config: str, main: Callable[[LoadedConfig], Corou
     return 0
 
 
+def _web_config(path: str | None) -> tuple[bool, Any]:
+    """(True, the web config at ``path`` or None without one), or (False, None) after printing every
+    problem of the file."""
+    if path is None:
+        return True, None
+    from .web_config import WebConfigError, load_web_config
+
+    try:
+        return True, load_web_config(path)
+    except WebConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} problem(s) found", file=sys.stderr)
+        return False, None
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .server import run_exporter
 
-    return _run_service("serve", args.config, lambda loaded: run_exporter(loaded, args.listen))
+    ok, web = _web_config(args.web_config_file)
+    if not ok:
+        return 1
+    return _run_service("serve", args.config, lambda loaded: run_exporter(loaded, args.listen, web=web))
 
 
 def _recover(args: argparse.Namespace) -> int:
     from .recovery.service import run_recovery
 
+    ok, web = _web_config(args.web_config_file)
+    if not ok:
+        return 1
     return _run_service(
-        "recover", args.config, lambda loaded: run_recovery(loaded, args.listen, dry_run=args.dry_run or None)
+        "recover",
+        args.config,
+        lambda loaded: run_recovery(loaded, args.listen, dry_run=args.dry_run or None, web=web),
     )
 
 
@@ -169,6 +193,12 @@ def build_parser(with_drills: bool = True) -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen", metavar="HOST:PORT", help="address to serve on (default: config's listen, 127.0.0.1:9489)"
     )
+    serve.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="exporter-toolkit web config: TLS and basic auth for every endpoint (see the README)",
+    )
     serve.set_defaults(func=_serve)
 
     recover = sub.add_parser(
@@ -184,6 +214,12 @@ def build_parser(with_drills: bool = True) -> argparse.ArgumentParser:
         "--listen", metavar="HOST:PORT", help="address to serve on (default: recovery.listen)"
     )
     recover.add_argument("--dry-run", action="store_true", help="decide and audit, but change nothing")
+    recover.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="exporter-toolkit web config: TLS and basic auth for every endpoint, webhook included",
+    )
     recover.set_defaults(func=_recover)
 
     demo = sub.add_parser(

@@ -8,11 +8,14 @@ import asyncio
 import contextlib
 import resource
 import signal
+import ssl
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .web_config import WebConfig
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -162,18 +165,36 @@ class _Server(uvicorn.Server):
         yield
 
 
+class _Config(uvicorn.Config):
+    """uvicorn's config with a ready-made SSLContext (TLS versions and client-certificate policy from
+    the web config, which uvicorn's own TLS settings cannot all express)."""
+
+    tls_context: ssl.SSLContext | None = None
+
+    def load(self) -> None:
+        super().load()
+        if self.tls_context is not None:
+            self.ssl = self.tls_context
+
+
 async def serve_app(
     app: Callable[[Scope, Receive, Send], Awaitable[None]],
     listen: str,
     on_stop: asyncio.Event,
     guard: ConnectionGuard | None = None,
+    web: WebConfig | None = None,
+    on_unauthorized: Callable[[str], None] | None = None,
     **config: Any,
 ) -> None:
     """Serve ``app`` on ``listen`` until SIGTERM/SIGINT or until ``on_stop`` is set; sets ``on_stop``
     when a signal arrives so the caller's other tasks can finish. Connections are guarded by
-    ``guard`` (by default a ConnectionGuard with its default deadline and cap)."""
+    ``guard`` (by default a ConnectionGuard with its default deadline and cap). ``web`` (a web config)
+    adds TLS and basic auth in front of every path; ``on_unauthorized(path)`` is told of each request
+    its basic auth refused."""
     host, port = parse_listen(listen)
     guard = guard or ConnectionGuard()
+    if web is not None:
+        app = web.protect(app, on_unauthorized)
     options: dict[str, Any] = {
         "log_level": "warning",
         "access_log": False,
@@ -184,7 +205,9 @@ async def serve_app(
         "timeout_graceful_shutdown": 5,
         **config,
     }
-    server = _Server(uvicorn.Config(app, host=host, port=port, **options))
+    uvicorn_config = _Config(app, host=host, port=port, **options)
+    uvicorn_config.tls_context = web.context if web is not None else None
+    server = _Server(uvicorn_config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop.set)

@@ -39,6 +39,13 @@ a DSN, a password, a query or an error message.
 
 How values are measured, tier by tier: [HTTP and load balancers](architecture.md#probes),
 [Redis](tiers/redis.md), [PostgreSQL](tiers/postgres.md).
+
+Both services (`tierwatch serve` and `tierwatch recover`) also export prometheus_client's standard
+process and Python families, which carry no tierwatch label and are not listed below:
+`process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`,
+`process_open_fds`, `process_max_fds`, `process_start_time_seconds`, `python_info` (labels
+`implementation`, `major`, `minor`, `patchlevel`, `version`) and, by `generation`,
+`python_gc_objects_collected_total`, `python_gc_objects_uncollectable_total`, `python_gc_collections_total`.
 """
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -22,13 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+)
 from prometheus_client.exposition import choose_encoder
 
+from ..action_catalog import INSTANCE_ACTIONS
 from ..config import ClusterConfig, LoadedConfig, RecoverySettings
 from ..events import EventLog
 from ..http_server import ConnectionGuard, Receive, Scope, Send, header, respond, serve_app
 from ..metric_catalog import MetricSpec
+from ..web_config import BasicAuthChecker, TlsServerConfig, WebConfig, basic_credentials
 from . import metrics as m
 from .actions import ACTION_CLASSES, ActionContext, AlertRef, load_action
 from .audit import AuditTrail, RateLimitedAudit
@@ -36,8 +46,6 @@ from .auth import Authenticator
 from .inbox import Inbox, InboxAlert
 from .webhook import PayloadError, parse_payload
 
-# actions on one instance, which a regional failover of the instance's region supersedes
-INSTANCE_ACTIONS = ("restart_instance", "shift_traffic")
 # on SIGTERM, how long an action past its point of no return may go on before it is interrupted (it is
 # resumed, verify-only, after the restart)
 SHUTDOWN_GRACE = 5.0
@@ -79,6 +87,8 @@ class RecoveryMetrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_*
+            r.register(standard)
         self.actions = _counter(m.ACTIONS_TOTAL, r)
         self.blocked = _counter(m.BLOCKED_TOTAL, r)
         self.failovers = _counter(m.FAILOVERS_TOTAL, r)
@@ -120,7 +130,7 @@ class RecoveryService:
         self.audit = AuditTrail(state_dir / "audit.jsonl")
         self.rejections = RateLimitedAudit(self.audit)
         self.metrics = RecoveryMetrics()
-        self.metrics.create_series(loaded.config.clusters, set(settings.allow.values()))
+        self.metrics.create_series(loaded.config.clusters, settings.allowed_actions())
         self.clusters: dict[str, ClusterConfig] = {c.name: c for c in loaded.config.clusters}
         self._locks: dict[str, asyncio.Lock] = {}
         self._running: dict[str, _Running] = {}
@@ -265,7 +275,8 @@ class RecoveryService:
         labels = alert.labels
         cluster_name = labels.get("cluster", "")
         cluster = self.clusters.get(cluster_name)
-        action_name = self.settings.allow.get(alert.alertname)
+        allowed = self.settings.allowed(alert.alertname)
+        action_name = allowed.action if allowed else None
         tier = labels.get("tier") or (cluster.tier if cluster else "")
         base = {
             "alert": alert.alertname,
@@ -295,7 +306,7 @@ class RecoveryService:
             return
         try:
             supersedable = (
-                action_name in INSTANCE_ACTIONS and "regional_failover" in self.settings.allow.values()
+                action_name in INSTANCE_ACTIONS and "regional_failover" in self.settings.allowed_actions()
             )
             if supersedable and not resumed and await self._superseded(alert, cluster_name):
                 await refuse(
@@ -371,6 +382,9 @@ class RecoveryService:
         result = "dry_run" if self.settings.dry_run and outcome.status == "succeeded" else outcome.status
         await self._settle_run(alert.key, changed=result == "dry_run")
         await finish(result, outcome.detail)
+        limit = outcome.facts.get("limit")
+        if outcome.status == "refused" and limit in m.LIMITS:
+            self._blocked(tier, cluster_name, action_name, limit, base)
         if outcome.facts:
             self.audit.record("facts", **{**base, "action": action_name, **outcome.facts})
         if outcome.failover and result == "succeeded":
@@ -433,7 +447,13 @@ class RecoveryService:
             audit,
             point_of_no_return,
             resumed,
+            regional=self._regional(alert.alertname),
         )
+
+    def _regional(self, alertname: str) -> bool:
+        """Whether the allow-list lets this alert's failover promote outside the old primary's region."""
+        allowed = self.settings.allowed(alertname)
+        return bool(allowed and allowed.regional)
 
     def _blocked(self, tier: str, cluster: str, action: str, limit: str, base: dict[str, Any]) -> None:
         self.audit.record("blocked", **base, action=action, limit=limit)
@@ -457,29 +477,64 @@ def _where(exc: BaseException) -> str:
     return f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else "?"
 
 
-async def run_recovery(loaded: LoadedConfig, listen: str | None = None, dry_run: bool | None = None) -> None:
-    """Serve the recovery service until SIGTERM/SIGINT."""
+async def web_for_recovery(
+    settings: RecoverySettings, web: WebConfig | None, auth: Authenticator
+) -> WebConfig | None:
+    """The web config the service runs with: ``--web.config.file``'s, plus ``recovery.tls`` (a
+    shorthand for its ``tls_server_config`` with a certificate and key only; setting both is an error).
+    With ``basic_auth_users``, the webhook's ``recovery.auth`` must be basic auth with a user and
+    password the web config accepts: both read the one Authorization header (README "TLS and basic auth")."""
+    if settings.tls is not None:
+        if web is not None and web.tls is not None:
+            raise ValueError(f"recovery.tls and tls_server_config in {web.source} are both set: keep one")
+        files = TlsServerConfig(Path(settings.tls.cert_file), Path(settings.tls.key_file))
+        tls = WebConfig.from_tls("recovery.tls", files)
+        web = dataclasses.replace(web, tls=tls.tls, context=tls.context) if web is not None else tls
+    if web is not None and web.users:
+        credentials = basic_credentials(f"{auth.scheme} {auth.expected.decode()}")
+        checker = BasicAuthChecker(web.users)
+        if credentials is None or not await asyncio.to_thread(checker.check_now, *credentials):
+            raise ValueError(
+                f"{web.source} has basic_auth_users, so recovery.auth must be basic auth with a user and "
+                "password that basic_auth_users accepts (both read the one Authorization header)"
+            )
+    return web
+
+
+async def run_recovery(
+    loaded: LoadedConfig, listen: str | None = None, dry_run: bool | None = None, web: WebConfig | None = None
+) -> None:
+    """Serve the recovery service until SIGTERM/SIGINT; ``web`` (``--web.config.file``) adds TLS and
+    basic auth in front of every path."""
     settings = loaded.config.recovery
     if settings is None:
         raise ValueError(f"{loaded.path}: no recovery: section")
     if dry_run:
         settings = settings.model_copy(update={"dry_run": True})
-    unknown = sorted(set(settings.allow.values()) - set(ACTION_CLASSES))
+    unknown = sorted(settings.allowed_actions() - set(ACTION_CLASSES))
     if unknown:
         raise ValueError(f"unknown actions {unknown}")
     service = RecoveryService(loaded, settings)
     stop = asyncio.Event()
     address = listen or settings.listen
-    config: dict[str, Any] = {}
-    if settings.tls is not None:
-        config = {"ssl_certfile": settings.tls.cert_file, "ssl_keyfile": settings.tls.key_file}
+    try:
+        web = await web_for_recovery(settings, web, service.auth)
+    except ValueError:
+        service.close()
+        raise
+
+    def refused(path: str) -> None:  # by the web config's basic auth, before recovery.auth is asked
+        if path in ("/webhook", "/api/v1/alerts"):
+            service.metrics.notifications.labels("unauthorized").inc()
+            service.rejections.record("notification_rejected", "unauthorized")
+
     service.events.emit(
         "recovery_started", listen=address, dry_run=settings.dry_run, state_dir=settings.state_dir
     )
     guard = ConnectionGuard(settings.read_timeout, settings.max_connections, service.on_connection_dropped)
     worker = asyncio.create_task(service.run_worker(stop))
     try:
-        await serve_app(service, address, stop, guard, **config)
+        await serve_app(service, address, stop, guard, web=web, on_unauthorized=refused)
     finally:
         stop.set()
         await worker

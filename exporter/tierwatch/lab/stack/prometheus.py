@@ -7,7 +7,7 @@ answers the HTTP API (``/api/v1/query``, ``/api/v1/alerts``) through the small h
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ class ScrapeJob:
     name: str
     targets: Sequence[str]
     metrics_path: str = "/metrics"
+    # more scrape settings, e.g. scheme, tls_config, basic_auth
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -127,6 +129,7 @@ def prometheus_config(
                 "job_name": job.name,
                 "metrics_path": job.metrics_path,
                 "static_configs": [{"targets": list(job.targets)}],
+                **job.options,
             }
             for job in jobs
         ],

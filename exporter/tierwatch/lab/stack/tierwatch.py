@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,14 @@ class TierwatchProcess:
 
 
 def _start(
-    stack: Stack, name: str, command: str, config: Path, port: int | None, timeout: float
+    stack: Stack,
+    name: str,
+    command: str,
+    config: Path,
+    port: int | None,
+    timeout: float,
+    extra_args: Sequence[str] = (),
+    ready_check: Callable[[TierwatchProcess], bool] | None = None,
 ) -> TierwatchProcess:
     port = port or free_port()
     argv = [
@@ -42,12 +50,15 @@ def _start(
         str(config),
         "--listen",
         f"127.0.0.1:{port}",
+        *extra_args,
     ]
     proc = stack.spawn(name, argv)
     started = TierwatchProcess(name, port, config, proc)
 
     def ready() -> bool:
         proc.check_alive()
+        if ready_check is not None:  # e.g. over TLS with basic auth
+            return ready_check(started)
         with urllib.request.urlopen(f"{started.url}/ready", timeout=2) as response:
             return response.status == 200
 
@@ -56,14 +67,25 @@ def _start(
 
 
 def start_exporter(
-    stack: Stack, config: Path, port: int | None = None, name: str = "exporter"
+    stack: Stack,
+    config: Path,
+    port: int | None = None,
+    name: str = "exporter",
+    extra_args: Sequence[str] = (),
+    ready_check: Callable[[TierwatchProcess], bool] | None = None,
 ) -> TierwatchProcess:
-    """``tierwatch serve``; ready after its first probe round."""
-    return _start(stack, name, "serve", config, port, 30.0)
+    """``tierwatch serve`` (with ``extra_args``, e.g. ``--web.config.file``); ready after its first probe
+    round (asked by ``ready_check`` when plain HTTP to /ready cannot)."""
+    return _start(stack, name, "serve", config, port, 30.0, extra_args, ready_check)
 
 
 def start_recovery(
-    stack: Stack, config: Path, port: int | None = None, name: str = "recovery"
+    stack: Stack,
+    config: Path,
+    port: int | None = None,
+    name: str = "recovery",
+    extra_args: Sequence[str] = (),
+    ready_check: Callable[[TierwatchProcess], bool] | None = None,
 ) -> TierwatchProcess:
-    """``tierwatch recover``; ready once its inbox is open."""
-    return _start(stack, name, "recover", config, port, 30.0)
+    """``tierwatch recover``; ready once its inbox is open (``extra_args``, ``ready_check``: as above)."""
+    return _start(stack, name, "recover", config, port, 30.0, extra_args, ready_check)
