@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from grafana_foundation_sdk.builders import common as common_b
 from grafana_foundation_sdk.builders import dashboard as dash_b
 from grafana_foundation_sdk.builders import prometheus as prom_b
@@ -31,9 +32,16 @@ from grafana_foundation_sdk.models import dashboard as dash_m
 from grafana_foundation_sdk.models import prometheus as prom_m
 
 OUT_DIR = Path(__file__).resolve().parent
-# Where panel links point: docs/runbooks/<AlertName>.md, relative to the repository. Set this to the
-# repository's web address (e.g. ".../blob/main/docs/runbooks") to make the links absolute.
-RUNBOOK_BASE_URL = "docs/runbooks"
+# Where panel links point: <base>/<AlertName>.md, the same absolute base as the alerts' runbook_url
+# (runbook_url_base of rules/src/settings.yml), so that a link from a panel and from an alert agree.
+RUNBOOK_BASE_URL = yaml.safe_load((OUT_DIR.parent / "rules" / "src" / "settings.yml").read_text())[
+    "runbook_url_base"
+].rstrip("/")
+# Grafana's import ("Dashboards > New > Import") asks for the inputs and checks the requirements;
+# the generated JSON follows the schema of this Grafana version (grafana-foundation-sdk 10.1).
+GRAFANA_VERSION = "10.1.0"
+DS_INPUT = "DS_PROMETHEUS"
+PANEL_NAMES = {"stat": "Stat", "table": "Table", "timeseries": "Time series"}
 TAGS = ["tierwatch"]
 DS = dash_m.DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
@@ -1500,6 +1508,32 @@ def build_dashboard(spec: Dashboard) -> dict[str, Any]:
             builder = builder.with_panel(build_panel(panel, panel_id))
             panel_id += 1
     data: dict[str, Any] = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
+    return import_ready(data)
+
+
+def import_ready(data: dict[str, Any]) -> dict[str, Any]:
+    """Add what Grafana's import reads: ``__inputs`` (the Prometheus to use, which becomes the default of
+    the ``datasource`` variable) and ``__requires`` (Grafana version, data source and panel plugins)."""
+    data["__inputs"] = [
+        {
+            "name": DS_INPUT,
+            "label": "Prometheus",
+            "description": "The Prometheus that scrapes tierwatch and loads its rules",
+            "type": "datasource",
+            "pluginId": "prometheus",
+            "pluginName": "Prometheus",
+        }
+    ]
+    every_panel = [*data["panels"], *(inner for row in data["panels"] for inner in row.get("panels", []))]
+    panel_types = sorted({panel["type"] for panel in every_panel if panel["type"] != "row"})
+    data["__requires"] = [
+        {"type": "grafana", "id": "grafana", "name": "Grafana", "version": GRAFANA_VERSION},
+        {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
+        *({"type": "panel", "id": kind, "name": PANEL_NAMES[kind], "version": ""} for kind in panel_types),
+    ]
+    for variable in data["templating"]["list"]:
+        if variable["type"] == "datasource":
+            variable["current"] = {"selected": True, "text": f"${{{DS_INPUT}}}", "value": f"${{{DS_INPUT}}}"}
     return data
 
 

@@ -6,9 +6,10 @@ stopped on purpose, so an alert fires and the overview shows where), an HAProxy 
 Redis master + replica + one Sentinel with a list queue, a BullMQ queue and a stream with a consumer
 group, a PostgreSQL primary (WAL archiving on, one replication slot) + streaming replica,
 ``tierwatch serve`` probing every second, ``tierwatch recover`` in dry-run mode, and Prometheus
-scraping both every second with the rules of rules/ (each ``for:`` shortened to a few seconds, nothing
-else changed). A background thread sends a little traffic through the VIP and to Redis, and two
-webhook notifications reach the recovery service (a refused failover, then one blocked by the cooldown).
+scraping both every second with the rules of rules/ (each ``for:`` and ``keep_firing_for:`` shortened to
+a few seconds, nothing else changed). A background thread sends a little traffic through the VIP and to
+Redis, and two webhook notifications reach the recovery service (a refused failover, then an alert the
+allow-list does not permit the action for, blocked).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from tierwatch.lab.stack.redis import start_redis, start_sentinels
 
 ROOT = Path(__file__).resolve().parents[1]
 FOR_LINE = re.compile(r"^(\s+for:\s*)\S+\s*$", re.MULTILINE)
+KEEP_FIRING_LINE = re.compile(r"^(\s+keep_firing_for:\s*)\S+\s*$", re.MULTILINE)
 TOKEN = "dashboards-live-token"
 APP_REGIONS = {"es-1": "primary", "es-2": "primary", "es-3": "failover", "es-4": "failover"}
 STOPPED_APP = "es-4"
@@ -51,11 +53,13 @@ class LiveStack:
 
 
 def fast_rules(directory: Path, for_value: str = "3s") -> list[Path]:
-    """Copies of rules/*.yml with every ``for:`` set to ``for_value`` (expressions unchanged)."""
+    """Copies of rules/*.yml with every ``for:`` and ``keep_firing_for:`` set to ``for_value``
+    (expressions unchanged)."""
     copies = []
     for source in sorted((ROOT / "rules").glob("*.yml")):
         target = directory / source.name
-        target.write_text(FOR_LINE.sub(lambda m: m.group(1) + for_value, source.read_text()))
+        fast = FOR_LINE.sub(lambda m: m.group(1) + for_value, source.read_text())
+        target.write_text(KEEP_FIRING_LINE.sub(lambda m: m.group(1) + for_value, fast))
         copies.append(target)
     return copies
 
@@ -206,7 +210,8 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
             # the recovery counters are scraped at 0 first, so increase() sees the decisions that follow
             wait_for(lambda: prometheus.query("tierwatch_recovery_actions_total"), 30, "recovery series")
             # the master still answers: the dry-run failover is refused (a decision, with a duration);
-            # the same alert again, from a new incident, is then blocked by the cooldown
+            # then an alert the allow-list does not permit redis_failover for is blocked (not_allowed).
+            # (A refused run starts no cooldown, so the same alert again would only be refused again.)
             redis_alert = {
                 "tier": "redis",
                 "cluster": "cache-main",
@@ -215,7 +220,7 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
             }
             _notify(recovery_url, "RedisMasterDown", redis_alert, "2026-01-01T00:00:00Z")
             wait_for(lambda: _refused(recovery_url), 60, "the recovery service to refuse the failover")
-            _notify(recovery_url, "RedisMasterDown", redis_alert, "2026-01-01T01:00:00Z")
+            _notify(recovery_url, "RedisNoMaster", redis_alert, "2026-01-01T01:00:00Z")
             yield LiveStack(stack, prometheus, exporter_url, recovery_url)
         finally:
             stop.set()

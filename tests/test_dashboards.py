@@ -393,6 +393,55 @@ def test_firing_alerts_table_links_rows_to_runbooks() -> None:
     assert link["url"] == GEN.RUNBOOK_BASE_URL + "/${__data.fields.alertname}.md"
 
 
+def test_runbook_links_are_absolute_and_the_alerts_own() -> None:
+    """A panel's runbook link is the runbook_url its alert carries (an absolute URL, not a repo path)."""
+    runbook_urls = {
+        rule["alert"]: rule["annotations"]["runbook_url"]
+        for path in sorted((ROOT / "rules").glob("*.rules.yml"))
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    assert re.fullmatch(r"https?://[^/\s]+/\S+", GEN.RUNBOOK_BASE_URL), GEN.RUNBOOK_BASE_URL
+    seen = 0
+    for file in FILES:
+        for panel in panels(load(file)):
+            for link in panel.get("links", []):
+                alert = link["title"].removeprefix("Runbook: ")
+                assert link["url"] == runbook_urls[alert], (file, panel["title"], link["url"])
+                seen += 1
+    assert seen >= len(runbook_urls)
+
+
+@pytest.mark.parametrize("file", FILES)
+def test_dashboards_are_import_ready(file: str) -> None:
+    """__inputs asks for the Prometheus; __requires names Grafana, the data source and every panel
+    plugin used; importing (Grafana substitutes ${DS_PROMETHEUS}) makes that Prometheus the default."""
+    text = (DASHBOARD_DIR / file).read_text()
+    data = json.loads(text)
+    assert data["__inputs"] == [
+        {
+            "name": "DS_PROMETHEUS",
+            "label": "Prometheus",
+            "description": "The Prometheus that scrapes tierwatch and loads its rules",
+            "type": "datasource",
+            "pluginId": "prometheus",
+            "pluginName": "Prometheus",
+        }
+    ]
+    requires = {(r["type"], r["id"]): r for r in data["__requires"]}
+    assert requires[("grafana", "grafana")]["version"] == GEN.GRAFANA_VERSION
+    assert ("datasource", "prometheus") in requires
+    used = {panel["type"] for panel in panels(data)}
+    assert {kind for (type_, kind) in requires if type_ == "panel"} == used
+    imported = json.loads(text.replace("${DS_PROMETHEUS}", "prom-uid-1"))
+    assert "${DS_" not in json.dumps(imported)
+    (variable,) = [v for v in imported["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["name"] == "datasource" and variable["current"]["value"] == "prom-uid-1"
+    for panel in panels(imported):
+        assert panel["datasource"] == DS, panel["title"]
+
+
 def test_provisioning_files() -> None:
     providers = yaml.safe_load((DASHBOARD_DIR / "provisioning" / "dashboards" / "tierwatch.yml").read_text())
     assert providers["apiVersion"] == 1

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RULES_DIR = ROOT / "rules"
 TESTS_DIR = RULES_DIR / "tests"
 RUNBOOKS = ROOT / "docs" / "runbooks"
+RUNBOOK_URL_BASE = yaml.safe_load((RULES_DIR / "src" / "settings.yml").read_text())["runbook_url_base"]
 ALERTS_DOC = ROOT / "docs" / "alerts.md"
 
 RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
@@ -119,7 +120,7 @@ def test_alert_labels_and_annotations(name: str) -> None:
     assert "$value" in annotations["description"], f"{name}: the description shows the value"
     if name not in ALWAYS_FIRING and labels.get("tier") != "kit":
         assert "$labels.cluster" in annotations["description"], f"{name}: the description names the cluster"
-    assert annotations["runbook_url"] == f"docs/runbooks/{name}.md", name
+    assert annotations["runbook_url"] == f"{RUNBOOK_URL_BASE}{name}.md", name
     if "for" in rule:
         assert re.fullmatch(r"\d+[smh]", rule["for"]), f"{name}: for {rule['for']}"
 

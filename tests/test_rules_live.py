@@ -36,24 +36,29 @@ from tierwatch.lab.stack.redis import RedisServer, start_redis, wait_replica_lin
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "rules"
+RUNBOOK_URL_BASE = yaml.safe_load((RULES / "src" / "settings.yml").read_text())["runbook_url_base"]
 FAST_FOR = "3s"
 FOR_LINE = re.compile(r"^(\s+for:\s*)\S+\s*$", re.MULTILINE)
+# keep_firing_for would hold an alert for minutes after its condition clears: shortened like `for`.
+KEEP_FIRING_LINE = re.compile(r"^(\s+keep_firing_for:\s*)\S+\s*$", re.MULTILINE)
 
 pytestmark = pytest.mark.slow
 
 
 def fast_rule_copies(directory: Path, for_value: str = FAST_FOR) -> list[Path]:
-    """Copies of rules/*.yml in ``directory`` with every ``for`` set to ``for_value`` (nothing else
-    changes); the copies are checked to hold the same rules as the originals."""
+    """Copies of rules/*.yml in ``directory`` with every ``for`` and ``keep_firing_for`` set to
+    ``for_value`` (nothing else changes); the copies are checked to hold the same rules as the originals."""
     copies = []
     for source in sorted(RULES.glob("*.yml")):
         text = source.read_text()
         fast, count = FOR_LINE.subn(lambda m: m.group(1) + for_value, text)
+        fast = KEEP_FIRING_LINE.sub(lambda m: m.group(1) + for_value, fast)
         original, rewritten = yaml.safe_load(text), yaml.safe_load(fast)
         for group_a, group_b in zip(original["groups"], rewritten["groups"], strict=True):
             for rule_a, rule_b in zip(group_a["rules"], group_b["rules"], strict=True):
-                assert {k: v for k, v in rule_a.items() if k != "for"} == {
-                    k: v for k, v in rule_b.items() if k != "for"
+                timing = {"for", "keep_firing_for"}
+                assert {k: v for k, v in rule_a.items() if k not in timing} == {
+                    k: v for k, v in rule_b.items() if k not in timing
                 }
         assert count == sum(1 for g in original["groups"] for r in g["rules"] if "for" in r)
         target = directory / source.name
@@ -181,7 +186,7 @@ def test_redis_second_master_fires_split_brain_until_repaired(live: LiveStack) -
         (alert,) = prom.alerts("RedisSplitBrain")
         assert alert["labels"]["severity"] == "critical"
         assert "action" not in alert["labels"]
-        assert alert["annotations"]["runbook_url"] == "docs/runbooks/RedisSplitBrain.md"
+        assert alert["annotations"]["runbook_url"] == f"{RUNBOOK_URL_BASE}RedisSplitBrain.md"
         assert "2 live masters" in alert["annotations"]["description"]
         assert prom.alert_state("PostgresSplitBrain") == "inactive"
     finally:

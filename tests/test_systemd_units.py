@@ -1,0 +1,112 @@
+"""deploy/systemd/ holds together: both units pass `systemd-analyze verify` with no warning, are hardened
+(a dynamic user, a read-only system, no privileges; `systemd-analyze security` rates them OK), reload
+with SIGHUP, run the CLI subcommand they are for on the ports the image exposes, and the recovery
+service keeps its state where examples/recovery.yml says."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+UNITS = ROOT / "deploy" / "systemd"
+INSTALLED_BINARY = "/opt/tierwatch/bin/tierwatch"
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+SERVICES = {"tierwatch-exporter.service": "serve", "tierwatch-recovery.service": "recover"}
+HARDENING = {
+    "DynamicUser": "yes",
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "CapabilityBoundingSet": "",
+    "RestrictSUIDSGID": "yes",
+    "SystemCallArchitectures": "native",
+}
+
+
+def directives(path: Path) -> dict[str, list[str]]:
+    """Every ``Key=value`` of a unit file, values in order (a key may repeat)."""
+    found: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith(("#", ";", "[")) and "=" in line:
+            key, value = line.split("=", 1)
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    assert SYSTEMD_ANALYZE, "systemd-analyze (Debian package systemd; scripts/setup installs it) is needed"
+    return subprocess.run([SYSTEMD_ANALYZE, *args], capture_output=True, text=True, check=False, timeout=60)
+
+
+def installable_copy(name: str, directory: Path, text: str | None = None) -> Path:
+    """The unit with the venv's tierwatch in place of /opt/tierwatch's: verify checks that the command
+    exists, and this machine has tierwatch in its venv, not under /opt."""
+    binary = Path(sys.executable).with_name("tierwatch")
+    assert binary.is_file(), binary
+    text = (UNITS / name).read_text() if text is None else text
+    assert INSTALLED_BINARY in text
+    path = directory / name
+    path.write_text(text.replace(INSTALLED_BINARY, str(binary)))
+    return path
+
+
+def test_the_units_are_there() -> None:
+    assert {p.name for p in UNITS.glob("*.service")} == set(SERVICES)
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_systemd_analyze_verify_passes_without_warnings(name: str, tmp_path: Path) -> None:
+    done = analyze("verify", str(installable_copy(name, tmp_path)))
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stdout + done.stderr
+
+
+def test_verify_reports_a_broken_unit(tmp_path: Path) -> None:
+    text = (UNITS / "tierwatch-exporter.service").read_text().replace("ProtectSystem=", "ProtectSytem=")
+    done = analyze("verify", str(installable_copy("tierwatch-exporter.service", tmp_path, text)))
+    assert "Unknown key 'ProtectSytem'" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_units_are_hardened(name: str, tmp_path: Path) -> None:
+    found = directives(UNITS / name)
+    for key, value in HARDENING.items():
+        assert found.get(key) == [value], f"{name}: {key}={found.get(key)}"
+    done = analyze("security", "--offline=yes", str(installable_copy(name, tmp_path)))
+    match = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", done.stdout + done.stderr)
+    assert match, done.stdout + done.stderr
+    assert float(match.group(1)) <= 2.0 and match.group(2) == "OK", match.group(0)
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_units_reload_with_sighup_and_run_their_subcommand(name: str) -> None:
+    found = directives(UNITS / name)
+    assert found["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # death by SIGHUP is a clean exit to systemd: only Restart=always brings back a process without a handler
+    assert found["Restart"] == ["always"]
+    argv = shlex.split(found["ExecStart"][0])
+    assert argv[0] == INSTALLED_BINARY and argv[1] == SERVICES[name]
+    options = dict(zip(argv[2::2], argv[3::2], strict=True))
+    assert set(options) == {"--config", "--listen"}
+    port = options["--listen"].rsplit(":", 1)[1]
+    assert "EXPOSE 9489 9490" in (ROOT / "deploy" / "Dockerfile").read_text()
+    assert port == {"serve": "9489", "recover": "9490"}[SERVICES[name]]
+    example = {"serve": "tierwatch.yml", "recover": "recovery.yml"}[SERVICES[name]]
+    assert Path(options["--config"]).name == example and (ROOT / "examples" / example).is_file()
+
+
+def test_recovery_state_directory_is_the_examples_state_dir() -> None:
+    found = directives(UNITS / "tierwatch-recovery.service")
+    state_dir = yaml.safe_load((ROOT / "examples" / "recovery.yml").read_text())["recovery"]["state_dir"]
+    assert found["StateDirectory"] == [Path(state_dir).relative_to("/var/lib").as_posix()]
+    assert found["StateDirectoryMode"] == ["0700"]
+    assert "StateDirectory" not in directives(UNITS / "tierwatch-exporter.service")
