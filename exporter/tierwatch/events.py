@@ -5,9 +5,19 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+class LogSettings(Protocol):
+    """What a config's ``log`` section gives: ``format`` (text, json) and ``level``."""
+
+    @property
+    def format(self) -> str: ...
+
+    @property
+    def level(self) -> str: ...
 
 
 class EventLog:
@@ -20,6 +30,11 @@ class EventLog:
         self.fmt = fmt
         self.min_level = LEVELS[level]
         self.stream = stream or sys.stdout
+
+    @classmethod
+    def from_settings(cls, settings: LogSettings) -> EventLog:
+        """The event log a config's ``log`` section asks for, on stdout: every service's default."""
+        return cls(settings.format, settings.level)
 
     def emit(self, event: str, level: str = "info", **fields: Any) -> None:
         """Write one event with its fields (skipped when below the configured level)."""

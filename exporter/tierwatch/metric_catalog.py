@@ -97,7 +97,8 @@ BUILD_INFO = metric(
 ROUND_DURATION = metric(
     "tierwatch_probe_round_duration_seconds",
     "gauge",
-    "Wall time the last probe round took (all targets, concurrently).",
+    "Wall time of the last probe round, from its first probe's start to its last probe's end (the probes "
+    "are spread over the interval).",
     scope="exporter",
     section="exporter",
 )
@@ -111,7 +112,8 @@ ROUNDS = metric(
 ROUND_OVERRUNS = metric(
     "tierwatch_probe_round_overruns_total",
     "counter",
-    "Probe rounds that did not finish within the monitor interval.",
+    "Probe rounds that did not finish within the monitor interval (a target's probe was still running, or "
+    "waiting for a concurrency slot, when its next slot came; or the loop fell a whole interval behind).",
     scope="exporter",
     section="exporter",
 )

@@ -31,7 +31,7 @@ def _age(now: float, then: float | None) -> str:
 
 
 def _row(state: TargetState, now: float) -> str:
-    status = "unknown" if state.up is None else ("up" if state.up else "down")
+    status = state.status
     latency = f"{state.last_duration * 1000:.1f} ms" if state.last_duration is not None else "-"
     problem = state.last_error or ""
     cells = [

@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import Secret, TargetConfig
+from .redis_bounded import BoundedHiredisParser
 
 ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
 
@@ -38,6 +39,7 @@ def connection_options(
         "protocol": 2,
         "retry": Retry(NoBackoff(), 0),
         "health_check_interval": 0,
+        "parser_class": BoundedHiredisParser,  # a hostile server's reply costs at most MAX_REPLY_BYTES
     }
     if tls and tls_skip_verify:
         options.update(ssl_cert_reqs="none", ssl_check_hostname=False)

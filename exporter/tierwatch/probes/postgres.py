@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import socket
 import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import psycopg
 
+from ..clients.pg_reply import ReplyGuard
+from ..clients.postgres import abort, classify_pg_error
 from ..metric_catalog import (
     CACHE_HITS,
     CACHE_MISSES,
@@ -36,6 +36,9 @@ APPLICATION_NAME = "tierwatch"
 # before whoever set the deadline cancels it; the server-side statement_timeout is shorter still.
 OWN_DEADLINE_SHARE = 0.95
 STATEMENT_TIMEOUT_SHARE = 0.8
+# Reply size: the query returns one row by construction; its only lists (standbys, slots) are cut at
+# MAX_ROWS in SQL, activity is aggregated by state, names are at most NAMEDATALEN: a real server's
+# reply stays a few KB however busy it is. A fake server's huge reply is cut by ReplyGuard (pg_reply.py).
 MAX_ROWS = 100  # standbys and slots reported per server (label cardinality bound)
 
 CONNECTION_STATES: dict[str, str] = {
@@ -50,10 +53,6 @@ STANDBY_STATES: tuple[str, ...] = ("startup", "catchup", "streaming", "backup", 
 SYNC_STATES: tuple[str, ...] = ("async", "potential", "sync", "quorum")
 WAL_STATUSES: tuple[str, ...] = ("reserved", "extended", "unreserved", "lost")
 CONFLICT_KINDS: tuple[str, ...] = ("tablespace", "lock", "snapshot", "bufferpin", "deadlock", "logicalslot")
-AUTH_SQLSTATES = frozenset({"28P01", "28000"})
-AUTH_PHRASES = ("password authentication failed", "no password supplied", "pg_hba.conf", 'role "')
-REFUSED_PHRASES = ("connection refused", "no such file or directory", "could not connect")
-TIMEOUT_PHRASES = ("timeout expired", "timed out")
 
 S = "postgres"
 SERVER_VERSION = metric(
@@ -303,10 +302,12 @@ class PostgresProbe(Probe):
         self._query: str | None = None
         self._version = 0
         self._peers = tuple(t.name for t in info.cluster.targets if t.name != info.name)
+        self._guard = ReplyGuard()  # a new one per probe: tripped when the reply passed the cap
 
     async def probe(self) -> Observation:
         """Run the probe query (connecting first if needed) within the probe deadline."""
         reason = None
+        self._guard = ReplyGuard()
         try:
             async with asyncio.timeout(self.info.timeout * OWN_DEADLINE_SHARE):
                 row = await self._fetch()
@@ -315,7 +316,7 @@ class PostgresProbe(Probe):
             reason = "timeout"
         except psycopg.Error as exc:
             release_frames(exc)
-            reason = classify_pg_error(exc)
+            reason = "protocol" if self._guard.tripped else classify_pg_error(exc)
         except BaseException as exc:
             release_frames(exc)
             await self.close()
@@ -336,11 +337,14 @@ class PostgresProbe(Probe):
     async def _fetch(self) -> dict[str, Any]:
         conn = await self._connection()
         task = asyncio.ensure_future(self._execute(conn))
+        guard = asyncio.ensure_future(self._guard.watch(conn, task))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             await self._abort(conn, task)
             raise
+        finally:
+            guard.cancel()
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
@@ -373,14 +377,7 @@ class PostgresProbe(Probe):
     async def _abort(self, conn: psycopg.AsyncConnection[Any], task: asyncio.Future[Any]) -> None:
         """End an in-flight query without waiting on the server: shut the socket down, so the
         query task fails at once, then drop the connection."""
-        if not task.done():
-            shutdown_socket(conn)
-            done, _ = await asyncio.wait({task}, timeout=1.0)
-            if not done:
-                task.cancel()
-                await asyncio.wait({task}, timeout=1.0)
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved: the query's error is not news
+        await abort(conn, task)
         await self.close()
 
 
@@ -399,24 +396,6 @@ def release_frames(exc: BaseException) -> None:
         current = current.__cause__ or current.__context__
 
 
-def shutdown_socket(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Shut down the connection's socket (not close its fd: libpq still owns that) so any read
-    pending on it returns at once."""
-    try:
-        fd = conn.pgconn.socket
-    except psycopg.OperationalError:
-        return
-    try:
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return
-    with sock:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
 FAILURE_MESSAGES: dict[str, str] = {
     "auth": "authentication failed (check the role, its password and pg_hba.conf)",
     "refused": "connection refused or server not reachable",
@@ -424,23 +403,6 @@ FAILURE_MESSAGES: dict[str, str] = {
     "protocol": "unexpected answer from the server",
     "error": "query or connection failed",
 }
-
-
-def classify_pg_error(exc: psycopg.Error) -> str:
-    """Map a psycopg error to a failure reason (auth, refused, timeout, error)."""
-    if exc.sqlstate in AUTH_SQLSTATES or isinstance(exc, psycopg.errors.InvalidAuthorizationSpecification):
-        return "auth"
-    if isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.ConnectionTimeout):
-        return "timeout"
-    text = str(exc).lower()
-    if any(phrase in text for phrase in TIMEOUT_PHRASES):
-        return "timeout"
-    if isinstance(exc, psycopg.OperationalError):
-        if any(phrase in text for phrase in AUTH_PHRASES):
-            return "auth"
-        if any(phrase in text for phrase in REFUSED_PHRASES):
-            return "refused"
-    return "error"
 
 
 def observe(row: Mapping[str, Any], server_version_num: int, peers: Iterable[str] = ()) -> Observation:

@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 from redis.exceptions import ResponseError
 
+from ..clients.redis import pairs as _pairs
+from ..clients.redis import text as _text
 from ..config import QueueConfig
 from ..metric_catalog import QUEUE_LENGTH, QUEUE_OLDEST_AGE, metric
 from .base import Observation
@@ -113,10 +115,6 @@ class QueueReader(Protocol):
     def second(self, replies: list[Any]) -> list[Command]: ...
 
     def emit(self, first: list[Any], second: list[Any], obs: Observation, now: float) -> None: ...
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _count(reply: Any) -> int:
@@ -317,10 +315,6 @@ class StreamReader:
             if isinstance(undelivered, list) and undelivered:
                 oldest = max(oldest, now - _stream_id_ms(undelivered[0][0]) / 1000.0)
         obs.add(QUEUE_OLDEST_AGE, max(0.0, oldest), name)
-
-
-def _pairs(flat: Sequence[Any]) -> dict[str, Any]:
-    return {_text(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
 
 
 def _stream_id_ms(entry_id: Any) -> int:

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, parse_url
-from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+from redis.exceptions import AuthenticationError, InvalidResponse, NoPermissionError, ResponseError
 
+from ..clients.redis import connection_options
+from ..clients.redis_bounded import MAX_REPLY_BYTES, BoundedHiredisParser, ReplyTooLarge
 from ..config import Secret
 from ..metric_catalog import (
     CACHE_HITS,
@@ -27,6 +29,7 @@ from .base import Observation, Probe, ProbeFailure, TargetInfo, classify_failure
 CLIENT_NAME = "tierwatch"
 INFO_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication")
 Command = tuple[Any, ...]
+MAX_ROUNDTRIP_BYTES = 4 * MAX_REPLY_BYTES  # all replies of one pipelined round trip together
 
 CONNECTED_REPLICAS = metric(
     "tierwatch_redis_connected_replicas",
@@ -160,7 +163,12 @@ def redis_failure(exc: BaseException) -> ProbeFailure:
     """A secret-free ProbeFailure for an exception from the Redis client."""
     if isinstance(exc, ProbeFailure):
         return exc
-    reason = "auth" if isinstance(exc, AuthenticationError | NoPermissionError) else classify_failure(exc)
+    if isinstance(exc, AuthenticationError | NoPermissionError):
+        reason = "auth"
+    elif isinstance(exc, InvalidResponse):  # garbage, or a reply over the byte cap
+        reason = "protocol"
+    else:
+        reason = classify_failure(exc)
     return ProbeFailure(reason, f"{reason}: {type(exc).__name__}")
 
 
@@ -183,20 +191,17 @@ class RedisLink:
         self.connects = 0
 
     def _new_connection(self) -> AbstractConnection:
-        extra: dict[str, Any] = {}
-        if self._connection_class is SSLConnection and self._tls_skip_verify:
-            extra = {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
+        options = connection_options(
+            self._password,
+            self._timeout,
+            client_name=CLIENT_NAME,
+            tls=self._connection_class is SSLConnection,
+            tls_skip_verify=self._tls_skip_verify,
+        )
         return self._connection_class(
             **self._kwargs,
-            **extra,
-            password=self._password.reveal() if self._password else None,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
-            client_name=CLIENT_NAME,
+            **options,
             driver_info=None,
-            protocol=2,
-            retry=None,
-            health_check_interval=0,
         )
 
     async def roundtrip(self, commands: Sequence[Command]) -> list[Any]:
@@ -212,12 +217,16 @@ class RedisLink:
             await conn.connect()
         self._dirty = True
         await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        parser = conn._parser if isinstance(conn._parser, BoundedHiredisParser) else None
+        start = parser.bytes_read if parser else 0
         replies: list[Any] = []
         for _ in commands:
             try:
                 replies.append(await conn.read_response())
             except ResponseError as exc:
                 replies.append(exc)
+            if parser and parser.bytes_read - start > MAX_ROUNDTRIP_BYTES:
+                raise ReplyTooLarge(f"replies larger than {MAX_ROUNDTRIP_BYTES} bytes")
         self._dirty = False
         return replies
 

@@ -122,7 +122,7 @@ class RecoveryService:
     def __init__(self, loaded: LoadedConfig, settings: RecoverySettings, events: EventLog | None = None):
         self.loaded = loaded
         self.settings = settings
-        self.events = events or EventLog(loaded.config.log.format, loaded.config.log.level)
+        self.events = events or EventLog.from_settings(loaded.config.log)
         state_dir = Path(settings.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.auth = Authenticator.from_settings(settings.auth, loaded.auth_secret())  # read at load time

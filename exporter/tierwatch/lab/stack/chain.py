@@ -84,7 +84,7 @@ def start_chain(
     )
     manager = start_alertmanager(stack, am_text)
     rules = rules_with_for(
-        sorted(kit_dir("rules").glob("*.yml")), stack.directory("chain", "rules"), dict(timing.for_values)
+        sorted(kit_dir("rules").glob("*.rules.yml")), stack.directory("chain", "rules"), dict(timing.for_values)
     )
     prometheus = start_prometheus(
         stack,
