@@ -1078,6 +1078,55 @@ QUEUES = Dashboard(
     ),
 )
 
+
+def process_row(job: str, what: str) -> Row:
+    """CPU, memory, file descriptors and garbage collections of the kit's own processes (prometheus-client's
+    standard ``process_*`` and ``python_*`` series), for the jobs ``job`` (a ``job`` matcher) selects."""
+    by = "{{job}} {{instance}}"
+    return Row(
+        "Process",
+        (
+            ts(
+                "CPU",
+                f"CPU time used per second by {what} (1 = 100% = one core), user and system together.",
+                "percentunit",
+                q(f"sum by (job, instance) ({rate('process_cpu_seconds_total', job)})", by),
+                width=6,
+            ),
+            ts(
+                "Resident memory",
+                f"Resident set size of {what}. A line that only rises is a leak; TierwatchMemoryGrowing "
+                "fires when the last hour's trend passes 512 MiB within 4 hours.",
+                "bytes",
+                q(sel("process_resident_memory_bytes", job), by),
+                alerts=("TierwatchMemoryGrowing",),
+                width=6,
+            ),
+            ts(
+                "File descriptors in use",
+                f"Open file descriptors of {what} as a share of their limit (process_open_fds / "
+                "process_max_fds, the soft ulimit -n): sockets to targets, Prometheus, Alertmanager, files.",
+                "percentunit",
+                q(f"{sel('process_open_fds', job)} / {sel('process_max_fds', job)}", by),
+                alerts=("TierwatchFileDescriptorsRunningOut",),
+                thresholds=((None, "green"), (0.8, "red")),
+                width=6,
+            ),
+            ts(
+                "Garbage collections",
+                f"Python garbage collector runs per second of {what}, by generation (frequent generation 2 "
+                "runs mean many long-lived objects are being created).",
+                "cps",
+                q(
+                    f"sum by (job, instance, generation) ({rate('python_gc_collections_total', job)})",
+                    "{{job}} {{instance}} gen {{generation}}",
+                ),
+                width=6,
+            ),
+        ),
+    )
+
+
 # ---------------------------------------------------------------------------------------------- recovery
 
 RECOVERY_ALERTS = ("RecoveryActionFailed", "RecoveryActionBlocked", "RecoveryFailoverHappened")
@@ -1087,7 +1136,8 @@ RECOVERY = Dashboard(
     uid="tierwatch-recovery",
     title="tierwatch / Recovery service",
     description="What `tierwatch recover` decided and did: actions by outcome, actions blocked by safety "
-    "limits, failovers, webhook notifications and the durable inbox (its full audit is audit.jsonl).",
+    "limits, failovers, webhook notifications, the durable inbox (its full audit is audit.jsonl) and the "
+    "service's CPU, memory, file descriptors and garbage collections.",
     tiers=".*",
     rows=(
         Row(
@@ -1109,8 +1159,8 @@ RECOVERY = Dashboard(
                 ),
                 ts(
                     "Blocked by safety limits",
-                    "Actions not started because a limit stopped them (rate_limit, cooldown, cluster_lock, "
-                    "max_lag, not_allowed).",
+                    "Actions not started because a limit stopped them (rate_limit, cooldown, max_lag, "
+                    "not_allowed, superseded).",
                     "short",
                     q(
                         "sum by (cluster, action, limit) ("
@@ -1213,6 +1263,7 @@ RECOVERY = Dashboard(
                 ),
             ),
         ),
+        process_row('job="tierwatch-recovery"', "the recovery service"),
     ),
 )
 
@@ -1223,7 +1274,8 @@ EXPORTER = Dashboard(
     uid="tierwatch-exporter",
     title="tierwatch / Exporter",
     description="The exporter itself: is it scraped, is its probe loop running, how long probes take, "
-    "circuit breaker states and how fresh each target's data is.",
+    "circuit breaker states, how fresh each target's data is, and the CPU, memory, file descriptors and "
+    "garbage collections of the exporter and the recovery service.",
     tiers=".*",
     rows=(
         Row(
@@ -1336,6 +1388,7 @@ EXPORTER = Dashboard(
                 ),
             ),
         ),
+        process_row('job=~"tierwatch|tierwatch-recovery"', "the exporter and the recovery service"),
     ),
 )
 

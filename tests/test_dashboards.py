@@ -15,8 +15,9 @@ rules modelled on grafana/dashboard-linter's (implemented here):
 - target-counter-agg: counters (and histogram series) appear only inside rate/irate/increase;
 - target variables (the linter's target-job/instance rules): every selector filters on each dashboard
   variable whose label its series carries;
-- known metrics: every metric is produced by the exporter or the recovery service (the catalogue), or
-  is a recording rule of rules/, or a Prometheus built-in (``ALERTS``, ``up``, ``scrape_duration_seconds``);
+- known metrics: every metric is produced by the exporter or the recovery service (the catalogue, or
+  one of prometheus-client's standard ``process_*``/``python_*`` families both export), or is a
+  recording rule of rules/, or a Prometheus built-in (``ALERTS``, ``up``, ``scrape_duration_seconds``);
 - runbook links: every panel link points at docs/runbooks/<Alert>.md of an alert of rules/ whose
   expression shares a metric with the panel, and every alert is linked from some panel;
 - uid: set, stable, unique; dashboards not editable.
@@ -60,6 +61,23 @@ BUILTIN_LABELS = {
     "ALERTS": {"alertname", "alertstate", "severity", "tier", "cluster"},
     "up": {"job", "instance"},
     "scrape_duration_seconds": {"job", "instance"},
+}
+# prometheus-client's standard collectors, which both kit services export (not in the catalogue):
+# name -> (kind, labels).
+CLIENT_SERIES: dict[str, tuple[str, set[str]]] = {
+    "process_cpu_seconds_total": ("counter", {"job", "instance"}),
+    "process_resident_memory_bytes": ("gauge", {"job", "instance"}),
+    "process_virtual_memory_bytes": ("gauge", {"job", "instance"}),
+    "process_open_fds": ("gauge", {"job", "instance"}),
+    "process_max_fds": ("gauge", {"job", "instance"}),
+    "process_start_time_seconds": ("gauge", {"job", "instance"}),
+    "python_info": (
+        "gauge",
+        {"job", "instance", "implementation", "major", "minor", "patchlevel", "version"},
+    ),
+    "python_gc_objects_collected_total": ("counter", {"job", "instance", "generation"}),
+    "python_gc_collections_total": ("counter", {"job", "instance", "generation"}),
+    "python_gc_objects_uncollectable_total": ("counter", {"job", "instance", "generation"}),
 }
 LEVEL_LABELS = {
     "cluster": {"cluster"},
@@ -200,6 +218,8 @@ def series_labels(name: str) -> set[str]:
     """The target/cluster labels a metric, recording rule or built-in carries."""
     if name in catalogue():
         return catalogue()[name][1]
+    if name in CLIENT_SERIES:
+        return CLIENT_SERIES[name][1]
     if name in rules()[0]:
         level = name.split(":")[0]
         labels = {"tier"}
@@ -325,14 +345,14 @@ def test_target_rate_interval_rule(file: str) -> None:
 def test_target_counter_agg_rule(file: str) -> None:
     for panel, target in targets(load(file)):
         for vs, function in selectors(parse(target["expr"])):
-            kind = catalogue().get(vs.name, ("gauge", set()))[0]
+            kind = catalogue().get(vs.name, CLIENT_SERIES.get(vs.name, ("gauge", set())))[0]
             if kind == "counter":
                 assert function in COUNTER_FUNCTIONS, f"{panel['title']}: counter {vs.name} outside rate()"
 
 
 @pytest.mark.parametrize("file", FILES)
 def test_every_metric_is_produced(file: str) -> None:
-    known = set(catalogue()) | set(rules()[0]) | set(BUILTIN_LABELS)
+    known = set(catalogue()) | set(rules()[0]) | set(BUILTIN_LABELS) | set(CLIENT_SERIES)
     for panel, target in targets(load(file)):
         for vs, _ in selectors(parse(target["expr"])):
             assert vs.name, f"{panel['title']}: selector without a metric name"
@@ -471,6 +491,9 @@ def test_lint_rules_catch_bad_queries() -> None:
     )
     assert function not in COUNTER_FUNCTIONS
     assert "tierwatch_no_such_metric" not in catalogue()
+    ((vs, function),) = list(selectors(parse("process_cpu_seconds_total")))
+    assert CLIENT_SERIES[vs.name][0] == "counter" and function is None
+    assert "process_open_fd" not in CLIENT_SERIES and series_labels("process_open_fds") == {"job", "instance"}
     assert series_labels("cluster_queue:tierwatch_queue_backlog:sum") == {"tier", "cluster", "queue"}
     assert series_labels("target:tierwatch_cache_hit:ratio_rate10m") == {
         "tier",

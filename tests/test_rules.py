@@ -38,6 +38,21 @@ ACTIONS = {
 }
 # Series Prometheus makes itself, not the exporter.
 PROMETHEUS_SERIES = {"up", "ALERTS", "ALERTS_FOR_STATE"}
+# prometheus-client's standard collectors, which both kit services export (not in the catalogue).
+CLIENT_SERIES = {
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+    "python_info",
+    "python_gc_objects_collected_total",
+    "python_gc_collections_total",
+    "python_gc_objects_uncollectable_total",
+}
+# Prefixes of the series checked against the catalogue or CLIENT_SERIES (a misspelt process_ name fails).
+CHECKED_PREFIXES = ("tierwatch_", "process_", "python_")
 # Alerts that cannot be silent: the dead man's switch fires by design.
 ALWAYS_FIRING = {"Watchdog"}
 RUNBOOK_SECTIONS = ("## What it means", "## How to check", "## What happens automatically", "## What to do")
@@ -179,7 +194,7 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
     names = set()
     for token in re.findall(r"(?<![\w:.])([a-zA-Z_:][\w:]*)\s*(?=[{\[)\s]|$|[-+*/<>=!])", expr):
-        if ":" in token or token.startswith("tierwatch_") or token in PROMETHEUS_SERIES:
+        if ":" in token or token.startswith(CHECKED_PREFIXES) or token in PROMETHEUS_SERIES:
             names.add(token)
     return names
 
@@ -194,6 +209,8 @@ def test_metric_name_extraction() -> None:
         "cluster:tierwatch_live_primaries:count",
         "up",
     }
+    expr = "predict_linear(process_open_fds[1h], 14400) / process_max_fd >= 1 and time() > 0"
+    assert metric_names(expr) == {"process_open_fds", "process_max_fd"}
 
 
 def test_every_metric_in_the_rules_is_produced() -> None:
@@ -211,6 +228,10 @@ def test_every_metric_in_the_rules_is_produced() -> None:
                 missing.append(f"{name} (recording rule, used in {sorted(files)}) is not defined")
             continue
         if name in PROMETHEUS_SERIES:
+            continue
+        if name.startswith(("process_", "python_")):
+            if name not in CLIENT_SERIES:
+                missing.append(f"{name} (used in {sorted(files)}) is not a prometheus-client series")
             continue
         base = re.sub(r"_(bucket|count|sum)$", "", name)
         spec = CATALOG.get(name) or CATALOG.get(base)
