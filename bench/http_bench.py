@@ -452,6 +452,57 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def _client_cpu_per_get(kind: str, urls: list[str], rounds: int) -> float:
+    """CPU seconds of this process per GET: one kept-alive client per URL (as the probes hold them),
+    ``rounds`` rounds of one concurrent GET per URL, after a round that opens the connections."""
+    from tierwatch.clients.http import HttpClient, HttpRules, ssl_context
+
+    tls, rules = ssl_context(None, True), HttpRules()
+    if kind == "tierwatch":
+        ours = [HttpClient(10.0, tls) for _ in urls]
+
+        async def get(i: int) -> None:
+            await ours[i].check(urls[i], rules)
+
+        async def close() -> None:
+            await asyncio.gather(*(c.close() for c in ours))
+    else:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        headers = {"User-Agent": "tierwatch", "Accept-Encoding": "identity"}
+        theirs = [
+            httpx.AsyncClient(timeout=10.0, limits=limits, verify=tls, trust_env=False, headers=headers)
+            for _ in urls
+        ]
+
+        async def get(i: int) -> None:
+            async with theirs[i].stream("GET", urls[i]) as response:
+                await response.aread()
+                assert response.status_code == 200
+
+        async def close() -> None:
+            await asyncio.gather(*(c.aclose() for c in theirs))
+
+    await asyncio.gather(*(get(i) for i in range(len(urls))))
+    began = time.process_time()
+    for _ in range(rounds):
+        await asyncio.gather(*(get(i) for i in range(len(urls))))
+    spent = time.process_time() - began
+    await close()
+    return spent / (rounds * len(urls))
+
+
+def client_cpu(args: argparse.Namespace) -> None:
+    """``--client-cpu``: CPU per GET of the probes' HTTP client and of httpx, alone in this process."""
+    with Stack(keep=args.keep) as stack:
+        backends = [start_http_backend(stack, f"backend-{i}") for i in range(args.backends)]
+        urls = [
+            f"http://127.0.0.1:{backends[i % len(backends)].port}/health?t={i}" for i in range(args.targets)
+        ]
+        for kind in ("httpx", "tierwatch", "httpx", "tierwatch"):
+            per_get = asyncio.run(_client_cpu_per_get(kind, urls, args.client_rounds))
+            print(f"{kind:>10}: {1e6 * per_get:6.0f} µs CPU per GET, {len(urls)} concurrent kept-alive GETs")
+
+
 def _blackbox_version() -> str:
     import subprocess
 
@@ -506,10 +557,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short run: 2 s interval, 10 s window")
     parser.add_argument("--output", type=Path, help=f"JSON results (default {RESULTS}; none with --quick)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (configs, logs)")
+    parser.add_argument(
+        "--client-cpu",
+        action="store_true",
+        help="only measure CPU per GET of tierwatch's HTTP client and of httpx, in this process",
+    )
+    parser.add_argument("--client-rounds", type=int, default=20, help="rounds of GETs for --client-cpu")
     parser.add_argument("--driver", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.driver:
         run_driver(args.driver)
+        return
+    if args.client_cpu:
+        client_cpu(args)
         return
     if args.quick:
         args.interval, args.duration, args.warmup, args.scrapes = 2.0, 10.0, 1, 50

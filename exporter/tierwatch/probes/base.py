@@ -65,6 +65,9 @@ class Observation:
     role: str | None = None
     samples: list[Sample] = field(default_factory=list)
     peer_samples: dict[str, list[Sample]] = field(default_factory=dict)
+    # the probe's own timing of its exchange (from connecting or writing the request to the answer),
+    # when it has one: the monitor records it rather than the time until the loop resumed the probe
+    io_seconds: float | None = None
 
     def add(self, spec: MetricSpec, value: float, *labels: str) -> None:
         """Record ``value`` for ``spec`` with the spec's own label values, in order."""

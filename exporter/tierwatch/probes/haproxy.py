@@ -177,6 +177,7 @@ class HAProxyProbe(Probe):
         health, stats = await both(self._http.probe(), self._stats())
         if stats is not None:
             add_stats(health, stats)
+            health.io_seconds = None  # the stats read is part of the probe: the monitor's timing
         return health
 
     async def _stats(self) -> ShowStat | None:

@@ -43,7 +43,7 @@ class HttpProbe(Probe):
             answer = await self._client.get(self.info.target.url, self.rules)
         except HttpFailure as exc:
             raise ProbeFailure(exc.reason, str(exc)) from exc
-        observation = Observation()
+        observation = Observation(io_seconds=answer.elapsed)
         self.check_answer(answer, observation)
         return observation
 

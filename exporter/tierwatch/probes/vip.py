@@ -70,7 +70,7 @@ class VipProbe:
             await self.close()
             return VipResult(False, None, time.perf_counter() - start)
         served_by = answer.headers.get(self.header.lower())
-        return VipResult(True, served_by if served_by in names else None, time.perf_counter() - start)
+        return VipResult(True, served_by if served_by in names else None, answer.elapsed)
 
     async def close(self) -> None:
         """Release the client."""
