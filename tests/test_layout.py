@@ -20,11 +20,12 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"foundation"},
     "clients": {"foundation", "config"},
     "probes": {"foundation", "config", "clients"},
-    "exporter": {"foundation", "config", "clients", "probes", "http"},
+    "discovery": {"foundation", "config"},
+    "exporter": {"foundation", "config", "clients", "probes", "discovery", "http"},
     "http": {"foundation"},
     "recovery": {"foundation", "config", "clients", "http"},
-    "cli": {"foundation", "config", "exporter", "recovery", "http"},
-    "lab": {"foundation", "config", "clients", "probes", "exporter", "recovery", "http", "cli"},
+    "cli": {"foundation", "config", "exporter", "discovery", "recovery", "http"},
+    "lab": {"foundation", "config", "clients", "probes", "discovery", "exporter", "recovery", "http", "cli"},
 }
 EXPORTER = {"monitor", "breaker", "metrics", "server", "status_page"}
 
@@ -41,7 +42,7 @@ def room_of(module: str) -> str:
         return "exporter"
     if head in ("http_server", "web_config"):
         return "http"
-    if head in ("config", "clients", "probes", "recovery", "lab", "cli"):
+    if head in ("config", "clients", "probes", "discovery", "recovery", "lab", "cli"):
         return head
     raise AssertionError(f"module {module} is in no room: add it to tests/test_layout.py and the doc")
 

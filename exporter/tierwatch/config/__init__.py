@@ -1,6 +1,7 @@
 """The tierwatch config: one YAML file, validated into typed settings.
 
 - ``exporter``: the monitor, the clusters and their targets, loading and error reporting;
+- ``discovery``: a cluster's ``discovery:`` list (file_sd, dns_sd) and its load-time checks;
 - ``recovery``: the ``recovery:`` section of ``tierwatch recover``;
 - ``yaml_file``: reading the file within limits (1 MiB, UTF-8, 32 levels, no duplicate keys);
 - ``secrets``: the one reader of password and token files, used at load time.
@@ -8,6 +9,7 @@
 Config imports nothing from the rest of the package except ``durations`` and the action catalogue.
 """
 
+from .discovery import DiscoveryConfig, DnsSDConfig, FileSDConfig
 from .exporter import (
     BreakerSettings,
     ClusterConfig,
@@ -21,6 +23,7 @@ from .exporter import (
     TargetConfig,
     TierwatchConfig,
     load_config,
+    target_url_problem,
 )
 from .recovery import ClusterRecovery, RecoverySettings
 
@@ -29,6 +32,9 @@ __all__ = [
     "ClusterConfig",
     "ClusterRecovery",
     "ConfigError",
+    "DiscoveryConfig",
+    "DnsSDConfig",
+    "FileSDConfig",
     "LoadedConfig",
     "LogSettings",
     "MonitorSettings",
@@ -39,4 +45,5 @@ __all__ = [
     "TargetConfig",
     "TierwatchConfig",
     "load_config",
+    "target_url_problem",
 ]

@@ -16,9 +16,19 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from ..durations import parse_duration
+from .discovery import DiscoveryConfig, discovery_problems
 from .recovery import RecoverySettings
 from .secrets import Secret, SecretError, read_secret_env, read_secret_file
 from .yaml_file import YamlFileError, read_yaml_file
@@ -104,13 +114,24 @@ class QueueConfig(_Strict):
 class ClusterConfig(_Strict):
     name: Name
     tier: Tier
-    targets: Annotated[list[TargetConfig], Field(min_length=1)]
+    # targets found at run time (config/discovery.py); declared before targets, which it makes optional
+    discovery: list[DiscoveryConfig] = []
+    targets: list[TargetConfig] = Field(default_factory=list, validate_default=True)
     vip: str | None = None
     vip_header: str = "X-Served-By"
     password_file: str | None = None
     password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     sentinel: SentinelConfig | None = None
     queues: list[QueueConfig] = []
+
+    @field_validator("targets")
+    @classmethod
+    def _some_targets(cls, value: list[TargetConfig], info: ValidationInfo) -> list[TargetConfig]:
+        if not value and not info.data.get("discovery"):
+            raise PydanticCustomError(
+                "too_short", "List should have at least 1 item (or the cluster a discovery list)"
+            )
+        return value
 
 
 class LogSettings(_Strict):
@@ -300,6 +321,7 @@ def _semantic_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...
                 problem = _url_problem(cluster.vip, URL_SCHEMES["lb"])
                 if problem:
                     yield ("clusters", ci, "vip"), problem
+        yield from discovery_problems(cluster.tier, ("clusters", ci, "discovery"), cluster.discovery)
         if cluster.sentinel is not None and cluster.tier != "redis":
             yield ("clusters", ci, "sentinel"), "sentinel is only valid on a cluster of tier redis"
         if cluster.queues and cluster.tier != "redis":
@@ -368,6 +390,12 @@ def _recovery_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...
 
 
 _PASSWORD_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
+def target_url_problem(tier: str, url: str) -> str | None:
+    """What is wrong with a target's ``url`` for ``tier`` (scheme, password, host, port), by the rules
+    of the static targets; used on discovered targets. Never repeats the URL."""
+    return _url_problem(url, URL_SCHEMES[tier])
 
 
 def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:

@@ -20,6 +20,7 @@ EXTRA_METRIC_MODULES: tuple[str, ...] = (
     "tierwatch.probes.vip",
     "tierwatch.probes.queues",
     "tierwatch.recovery.metrics",
+    "tierwatch.discovery.metrics",
 )
 
 
