@@ -29,12 +29,19 @@ def _check_config(args: argparse.Namespace) -> int:
         return 1
     cfg = loaded.config
     targets = sum(len(c.targets) + (len(c.sentinel.targets) if c.sentinel else 0) for c in cfg.clusters)
-    print(f"{args.file}: OK ({len(cfg.clusters)} clusters, {targets} targets)")
+    sources = sum(len(c.discovery) for c in cfg.clusters)
+    found = f", {sources} discovery sources" if sources else ""
+    print(f"{args.file}: OK ({len(cfg.clusters)} clusters, {targets} targets{found})")
     return 0
 
 
 def _run_service(command: str, config: str, main: Callable[[LoadedConfig], Coroutine[Any, Any, None]]) -> int:
     """Load ``config`` (listing every problem on failure), then run ``main`` until it returns."""
+    import signal
+
+    # SIGHUP reloads once the service runs (its handler replaces this); while it starts, SIGHUP's
+    # default would kill it
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     loaded = _load(config)
     if loaded is None:
         return 1

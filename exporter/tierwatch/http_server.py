@@ -9,13 +9,14 @@ import contextlib
 import resource
 import signal
 import ssl
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .web_config import WebConfig
+from .events import LEVELS, EventLog
+from .web_config import WebConfig, _reason
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -155,6 +156,59 @@ class GuardedH11Protocol(H11Protocol):
             self._counted = False
             self.guard.open -= 1
         super().connection_lost(exc)
+
+
+# --- reload (SIGHUP and POST /-/reload, both services) ----------------------------------------------
+
+
+def log_reload_problems(events: EventLog, source: str, problems: Sequence[str]) -> None:
+    """One ``config_problem`` event per problem (the loader's ``FILE:LINE: key.path: expectation``
+    lines, secret-free), then ``config_reload_failed``."""
+    for problem in problems:
+        events.emit("config_problem", "error", problem=problem)
+    events.emit("config_reload_failed", "error", source=source, problems=len(problems), then="kept_running")
+
+
+def apply_log_settings(events: EventLog, fmt: str, level: str) -> None:
+    """A reloaded ``log.format`` and ``log.level`` apply at once."""
+    events.fmt = fmt
+    events.min_level = LEVELS[level]
+
+
+def renew_certificate(web: WebConfig | None) -> str | None:
+    """Load the TLS certificate and key again from their files into the running listener's context
+    (a renewed certificate; new handshakes use it). Blocking (file reads): call it in a thread.
+    Returns a problem, secret-free, if the files cannot be used; the running certificate is kept then."""
+    if web is None or web.tls is None or web.context is None:
+        return None
+    tls = web.tls
+    try:
+        tls.ssl_context()  # the files must work on their own before the live context is touched
+        web.context.load_cert_chain(tls.cert_file, tls.key_file, password=lambda: b"")
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return f"{web.source}: cannot use the certificate and key again: {_reason(exc)}"
+    return None
+
+
+def install_reload_signal(reload: Callable[[], Awaitable[object]]) -> Callable[[], None]:
+    """Run ``reload()`` on each SIGHUP (instead of dying, SIGHUP's default) until the returned
+    function is called."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[object]] = set()
+
+    def on_hangup() -> None:
+        task = loop.create_task(reload())  # type: ignore[arg-type]
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+
+    def remove() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+        for task in tasks:
+            task.cancel()
+
+    return remove
 
 
 class _Server(uvicorn.Server):

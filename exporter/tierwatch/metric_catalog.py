@@ -126,6 +126,22 @@ TARGETS = metric(
     section="exporter",
 )
 
+CONFIG_RELOAD_SUCCESSFUL = metric(
+    "tierwatch_config_last_reload_successful",
+    "gauge",
+    "1 if the last configuration reload (SIGHUP or POST /-/reload) succeeded, else 0 (the previous config "
+    "keeps running); 1 at start.",
+    scope="exporter",
+    section="exporter",
+)
+CONFIG_RELOAD_TIME = metric(
+    "tierwatch_config_last_reload_success_timestamp_seconds",
+    "gauge",
+    "Unix time of the last successful configuration load (the start, or a reload).",
+    scope="exporter",
+    section="exporter",
+)
+
 FAILURE_REASONS: tuple[str, ...] = ("timeout", "refused", "auth", "protocol", "error")
 CIRCUIT_STATES: tuple[str, ...] = ("closed", "open", "half_open")
 ROLES_BY_TIER: dict[str, tuple[str, ...]] = {

@@ -26,6 +26,8 @@ from .metric_catalog import (
     BUILD_INFO,
     CIRCUIT_STATE,
     CIRCUIT_STATES,
+    CONFIG_RELOAD_SUCCESSFUL,
+    CONFIG_RELOAD_TIME,
     FAILURE_REASONS,
     LAST_PROBE,
     PROBE_BUCKETS,
@@ -153,6 +155,12 @@ class TierwatchCollector(Collector):
             for status in TARGET_STATUSES:
                 _add(targets, [tier, status], by_tier_state.get((tier, status), 0))
         yield targets
+        reloaded = family(CONFIG_RELOAD_SUCCESSFUL)
+        _add(reloaded, [], 1.0 if self.monitor.last_reload_successful else 0.0)
+        yield reloaded
+        reload_time = family(CONFIG_RELOAD_TIME)
+        _add(reload_time, [], self.monitor.last_reload_success_time)
+        yield reload_time
 
 
 class _TailCollector(Collector):
@@ -237,12 +245,17 @@ class ReadyExposition:
         self._bodies: dict[str, tuple[int, bytes]] = {}
         self.refresh_all()
         monitor.on_change.append(self.refresh)
+        monitor.on_remove.append(self.forget)
 
     def refresh(self, state: TargetState) -> None:
         """Render one target's lines again (called by the monitor when the target's state changed)."""
         for sample in state.samples:
             self._specs.setdefault(sample.spec.name, sample.spec)
         self._lines[state.info.name] = render_target(state)
+
+    def forget(self, name: str) -> None:
+        """Drop a target's lines (called by the monitor when a reload removed it)."""
+        self._lines.pop(name, None)
 
     def refresh_all(self) -> None:
         """Render every target's lines (at start, or after changing states by hand)."""

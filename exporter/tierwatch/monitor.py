@@ -8,19 +8,25 @@ latency would be the event loop's queue, not the target's.
 
 Nothing that reads the state ever waits on a target: a probe writes its result into ``TargetState``
 when it finishes, and readers see whatever the last finished probe left there.
+
+``Monitor.apply`` swaps in a new config while the loop runs (a reload, or target discovery through
+``apply_cluster``): targets whose probe settings did not change keep their probe (connections), their
+state (breaker, counters, histogram) and their slot; see its docstring for the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .breaker import CircuitBreaker
-from .config import ClusterConfig, LoadedConfig
+from .config import ClusterConfig, LoadedConfig, Secret, TargetConfig
 from .events import EventLog
 from .metric_catalog import FAILURE_REASONS, PROBE_BUCKETS
 from .probes import Observation, Probe, Sample, TargetInfo, probe_class
@@ -71,6 +77,33 @@ def schedule_offset(name: str, interval: float) -> float:
     return int.from_bytes(digest, "big") / 2**64 * interval
 
 
+# tiers whose probes use the cluster's membership (a primary names its replicas by address, a
+# Sentinel its master): a change of the cluster's target list rebuilds their probes
+MEMBERSHIP_TIERS = frozenset({"redis", "sentinel", "postgres"})
+
+
+def cluster_members(cluster: ClusterConfig) -> Iterator[tuple[str, TargetConfig]]:
+    """(tier, target) of every target of a cluster, its Sentinels included."""
+    for target in cluster.targets:
+        yield cluster.tier, target
+    if cluster.sentinel is not None:
+        for target in cluster.sentinel.targets:
+            yield "sentinel", target
+
+
+def probe_settings(info: TargetInfo) -> tuple[Any, ...]:
+    """Everything a target's probe is built from. A reload keeps the probe (and its connections)
+    while this is equal; compared in memory only, never shown (it holds the password)."""
+    cluster: Any = info.cluster if info.tier in MEMBERSHIP_TIERS else info.cluster.name
+    password = info.password.reveal() if info.password is not None else None
+    return (info.tier, info.target, password, info.timeout, cluster)
+
+
+def _endpoint(info: TargetInfo) -> tuple[Any, ...]:
+    """What the breaker's verdict is about: the target's own address and credentials."""
+    return (info.target, info.password.reveal() if info.password is not None else None)
+
+
 @dataclass
 class _Target:
     state: TargetState
@@ -78,6 +111,19 @@ class _Target:
     own_samples: list[Sample] = field(default_factory=list)
     peer_samples: dict[str, list[Sample]] = field(default_factory=dict)
     reported_to: set[str] = field(default_factory=set)  # peers whose inbox holds this target's samples
+    in_flight: Probe | None = None  # the probe a run in progress uses (a reload may replace .probe)
+    removed: bool = False  # dropped by a reload: its in-flight probe publishes nothing
+    retired: list[Probe] = field(default_factory=list)  # replaced while in flight: closed after it
+
+
+@dataclass
+class ApplyResult:
+    """What ``Monitor.apply`` did, by target name."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # same series, new probe (new connections)
+    kept: list[str] = field(default_factory=list)  # probe, connections and state untouched
 
 
 @dataclass
@@ -87,6 +133,7 @@ class ClusterState:
     config: ClusterConfig
     vip: VipResult | None = None
     vip_probe: VipProbe | None = None
+    retired: list[VipProbe] = field(default_factory=list)  # replaced while in flight: closed after it
 
 
 @dataclass
@@ -116,6 +163,7 @@ class Monitor:
         self.interval = cfg.monitor.interval
         self.timeout = cfg.monitor.timeout
         self.max_concurrency = cfg.monitor.max_concurrency
+        self.breaker_settings = cfg.circuit_breaker
         self.events = events or EventLog.from_settings(cfg.log)
         self._clock = clock
         self._wall = wall_clock
@@ -124,38 +172,27 @@ class Monitor:
         self.version = 0  # bumped whenever any state a reader can see changes
         self.last_round_duration: float | None = None
         self.first_round_done = asyncio.Event()
+        # the last reload (or the start): did it succeed, and when did one last succeed (wall clock)
+        self.last_reload_successful = True
+        self.last_reload_success_time = wall_clock()
         self._targets: list[_Target] = []
+        self._by_name: dict[str, _Target] = {}
+        self._cluster_targets: dict[str, list[_Target]] = {}
         self.clusters: dict[str, ClusterState] = {}
         self._slots: list[_Slot] = []
-        for cluster in cfg.clusters:
-            password = loaded.password_for(cluster.name)
-            members = [(cluster.tier, t) for t in cluster.targets]
-            if cluster.sentinel is not None:
-                members += [("sentinel", t) for t in cluster.sentinel.targets]
-            for tier, target in members:
-                info = TargetInfo(tier, cluster, target, password, self.timeout)
-                breaker = CircuitBreaker(
-                    cfg.circuit_breaker.failure_threshold, cfg.circuit_breaker.reset_timeout, clock
-                )
-                job = _Target(TargetState(info, breaker), probe_class(tier)(info))
-                self._targets.append(job)
-                self._slots.append(_Slot(target.name, schedule_offset(target.name, self.interval), job))
-            state = ClusterState(cluster)
-            if cluster.vip:
-                state.vip_probe = VipProbe(cluster, self.timeout)
-                name = f"vip:{cluster.name}"
-                self._slots.append(_Slot(name, schedule_offset(name, self.interval), cluster=state))
-            self.clusters[cluster.name] = state
-        self._by_name = {t.state.info.name: t for t in self._targets}
-        self._cluster_targets: dict[str, list[_Target]] = {}
-        for t in self._targets:
-            self._cluster_targets.setdefault(t.state.info.cluster.name, []).append(t)
+        self._slots_changed = asyncio.Event()  # set by apply: the run loop re-reads the slots
+        self._passwords: dict[str, Secret | None] = {}
         # samples other targets of the cluster reported about a target: target -> source -> samples
-        self._inbox: dict[str, dict[str, list[Sample]]] = {t.state.info.name: {} for t in self._targets}
+        self._inbox: dict[str, dict[str, list[Sample]]] = {}
+        self._orphans: set[Probe | VipProbe] = set()  # replaced or removed while in flight
         self._limit: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         # called with a target's state whenever what a reader sees of it changed (after its probe, or
         # a peer's report, or a VIP role); /metrics renders that target's lines there, not on a scrape
         self.on_change: list[Callable[[TargetState], None]] = []
+        # called with a target's name when a reload removed it (its series must go)
+        self.on_remove: list[Callable[[str], None]] = []
+        self._passwords = {c.name: loaded.password_for(c.name) for c in cfg.clusters}
+        self._reconcile(cfg.clusters)
 
     @property
     def states(self) -> list[TargetState]:
@@ -165,6 +202,184 @@ class Monitor:
     def schedule(self) -> list[tuple[float, str]]:
         """Every job's (offset in the interval, name), earliest first; VIP jobs are ``vip:CLUSTER``."""
         return sorted((slot.offset, slot.name) for slot in self._slots)
+
+    # --- reload ------------------------------------------------------------------------------------
+
+    async def apply(
+        self, loaded: LoadedConfig, targets: Mapping[str, Sequence[TargetConfig]] | None = None
+    ) -> ApplyResult:
+        """Run ``loaded`` from now on, without stopping the loop (a reload).
+
+        Targets are matched by name. A target whose labels (tier, cluster, target, region) and probe
+        settings (``probe_settings``: its own keys, password, ``monitor.timeout``, and for Redis,
+        Sentinel and PostgreSQL its cluster's settings and members) are unchanged keeps its probe and
+        connections, its state (breaker, counters, histogram) and its slot, so it loses no probe.
+        Same labels with other probe settings: a new probe (the old one is closed once idle), the
+        counters and histogram go on, the breaker starts closed again if the target's own keys or
+        password changed. Other labels, or gone: removed, its series disappear; new targets get
+        their slot (probed at once if it already passed in the current interval). ``monitor.interval``
+        applies from the next interval, ``timeout`` from the next probe, ``max_concurrency`` to probes
+        not yet started, ``circuit_breaker`` to every breaker at once (its state kept).
+
+        ``targets`` (cluster name -> its full target list) replaces the file's list of those clusters:
+        target discovery's current lists, so a reload does not drop and re-add discovered targets."""
+        cfg = loaded.config
+        self.loaded = loaded
+        self.interval = cfg.monitor.interval
+        self.timeout = cfg.monitor.timeout
+        if cfg.monitor.max_concurrency != self.max_concurrency:
+            self.max_concurrency = cfg.monitor.max_concurrency
+            self._limit = None  # a new semaphore for the probes that start from now on
+        self.breaker_settings = cfg.circuit_breaker
+        for job in self._targets:
+            job.state.breaker.failure_threshold = cfg.circuit_breaker.failure_threshold
+            job.state.breaker.reset_timeout = cfg.circuit_breaker.reset_timeout
+        self._passwords = {c.name: loaded.password_for(c.name) for c in cfg.clusters}
+        overrides = targets or {}
+        clusters = [
+            c.model_copy(update={"targets": list(overrides[c.name])}) if c.name in overrides else c
+            for c in cfg.clusters
+        ]
+        result, idle = self._reconcile(clusters)
+        await self._close_probes(idle)
+        return result
+
+    async def apply_targets(self, cluster_name: str, targets: Sequence[TargetConfig]) -> ApplyResult:
+        """Replace the targets of one configured cluster (target discovery) by the same rules as
+        ``apply``; the rest of the config is untouched. Raises KeyError for an unknown cluster and
+        ValueError when a name is already a target of another cluster (names are unique labels).
+        A later ``apply`` (a reload) runs the file's target lists again."""
+        current = self.clusters[cluster_name].config
+        others = {t.name for c in self.clusters.values() for _, t in cluster_members(c.config)}
+        others -= {t.name for t in current.targets}  # the list being replaced (its Sentinels stay)
+        counts = collections.Counter(t.name for t in targets)
+        clash = sorted({name for name, count in counts.items() if count > 1 or name in others})
+        if clash:
+            raise ValueError(f"cluster {cluster_name}: target names not unique: {', '.join(clash)}")
+        replaced = current.model_copy(update={"targets": list(targets)})
+        clusters = [replaced if c.config.name == cluster_name else c.config for c in self.clusters.values()]
+        result, idle = self._reconcile(clusters)
+        await self._close_probes(idle)
+        return result
+
+    def _new_breaker(self) -> CircuitBreaker:
+        settings = self.breaker_settings
+        return CircuitBreaker(settings.failure_threshold, settings.reset_timeout, self._clock)
+
+    def _reconcile(self, clusters: Sequence[ClusterConfig]) -> tuple[ApplyResult, list[Probe | VipProbe]]:
+        """Make ``clusters`` the running set, synchronously (no probe can interleave); returns what
+        changed and the replaced probes that are idle now (to be closed by the caller). Probes in
+        flight are closed when their run ends."""
+        old_slots = {slot.name: slot for slot in self._slots}
+        result = ApplyResult()
+        idle: list[Probe | VipProbe] = []
+        targets: list[_Target] = []
+        slots: list[_Slot] = []
+        cluster_states: dict[str, ClusterState] = {}
+
+        def retire(job: _Target) -> None:
+            if job.in_flight is not None:
+                job.retired.append(job.probe)
+                self._orphans.add(job.probe)
+            else:
+                idle.append(job.probe)
+
+        for cluster in clusters:
+            password = self._passwords.get(cluster.name)
+            for tier, target in cluster_members(cluster):
+                info = TargetInfo(tier, cluster, target, password, self.timeout)
+                job = self._by_name.get(target.name)
+                if job is not None and job.state.info.labels == info.labels:
+                    before = job.state.info
+                    if probe_settings(before) == probe_settings(info):
+                        job.probe.info = info  # equal but for the cluster's other members
+                        result.kept.append(target.name)
+                    else:
+                        retire(job)
+                        job.probe = probe_class(tier)(info)
+                        if _endpoint(before) != _endpoint(info):
+                            job.state.breaker = self._new_breaker()
+                        result.changed.append(target.name)
+                    job.state.info = info
+                    slot = old_slots[target.name]
+                else:
+                    job = _Target(TargetState(info, self._new_breaker()), probe_class(tier)(info))
+                    slot = _Slot(target.name, schedule_offset(target.name, self.interval), job)
+                    result.added.append(target.name)
+                targets.append(job)
+                slots.append(slot)
+            state = self.clusters.get(cluster.name) or ClusterState(cluster)
+            before_cluster, state.config = state.config, cluster
+            name = f"vip:{cluster.name}"
+            vip_slot = old_slots.get(name)
+            vip_busy = vip_slot is not None and vip_slot.busy
+            same_vip = (before_cluster.vip, before_cluster.vip_header) == (cluster.vip, cluster.vip_header)
+            if state.vip_probe is not None and not (
+                cluster.vip and same_vip and state.vip_probe.timeout == self.timeout
+            ):
+                self._retire_vip(state, vip_busy, idle)
+            if cluster.vip:
+                if state.vip_probe is None:
+                    state.vip_probe = VipProbe(cluster, self.timeout)
+                slots.append(vip_slot or _Slot(name, schedule_offset(name, self.interval), cluster=state))
+            cluster_states[cluster.name] = state
+        for name, state in self.clusters.items():
+            if name not in cluster_states and state.vip_probe is not None:
+                slot = old_slots.get(f"vip:{name}")
+                self._retire_vip(state, slot is not None and slot.busy, idle)
+        live = {id(job) for job in targets}
+        for name, job in self._by_name.items():
+            if id(job) not in live:
+                job.removed = True
+                result.removed.append(name)
+                if job.in_flight is not None:
+                    self._orphans.add(job.probe)
+                else:
+                    idle.append(job.probe)
+
+        self._targets, self._slots, self.clusters = targets, slots, cluster_states
+        self._by_name = {job.state.info.name: job for job in targets}
+        self._cluster_targets = {}
+        for job in targets:
+            self._cluster_targets.setdefault(job.state.info.cluster.name, []).append(job)
+        gone = set(result.removed)
+        inbox = {name: self._inbox.get(name, {}) for name in self._by_name}
+        stale = [name for name, box in inbox.items() if gone & box.keys()]
+        for name in stale:
+            for source in gone & inbox[name].keys():
+                del inbox[name][source]
+        self._inbox = inbox
+        for job in targets:
+            job.reported_to -= gone
+        for name in result.removed:
+            for listener in self.on_remove:
+                listener(name)
+        for name in stale:
+            self._merge_samples(self._by_name[name])
+        for name in (*result.added, *result.changed):
+            self._changed(self._by_name[name].state)
+        self.version += 1
+        self._slots_changed.set()
+        return result, idle
+
+    def _retire_vip(self, state: ClusterState, busy: bool, idle: list[Probe | VipProbe]) -> None:
+        assert state.vip_probe is not None
+        if busy:
+            state.retired.append(state.vip_probe)
+            self._orphans.add(state.vip_probe)
+        else:
+            idle.append(state.vip_probe)
+        state.vip_probe, state.vip = None, None
+
+    async def _close_probes(self, probes: Sequence[Probe | VipProbe]) -> None:
+        """Close probes that no run uses any more; a failure to close is only logged."""
+        results = await asyncio.gather(*(p.close() for p in probes), return_exceptions=True)
+        for probe in probes:
+            self._orphans.discard(probe)
+        for failed in (r for r in results if isinstance(r, BaseException)):
+            self.events.emit("probe_close_failed", "warning", error=type(failed).__name__)
+
+    # --- running -----------------------------------------------------------------------------------
 
     async def run_round(self) -> None:
         """Probe every target once now, at most ``max_concurrency`` at a time; returns when every
@@ -178,29 +393,57 @@ class Monitor:
                 job.cancel()
         self._finish_round(started, overran=False)
 
+    def _respread(self, interval: float) -> None:
+        """New offsets for every job after the interval changed."""
+        for slot in self._slots:
+            slot.offset = schedule_offset(slot.name, interval)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set, start each job at its offset in every interval.
 
         A job whose previous run has not finished when its slot comes is skipped, and its round counts
         as overrun; when the loop fell more than an interval behind, the missed intervals are skipped.
+        A reload (``apply``) takes effect within the current interval: jobs already started in it are
+        not started again, new jobs whose offset already passed start at once, removed ones never;
+        a new ``monitor.interval`` applies from the next interval.
         """
         loop = asyncio.get_running_loop()
-        order = sorted(self._slots, key=lambda slot: slot.offset)
         stopped = asyncio.ensure_future(stop.wait())
+        reshaped: asyncio.Future[Any] = asyncio.ensure_future(self._slots_changed.wait())
         running: set[asyncio.Future[None]] = set()
+        interval = self.interval
         base = loop.time()
         cycle = 0
         try:
             while not stop.is_set():
-                cycle_start = base + cycle * self.interval
+                if self.interval != interval:  # a reload changed it: a new spread from this instant
+                    base, cycle, interval = base + cycle * interval, 0, self.interval
+                    self._respread(interval)
+                cycle_start = base + cycle * interval
                 launched: list[asyncio.Future[None]] = []
                 started, skipped = time.perf_counter(), 0
-                for slot in order:
+                done: set[int] = set()
+                self._slots_changed.clear()
+                order = sorted(self._slots, key=lambda slot: slot.offset)
+                index = 0
+                while index < len(order):
+                    slot = order[index]
+                    if slot.offset >= interval:  # added with a longer new interval: from the next one
+                        index += 1
+                        continue
                     delay = cycle_start + slot.offset - loop.time()
                     if delay > 0:
-                        await asyncio.wait({stopped}, timeout=delay)
+                        await asyncio.wait({stopped, reshaped}, timeout=delay)
                     if stop.is_set():
                         break
+                    if reshaped.done():  # a reload: carry on with the new set, minus what already ran
+                        self._slots_changed.clear()
+                        reshaped = asyncio.ensure_future(self._slots_changed.wait())
+                        order = sorted((s for s in self._slots if id(s) not in done), key=lambda s: s.offset)
+                        index = 0
+                        continue
+                    index += 1
+                    done.add(id(slot))
                     if slot.busy:
                         skipped += 1
                         continue
@@ -214,16 +457,17 @@ class Monitor:
                     running.add(job)
                     job.add_done_callback(running.discard)
                 cycle += 1
-                behind = loop.time() - (base + cycle * self.interval)
-                if behind > self.interval:
-                    missed = int(behind // self.interval)
+                behind = loop.time() - (base + cycle * interval)
+                if behind > interval:
+                    missed = int(behind // interval)
                     cycle += missed
                     self.overruns += missed
-                delay = base + cycle * self.interval - loop.time()
+                delay = base + cycle * interval - loop.time()
                 if delay > 0:
                     await asyncio.wait({stopped}, timeout=delay)
         finally:
             stopped.cancel()
+            reshaped.cancel()
             for job in list(running):
                 job.cancel()
             await asyncio.gather(*running, return_exceptions=True)
@@ -245,7 +489,9 @@ class Monitor:
         """Close every probe's connections."""
         probes: list[Probe | VipProbe] = [t.probe for t in self._targets]
         probes += [c.vip_probe for c in self.clusters.values() if c.vip_probe]
+        probes += list(self._orphans)
         await asyncio.gather(*(p.close() for p in probes), return_exceptions=True)
+        self._orphans.clear()
 
     async def _run_slot(self, slot: _Slot) -> None:
         """Run one job once it gets a concurrency slot; its latency is timed from then on."""
@@ -263,13 +509,23 @@ class Monitor:
             slot.busy = False
 
     async def _probe(self, target: _Target) -> None:
+        if target.removed:
+            return
+        probe = target.in_flight = target.probe  # a reload may replace .probe: this run keeps its own
         try:
             await self._probe_and_record(target)
         finally:
-            self._publish(target)
-            self.version += 1
+            target.in_flight = None
+            if not target.removed:
+                self._publish(target)
+                self.version += 1
+            done = [*target.retired, *([probe] if target.removed else [])]
+            target.retired = []
+            if done:
+                await self._close_probes(done)
 
     async def _probe_and_record(self, target: _Target) -> None:
+        probe = target.in_flight or target.probe
         state = target.state
         if not state.breaker.allow():
             target.own_samples, target.peer_samples = [], {}
@@ -281,10 +537,10 @@ class Monitor:
         state.last_probe = self._wall()
         try:
             async with asyncio.timeout(self.timeout):
-                observation = await target.probe.probe()
+                observation = await probe.probe()
         except Exception as exc:  # noqa: BLE001 - every failure of a probe is data
             state.observe_duration(time.perf_counter() - start)
-            await self._record_failure(target, exc)
+            await self._record_failure(target, probe, exc)
         else:
             elapsed = time.perf_counter() - start
             io = observation.io_seconds
@@ -307,7 +563,7 @@ class Monitor:
         state.last_error = None
         self._set_up(state, True, None)
 
-    async def _record_failure(self, target: _Target, exc: BaseException) -> None:
+    async def _record_failure(self, target: _Target, probe: Probe, exc: BaseException) -> None:
         state = target.state
         reason = classify_failure(exc)
         state.failures[reason] += 1
@@ -327,7 +583,7 @@ class Monitor:
             )
         try:
             async with asyncio.timeout(RESET_TIMEOUT):
-                await target.probe.reset()
+                await probe.reset()
         except Exception as reset_exc:  # noqa: BLE001 - a failed reset must not stop the loop
             self._event("probe_reset_failed", state, level="warning", error=type(reset_exc).__name__)
 
@@ -350,7 +606,7 @@ class Monitor:
         cluster = target.state.info.cluster
         affected = {source} | target.reported_to
         for peer in target.reported_to:
-            self._inbox[peer].pop(source, None)
+            self._inbox.get(peer, {}).pop(source, None)
         target.reported_to = set()
         for peer, samples in target.peer_samples.items():
             known = self._by_name.get(peer)
@@ -359,9 +615,11 @@ class Monitor:
                 target.reported_to.add(peer)
                 affected.add(peer)
         for name in affected:
-            self._merge_samples(self._by_name[name])
-        if self.clusters[cluster.name].vip is not None:
-            self._apply_vip_roles(self.clusters[cluster.name])
+            if name in self._by_name:
+                self._merge_samples(self._by_name[name])
+        cluster_state = self.clusters.get(cluster.name)
+        if cluster_state is not None and cluster_state.vip is not None:
+            self._apply_vip_roles(cluster_state)
 
     def _merge_samples(self, target: _Target) -> None:
         own = target.own_samples
@@ -384,15 +642,24 @@ class Monitor:
             listener(state)
 
     async def _probe_vip(self, cluster: ClusterState) -> None:
-        assert cluster.vip_probe is not None
+        probe = cluster.vip_probe  # a reload may replace or drop it meanwhile: this run keeps its own
+        if probe is None:
+            return
         names = {t.name for t in cluster.config.targets}
         start = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
-                cluster.vip = await cluster.vip_probe.probe(names)
+                result = await probe.probe(names)
         except TimeoutError:
-            await cluster.vip_probe.close()
-            cluster.vip = VipResult(False, None, time.perf_counter() - start)
+            await probe.close()
+            result = VipResult(False, None, time.perf_counter() - start)
+        finally:
+            if cluster.retired:
+                retired, cluster.retired = cluster.retired, []
+                await self._close_probes(retired)
+        if cluster.vip_probe is not probe:
+            return  # replaced by a reload: this result is about the old address
+        cluster.vip = result
         self._apply_vip_roles(cluster)
         self.version += 1
 

@@ -1,27 +1,98 @@
-"""``tierwatch serve``: the monitor loop plus HTTP endpoints /metrics, /health, /ready and /."""
+"""``tierwatch serve``: the monitor loop plus HTTP endpoints /metrics, /health, /ready, / and
+``POST /-/reload`` (also SIGHUP): re-read the config file and apply it without a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import time
 
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from .config import LoadedConfig
+from .config import ConfigError, LoadedConfig, load_config
 from .events import EventLog
-from .http_server import Receive, Scope, Send, header, respond, serve_app
+from .http_server import (
+    Receive,
+    Scope,
+    Send,
+    apply_log_settings,
+    header,
+    install_reload_signal,
+    log_reload_problems,
+    renew_certificate,
+    respond,
+    serve_app,
+)
 from .metrics import ReadyExposition
 from .monitor import Monitor
 from .status_page import render_status_page
 from .web_config import WebConfig
 
 
+class ExporterReloader:
+    """Reloads the exporter's config: the file at the running config's path, read by the same loader
+    as at start. A file with problems, a changed ``listen`` (unless ``--listen`` fixes it) or a
+    certificate that cannot be used is refused, and the running config goes on; otherwise
+    ``Monitor.apply`` runs it and the TLS certificate (``--web.config.file``) is loaded again."""
+
+    def __init__(
+        self, monitor: Monitor, events: EventLog, listen: str, listen_fixed: bool, web: WebConfig | None
+    ):
+        self.monitor = monitor
+        self.events = events
+        self.listen = listen
+        self.listen_fixed = listen_fixed
+        self.web = web
+        self._lock = asyncio.Lock()
+
+    async def reload(self, source: str) -> list[str]:
+        """Reload once (``source``: sighup or http); the problems that refused it, or [] on success."""
+        async with self._lock:
+            path = self.monitor.loaded.path
+            try:
+                loaded = await asyncio.to_thread(load_config, path)
+            except ConfigError as exc:
+                problems = exc.problems
+            else:
+                problems = []
+                if not self.listen_fixed and loaded.config.listen != self.listen:
+                    problems.append(
+                        f"{path}: listen: cannot change without a restart (serving on {self.listen})"
+                    )
+                if not problems:
+                    renewed = await asyncio.to_thread(renew_certificate, self.web)
+                    problems += [renewed] if renewed else []
+            monitor = self.monitor
+            if problems:
+                monitor.last_reload_successful = False
+                monitor.version += 1
+                log_reload_problems(self.events, source, problems)
+                return problems
+            result = await monitor.apply(loaded)
+            apply_log_settings(self.events, loaded.config.log.format, loaded.config.log.level)
+            monitor.last_reload_successful = True
+            monitor.last_reload_success_time = time.time()
+            monitor.version += 1
+            self.events.emit(
+                "config_reloaded",
+                source=source,
+                config=str(path),
+                targets=len(monitor.states),
+                added=len(result.added),
+                removed=len(result.removed),
+                changed=len(result.changed),
+                kept=len(result.kept),
+            )
+            return []
+
+
 class ExporterApp:
     """The exporter's ASGI application; every endpoint answers from memory, never from a target."""
 
-    def __init__(self, monitor: Monitor):
+    def __init__(self, monitor: Monitor, reloader: ExporterReloader | None = None):
         self.monitor = monitor
+        self.reloader = reloader
         self.exposition = ReadyExposition(monitor)
         # process_* and python_*: rendered on every scrape (cheap reads of /proc/self), after the rest
         self.standard = CollectorRegistry(auto_describe=False)
@@ -41,10 +112,21 @@ class ExporterApp:
             return
         method = scope["method"]
         head = method == "HEAD"
+        path = scope["path"]
+        if path == "/-/reload" and self.reloader is not None:
+            if method != "POST":
+                await respond(send, 405, "method not allowed: POST to reload\n", headers=[("allow", "POST")])
+                return
+            problems = await self.reloader.reload("http")
+            if problems:
+                text = "".join(f"{p}\n" for p in problems)
+                await respond(send, 500, f"config not reloaded, the previous one keeps running:\n{text}")
+            else:
+                await respond(send, 200, "config reloaded\n")
+            return
         if method not in ("GET", "HEAD"):
             await respond(send, 405, "method not allowed\n", headers=[("allow", "GET, HEAD")])
             return
-        path = scope["path"]
         if path == "/metrics":
             body, content_type = self.render_metrics(header(scope, "accept") or "")
             await respond(send, 200, body, content_type, head_only=head)
@@ -81,18 +163,22 @@ async def run_exporter(
     web: WebConfig | None = None,
 ) -> None:
     """Run the monitor and the HTTP server until SIGTERM/SIGINT, then close every connection;
-    ``web`` (``--web.config.file``) adds TLS and basic auth."""
+    SIGHUP and ``POST /-/reload`` reload the config (``ExporterReloader``); ``web``
+    (``--web.config.file``) adds TLS and basic auth (in front of /-/reload too)."""
     cfg = loaded.config
     events = events or EventLog.from_settings(cfg.log)
     monitor = Monitor(loaded, events)
+    address = listen or cfg.listen
+    reloader = ExporterReloader(monitor, events, address, listen is not None, web)
+    remove_reload_signal = install_reload_signal(lambda: reloader.reload("sighup"))
     settle_garbage_collector()
     stop = asyncio.Event()
-    address = listen or cfg.listen
     events.emit("exporter_started", listen=address, targets=len(monitor.states), config=str(loaded.path))
     loop_task = asyncio.create_task(monitor.run(stop))
     try:
-        await serve_app(ExporterApp(monitor), address, stop, web=web)
+        await serve_app(ExporterApp(monitor, reloader), address, stop, web=web)
     finally:
+        remove_reload_signal()
         stop.set()
         await loop_task
         await monitor.close()

@@ -91,3 +91,18 @@ CONNECTIONS_DROPPED = metric(
     scope="exporter",
     section="recovery",
 )
+CONFIG_RELOAD_SUCCESSFUL = metric(
+    "tierwatch_recovery_config_last_reload_successful",
+    "gauge",
+    "1 if the last configuration reload of the recovery service (SIGHUP or POST /-/reload) succeeded, else "
+    "0 (the previous config keeps running); 1 at start.",
+    scope="exporter",
+    section="recovery",
+)
+CONFIG_RELOAD_TIME = metric(
+    "tierwatch_recovery_config_last_reload_success_timestamp_seconds",
+    "gauge",
+    "Unix time of the recovery service's last successful configuration load (the start, or a reload).",
+    scope="exporter",
+    section="recovery",
+)

@@ -9,6 +9,10 @@ the point of no return; an attempt that ends before it gives it back.
 
 Nothing here blocks the event loop on the disk: inbox writes run in a thread, audit records are
 written by the audit's own thread.
+
+SIGHUP and ``POST /-/reload`` (authenticated like the webhook) re-read the config: clusters, allow-list,
+limits, per-cluster settings and secrets (a rotated token) apply to the next alert; an action under way
+keeps the settings it started with. ``state_dir``, ``listen`` and ``tls`` files cannot change live.
 """
 
 from __future__ import annotations
@@ -34,9 +38,21 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from ..action_catalog import INSTANCE_ACTIONS
-from ..config import ClusterConfig, LoadedConfig, RecoverySettings
+from ..config import ClusterConfig, ConfigError, LoadedConfig, RecoverySettings, load_config
 from ..events import EventLog
-from ..http_server import ConnectionGuard, Receive, Scope, Send, header, respond, serve_app
+from ..http_server import (
+    ConnectionGuard,
+    Receive,
+    Scope,
+    Send,
+    apply_log_settings,
+    header,
+    install_reload_signal,
+    log_reload_problems,
+    renew_certificate,
+    respond,
+    serve_app,
+)
 from ..metric_catalog import MetricSpec
 from ..web_config import BasicAuthChecker, TlsServerConfig, WebConfig, basic_credentials
 from . import metrics as m
@@ -98,6 +114,10 @@ class RecoveryMetrics:
         self.duration = _gauge(m.ACTION_DURATION, r)
         self.truncated = _counter(m.TRUNCATED_ALERTS, r)
         self.dropped = _counter(m.CONNECTIONS_DROPPED, r)
+        self.reload_ok = _gauge(m.CONFIG_RELOAD_SUCCESSFUL, r)
+        self.reload_time = _gauge(m.CONFIG_RELOAD_TIME, r)
+        self.reload_ok.set(1)
+        self.reload_time.set(time.time())
         for result in NOTIFICATION_RESULTS:
             self.notifications.labels(result)
         for reason in ("read_timeout", "evicted", "over_limit"):
@@ -136,6 +156,12 @@ class RecoveryService:
         self._running: dict[str, _Running] = {}
         self._wake = asyncio.Event()
         self.ready = False
+        # what a reload may not change or must keep (set by run_recovery)
+        self.listen: str | None = None  # the address served, unless --listen fixed it
+        self.forced_dry_run = False  # --dry-run
+        self.web: WebConfig | None = None
+        self.guard: ConnectionGuard | None = None
+        self._reload_lock = asyncio.Lock()
 
     # --- webhook -----------------------------------------------------------------------------------
 
@@ -161,6 +187,19 @@ class RecoveryService:
                 return
             entries = await asyncio.to_thread(self.audit.tail, AUDIT_ENTRIES)
             await respond(send, 200, json.dumps(entries) + "\n", "application/json")
+        elif path == "/-/reload" and method == "POST":
+            if not self.auth.check(header(scope, "authorization")):
+                extra = [("www-authenticate", f'{self.auth.scheme} realm="tierwatch"')]
+                await respond(send, 401, '{"error": "unauthorized"}\n', "application/json", extra)
+                return
+            problems = await self.reload("http")
+            if problems:
+                body = {"status": "not reloaded, the previous config keeps running", "problems": problems}
+                await respond(send, 500, json.dumps(body) + "\n", "application/json")
+            else:
+                await respond(send, 200, '{"status": "reloaded"}\n', "application/json")
+        elif path == "/-/reload":
+            await respond(send, 405, "method not allowed: POST to reload\n", headers=[("allow", "POST")])
         elif path in ("/webhook", "/metrics", "/health", "/ready", "/audit"):
             await respond(send, 405, "method not allowed\n")
         else:
@@ -272,10 +311,12 @@ class RecoveryService:
         task.add_done_callback(lambda _t, key=alert.key: self._running.pop(key, None))
 
     async def _run_alert(self, alert: InboxAlert, resumed: bool) -> None:
+        # the settings at the start: a reload meanwhile does not change an action under way
+        settings, loaded = self.settings, self.loaded
         labels = alert.labels
         cluster_name = labels.get("cluster", "")
         cluster = self.clusters.get(cluster_name)
-        allowed = self.settings.allowed(alert.alertname)
+        allowed = settings.allowed(alert.alertname)
         action_name = allowed.action if allowed else None
         tier = labels.get("tier") or (cluster.tier if cluster else "")
         base = {
@@ -306,9 +347,9 @@ class RecoveryService:
             return
         try:
             supersedable = (
-                action_name in INSTANCE_ACTIONS and "regional_failover" in self.settings.allowed_actions()
+                action_name in INSTANCE_ACTIONS and "regional_failover" in settings.allowed_actions()
             )
-            if supersedable and not resumed and await self._superseded(alert, cluster_name):
+            if supersedable and not resumed and await self._superseded(alert, cluster_name, settings):
                 await refuse(
                     "superseded", "superseded by a regional failover of the same region", action_name
                 )
@@ -318,7 +359,7 @@ class RecoveryService:
                 self.audit.record("waiting_for_cluster_lock", **base, action=action_name)
             async with lock:
                 if not resumed:
-                    limits = self.settings.rate_limit
+                    limits = settings.rate_limit
                     blocked = await asyncio.to_thread(
                         self.inbox.reserve,
                         alert.key,
@@ -326,7 +367,7 @@ class RecoveryService:
                         action_name,
                         limits.max_actions,
                         limits.per,
-                        self.settings.cooldown,
+                        settings.cooldown,
                     )
                     if blocked is not None:
                         why = (
@@ -336,7 +377,7 @@ class RecoveryService:
                         )
                         await refuse(blocked, why, action_name)
                         return
-                await self._act(alert, cluster, tier, base, action_name, resumed, finish)
+                await self._act(alert, cluster, tier, base, action_name, resumed, finish, settings, loaded)
         except asyncio.CancelledError:
             running = self._running.get(alert.key)
             if running is not None and running.shutdown:
@@ -354,21 +395,23 @@ class RecoveryService:
         action_name: str,
         resumed: bool,
         finish: Callable[[str, str], Awaitable[None]],
+        settings: RecoverySettings,
+        loaded: LoadedConfig,
     ) -> None:
         """Run the action under the cluster lock with a reserved run; keep the run if it changed
         something (or would have, in a dry run), give it back otherwise."""
         cluster_name = cluster.name
         self.audit.record(
-            "action_started", **base, action=action_name, resumed=resumed, dry_run=self.settings.dry_run
+            "action_started", **base, action=action_name, resumed=resumed, dry_run=settings.dry_run
         )
         started = time.monotonic()
         try:
-            ctx = self._context(alert, cluster, resumed, base, action_name)
-            async with asyncio.timeout(self.settings.action_timeout):
+            ctx = self._context(alert, cluster, resumed, base, action_name, settings, loaded)
+            async with asyncio.timeout(settings.action_timeout):
                 outcome = await load_action(action_name).run(ctx)
         except TimeoutError:
             await self._settle_run(alert.key, changed=False)
-            await finish("timed_out", f"no result within {self.settings.action_timeout:g}s")
+            await finish("timed_out", f"no result within {settings.action_timeout:g}s")
             return
         except Exception as exc:  # noqa: BLE001 - an action bug must be recorded, not crash the worker
             await self._settle_run(alert.key, changed=False)
@@ -379,7 +422,7 @@ class RecoveryService:
             return
         finally:
             self.metrics.duration.labels(tier, cluster_name, action_name).set(time.monotonic() - started)
-        result = "dry_run" if self.settings.dry_run and outcome.status == "succeeded" else outcome.status
+        result = "dry_run" if settings.dry_run and outcome.status == "succeeded" else outcome.status
         await self._settle_run(alert.key, changed=result == "dry_run")
         await finish(result, outcome.detail)
         limit = outcome.facts.get("limit")
@@ -415,16 +458,23 @@ class RecoveryService:
             then="resume_verify_only" if past_ponr else "run_again",
         )
 
-    async def _superseded(self, alert: InboxAlert, cluster: str) -> bool:
+    async def _superseded(self, alert: InboxAlert, cluster: str, settings: RecoverySettings) -> bool:
         """Wait ``settle`` seconds, then: is a regional failover of this alert's region on its way?"""
-        if self.settings.settle > 0:
-            await asyncio.sleep(self.settings.settle)
-        window = max(self.settings.cooldown, 600.0)
+        if settings.settle > 0:
+            await asyncio.sleep(settings.settle)
+        window = max(settings.cooldown, 600.0)
         region = alert.labels.get("region")
         return self.inbox.active_with(cluster, "regional_failover", region, time.time() - window)
 
     def _context(
-        self, alert: InboxAlert, cluster: ClusterConfig, resumed: bool, base: dict[str, Any], action: str
+        self,
+        alert: InboxAlert,
+        cluster: ClusterConfig,
+        resumed: bool,
+        base: dict[str, Any],
+        action: str,
+        settings: RecoverySettings,
+        loaded: LoadedConfig,
     ) -> ActionContext:
         async def point_of_no_return() -> None:
             running = self._running.get(alert.key)
@@ -439,25 +489,101 @@ class RecoveryService:
 
         ref = AlertRef(alert.alertname, alert.fingerprint, alert.starts_at, dict(alert.labels))
         return ActionContext(
-            self.loaded,
-            self.settings,
+            loaded,
+            settings,
             cluster,
             ref,
-            self.settings.dry_run,
+            settings.dry_run,
             audit,
             point_of_no_return,
             resumed,
-            regional=self._regional(alert.alertname),
+            regional=self._regional(alert.alertname, settings),
         )
 
-    def _regional(self, alertname: str) -> bool:
+    @staticmethod
+    def _regional(alertname: str, settings: RecoverySettings) -> bool:
         """Whether the allow-list lets this alert's failover promote outside the old primary's region."""
-        allowed = self.settings.allowed(alertname)
+        allowed = settings.allowed(alertname)
         return bool(allowed and allowed.regional)
 
     def _blocked(self, tier: str, cluster: str, action: str, limit: str, base: dict[str, Any]) -> None:
         self.audit.record("blocked", **base, action=action, limit=limit)
         self.metrics.blocked.labels(tier, cluster, action, limit).inc()
+
+    # --- reload ------------------------------------------------------------------------------------
+
+    async def reload(self, source: str) -> list[str]:
+        """Re-read the config file (``source``: sighup or http) with the same loader as at start and
+        run it from the next alert on; returns the problems that refused it ([] on success). A refused
+        reload changes nothing."""
+        async with self._reload_lock:
+            path = self.loaded.path
+            try:
+                loaded = await asyncio.to_thread(load_config, path)
+            except ConfigError as exc:
+                problems = exc.problems
+            else:
+                problems = await self._reload_problems(loaded)
+            if problems:
+                self.metrics.reload_ok.set(0)
+                log_reload_problems(self.events, source, problems)
+                self.audit.record("config_reload_failed", source=source, problems=len(problems))
+                return problems
+            settings = loaded.config.recovery
+            assert settings is not None  # checked by _reload_problems
+            if self.forced_dry_run:
+                settings = settings.model_copy(update={"dry_run": True})
+            self.auth = Authenticator.from_settings(settings.auth, loaded.auth_secret())
+            self.loaded, self.settings = loaded, settings
+            self.clusters = {c.name: c for c in loaded.config.clusters}
+            self.inbox.replica_labels = tuple(settings.replica_labels)
+            self.metrics.create_series(loaded.config.clusters, settings.allowed_actions())
+            if self.guard is not None:
+                self.guard.read_timeout = settings.read_timeout
+                self.guard.limit = ConnectionGuard(settings.read_timeout, settings.max_connections).limit
+            apply_log_settings(self.events, loaded.config.log.format, loaded.config.log.level)
+            self.metrics.reload_ok.set(1)
+            self.metrics.reload_time.set(time.time())
+            self.audit.record(
+                "config_reloaded",
+                source=source,
+                clusters=len(self.clusters),
+                allowed=len(settings.allow),
+                dry_run=settings.dry_run,
+            )
+            self.events.emit("config_reloaded", source=source, config=str(path), clusters=len(self.clusters))
+            self._wake.set()
+            return []
+
+    async def _reload_problems(self, loaded: LoadedConfig) -> list[str]:
+        """Why ``loaded`` cannot replace the running config live (after the loader's own checks)."""
+        path, new = loaded.path, loaded.config.recovery
+        if new is None:
+            return [f"{path}: recovery: required by tierwatch recover; the section is gone"]
+        old = self.settings
+        problems = []
+        unknown = sorted(new.allowed_actions() - set(ACTION_CLASSES))
+        if unknown:
+            problems.append(f"{path}: recovery.allow: unknown actions {', '.join(unknown)}")
+        restart = "cannot change without a restart"
+        if new.state_dir != old.state_dir:
+            problems.append(f"{path}: recovery.state_dir: {restart} (the inbox and audit trail are open)")
+        if self.listen is not None and new.listen != self.listen:
+            problems.append(f"{path}: recovery.listen: {restart} (serving on {self.listen})")
+        if new.tls != old.tls:
+            problems.append(
+                f"{path}: recovery.tls: {restart} (a renewed certificate in the same files is loaded)"
+            )
+        if problems:
+            return problems
+        auth = Authenticator.from_settings(new.auth, loaded.auth_secret())
+        if self.web is not None and self.web.users and not await _web_accepts(self.web, auth):
+            return [
+                f"{path}: recovery.auth: {self.web.source} has basic_auth_users, so recovery.auth must be "
+                "basic auth with a user and password that basic_auth_users accepts"
+            ]
+        renewed = await asyncio.to_thread(renew_certificate, self.web)
+        return [renewed] if renewed else []
 
     def on_connection_dropped(self, reason: str) -> None:
         """Count a connection the HTTP guard closed (slow or surplus client)."""
@@ -490,15 +616,19 @@ async def web_for_recovery(
         files = TlsServerConfig(Path(settings.tls.cert_file), Path(settings.tls.key_file))
         tls = WebConfig.from_tls("recovery.tls", files)
         web = dataclasses.replace(web, tls=tls.tls, context=tls.context) if web is not None else tls
-    if web is not None and web.users:
-        credentials = basic_credentials(f"{auth.scheme} {auth.expected.decode()}")
-        checker = BasicAuthChecker(web.users)
-        if credentials is None or not await asyncio.to_thread(checker.check_now, *credentials):
-            raise ValueError(
-                f"{web.source} has basic_auth_users, so recovery.auth must be basic auth with a user and "
-                "password that basic_auth_users accepts (both read the one Authorization header)"
-            )
+    if web is not None and web.users and not await _web_accepts(web, auth):
+        raise ValueError(
+            f"{web.source} has basic_auth_users, so recovery.auth must be basic auth with a user and "
+            "password that basic_auth_users accepts (both read the one Authorization header)"
+        )
     return web
+
+
+async def _web_accepts(web: WebConfig, auth: Authenticator) -> bool:
+    """Whether the web config's basic auth lets the webhook's credential through."""
+    credentials = basic_credentials(f"{auth.scheme} {auth.expected.decode()}")
+    checker = BasicAuthChecker(web.users)
+    return credentials is not None and await asyncio.to_thread(checker.check_now, *credentials)
 
 
 async def run_recovery(
@@ -522,6 +652,9 @@ async def run_recovery(
     except ValueError:
         service.close()
         raise
+    service.listen = None if listen else address
+    service.forced_dry_run = bool(dry_run)
+    service.web = web
 
     def refused(path: str) -> None:  # by the web config's basic auth, before recovery.auth is asked
         if path in ("/webhook", "/api/v1/alerts"):
@@ -531,11 +664,15 @@ async def run_recovery(
     service.events.emit(
         "recovery_started", listen=address, dry_run=settings.dry_run, state_dir=settings.state_dir
     )
-    guard = ConnectionGuard(settings.read_timeout, settings.max_connections, service.on_connection_dropped)
+    guard = service.guard = ConnectionGuard(
+        settings.read_timeout, settings.max_connections, service.on_connection_dropped
+    )
+    remove_reload_signal = install_reload_signal(lambda: service.reload("sighup"))
     worker = asyncio.create_task(service.run_worker(stop))
     try:
         await serve_app(service, address, stop, guard, web=web, on_unauthorized=refused)
     finally:
+        remove_reload_signal()
         stop.set()
         await worker
         service.close()
