@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from typing import Any
 
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from .config import ConfigError, LoadedConfig, load_config
+from .config import ConfigError, LoadedConfig, TargetConfig, load_config
+from .discovery import Discovery, DiscoveryCollector
 from .events import EventLog
 from .http_server import (
     Receive,
@@ -30,6 +32,62 @@ from .status_page import render_status_page
 from .web_config import WebConfig
 
 
+class DiscoveryFeed:
+    """Runs the config's target discovery and feeds what it finds to the monitor
+    (``Monitor.apply_targets``); a reload starts a new one from the reloaded config (see ``restart``)."""
+
+    def __init__(self, monitor: Monitor, events: EventLog):
+        self.monitor = monitor
+        self.events = events
+        self.discovery = Discovery(monitor.loaded, self.apply, events)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def apply(self, changed: dict[str, list[TargetConfig]]) -> None:
+        """Give the monitor each changed cluster's full target list."""
+        for cluster, targets in changed.items():
+            await self.monitor.apply_targets(cluster, targets)
+
+    def start(self) -> None:
+        """Refresh every source now, then on each source's interval, in the background."""
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self.discovery.run(self._stop))
+
+    async def stop(self) -> None:
+        """Stop refreshing (the monitor keeps the targets it has)."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def restart(self, loaded: LoadedConfig) -> dict[str, list[TargetConfig]]:
+        """For a reload: stop, read the reloaded config's sources once, and return every discovering
+        cluster's full list, for ``Monitor.apply`` to keep discovered targets (and their state) instead
+        of dropping and adding them again. Call ``start`` after the monitor applied it."""
+        await self.stop()
+
+        def later(_: dict[str, list[TargetConfig]]) -> None:
+            return None  # the first refresh is applied by Monitor.apply itself
+
+        self.discovery = Discovery(loaded, later, self.events)
+        await self.discovery.refresh()
+        self.discovery.on_change = self.apply
+        return self.discovery.current()
+
+
+class _DiscoveryMetrics:
+    """The current discovery's metrics (the feed swaps its Discovery on a reload)."""
+
+    def __init__(self, feed: DiscoveryFeed):
+        self.feed = feed
+
+    def collect(self) -> Any:
+        return DiscoveryCollector(self.feed.discovery).collect()
+
+    def describe(self) -> list[Any]:
+        return []
+
+
 class ExporterReloader:
     """Reloads the exporter's config: the file at the running config's path, read by the same loader
     as at start. A file with problems, a changed ``listen`` (unless ``--listen`` fixes it) or a
@@ -37,9 +95,16 @@ class ExporterReloader:
     ``Monitor.apply`` runs it and the TLS certificate (``--web.config.file``) is loaded again."""
 
     def __init__(
-        self, monitor: Monitor, events: EventLog, listen: str, listen_fixed: bool, web: WebConfig | None
+        self,
+        monitor: Monitor,
+        events: EventLog,
+        listen: str,
+        listen_fixed: bool,
+        web: WebConfig | None,
+        feed: DiscoveryFeed | None = None,
     ):
         self.monitor = monitor
+        self.feed = feed
         self.events = events
         self.listen = listen
         self.listen_fixed = listen_fixed
@@ -69,7 +134,10 @@ class ExporterReloader:
                 monitor.version += 1
                 log_reload_problems(self.events, source, problems)
                 return problems
-            result = await monitor.apply(loaded)
+            discovered = await self.feed.restart(loaded) if self.feed is not None else None
+            result = await monitor.apply(loaded, discovered)
+            if self.feed is not None:
+                self.feed.start()
             apply_log_settings(self.events, loaded.config.log.format, loaded.config.log.level)
             monitor.last_reload_successful = True
             monitor.last_reload_success_time = time.time()
@@ -169,17 +237,22 @@ async def run_exporter(
     events = events or EventLog.from_settings(cfg.log)
     monitor = Monitor(loaded, events)
     address = listen or cfg.listen
-    reloader = ExporterReloader(monitor, events, address, listen is not None, web)
+    feed = DiscoveryFeed(monitor, events)
+    reloader = ExporterReloader(monitor, events, address, listen is not None, web, feed)
     remove_reload_signal = install_reload_signal(lambda: reloader.reload("sighup"))
     settle_garbage_collector()
     stop = asyncio.Event()
     events.emit("exporter_started", listen=address, targets=len(monitor.states), config=str(loaded.path))
     loop_task = asyncio.create_task(monitor.run(stop))
+    feed.start()
+    app = ExporterApp(monitor, reloader)
+    app.standard.register(_DiscoveryMetrics(feed))  # type: ignore[arg-type]
     try:
-        await serve_app(ExporterApp(monitor, reloader), address, stop, web=web)
+        await serve_app(app, address, stop, web=web)
     finally:
         remove_reload_signal()
         stop.set()
+        await feed.stop()
         await loop_task
         await monitor.close()
         events.emit("exporter_stopped")
