@@ -33,6 +33,17 @@ with open(marker + ".pids", "a") as handle:
 """
 
 
+# the labels of an AppInstanceDown alert for es-1 of cluster web, as the rules set them
+RESTART_LABELS = {
+    "tier": "app",
+    "cluster": "web",
+    "target": "es-1",
+    "region": "primary",
+    "action": "restart_instance",
+    "severity": "critical",
+}
+
+
 def alert(
     name: str,
     labels: dict[str, str],

@@ -19,6 +19,7 @@ from tierwatch.lab.stack.redis import RedisServer, start_redis
 
 from helpers import metric_value
 from recovery_fixtures import (
+    RESTART_LABELS,
     TOKEN,
     RecoveryProcess,
     alert,
@@ -30,14 +31,7 @@ from recovery_fixtures import (
     start_recovery,
 )
 
-LABELS = {
-    "tier": "app",
-    "cluster": "web",
-    "target": "es-1",
-    "region": "primary",
-    "action": "restart_instance",
-    "severity": "critical",
-}
+LABELS = RESTART_LABELS
 # regional_failover allowed, as in examples/recovery.yml: restart_instance then waits `settle` first
 ALLOW = {"AppInstanceDown": "restart_instance", "AppRegionDown": "regional_failover"}
 

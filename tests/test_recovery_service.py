@@ -14,6 +14,7 @@ from tierwatch.lab.stack.http import start_http_backend
 
 from helpers import metric_value
 from recovery_fixtures import (
+    RESTART_LABELS,
     TOKEN,
     alert,
     app_cluster,
@@ -25,14 +26,7 @@ from recovery_fixtures import (
 )
 
 ALLOW = {"AppInstanceDown": "restart_instance"}
-LABELS = {
-    "tier": "app",
-    "cluster": "web",
-    "target": "es-1",
-    "region": "primary",
-    "action": "restart_instance",
-    "severity": "critical",
-}
+LABELS = RESTART_LABELS
 
 
 def restart_setup(stack: Stack, delay: float = 0.0, **recovery: object) -> tuple[object, Path, int]:

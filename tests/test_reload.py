@@ -36,7 +36,7 @@ from tierwatch.metrics import ReadyExposition
 from tierwatch.monitor import Monitor
 
 from helpers import connections_to, metric_value
-from recovery_fixtures import TOKEN, alert, app_cluster, payload, start_recovery
+from recovery_fixtures import RESTART_LABELS, TOKEN, alert, app_cluster, payload, start_recovery
 
 INTERVAL = 1.0
 
@@ -368,14 +368,7 @@ def test_apply_targets_replaces_one_cluster_and_a_new_interval_spreads_again(
 
 # --- the recovery service ---------------------------------------------------------------------------
 
-LABELS = {
-    "tier": "app",
-    "cluster": "web",
-    "target": "es-1",
-    "region": "primary",
-    "action": "restart_instance",
-    "severity": "critical",
-}
+LABELS = RESTART_LABELS
 
 
 def recovery_config(config: Path) -> dict[str, Any]:

@@ -182,6 +182,18 @@ def _add_drill_parser(demo: argparse.ArgumentParser) -> None:
     drill.set_defaults(func=_drill)
 
 
+def _service_arguments(parser: argparse.ArgumentParser, config: str, listen: str, web: str) -> None:
+    """--config, --listen and --web.config.file of a long-running service (serve, recover)."""
+    parser.add_argument("--config", required=True, metavar="FILE", help=config)
+    parser.add_argument("--listen", metavar="HOST:PORT", help=f"address to serve on (default: {listen})")
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help=f"exporter-toolkit web config: {web}",
+    )
+
+
 def build_parser(with_drills: bool = True) -> argparse.ArgumentParser:
     """The argument parser with every subcommand; ``demo drill`` (which imports the lab wing for its
     scenario list) only ``with_drills``."""
@@ -196,15 +208,11 @@ def build_parser(with_drills: bool = True) -> argparse.ArgumentParser:
         help="run the exporter",
         description="Probe every target and serve /metrics, /health, /ready and a status page at /.",
     )
-    serve.add_argument("--config", required=True, metavar="FILE", help="tierwatch YAML config")
-    serve.add_argument(
-        "--listen", metavar="HOST:PORT", help="address to serve on (default: config's listen, 127.0.0.1:9489)"
-    )
-    serve.add_argument(
-        "--web.config.file",
-        dest="web_config_file",
-        metavar="FILE",
-        help="exporter-toolkit web config: TLS and basic auth for every endpoint (see the README)",
+    _service_arguments(
+        serve,
+        "tierwatch YAML config",
+        "config's listen, 127.0.0.1:9489",
+        "TLS and basic auth for every endpoint (see the README)",
     )
     serve.set_defaults(func=_serve)
 
@@ -214,19 +222,13 @@ def build_parser(with_drills: bool = True) -> argparse.ArgumentParser:
         description="Receive Alertmanager webhooks (POST /webhook) and run the allowed recovery action of "
         "each firing alert once, safely; see docs/operations.md.",
     )
-    recover.add_argument(
-        "--config", required=True, metavar="FILE", help="tierwatch YAML config with a recovery: section"
-    )
-    recover.add_argument(
-        "--listen", metavar="HOST:PORT", help="address to serve on (default: recovery.listen)"
+    _service_arguments(
+        recover,
+        "tierwatch YAML config with a recovery: section",
+        "recovery.listen",
+        "TLS and basic auth for every endpoint, webhook included",
     )
     recover.add_argument("--dry-run", action="store_true", help="decide and audit, but change nothing")
-    recover.add_argument(
-        "--web.config.file",
-        dest="web_config_file",
-        metavar="FILE",
-        help="exporter-toolkit web config: TLS and basic auth for every endpoint, webhook included",
-    )
     recover.set_defaults(func=_recover)
 
     demo = sub.add_parser(

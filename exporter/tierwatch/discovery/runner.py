@@ -130,18 +130,31 @@ class Discovery:
         state.found, state.skipped = mapped.targets, mapped.skipped
 
     def _log_errors(self, state: SourceState, errors: list[tuple[str, str]]) -> None:
-        now = set(errors)
-        for where, reason in sorted(now - state.logged_errors):
+        state.logged_errors = self._log_new(
+            state, "discovery_refresh_failed", errors, state.logged_errors, kept="previous targets"
+        )
+
+    def _log_new(
+        self,
+        state: SourceState,
+        event: str,
+        problems: list[tuple[str, str]],
+        logged: set[tuple[str, str]],
+        **extra: str,
+    ) -> set[tuple[str, str]]:
+        """Log each (where, reason) not logged while it lasted already; returns the set now logged."""
+        now = set(problems)
+        for where, reason in sorted(now - logged):
             self.events.emit(
-                "discovery_refresh_failed",
+                event,
                 "warning",
                 cluster=state.cluster.name,
                 source=state.kind,
                 where=where,
                 reason=reason,
-                kept="previous targets",
+                **extra,
             )
-        state.logged_errors = now
+        return now
 
     async def _publish(self, clusters: list[str]) -> dict[str, list[TargetConfig]]:
         async with self._lock:
@@ -205,17 +218,7 @@ class Discovery:
         return out
 
     def _log_skips(self, state: SourceState, skipped: list[tuple[str, str]]) -> None:
-        now = set(skipped)
-        for where, reason in sorted(now - state.logged_skips):
-            self.events.emit(
-                "discovery_target_skipped",
-                "warning",
-                cluster=state.cluster.name,
-                source=state.kind,
-                where=where,
-                reason=reason,
-            )
-        state.logged_skips = now
+        state.logged_skips = self._log_new(state, "discovery_target_skipped", skipped, state.logged_skips)
 
     def totals(self) -> list[tuple[str, str, str, int, int, int]]:
         """(tier, cluster, source kind, targets, invalid, errors), the entries of a kind added up."""

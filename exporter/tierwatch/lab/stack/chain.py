@@ -83,9 +83,8 @@ def start_chain(
         (kit_dir("alertmanager") / "alertmanager.yml").read_text(), secrets_dir, f"{recoverer.url}/webhook"
     )
     manager = start_alertmanager(stack, am_text)
-    rules = rules_with_for(
-        sorted(kit_dir("rules").glob("*.rules.yml")), stack.directory("chain", "rules"), dict(timing.for_values)
-    )
+    rule_files = sorted(kit_dir("rules").glob("*.rules.yml"))
+    rules = rules_with_for(rule_files, stack.directory("chain", "rules"), dict(timing.for_values))
     prometheus = start_prometheus(
         stack,
         [ScrapeJob("tierwatch", [exporter.address]), ScrapeJob("tierwatch-recovery", [recoverer.address])],
