@@ -17,8 +17,11 @@ from tierwatch.events import EventLog
 from tierwatch.lab.stack import Stack
 from tierwatch.lab.stack.http import start_http_backend
 from tierwatch.lab.stack.redis import start_redis
+from tierwatch.metric_catalog import QUEUE_LENGTH
 from tierwatch.metrics import ReadyExposition, TierwatchCollector
-from tierwatch.monitor import Monitor
+from tierwatch.monitor import Monitor, TargetState
+from tierwatch.probes.base import Sample
+from tierwatch.probes.http import HTTP_STATUS
 
 ACCEPTS = (
     "",
@@ -95,12 +98,67 @@ def test_a_scrape_renders_no_target(
     monitor = Monitor(loaded, EventLog(stream=io.StringIO()))
     exposition = ReadyExposition(monitor)
 
-    def no_render(state: object) -> dict[str, str]:
+    def no_render(state: object, prefixes: object = None) -> dict[str, str]:
         raise AssertionError("rendered a target on the scrape path")
 
     monkeypatch.setattr(metrics, "render_target", no_render)
     monitor.version += 1
     body = exposition.body(*choose_encoder(""))
     assert b'tierwatch_up{cluster="web",region="p",target="a",tier="app"} 0.0' in body
+    exposition.refresh(monitor.states[0])  # nothing a reader sees changed: not rendered again
+    monitor.states[0].up = True
     with pytest.raises(AssertionError):
         exposition.refresh(monitor.states[0])
+
+
+def test_cached_label_text_stays_byte_identical_as_values_change(
+    make_config: Callable[..., LoadedConfig],
+) -> None:
+    """Re-renders from the cached label text, after every kind of change a probe can make, equal the
+    collector's rendering: escaped label values, counters past 1e6, NaN/Inf, roles and breaker states."""
+    loaded = make_config(
+        [
+            {"name": "cache", "tier": "redis", "targets": [
+                {"name": "r-1", "region": "primary", "url": "redis://127.0.0.1:9"},
+                {"name": "r-2", "region": "failover", "url": "redis://127.0.0.1:9"}]},
+            {"name": "web", "tier": "app", "targets": [
+                {"name": "w-1", "region": "primary", "url": "http://127.0.0.1:9/"}]},
+        ]
+    )  # fmt: skip
+    monitor = Monitor(loaded, EventLog(stream=io.StringIO()))
+    exposition = ReadyExposition(monitor)
+    encoders = [choose_encoder(accept) for accept in ACCEPTS]
+    odd_queue = 'we"ird\\queue\nname'
+    steps: list[Callable[[TargetState], None]] = [
+        lambda s: setattr(s, "up", True),
+        lambda s: setattr(s, "last_probe", 1764571928.123456),
+        lambda s: s.observe_duration(0.0042),
+        lambda s: setattr(s, "role", "primary" if s.info.tier == "redis" else None),
+        lambda s: s.failures.__setitem__("timeout", 1_234_567),
+        lambda s: setattr(s.breaker, "state", "open"),
+        lambda s: setattr(s, "samples", [Sample(QUEUE_LENGTH, (odd_queue, "waiting"), 3.0)]),
+        lambda s: setattr(s, "samples", [Sample(QUEUE_LENGTH, (odd_queue, "waiting"), float("nan"))]),
+        lambda s: setattr(
+            s, "samples", [Sample(QUEUE_LENGTH, ("q", "active"), 7), Sample(HTTP_STATUS, (), 2e6)]
+        ),
+        lambda s: setattr(s, "role", "replica" if s.info.tier == "redis" else None),
+        lambda s: s.failures.__setitem__("timeout", 0),
+        lambda s: setattr(s.breaker, "state", "half_open"),
+        lambda s: [s.observe_duration(d) for d in (0.5, 20.0, float("inf"))],
+        lambda s: setattr(s, "up", False),
+    ]
+    texts = []
+    for step in steps:
+        for state in monitor.states:
+            step(state)
+            exposition.refresh(state)
+        monitor.version += 1
+        assert [exposition.body(*pair) for pair in encoders] == [reference(monitor, a) for a in ACCEPTS]
+        texts.append(exposition.body(*encoders[0]).decode())
+    assert 'queue="we\\"ird\\\\queue\\nname"' in texts[6]
+    text = texts[-1]
+    assert 'tierwatch_probe_failures_total{cluster="cache",reason="timeout",region="primary"' in text
+    assert (
+        'tierwatch_role{cluster="cache",region="failover",role="replica",target="r-2",tier="redis"} 1.0'
+        in text
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -48,6 +49,31 @@ from .probes.vip import VIP_DURATION, VIP_IDENTIFIED, VIP_UP
 
 BUCKET_LABELS = [f"{b:g}" for b in PROBE_BUCKETS]
 CORE_SPECS = (UP, PROBE_FAILURES, CIRCUIT_STATE, ROLE, LAST_PROBE)
+
+
+@dataclass(frozen=True)
+class SeriesBudget:
+    """How many series one target of a kind exports with the default settings, and the most it may."""
+
+    kind: str
+    series: int  # measured by tests/test_series_budget.py on the lab's servers
+    budget: int
+    note: str = ""
+
+
+HISTOGRAM_SERIES = len(PROBE_BUCKETS) + 3  # buckets, +Inf, _count, _sum
+# Prometheus pays for every series: a new one per target is a decision (issue 17). Budgets are today's
+# counts, so growth fails tests/test_series_budget.py; lowering them is the next step.
+SERIES_PER_TARGET: tuple[SeriesBudget, ...] = (
+    SeriesBudget("HTTP app server", 28, 28),
+    SeriesBudget("load balancer (HAProxy)", 59, 59, "one frontend, one backend of one server"),
+    SeriesBudget("VIP of an LB pair (per cluster)", 3, 3),
+    SeriesBudget("Redis primary", 49, 49, "one replica, no queue"),
+    SeriesBudget("Redis replica", 51, 51, "with the lag its primary reports about it"),
+    SeriesBudget("Redis Sentinel", 37, 37, "watching one master"),
+    SeriesBudget("PostgreSQL primary", 67, 67, "one streaming standby"),
+    SeriesBudget("PostgreSQL replica", 57, 57, "with the lag its primary reports about it"),
+)
 
 
 def family(spec: MetricSpec) -> Metric:
@@ -177,8 +203,21 @@ def _escape(value: str) -> str:
 
 def _sample(name: str, labels: Iterable[tuple[str, str]], value: float) -> str:
     """One exposition line, labels sorted by name, as prometheus_client writes it in both formats."""
+    return f"{_prefix(name, labels)}{_value(value)}\n"
+
+
+def _prefix(name: str, labels: Iterable[tuple[str, str]]) -> str:
+    """A sample line up to its value: the name and the escaped labels, sorted by name."""
     pairs = ",".join(f'{key}="{_escape(val)}"' for key, val in sorted(labels))
-    return f"{name}{{{pairs}}} {floatToGoString(value)}\n" if pairs else f"{name} {floatToGoString(value)}\n"
+    return f"{name}{{{pairs}}} " if pairs else f"{name} "
+
+
+def _value(value: float) -> str:
+    """``floatToGoString``, with a shortcut for the small non-negative integers most samples are
+    (counters, bucket counts): below 1e6 Go writes them as Python's repr of the float, ``N.0``."""
+    if type(value) is int and 0 <= value < 1_000_000:
+        return f"{value}.0"
+    return floatToGoString(value)
 
 
 def _headers(spec: MetricSpec) -> tuple[str, str]:
@@ -191,41 +230,132 @@ def _headers(spec: MetricSpec) -> tuple[str, str]:
     return text, f"# HELP {base} {_escape(spec.help)}\n# TYPE {base} {kind}\n"
 
 
-def render_target(state: TargetState) -> dict[str, str]:
-    """A target's sample lines, by family name: what ``TierwatchCollector`` writes for it."""
-    info = state.info
-    base = list(zip(TARGET_LABELS, info.labels, strict=True))
-    out = {UP.name: _sample(UP.name, base, 1.0 if state.up else 0.0)}
-    out[PROBE_FAILURES.name] = "".join(
-        _sample(PROBE_FAILURES.name, [*base, ("reason", reason)], state.failures[reason])
-        for reason in FAILURE_REASONS
+class TargetPrefixes:
+    """A target's sample-line prefixes (name and escaped, sorted labels), built once per target so a
+    render after a probe only formats values and joins; and its last rendering of the families that
+    rarely change (failures, circuit, role), reused while their values are the same."""
+
+    __slots__ = (
+        "buckets",
+        "circuit",
+        "count",
+        "extra",
+        "failures",
+        "inf",
+        "labels",
+        "last",
+        "last_probe",
+        "roles",
+        "sum",
+        "up",
     )
-    out[CIRCUIT_STATE.name] = "".join(
-        _sample(CIRCUIT_STATE.name, [*base, ("state", s)], 1.0 if state.breaker.state == s else 0.0)
-        for s in CIRCUIT_STATES
+
+    def __init__(self, labels: tuple[str, ...], tier: str):
+        self.labels = labels
+        base = list(zip(TARGET_LABELS, labels, strict=True))
+        self.up = _prefix(UP.name, base)
+        self.last_probe = _prefix(LAST_PROBE.name, base)
+        self.failures = [_prefix(PROBE_FAILURES.name, [*base, ("reason", r)]) for r in FAILURE_REASONS]
+        self.circuit = [(s, _prefix(CIRCUIT_STATE.name, [*base, ("state", s)])) for s in CIRCUIT_STATES]
+        self.roles = [(r, _prefix(ROLE.name, [*base, ("role", r)])) for r in ROLES_BY_TIER.get(tier, ())]
+        bucket = f"{PROBE_DURATION.name}_bucket"
+        self.buckets = [_prefix(bucket, [*base, ("le", bound)]) for bound in BUCKET_LABELS]
+        self.inf = _prefix(bucket, [*base, ("le", "+Inf")])
+        self.count = _prefix(f"{PROBE_DURATION.name}_count", base)
+        self.sum = _prefix(f"{PROBE_DURATION.name}_sum", base)
+        # (spec name, sample label values) -> line prefix
+        self.extra: dict[tuple[str, tuple[str, ...]], str] = {}
+        # family name -> (the values it was rendered from, its lines)
+        self.last: dict[str, tuple[object, str]] = {}
+
+    def sample_prefix(self, spec: MetricSpec, values: tuple[str, ...]) -> str:
+        """The prefix of a probe's own sample (``Sample``) of family ``spec`` with label ``values``."""
+        key = (spec.name, values)
+        prefix = self.extra.get(key)
+        if prefix is None:
+            if len(self.extra) > 256:  # label values that keep changing: do not grow without bound
+                self.extra.clear()
+            base = zip(TARGET_LABELS, self.labels, strict=True)
+            counter = spec.kind == "counter" and not spec.name.endswith("_total")
+            name = f"{spec.name}_total" if counter else spec.name
+            prefix = self.extra[key] = _prefix(name, [*base, *zip(spec.labels, values, strict=True)])
+        return prefix
+
+    def reuse(self, family_name: str, values: object, render: Callable[[], str]) -> str:
+        """The lines of ``family_name`` for ``values``: the last ones if the values are the same."""
+        last = self.last.get(family_name)
+        if last is not None and last[0] == values:
+            return last[1]
+        lines = render()
+        self.last[family_name] = (values, lines)
+        return lines
+
+
+def target_prefixes(state: TargetState, cached: TargetPrefixes | None = None) -> TargetPrefixes:
+    """``cached`` if it was built for this target's labels, else new prefixes for them."""
+    labels = state.info.labels
+    if cached is not None and cached.labels == labels:
+        return cached
+    return TargetPrefixes(labels, state.info.tier)
+
+
+def render_target(state: TargetState, prefixes: TargetPrefixes | None = None) -> dict[str, str]:
+    """A target's sample lines, by family name: what ``TierwatchCollector`` writes for it. Pass the
+    target's ``prefixes`` (``target_prefixes``) to reuse them between renders."""
+    p = target_prefixes(state, prefixes)
+    out = {UP.name: f"{p.up}{'1.0' if state.up else '0.0'}\n"}
+    failures = state.failures
+    counts = tuple([failures[reason] for reason in FAILURE_REASONS])
+    out[PROBE_FAILURES.name] = p.reuse(
+        PROBE_FAILURES.name,
+        counts,
+        lambda: "".join([f"{prefix}{_value(n)}\n" for prefix, n in zip(p.failures, counts, strict=True)]),
     )
-    if state.role is not None:
-        out[ROLE.name] = "".join(
-            _sample(ROLE.name, [*base, ("role", role)], 1.0 if role == state.role else 0.0)
-            for role in ROLES_BY_TIER.get(info.tier, ())
+    breaker = state.breaker.state
+    out[CIRCUIT_STATE.name] = p.reuse(
+        CIRCUIT_STATE.name,
+        breaker,
+        lambda: "".join([f"{prefix}{'1.0' if s == breaker else '0.0'}\n" for s, prefix in p.circuit]),
+    )
+    role = state.role
+    if role is not None:
+        out[ROLE.name] = p.reuse(
+            ROLE.name,
+            role,
+            lambda: "".join([f"{prefix}{'1.0' if r == role else '0.0'}\n" for r, prefix in p.roles]),
         )
     if state.last_probe is not None:
-        out[LAST_PROBE.name] = _sample(LAST_PROBE.name, base, state.last_probe)
+        out[LAST_PROBE.name] = f"{p.last_probe}{floatToGoString(state.last_probe)}\n"
     lines, cumulative = [], 0
-    bucket = f"{PROBE_DURATION.name}_bucket"
-    for bound, count in zip(BUCKET_LABELS, state.bucket_counts, strict=True):
+    for prefix, count in zip(p.buckets, state.bucket_counts, strict=True):
         cumulative += count
-        lines.append(_sample(bucket, [*base, ("le", bound)], cumulative))
-    lines.append(_sample(bucket, [*base, ("le", "+Inf")], state.duration_count))
-    lines.append(_sample(f"{PROBE_DURATION.name}_count", base, state.duration_count))
-    lines.append(_sample(f"{PROBE_DURATION.name}_sum", base, state.duration_sum))
+        lines.append(f"{prefix}{_value(cumulative)}\n")
+    lines.append(f"{p.inf}{_value(state.duration_count)}\n")
+    lines.append(f"{p.count}{_value(state.duration_count)}\n")
+    lines.append(f"{p.sum}{floatToGoString(state.duration_sum)}\n")
     out[PROBE_DURATION.name] = "".join(lines)
     for sample in state.samples:
         spec = sample.spec
-        name = spec.name if spec.kind != "counter" or spec.name.endswith("_total") else f"{spec.name}_total"
-        line = _sample(name, [*base, *zip(spec.labels, sample.labels, strict=True)], sample.value)
-        out[spec.name] = out.get(spec.name, "") + line
+        line = f"{p.sample_prefix(spec, sample.labels)}{_value(sample.value)}\n"
+        previous = out.get(spec.name)
+        out[spec.name] = line if previous is None else previous + line
     return out
+
+
+def _what_a_reader_sees(state: TargetState) -> tuple[object, ...]:
+    """Everything ``render_target`` reads from a target's state (the histogram's buckets change only
+    with its count and sum)."""
+    return (
+        state.info.labels,
+        state.up,
+        state.role,
+        state.breaker.state,
+        state.last_probe,
+        state.duration_count,
+        state.duration_sum,
+        tuple(state.failures.values()),
+        tuple(state.samples),
+    )
 
 
 class ReadyExposition:
@@ -240,6 +370,8 @@ class ReadyExposition:
         self._collector = TierwatchCollector(monitor)
         self._tail = _TailCollector(self._collector)
         self._lines: dict[str, dict[str, str]] = {}
+        self._prefixes: dict[str, TargetPrefixes] = {}
+        self._rendered_from: dict[str, tuple[object, ...]] = {}
         self._specs: dict[str, MetricSpec] = {spec.name: spec for spec in (*CORE_SPECS, PROBE_DURATION)}
         self._headers: dict[str, tuple[str, str]] = {}
         self._bodies: dict[str, tuple[int, bytes]] = {}
@@ -248,17 +380,28 @@ class ReadyExposition:
         monitor.on_remove.append(self.forget)
 
     def refresh(self, state: TargetState) -> None:
-        """Render one target's lines again (called by the monitor when the target's state changed)."""
+        """Render one target's lines again (called by the monitor when the target's state changed),
+        unless nothing they show changed since the last render."""
+        name = state.info.name
+        seen = _what_a_reader_sees(state)
+        if self._rendered_from.get(name) == seen and name in self._lines:
+            return  # e.g. a replica whose primary reported the same lag again
         for sample in state.samples:
             self._specs.setdefault(sample.spec.name, sample.spec)
-        self._lines[state.info.name] = render_target(state)
+        prefixes = self._prefixes[name] = target_prefixes(state, self._prefixes.get(name))
+        self._lines[name] = render_target(state, prefixes)
+        self._rendered_from[name] = seen
 
     def forget(self, name: str) -> None:
         """Drop a target's lines (called by the monitor when a reload removed it)."""
         self._lines.pop(name, None)
+        self._prefixes.pop(name, None)
+        self._rendered_from.pop(name, None)
 
     def refresh_all(self) -> None:
-        """Render every target's lines (at start, or after changing states by hand)."""
+        """Render every target's lines again, changed or not (at start, or after changing states by
+        hand)."""
+        self._rendered_from.clear()
         for state in self.monitor.states:
             self.refresh(state)
 

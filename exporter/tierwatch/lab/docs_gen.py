@@ -9,7 +9,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..metric_catalog import CATALOG, TARGET_LABELS, MetricSpec
+from ..metric_catalog import (
+    CATALOG,
+    CIRCUIT_STATE,
+    CIRCUIT_STATES,
+    FAILURE_REASONS,
+    LAST_PROBE,
+    PROBE_DURATION,
+    PROBE_FAILURES,
+    ROLE,
+    TARGET_LABELS,
+    UP,
+    MetricSpec,
+)
+from ..metrics import HISTOGRAM_SERIES, SERIES_PER_TARGET
 from ..probes import load_all_metric_modules
 
 SECTION_TITLES = {
@@ -55,6 +68,23 @@ def _row(spec: MetricSpec) -> str:
     return f"| `{spec.name}` | {spec.kind} | {scope} | {labels} | {spec.help} |"
 
 
+def _series_table() -> list[str]:
+    core = 1 + len(FAILURE_REASONS) + len(CIRCUIT_STATES) + 1  # up, failures, circuit, last probe
+    lines = [
+        "\n## Series per target\n",
+        "What one target of each kind exports with the default settings, counted on the lab's real",
+        "servers by `tests/test_series_budget.py`, which fails when a kind exceeds its budget (declared in",
+        f"`SERIES_PER_TARGET`, `exporter/tierwatch/metrics.py`). Every target has {core} core series",
+        f"(`{UP.name}`, `{PROBE_FAILURES.name}` by reason, `{CIRCUIT_STATE.name}` by state,",
+        f"`{LAST_PROBE.name}`), the {HISTOGRAM_SERIES} series of its `{PROBE_DURATION.name}` histogram",
+        f"and, where the tier has roles, one `{ROLE.name}` series per role; the rest is the tier's own.\n",
+        "| target kind | series (default settings) | budget | counted with |",
+        "|---|---:|---:|---|",
+    ]
+    lines += [f"| {b.kind} | {b.series} | {b.budget} | {b.note or '-'} |" for b in SERIES_PER_TARGET]
+    return lines
+
+
 def render() -> str:
     """The full text of docs/metrics.md."""
     load_all_metric_modules()
@@ -71,6 +101,7 @@ def render() -> str:
         parts.append("| metric | type | scope | extra labels | meaning |")
         parts.append("|---|---|---|---|---|")
         parts.extend(_row(spec) for spec in sorted(specs, key=lambda s: s.name))
+    parts.extend(_series_table())
     return "\n".join(parts) + "\n"
 
 
