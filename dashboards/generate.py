@@ -745,6 +745,17 @@ REDIS = Dashboard(
                     "short",
                     q(sel("tierwatch_redis_connected_replicas", *RT), "{{target}}"),
                 ),
+                ts(
+                    "Write fencing",
+                    "On each master: replicas within min-replicas-max-lag (good) against "
+                    "min-replicas-to-write (needed; absent where CONFIG GET is denied), and whether "
+                    "fencing is on at all.",
+                    "short",
+                    q(sel("tierwatch_redis_min_replicas_good", *RT), "{{target}} good"),
+                    q(sel("tierwatch_redis_min_replicas_to_write", *RT), "{{target}} needed"),
+                    q(sel("tierwatch_redis_write_fencing", *RT), "{{target}} fencing on"),
+                    alerts=("RedisWriteFencingOff", "RedisWriteFencingUnmet"),
+                ),
             ),
         ),
         Row(
@@ -872,6 +883,17 @@ POSTGRES = Dashboard(
                     "On each replica: WAL received but not yet replayed.",
                     "bytes",
                     q(sel("tierwatch_pg_replica_replay_backlog_bytes", *PT), "{{target}}"),
+                ),
+                ts(
+                    "Synchronous standbys",
+                    "On the primary: synchronous standbys streaming against the number commits wait for "
+                    "(synchronous_standby_names; 0 = asynchronous), and 1 when synchronous_commit is "
+                    "local or off.",
+                    "short",
+                    q(sel("tierwatch_pg_synchronous_standbys_streaming", *PT), "{{target}} streaming"),
+                    q(sel("tierwatch_pg_synchronous_standbys_configured", *PT), "{{target}} required"),
+                    q(sel("tierwatch_pg_synchronous_commit_local", *PT), "{{target}} commit local"),
+                    alerts=("PostgresNoSynchronousStandby", "PostgresSynchronousStandbyMissing"),
                 ),
                 ts(
                     "WAL kept by replication slots",

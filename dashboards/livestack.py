@@ -32,7 +32,7 @@ from tierwatch.lab.stack.haproxy import start_haproxy, start_vip
 from tierwatch.lab.stack.http import start_http_backend
 from tierwatch.lab.stack.postgres import start_primary, start_replica
 from tierwatch.lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
-from tierwatch.lab.stack.redis import start_redis, start_sentinels
+from tierwatch.lab.stack.redis import WRITE_FENCING, start_redis, start_sentinels, wait_writes_accepted
 
 ROOT = Path(__file__).resolve().parents[1]
 FOR_LINE = re.compile(r"^(\s+for:\s*)\S+\s*$", re.MULTILINE)
@@ -137,8 +137,9 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
         lbs = [start_haproxy(stack, f"lb-{i}", [(n, a.port) for n, a in apps.items()]) for i in (1, 2)]
         vip = start_vip(stack, lbs)
 
-        redis_a = start_redis(stack, "redis-a")
-        redis_b = start_redis(stack, "redis-b", replica_of=redis_a)
+        redis_a = start_redis(stack, "redis-a", extra_config=WRITE_FENCING)
+        redis_b = start_redis(stack, "redis-b", replica_of=redis_a, extra_config=WRITE_FENCING)
+        wait_writes_accepted(redis_a)
         sentinels = start_sentinels(
             stack, redis_a, n=1, quorum=1, master_name="cache-main", down_after_ms=5000
         )

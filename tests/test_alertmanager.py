@@ -4,15 +4,20 @@ labels call for, and the inhibitions work in a real Alertmanager."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tierwatch.lab.stack import Stack, wait_for
+from tierwatch.lab.stack import Stack, free_port, wait_for
 from tierwatch.lab.stack.alertmanager import rewrite_for_test, start_alertmanager
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,3 +252,89 @@ def test_inhibitions_in_a_real_alertmanager(
         assert status["inhibitedBy"], status
     else:
         assert status["state"] == "active" and not status["inhibitedBy"], status
+
+
+# ---- both LBs down: people hear it once, the recovery service still gets its restarts ----
+
+
+@dataclass
+class Sink:
+    """A local HTTP server recording the JSON body of every POST, by path."""
+
+    port: int
+    received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def bodies(self, path: str) -> list[dict[str, Any]]:
+        return [body for got, body in list(self.received) if got == path]
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    box = Sink(free_port())
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = min(int(self.headers.get("Content-Length") or 0), 1 << 20)
+            box.received.append((self.path, json.loads(self.rfile.read(length))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", box.port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield box
+    server.shutdown()
+    server.server_close()
+
+
+def fast_config(sink: Sink, secrets: Path) -> str:
+    """alertmanager.yml with every group_wait at 1s and the webhook receivers pointed at the sink."""
+    config = yaml.safe_load(CONFIG.read_text())
+
+    def fast(route: dict[str, Any]) -> None:
+        route["group_wait"] = "1s"
+        for child in route.get("routes", []):
+            fast(child)
+
+    fast(config["route"])
+    for receiver in config["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            if receiver["name"] != "recovery":  # rewrite_for_test points the recovery hook at the sink
+                hook["url"] = f"http://127.0.0.1:{sink.port}/{receiver['name']}"
+    return rewrite_for_test(yaml.safe_dump(config), secrets, f"http://127.0.0.1:{sink.port}/recovery")
+
+
+def test_both_lbs_down_still_reach_the_recovery_service(stack: Stack, sink: Sink) -> None:
+    """LBBothDown mutes LBVipNotServed, but the restart_instance alerts of both LBs reach the recovery
+    webhook (an inhibited alert reaches no receiver at all), and the pager hears of the pair once."""
+    lb = {"tier": "lb", "cluster": "edge"}
+    both = fire("LBBothDown", severity="critical", **lb)
+    vip = fire("LBVipNotServed", severity="critical", **lb)
+    active = fire(
+        "LBActiveDown", target="lb-1", region="primary", severity="critical", action="restart_instance", **lb
+    )
+    standby = fire(
+        "LBStandbyDown", target="lb-2", region="primary", severity="warning", action="restart_instance", **lb
+    )
+    manager = start_alertmanager(stack, fast_config(sink, stack.path("secrets", "x").parent))
+    manager.post_alerts([both, vip, active, standby])
+
+    def recovered() -> set[str]:
+        return {
+            a["labels"]["alertname"]
+            for body in sink.bodies("/recovery")
+            for a in body["alerts"]
+            if a["status"] == "firing"
+        }
+
+    wait_for(lambda: recovered() >= {"LBActiveDown", "LBStandbyDown"}, 15, "restarts sent to recovery")
+    assert all(a["labels"].get("action") for body in sink.bodies("/recovery") for a in body["alerts"])
+    state = {e["labels"]["alertname"]: e["status"]["state"] for e in manager.alerts()}
+    assert state["LBVipNotServed"] == "suppressed", state
+    pages = wait_for(lambda: sink.bodies("/pager"), 15, "the pair paged")
+    assert len(pages) == 1, pages
+    assert {a["labels"]["alertname"] for a in pages[0]["alerts"]} == {"LBBothDown", "LBActiveDown"}

@@ -35,7 +35,7 @@ from .stack.postgres import (
     start_primary,
     start_replica,
 )
-from .stack.redis import RedisServer, start_redis, start_sentinels
+from .stack.redis import WRITE_FENCING, RedisServer, start_redis, start_sentinels, wait_writes_accepted
 from .stack.vrrp import VrrpPair, create_vrrp_network, start_vrrp_pair, vrrp_available
 
 AppServer = ExpressApp | HttpBackend
@@ -143,14 +143,20 @@ def build(
     use_vrrp = vrrp_available() if vrrp is None else vrrp
     use_express = bool(shutil.which("node") and shutil.which("npm")) if express is None else express
     redis_password = secrets.token_urlsafe(16)
-    redis: dict[str, RedisServer] = {"redis-a": start_redis(stack, "redis-a", password=redis_password)}
+    # every server fences writes (WRITE_FENCING): the master accepts writes once a replica has ACKed
+    redis: dict[str, RedisServer] = {
+        "redis-a": start_redis(stack, "redis-a", password=redis_password, extra_config=WRITE_FENCING)
+    }
     for name, upstream in (
         ("redis-b", "redis-a"),
         ("redis-c", "redis-a"),
         ("redis-d", "redis-a"),
         ("redis-e", "redis-d"),
     ):
-        redis[name] = start_redis(stack, name, password=redis_password, replica_of=redis[upstream])
+        redis[name] = start_redis(
+            stack, name, password=redis_password, replica_of=redis[upstream], extra_config=WRITE_FENCING
+        )
+    wait_writes_accepted(redis["redis-a"])
     redis_write = start_write_lb(
         stack, "lb-redis-write", REDIS_WRITE, [(n, s.port) for n, s in redis.items()], primary="redis-a"
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -205,6 +206,26 @@ COMMITS = metric(
 ROLLBACKS = metric(
     "tierwatch_pg_rollbacks_total", "counter", "Transactions rolled back, summed over databases.", section=S
 )
+SYNC_STANDBYS_CONFIGURED = metric(
+    "tierwatch_pg_synchronous_standbys_configured",
+    "gauge",
+    "On a primary: synchronous standbys a commit waits for (num_sync of synchronous_standby_names); "
+    "0 = asynchronous replication only.",
+    section=S,
+)
+SYNC_STANDBYS_STREAMING = metric(
+    "tierwatch_pg_synchronous_standbys_streaming",
+    "gauge",
+    "On a primary: streaming standbys whose sync_state is sync or quorum (they can confirm commits).",
+    section=S,
+)
+SYNC_COMMIT_LOCAL = metric(
+    "tierwatch_pg_synchronous_commit_local",
+    "gauge",
+    "On a primary: 1 if synchronous_commit is off or local (commits do not wait for any standby), else 0; "
+    "the server default as the monitoring role sees it (roles and transactions can override it).",
+    section=S,
+)
 DEADLOCKS = metric(
     "tierwatch_pg_deadlocks_total", "counter", "Deadlocks detected, summed over databases.", section=S
 )
@@ -288,7 +309,9 @@ SELECT
   (SELECT coalesce(max(extract(epoch FROM now() - state_change)), 0)::float8 FROM a
     WHERE state LIKE 'idle in transaction%') AS oldest_idle_xact,
   d.commits, d.rollbacks, d.deadlocks, d.hits, d.reads,
-  (SELECT json_build_array({conflicts}) FROM pg_stat_database_conflicts) AS conflicts
+  (SELECT json_build_array({conflicts}) FROM pg_stat_database_conflicts) AS conflicts,
+  left(current_setting('synchronous_standby_names'), 1000) AS sync_names,
+  current_setting('synchronous_commit') AS sync_commit
 FROM p CROSS JOIN lag CROSS JOIN d CROSS JOIN pg_stat_archiver ar LEFT JOIN wr ON true
 """
 
@@ -415,6 +438,8 @@ def observe(row: Mapping[str, Any], server_version_num: int, peers: Iterable[str
     if replica:
         _observe_replica(obs, row)
     _observe_standbys(obs, row["standbys"] or [], () if replica else peers)
+    if not replica:
+        _observe_synchronous(obs, row)
     _observe_slots(obs, row["slots"] or [])
     _observe_archiver(obs, row)
     _observe_activity(obs, row)
@@ -468,6 +493,29 @@ def _observe_standbys(obs: Observation, rows: list[list[Any]], peers: Iterable[s
         obs.add(STANDBY_LAG_BYTES, value, name, stage)
     for (name, stage), value in lag_seconds.items():
         obs.add(STANDBY_LAG_SECONDS, value, name, stage)
+
+
+_NUM_SYNC = re.compile(r"^\s*(?:(?:FIRST|ANY)\s+)?(\d+)\s*\(", re.IGNORECASE)
+
+
+def synchronous_standbys_required(names: str) -> int:
+    """num_sync of a synchronous_standby_names value: ``[FIRST|ANY] N (a, b)`` gives N, a bare list
+    (``a, b`` or ``*``) means FIRST 1, an empty value 0."""
+    if not names.strip():
+        return 0
+    match = _NUM_SYNC.match(names)
+    return int(match.group(1)) if match else 1
+
+
+def _observe_synchronous(obs: Observation, row: Mapping[str, Any]) -> None:
+    obs.add(SYNC_STANDBYS_CONFIGURED, synchronous_standbys_required(row["sync_names"] or ""))
+    streaming = sum(
+        1
+        for _, state, sync, *_ in row["standbys"] or []
+        if state == "streaming" and sync in ("sync", "quorum")
+    )
+    obs.add(SYNC_STANDBYS_STREAMING, streaming)
+    obs.add(SYNC_COMMIT_LOCAL, 1 if row["sync_commit"] in ("off", "local") else 0)
 
 
 def _observe_slots(obs: Observation, rows: list[list[Any]]) -> None:

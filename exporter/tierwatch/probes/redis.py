@@ -1,4 +1,5 @@
-"""Redis probe: one persistent connection per target, one pipelined INFO per probe.
+"""Redis probe: one persistent connection per target, one pipelined round trip per probe: INFO, and
+CONFIG GET of the write-fencing settings (min-replicas-*) until the server refuses it.
 
 A primary also reports, for each of its replicas, the replication lag (attributed to the replica's
 own target), and reads the cluster's configured queues in a second round trip (see queues.py).
@@ -29,6 +30,10 @@ from .base import Observation, Probe, ProbeFailure, TargetInfo, classify_failure
 CLIENT_NAME = "tierwatch"
 INFO_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication")
 Command = tuple[Any, ...]
+# The write-fencing settings; INFO only says whether both are set. Dropped once the server refuses it
+# (a monitoring ACL user without +config|get, a renamed CONFIG).
+FENCING_CONFIG: Command = ("CONFIG", "GET", "min-replicas-*")
+FENCING_SETTINGS = {"min-replicas-to-write": "to_write", "min-replicas-max-lag": "max_lag"}
 MAX_ROUNDTRIP_BYTES = 4 * MAX_REPLY_BYTES  # all replies of one pipelined round trip together
 
 CONNECTED_REPLICAS = metric(
@@ -126,6 +131,31 @@ AOF_OK = metric(
     "tierwatch_redis_aof_last_write_ok",
     "gauge",
     "1 if the last AOF write succeeded, else 0; only where AOF is enabled.",
+    section="redis",
+)
+WRITE_FENCING = metric(
+    "tierwatch_redis_write_fencing",
+    "gauge",
+    "On a master: 1 if min-replicas-to-write and min-replicas-max-lag are both set, so that the master "
+    "refuses writes without enough good replicas (INFO shows min_slaves_good_slaves), else 0.",
+    section="redis",
+)
+MIN_REPLICAS_GOOD = metric(
+    "tierwatch_redis_min_replicas_good",
+    "gauge",
+    "On a master with write fencing: replicas lagging at most min-replicas-max-lag (min_slaves_good_slaves).",
+    section="redis",
+)
+MIN_REPLICAS_TO_WRITE = metric(
+    "tierwatch_redis_min_replicas_to_write",
+    "gauge",
+    "On a master: the min-replicas-to-write setting (0 = off); absent where CONFIG GET is not allowed.",
+    section="redis",
+)
+MIN_REPLICAS_MAX_LAG = metric(
+    "tierwatch_redis_min_replicas_max_lag_seconds",
+    "gauge",
+    "On a master: the min-replicas-max-lag setting (0 = off); absent where CONFIG GET is not allowed.",
     section="redis",
 )
 UPTIME = metric(
@@ -262,22 +292,43 @@ class RedisProbe(Probe):
             info.target.url, info.password, info.timeout, tls_skip_verify=info.target.tls_skip_verify
         )
         self._info_command: Command = ("INFO",)
+        self.config_refused = False
 
     async def probe(self) -> Observation:
         return await guarded(self.link, self.info.timeout, self._probe())
 
     async def _probe(self) -> Observation:
-        (reply,) = await self.link.roundtrip([self._info_command])
+        commands = [self._info_command] if self.config_refused else [self._info_command, FENCING_CONFIG]
+        reply, *config = await self.link.roundtrip(commands)
         if isinstance(reply, ResponseError):
             raise reply
         fields = parse_info(reply)
         self._choose_info_command(fields)
         observation = observe_info(fields, self.info)
+        if config and observation.role == "primary":
+            self._observe_fencing_config(config[0], observation)
         if observation.role == "primary" and self.info.cluster.queues:
             from .queues import read_queues
 
             await read_queues(self.link, self.info.cluster.queues, observation, time.time())
         return observation
+
+    def _observe_fencing_config(self, reply: Any, obs: Observation) -> None:
+        """The min-replicas settings from CONFIG GET; a refusal stops asking for them."""
+        if isinstance(reply, ResponseError) or not isinstance(reply, list | dict):
+            self.config_refused = True
+            return
+        pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=False)
+        settings = {}
+        for key, value in pairs:
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            if name in FENCING_SETTINGS and text.isdigit():
+                settings[FENCING_SETTINGS[name]] = float(text)
+        if "to_write" in settings:
+            obs.add(MIN_REPLICAS_TO_WRITE, settings["to_write"])
+        if "max_lag" in settings:
+            obs.add(MIN_REPLICAS_MAX_LAG, settings["max_lag"])
 
     def _choose_info_command(self, fields: dict[str, str]) -> None:
         """From Redis 7 on, ask only for the sections used (INFO takes several sections)."""
@@ -301,6 +352,10 @@ def observe_info(fields: dict[str, str], info: TargetInfo) -> Observation:
         _add(obs, REPL_OFFSET, fields, "slave_repl_offset")
     else:
         _add(obs, REPL_OFFSET, fields, "master_repl_offset")
+        # Redis prints min_slaves_good_slaves only when both min-replicas settings are non-zero,
+        # exactly when it refuses writes short of good replicas.
+        obs.add(WRITE_FENCING, 1.0 if "min_slaves_good_slaves" in fields else 0.0)
+        _add(obs, MIN_REPLICAS_GOOD, fields, "min_slaves_good_slaves")
     for spec, key in (
         (CACHE_HITS, "keyspace_hits"),
         (CACHE_MISSES, "keyspace_misses"),

@@ -63,6 +63,12 @@ class RedisServer:
         self._clients.clear()
 
 
+# Write fencing as the demo runs it: a master refuses writes (NOREPLICAS) once no replica has
+# acknowledged the stream for 10 s, so a master cut off from its replicas stops taking writes that a
+# failover on the other side would drop. Give it to every server: any of them may become master.
+WRITE_FENCING: tuple[str, ...] = ("min-replicas-to-write 1", "min-replicas-max-lag 10")
+
+
 def _config_lines(port: int, directory: Path) -> list[str]:
     return [
         f"port {port}",
@@ -146,6 +152,22 @@ def wait_replica_linked(server: RedisServer, timeout: float = 15.0) -> None:
             timeout,
             f"{server.name} to link to its master",
         )
+    finally:
+        client.close()
+
+
+def wait_writes_accepted(master: RedisServer, timeout: float = 15.0) -> None:
+    """Wait until a fencing master has as many good replicas as min-replicas-to-write asks for (a
+    replica counts from its first ACK, up to a second after its link is up); at once without fencing."""
+    client = master.client(socket_timeout=1.0)
+
+    def met() -> bool:
+        good = client.info("replication").get("min_slaves_good_slaves")
+        needed = int(client.config_get("min-replicas-to-write")["min-replicas-to-write"])
+        return good is None or int(good) >= needed
+
+    try:
+        wait_for(met, timeout, f"{master.name} to have enough good replicas to accept writes")
     finally:
         client.close()
 
