@@ -58,6 +58,8 @@ def sample(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str
 def test_health_is_live_without_redis_and_ready_only_with_it(
     app: ExpressApp, redis_master: RedisServer
 ) -> None:
+    # the app answers /health before its Redis connection is up: wait for it rather than race it
+    wait_for(lambda: json.loads(request(app.url)[1])["status"] == "ok", 15, "the app to reach Redis")
     status, body = request(app.url)
     health = json.loads(body)
     assert status == 200

@@ -56,7 +56,7 @@ class SeriesBudget:
     """How many series one target of a kind exports with the default settings, and the most it may."""
 
     kind: str
-    series: int  # measured by tests/test_series_budget.py on the lab's servers
+    series: int  # seen in one run of tests/test_series_budget.py (some families follow server state)
     budget: int
     note: str = ""
 
