@@ -21,13 +21,17 @@ import psycopg
 from .postgres import shutdown_socket
 
 MAX_REPLY_BYTES = 1 << 20  # the probe query's one row is a few KB
-POLL_SECONDS = 0.01
+POLL_SECONDS = 0.002
+# while a query runs the socket's receive buffer is held small, so that what can arrive between two
+# polls stays small too (the kernel's autotuned buffer let a hostile server land ~200 MB in one)
+RECEIVE_BUFFER_BYTES = 256 * 1024
 _TCP_INFO_SIZE = 256
 _BYTES_RECEIVED_OFFSET = 128  # tcpi_bytes_received (u64) in Linux's struct tcp_info
 
 
-def _bytes_received(conn: psycopg.AsyncConnection[Any]) -> int | None:
-    """The kernel's count of bytes received on the connection's TCP socket; None if not TCP."""
+def _bytes_received(conn: psycopg.AsyncConnection[Any], receive_buffer: int | None = None) -> int | None:
+    """The kernel's count of bytes received on the connection's TCP socket (first setting its receive
+    buffer to ``receive_buffer`` bytes, when given); None if not TCP."""
     try:
         sock = socket.socket(fileno=conn.pgconn.socket)
     except (OSError, psycopg.OperationalError):
@@ -35,6 +39,8 @@ def _bytes_received(conn: psycopg.AsyncConnection[Any]) -> int | None:
     try:  # borrowed, not owned: libpq keeps the descriptor (detached below, never closed here)
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             return None
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
     except OSError:
         return None
@@ -57,7 +63,7 @@ class ReplyGuard:
         """Poll the socket's received bytes until ``query`` is done; shut the socket down when the
         reply passes the cap. Returns at once on a connection that is not TCP. Holds no descriptor
         between polls, so cancelling it leaks nothing."""
-        start = _bytes_received(conn)
+        start = _bytes_received(conn, RECEIVE_BUFFER_BYTES)
         if start is None:
             return
         while not query.done():
