@@ -66,6 +66,10 @@ def test_backend_and_server_states_from_runtime_api(
         rows = parse_show_stat(lb.command("show stat"))
         return next(r["status"] for r in rows if r["svname"] == name)
 
+    def backend_2xx() -> int:
+        rows = parse_show_stat(lb.command("show stat"))
+        return int(next(r["hrsp_2xx"] for r in rows if r["pxname"] == "be_app" and r["svname"] == "BACKEND"))
+
     async def scenario() -> list[str]:
         texts = []
         wait_for(
@@ -76,6 +80,9 @@ def test_backend_and_server_states_from_runtime_api(
                 lambda: urllib.request.urlopen(f"http://127.0.0.1:{lb.port}/x", timeout=5).read()
             )
             await monitor.run_round()
+        # HAProxy counts a response when the stream ends, which can be just after the client read it
+        await asyncio.to_thread(wait_for, lambda: backend_2xx() == 3, 10, "three 2xx counted")
+        await monitor.run_round()
         texts.append(scrape(monitor))
         before = cumulative_connections(lb)
         for _ in range(3):
