@@ -176,7 +176,7 @@ def tierwatch_counters(conn: Http) -> tuple[float, float, float]:
     """Probes performed, probes failed and late rounds so far, from tierwatch's /metrics."""
     text = conn.get("/metrics")[1]
     return (
-        metric_sum(text, "tierwatch_probe_duration_seconds_count"),
+        metric_sum(text, "tierwatch_probes_total"),
         metric_sum(text, "tierwatch_probe_failures_total"),
         metric_sum(text, "tierwatch_probe_round_overruns_total"),
     )

@@ -3,12 +3,15 @@
 Starts the real ``tierwatch serve`` watching N fast HTTP targets (``/health`` on a few
 ``tierwatch.lab.stack.http_backend`` processes, answering in well under a millisecond) plus one target
 that answers in 300 ms, scrapes ``/metrics`` once per interval like Prometheus, and after a warm-up reads
-the exporter's own ``tierwatch_probe_duration_seconds`` histograms over a window of whole intervals:
+the exporter's own ``tierwatch_cluster_probe_duration_seconds`` histograms (one per cluster and region;
+the fast targets and the slow one are separate clusters) over a window of whole intervals:
 
 - the share of the fast targets' probes recorded at or under 10 ms (the goal: p99 under 10 ms, i.e. a
   share of at least 0.99), and the p50/p99 interpolated from the buckets;
 - the slow target's mean recorded duration (the goal: 300 ms, not more);
-- failed probes, skipped probe slots (overruns), scrape latency and the exporter's peak RSS.
+- failed probes, skipped probe slots (overruns), scrape latency (once per interval, and back to back
+  after the window), the exposition's bytes and series, the exporter's CPU per probe and cores over the
+  window (one scrape per interval included) and its peak RSS.
 
 Run: ``python bench/latency_bench.py`` (2000 targets, 5 s interval, 60 s window; about 100 s);
 results go to bench/results/latency.json.
@@ -54,7 +57,7 @@ def scrape(port: int) -> tuple[str, float]:
 
 
 def histograms(text: str) -> dict[str, dict[str, float]]:
-    """cluster -> {le: cumulative count summed over its targets, "sum": ..., "count": ...}, plus
+    """cluster -> {le: cumulative count summed over its regions, "sum": ..., "count": ...}, plus
     "_exporter" -> failures and overruns."""
     out: dict[str, dict[str, float]] = {"_exporter": {"failures": 0.0, "overruns": 0.0}}
     for line in text.splitlines():
@@ -69,7 +72,7 @@ def histograms(text: str) -> dict[str, dict[str, float]]:
         if name == "tierwatch_probe_failures_total":
             out["_exporter"]["failures"] += float(value)
             continue
-        if not name.startswith("tierwatch_probe_duration_seconds"):
+        if not name.startswith("tierwatch_cluster_probe_duration_seconds"):
             continue
         figures = out.setdefault(labels["cluster"], {})
         key = labels["le"] if name.endswith("_bucket") else name.rsplit("_", 1)[1]
@@ -100,6 +103,17 @@ def window(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
         "p99_ms": round(quantile(buckets, total, 0.99) * 1000, 3),
         "mean_ms": round((after["sum"] - before["sum"]) / total * 1000, 3) if total else None,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def series(text: str) -> int:
+    """Samples in an exposition (its lines but comments)."""
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
 
 
 def vm_hwm_mib(pid: int) -> float:
@@ -136,13 +150,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pid = exporter.process.popen.pid
         time.sleep(args.interval * 2)  # warm-up: every connection established
         before, _ = scrape(exporter.port)
+        cpu_before, began = cpu_seconds(pid), time.monotonic()
         scrapes = []
         for _ in range(args.rounds):
             time.sleep(args.interval)
             _, took = scrape(exporter.port)
             scrapes.append(took)
         after, _ = scrape(exporter.port)
+        cpu, elapsed = cpu_seconds(pid) - cpu_before, time.monotonic() - began
+        # then back to back, as a second Prometheus or a curl would (not in the CPU figure)
+        back_to_back = sorted(scrape(exporter.port)[1] for _ in range(args.scrapes))
         a, b = histograms(before), histograms(after)
+        probes = sum(b[c]["count"] - a[c]["count"] for c in ("web", "sluggish"))
         return {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": {"nproc": os.cpu_count(), "python": platform.python_version()},
@@ -154,8 +173,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "slow_300ms": window(a["sluggish"], b["sluggish"]),
             "failed_probes": int(b["_exporter"]["failures"] - a["_exporter"]["failures"]),
             "overruns": int(b["_exporter"]["overruns"] - a["_exporter"]["overruns"]),
+            "probes": int(probes),
+            "probes_scheduled": (args.targets + 1) * args.rounds,
+            "cpu_ms_per_probe": round(cpu / probes * 1000, 3) if probes else None,
+            "cores": round(cpu / elapsed, 3),
             "scrape_ms_median": round(statistics.median(scrapes) * 1000, 2),
             "scrape_ms_max": round(max(scrapes) * 1000, 2),
+            "back_to_back_scrape_ms_p50": round(statistics.median(back_to_back) * 1000, 2),
+            "back_to_back_scrape_ms_p99": round(back_to_back[int(len(back_to_back) * 0.99) - 1] * 1000, 2),
+            "metrics_bytes": len(after.encode()),
+            "metrics_series": series(after),
             "exporter_peak_rss_mib": round(vm_hwm_mib(pid), 1),
         }
 
@@ -166,6 +193,7 @@ def main() -> None:
     parser.add_argument("--backends", type=int, default=10)
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=12, help="intervals in the measured window")
+    parser.add_argument("--scrapes", type=int, default=100, help="back-to-back scrapes after the window")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     result = run(args)

@@ -83,7 +83,13 @@ def test_hostile_targets_are_down_with_a_reason_and_cost_at_most_the_cap(
         app_target(hostile, "big-page", "/big-ok", **healthy),
         app_target(hostile, "big-page-small-cap", "/big-ok", max_body_bytes=1024, **healthy),
     ]
-    loaded = make_config([{"name": "web", "tier": "app", "targets": targets}], interval="3s", timeout="1s")
+    # the declared size of the huge body shows in the (opt-in) response size
+    loaded = make_config(
+        [{"name": "web", "tier": "app", "targets": targets}],
+        interval="3s",
+        timeout="1s",
+        metrics={"http_response_size": True},
+    )
     reset_peak_rss()
     before = rss_mb("VmRSS")
     text, monitor, longest = probe_rounds(loaded, 3)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
+import random
 from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
 
 from tierwatch import metrics
 from tierwatch.config import LoadedConfig
@@ -21,6 +24,7 @@ from tierwatch.metric_catalog import QUEUE_LENGTH
 from tierwatch.metrics import ReadyExposition, TierwatchCollector
 from tierwatch.monitor import Monitor, TargetState
 from tierwatch.probes.base import Sample
+from tierwatch.probes.http import HTTP_CONTENT_LENGTH as HTTP_SIZE
 from tierwatch.probes.http import HTTP_STATUS
 
 ACCEPTS = (
@@ -98,7 +102,7 @@ def test_a_scrape_renders_no_target(
     monitor = Monitor(loaded, EventLog(stream=io.StringIO()))
     exposition = ReadyExposition(monitor)
 
-    def no_render(state: object, prefixes: object = None) -> dict[str, str]:
+    def no_render(state: object, prefixes: object = None, options: object = None) -> dict[str, str]:
         raise AssertionError("rendered a target on the scrape path")
 
     monkeypatch.setattr(metrics, "render_target", no_render)
@@ -111,11 +115,14 @@ def test_a_scrape_renders_no_target(
         exposition.refresh(monitor.states[0])
 
 
+@pytest.mark.parametrize("opt_in", [False, True], ids=["default", "opt-in-series"])
 def test_cached_label_text_stays_byte_identical_as_values_change(
-    make_config: Callable[..., LoadedConfig],
+    make_config: Callable[..., LoadedConfig], opt_in: bool
 ) -> None:
     """Re-renders from the cached label text, after every kind of change a probe can make, equal the
-    collector's rendering: escaped label values, counters past 1e6, NaN/Inf, roles and breaker states."""
+    collector's rendering: escaped label values, counters past 1e6, NaN/Inf, roles and breaker states;
+    with the default settings and with every opt-in family turned on."""
+    settings = {"probe_duration_histogram": opt_in, "http_response_size": opt_in}
     loaded = make_config(
         [
             {"name": "cache", "tier": "redis", "targets": [
@@ -123,7 +130,8 @@ def test_cached_label_text_stays_byte_identical_as_values_change(
                 {"name": "r-2", "region": "failover", "url": "redis://127.0.0.1:9"}]},
             {"name": "web", "tier": "app", "targets": [
                 {"name": "w-1", "region": "primary", "url": "http://127.0.0.1:9/"}]},
-        ]
+        ],
+        metrics=settings,
     )  # fmt: skip
     monitor = Monitor(loaded, EventLog(stream=io.StringIO()))
     exposition = ReadyExposition(monitor)
@@ -139,7 +147,13 @@ def test_cached_label_text_stays_byte_identical_as_values_change(
         lambda s: setattr(s, "samples", [Sample(QUEUE_LENGTH, (odd_queue, "waiting"), 3.0)]),
         lambda s: setattr(s, "samples", [Sample(QUEUE_LENGTH, (odd_queue, "waiting"), float("nan"))]),
         lambda s: setattr(
-            s, "samples", [Sample(QUEUE_LENGTH, ("q", "active"), 7), Sample(HTTP_STATUS, (), 2e6)]
+            s,
+            "samples",
+            [
+                Sample(QUEUE_LENGTH, ("q", "active"), 7),
+                Sample(HTTP_STATUS, (), 2e6),
+                Sample(HTTP_SIZE, (), 12),
+            ],
         ),
         lambda s: setattr(s, "role", "replica" if s.info.tier == "redis" else None),
         lambda s: s.failures.__setitem__("timeout", 0),
@@ -162,3 +176,45 @@ def test_cached_label_text_stays_byte_identical_as_values_change(
         'tierwatch_role{cluster="cache",region="failover",role="replica",target="r-2",tier="redis"} 1.0'
         in text
     )
+    assert ("tierwatch_probe_duration_seconds_bucket{" in text) is opt_in
+    assert ("tierwatch_http_response_size_bytes{" in text) is opt_in
+    assert 'tierwatch_probe_last_duration_seconds{cluster="web",region="primary",target="w-1"' in text
+    assert 'tierwatch_probes_total{cluster="web",region="primary",target="w-1",tier="app"} 4.0' in text
+    assert (
+        'tierwatch_cluster_probe_duration_seconds_count{cluster="cache",region="primary",tier="redis"}'
+        in text
+    )
+    # an HTTP probe never fails for "auth": no such series for an app server, unlike Redis
+    assert 'reason="auth",region="primary",target="w-1"' not in text
+    assert 'reason="auth",region="primary",target="r-1"' in text
+
+
+def test_a_reload_turning_the_histogram_on_renders_every_target_again(
+    make_config: Callable[..., LoadedConfig],
+) -> None:
+    web = [{"name": "w-1", "region": "primary", "url": "http://127.0.0.1:9/"}]
+    clusters = [{"name": "web", "tier": "app", "targets": web}]
+    monitor = Monitor(make_config(clusters), EventLog(stream=io.StringIO()))
+    exposition = ReadyExposition(monitor)
+    monitor.states[0].observe_duration(0.003)
+    exposition.refresh(monitor.states[0])
+    encoder = choose_encoder("")
+    assert b"tierwatch_probe_duration_seconds_bucket" not in exposition.body(*encoder)
+    asyncio.run(monitor.apply(make_config(clusters, metrics={"probe_duration_histogram": True})))
+    body = exposition.body(*encoder)
+    assert body == reference(monitor, "")
+    assert b'tierwatch_probe_duration_seconds_bucket{cluster="web",le="0.005",region="primary"' in body
+
+
+def test_value_shortcuts_write_what_prometheus_client_writes() -> None:
+    """The render's fast paths for counters, durations and Unix times equal ``floatToGoString``."""
+    rng = random.Random(17)
+    special = [0.0, 1e6, 1_000_000.5, -1_234_567.5, 1764571928.0, 1e17, 5e-324, 999_999.9999, 2e6]
+    special += [math.inf, -math.inf, math.nan, 0, 7, 999_999, 1_000_000, -3]
+    values = (
+        special + [rng.uniform(1e6, 2e9) for _ in range(2000)] + [rng.uniform(-1e7, 1e6) for _ in range(2000)]
+    )
+    for value in values:
+        assert metrics._value(value) == floatToGoString(value), value
+        if isinstance(value, float):
+            assert metrics._timestamp(value) == floatToGoString(value), value

@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tierwatch.config import LoadedConfig
@@ -68,8 +69,9 @@ def run_rounds(monitor: Monitor, count: int, between: Callable[[int], None] | No
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("histogram", [False, True], ids=["default", "per-target-histogram"])
 def test_healthy_refused_hanging_and_slow_targets(
-    stack: Stack, make_config: Callable[..., LoadedConfig]
+    stack: Stack, make_config: Callable[..., LoadedConfig], histogram: bool
 ) -> None:
     healthy = start_http_backend(stack, "healthy")
     hanging = start_http_backend(stack, "hanging")
@@ -91,6 +93,7 @@ def test_healthy_refused_hanging_and_slow_targets(
         ],
         interval="2s",
         timeout="700ms",
+        metrics={"probe_duration_histogram": histogram},
     )
     monitor = Monitor(loaded, EventLog(stream=io.StringIO()))
     connections_before = connections_seen(healthy)
@@ -104,10 +107,31 @@ def test_healthy_refused_hanging_and_slow_targets(
     assert value(text, "tierwatch_probe_failures_total", target="es-hang", reason="timeout") == 2
     assert value(text, "tierwatch_probe_failures_total", target="es-too-slow", reason="timeout") == 2
     assert value(text, "tierwatch_probe_failures_total", target="es-ok", reason="timeout") == 0
-    # latency histogram: the slow target's 200 ms shows in the buckets above 0.1 s, not below
-    assert value(text, "tierwatch_probe_duration_seconds_bucket", target="es-slow", le="0.1") == 0
-    assert value(text, "tierwatch_probe_duration_seconds_bucket", target="es-slow", le="0.5") == 2
-    assert value(text, "tierwatch_probe_duration_seconds_count", target="es-hang") == 2
+    # the last probe's duration: the slow target's 200 ms, the hanging one's 700 ms timeout
+    slow_duration = value(text, "tierwatch_probe_last_duration_seconds", target="es-slow")
+    assert slow_duration is not None and 0.2 <= slow_duration < 0.5
+    hang_duration = value(text, "tierwatch_probe_last_duration_seconds", target="es-hang")
+    assert hang_duration is not None and 0.7 <= hang_duration < 1.0
+    assert value(text, "tierwatch_probes_total", target="es-hang") == 2
+    # the region's histogram: ok and refused (4 probes) under 0.1 s, slow (2) under 0.5 s, the two
+    # timeouts (4) under 1 s
+    region = {"tier": "app", "cluster": "web", "region": "primary"}
+    buckets = [
+        value(text, "tierwatch_cluster_probe_duration_seconds_bucket", le=le, **region)
+        for le in ("0.1", "0.5", "1")
+    ]
+    assert buckets == [4, 6, 10]
+    assert value(text, "tierwatch_cluster_probe_duration_seconds_count", **region) == 10
+    # per target only when asked for: the slow target's 200 ms above 0.1 s, not below
+    assert value(text, "tierwatch_probe_duration_seconds_bucket", target="es-slow", le="0.1") == (
+        0 if histogram else None
+    )
+    assert value(text, "tierwatch_probe_duration_seconds_bucket", target="es-slow", le="0.5") == (
+        2 if histogram else None
+    )
+    assert value(text, "tierwatch_probe_duration_seconds_count", target="es-hang") == (
+        2 if histogram else None
+    )
     assert value(text, "tierwatch_http_status_code", target="es-ok") == 200
     assert value(text, "tierwatch_last_probe_timestamp_seconds", target="es-ok") is not None
     assert value(text, "tierwatch_targets", tier="app", state="up") == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from tierwatch.config.exporter import LogSettings
 from tierwatch.events import EventLog
 from tierwatch.lab.stack import Stack
 from tierwatch.lab.stack.http import start_http_backend
-from tierwatch.monitor import Monitor, schedule_offset
+from tierwatch.monitor import PROBES_PER_WAKEUP, Monitor, batch_window, schedule_offset
 
 
 def app_cluster(name: str, urls: list[tuple[str, str]]) -> dict[str, Any]:
@@ -102,6 +103,50 @@ def test_each_probe_starts_at_its_offset_and_a_slow_target_reads_its_own_latency
     assert slow_state.last_duration is not None
     assert 0.3 <= slow_state.last_duration < 1.0
     assert all(s.up for s in monitor.states)
+
+
+def test_the_loop_wakes_for_a_batch_of_due_probes_not_for_each(
+    stack: Stack, make_config: Callable[..., LoadedConfig]
+) -> None:
+    """Each wake-up of the process costs CPU: the probes due within a window start together (late by
+    at most that window, never early), so a round of 200 targets takes ~200/16 wake-ups, not 200."""
+    backend = start_http_backend(stack, "fast")
+    loaded = make_config([app_cluster("web", [(f"app-{i}", backend.url) for i in range(200)])], interval="1s")
+    monitor = quiet_monitor(loaded)
+    window = batch_window(1.0, 200)
+    assert window == min(0.1, PROBES_PER_WAKEUP / 200)
+    starts: list[tuple[float, str]] = []
+    original = monitor._probe_and_record
+
+    async def recording(target: Any) -> None:
+        starts.append((asyncio.get_running_loop().time(), target.state.info.name))
+        await original(target)
+
+    monitor._probe_and_record = recording  # type: ignore[method-assign]
+
+    async def run() -> float:
+        stop = asyncio.Event()
+        began = asyncio.get_running_loop().time()
+        task = asyncio.create_task(monitor.run(stop))
+        while monitor.rounds < 3:
+            await asyncio.sleep(0.05)
+            assert asyncio.get_running_loop().time() - began < 30, "three rounds did not complete"
+        stop.set()
+        await task
+        await monitor.close()
+        return began
+
+    began = asyncio.run(run())
+    offsets = {name: offset for offset, name in monitor.schedule()}
+    first_round = sorted(starts)[:200]
+    assert {name for _, name in first_round} == set(offsets)
+    late = sorted(at - began - offsets[name] for at, name in first_round)
+    assert late[0] >= -0.005  # never early
+    assert late[len(late) // 2] <= window  # typically within the window (a loaded machine adds to it)
+    # wake-ups: starts more than 1 ms apart belong to different wake-ups
+    times = [at for at, _ in first_round]
+    wakeups = 1 + sum(1 for a, b in itertools.pairwise(times) if b - a > 0.001)
+    assert wakeups <= 2 * 200 / PROBES_PER_WAKEUP, wakeups
 
 
 def test_probes_in_flight_are_bounded_and_waiting_is_not_timed(

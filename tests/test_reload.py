@@ -83,7 +83,7 @@ def value(exporter: TierwatchProcess, name: str, **labels: str) -> float | None:
 
 
 def probes_of(exporter: TierwatchProcess, target: str) -> float:
-    return value(exporter, "tierwatch_probe_duration_seconds_count", target=target) or 0.0
+    return value(exporter, "tierwatch_probes_total", target=target) or 0.0
 
 
 def events(process: TierwatchProcess, name: str) -> list[dict[str, Any]]:

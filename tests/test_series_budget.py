@@ -21,7 +21,7 @@ from tierwatch.lab.stack.haproxy import start_haproxy, start_vip
 from tierwatch.lab.stack.http import start_http_backend
 from tierwatch.lab.stack.postgres import start_primary, start_replica
 from tierwatch.lab.stack.redis import start_redis, start_sentinels
-from tierwatch.metric_catalog import ROLES_BY_TIER
+from tierwatch.metric_catalog import CLUSTER_PROBE_DURATION, ROLES_BY_TIER
 from tierwatch.metrics import SERIES_PER_TARGET, ReadyExposition
 from tierwatch.monitor import Monitor
 
@@ -36,18 +36,24 @@ TARGET_OF_KIND = {
     "PostgreSQL replica": "pg-2",
 }
 VIP_KIND = "VIP of an LB pair (per cluster)"
+LATENCY_KIND = "probe latency histogram (per tier, cluster and region)"
 
 
 def series_by_target(body: str) -> dict[str, int]:
-    """Series per value of the ``target`` label, and per cluster for the cluster-level (VIP) series."""
+    """Series per value of the ``target`` label; per cluster for the VIP series (``vip:CLUSTER``), per
+    cluster and region for the latency histogram (``latency:TIER/CLUSTER/REGION``)."""
     counts: dict[str, int] = {}
     for family in text_string_to_metric_families(body):
         for sample in family.samples:
-            key = sample.labels.get("target") or (
-                f"cluster:{sample.labels['cluster']}" if "cluster" in sample.labels else None
-            )
-            if key is not None and "tier" in sample.labels:
-                counts[key] = counts.get(key, 0) + 1
+            labels = sample.labels
+            if "tier" not in labels or "cluster" not in labels:
+                continue
+            key = labels.get("target")
+            if key is None and family.name == CLUSTER_PROBE_DURATION.name:
+                key = f"latency:{labels['tier']}/{labels['cluster']}/{labels['region']}"
+            elif key is None:
+                key = f"vip:{labels['cluster']}"
+            counts[key] = counts.get(key, 0) + 1
     return counts
 
 
@@ -118,7 +124,8 @@ def test_every_target_kind_exports_its_declared_series_within_budget(
     body = exposition.body(*choose_encoder("")).decode()
     counts = series_by_target(body)
     measured = {kind: counts[name] for kind, name in TARGET_OF_KIND.items()}
-    measured[VIP_KIND] = counts["cluster:edge"]
+    measured[VIP_KIND] = counts["vip:edge"]
+    measured[LATENCY_KIND] = counts["latency:app/web/p"]
     declared = {kind.kind: kind for kind in SERIES_PER_TARGET}
     assert set(declared) == set(measured)
     for kind, count in measured.items():

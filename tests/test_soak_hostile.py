@@ -148,7 +148,7 @@ def test_exporter_survives_hostile_targets(stack: Stack, write_config: Callable[
         unprobed = [
             name
             for name in hostile_names
-            if (metric_value(text, "tierwatch_probe_duration_seconds_count", target=name) or 0) < 1
+            if (metric_value(text, "tierwatch_probes_total", target=name) or 0) < 1
         ]
 
     latencies.sort()

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 MetricKind = Literal["gauge", "counter", "histogram", "info"]
-Scope = Literal["target", "cluster", "exporter"]
+Scope = Literal["target", "cluster", "region", "exporter"]
 
 TARGET_LABELS: tuple[str, ...] = ("tier", "cluster", "target", "region")
 CLUSTER_LABELS: tuple[str, ...] = ("tier", "cluster")
+REGION_LABELS: tuple[str, ...] = ("tier", "cluster", "region")
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,13 @@ class MetricSpec:
     labels: tuple[str, ...] = ()
     scope: Scope = "target"
     section: str = "core"
+    opt_in: str = ""  # the ``metrics.<key>`` setting that turns the family on; "" = always exported
 
     @property
     def all_labels(self) -> tuple[str, ...]:
-        """Target or cluster labels followed by the metric's own labels."""
-        base = {"target": TARGET_LABELS, "cluster": CLUSTER_LABELS, "exporter": ()}[self.scope]
-        return (*base, *self.labels)
+        """Target, region or cluster labels followed by the metric's own labels."""
+        base = {"target": TARGET_LABELS, "cluster": CLUSTER_LABELS, "region": REGION_LABELS, "exporter": ()}
+        return (*base[self.scope], *self.labels)
 
 
 CATALOG: dict[str, MetricSpec] = {}
@@ -45,13 +47,14 @@ def metric(
     *,
     scope: Scope = "target",
     section: str = "core",
+    opt_in: str = "",
 ) -> MetricSpec:
     """Declare a metric family; names are unique across the exporter."""
     if kind == "counter" and not name.endswith("_total"):
         raise ValueError(f"counter {name} must end in _total")
     if name in CATALOG:
         raise ValueError(f"metric {name} declared twice")
-    spec = MetricSpec(name, kind, help, labels, scope, section)
+    spec = MetricSpec(name, kind, help, labels, scope, section, opt_in)
     CATALOG[name] = spec
     return spec
 
@@ -59,7 +62,29 @@ def metric(
 # Core metrics: the contract shared with the rules, dashboards and recovery service (DESIGN.md).
 UP = metric("tierwatch_up", "gauge", "1 if the last probe of the target succeeded, else 0.")
 PROBE_DURATION = metric(
-    "tierwatch_probe_duration_seconds", "histogram", "Latency of probes of the target (successful or not)."
+    "tierwatch_probe_duration_seconds",
+    "histogram",
+    "Latency of probes of the target (successful or not), a histogram per target (16 series).",
+    opt_in="probe_duration_histogram",
+)
+PROBE_LAST_DURATION = metric(
+    "tierwatch_probe_last_duration_seconds",
+    "gauge",
+    "Duration of the last probe of the target, successful or not (blackbox_exporter's "
+    "probe_duration_seconds).",
+)
+PROBES = metric(
+    "tierwatch_probes_total",
+    "counter",
+    "Probes of the target, successful or not (not counted while its circuit is open); the denominator of "
+    "the error ratio with tierwatch_probe_failures_total.",
+)
+CLUSTER_PROBE_DURATION = metric(
+    "tierwatch_cluster_probe_duration_seconds",
+    "histogram",
+    "Latency of the probes of the cluster's targets in a region (successful or not): latency quantiles "
+    "per cluster and region without a histogram per target.",
+    scope="region",
 )
 PROBE_FAILURES = metric(
     "tierwatch_probe_failures_total",

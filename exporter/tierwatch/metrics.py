@@ -9,6 +9,7 @@ probes in flight, on every scrape.
 
 from __future__ import annotations
 
+import math
 import platform
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from .metric_catalog import (
     BUILD_INFO,
     CIRCUIT_STATE,
     CIRCUIT_STATES,
+    CLUSTER_PROBE_DURATION,
     CONFIG_RELOAD_SUCCESSFUL,
     CONFIG_RELOAD_TIME,
     FAILURE_REASONS,
@@ -34,6 +36,8 @@ from .metric_catalog import (
     PROBE_BUCKETS,
     PROBE_DURATION,
     PROBE_FAILURES,
+    PROBE_LAST_DURATION,
+    PROBES,
     ROLE,
     ROLES_BY_TIER,
     ROUND_DURATION,
@@ -48,7 +52,27 @@ from .monitor import TARGET_STATUSES, Monitor, TargetState
 from .probes.vip import VIP_DURATION, VIP_IDENTIFIED, VIP_UP
 
 BUCKET_LABELS = [f"{b:g}" for b in PROBE_BUCKETS]
-CORE_SPECS = (UP, PROBE_FAILURES, CIRCUIT_STATE, ROLE, LAST_PROBE)
+CORE_SPECS = (UP, PROBE_FAILURES, CIRCUIT_STATE, ROLE, LAST_PROBE, PROBES, PROBE_LAST_DURATION)
+# failure reasons a tier's probe can never give are not exported (a reason that does occur is)
+# (no credentials: app servers and HAProxy are probed over HTTP and the stats socket, without auth)
+_NO_AUTH = tuple(r for r in FAILURE_REASONS if r != "auth")
+REASONS_BY_TIER: dict[str, tuple[str, ...]] = {"app": _NO_AUTH, "lb": _NO_AUTH}
+
+
+def failure_reasons(tier: str) -> tuple[str, ...]:
+    """The ``reason`` values of ``tierwatch_probe_failures_total`` exported for a target of ``tier``."""
+    return REASONS_BY_TIER.get(tier, FAILURE_REASONS)
+
+
+def enabled_options(monitor: Monitor) -> frozenset[str]:
+    """The ``metrics.*`` opt-in settings turned on in the monitor's config (``MetricSpec.opt_in``)."""
+    settings = monitor.loaded.config.metrics
+    return frozenset(key for key, on in settings.model_dump().items() if on)
+
+
+def exported(spec: MetricSpec, options: frozenset[str]) -> bool:
+    """Whether a family is exported with the opt-in settings ``options``."""
+    return not spec.opt_in or spec.opt_in in options
 
 
 @dataclass(frozen=True)
@@ -62,17 +86,25 @@ class SeriesBudget:
 
 
 HISTOGRAM_SERIES = len(PROBE_BUCKETS) + 3  # buckets, +Inf, _count, _sum
-# Prometheus pays for every series: a new one per target is a decision (issue 17). Budgets are today's
-# counts, so growth fails tests/test_series_budget.py; lowering them is the next step.
+# Prometheus pays for every series: a new one per target is a decision (issue 17). The per-target latency
+# histogram is opt-in (metrics.probe_duration_histogram, +16 series a target); by default a target has
+# the last probe's duration and a probe counter, and latency quantiles come from one histogram per
+# tier, cluster and region. Budgets leave no room to grow unnoticed.
 SERIES_PER_TARGET: tuple[SeriesBudget, ...] = (
-    SeriesBudget("HTTP app server", 28, 28),
-    SeriesBudget("load balancer (HAProxy)", 59, 59, "one frontend, one backend of one server"),
+    SeriesBudget("HTTP app server", 12, 12, "http:// (an https:// target adds its certificate expiry)"),
+    SeriesBudget("load balancer (HAProxy)", 51, 51, "one frontend, one backend of one server"),
     SeriesBudget("VIP of an LB pair (per cluster)", 3, 3),
-    SeriesBudget("Redis primary", 49, 49, "one replica, no queue"),
-    SeriesBudget("Redis replica", 51, 51, "with the lag its primary reports about it"),
-    SeriesBudget("Redis Sentinel", 37, 37, "watching one master"),
-    SeriesBudget("PostgreSQL primary", 67, 67, "one streaming standby"),
-    SeriesBudget("PostgreSQL replica", 57, 57, "with the lag its primary reports about it"),
+    SeriesBudget("Redis primary", 35, 35, "one replica, no queue"),
+    SeriesBudget("Redis replica", 37, 37, "with the lag its primary reports about it"),
+    SeriesBudget("Redis Sentinel", 23, 23, "watching one master"),
+    SeriesBudget("PostgreSQL primary", 53, 53, "one streaming standby"),
+    SeriesBudget("PostgreSQL replica", 44, 44, "with the lag its primary reports about it"),
+    SeriesBudget(
+        "probe latency histogram (per tier, cluster and region)",
+        HISTOGRAM_SERIES,
+        HISTOGRAM_SERIES,
+        "tierwatch_cluster_probe_duration_seconds: per region of a cluster, not per target",
+    ),
 )
 
 
@@ -104,6 +136,21 @@ class TierwatchCollector(Collector):
         yield from self.target_families()
         yield from self.tail_families()
 
+    def _cluster_latency(self) -> Iterator[Metric]:
+        latency = self.monitor.latency
+        if not latency:
+            return
+        histograms = family(CLUSTER_PROBE_DURATION)
+        for key in sorted(latency):
+            group = latency[key]
+            cumulative, buckets = 0, []
+            for bound, count in zip(BUCKET_LABELS, group.bucket_counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            buckets.append(("+Inf", group.count))
+            histograms.add_metric(list(key), buckets, group.sum)  # type: ignore[attr-defined]
+        yield histograms
+
     def tail_families(self) -> Iterator[Metric]:
         """The families that are not per target: the clusters' VIPs and the exporter's own."""
         by_tier_state: dict[tuple[str, str], int] = {}
@@ -111,10 +158,13 @@ class TierwatchCollector(Collector):
             key = (state.info.tier, state.status)
             by_tier_state[key] = by_tier_state.get(key, 0) + 1
         yield from self._vip_families()
+        yield from self._cluster_latency()
         yield from self._exporter_families(by_tier_state)
 
     def target_families(self) -> Iterator[Metric]:
         """The per-target families, every target's samples."""
+        options = enabled_options(self.monitor)
+        histogram = exported(PROBE_DURATION, options)
         core = {spec.name: family(spec) for spec in CORE_SPECS}
         durations = family(PROBE_DURATION)
         extra: dict[str, Metric] = {}
@@ -122,8 +172,10 @@ class TierwatchCollector(Collector):
             info = state.info
             labels = list(info.labels)
             _add(core[UP.name], labels, 1.0 if state.up else 0.0)
+            reasons = failure_reasons(info.tier)
             for reason in FAILURE_REASONS:
-                _add(core[PROBE_FAILURES.name], [*labels, reason], state.failures[reason])
+                if reason in reasons or state.failures[reason]:
+                    _add(core[PROBE_FAILURES.name], [*labels, reason], state.failures[reason])
             for breaker_state in CIRCUIT_STATES:
                 value = 1.0 if state.breaker.state == breaker_state else 0.0
                 _add(core[CIRCUIT_STATE.name], [*labels, breaker_state], value)
@@ -132,19 +184,26 @@ class TierwatchCollector(Collector):
                     _add(core[ROLE.name], [*labels, role], 1.0 if role == state.role else 0.0)
             if state.last_probe is not None:
                 _add(core[LAST_PROBE.name], labels, state.last_probe)
-            cumulative, buckets = 0, []
-            for bound, count in zip(BUCKET_LABELS, state.bucket_counts, strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            buckets.append(("+Inf", state.duration_count))
-            durations.add_metric(labels, buckets, state.duration_sum)  # type: ignore[attr-defined]
+            _add(core[PROBES.name], labels, state.duration_count)
+            if state.duration_last is not None:
+                _add(core[PROBE_LAST_DURATION.name], labels, state.duration_last)
+            if histogram:
+                cumulative, buckets = 0, []
+                for bound, count in zip(BUCKET_LABELS, state.bucket_counts, strict=True):
+                    cumulative += count
+                    buckets.append((bound, cumulative))
+                buckets.append(("+Inf", state.duration_count))
+                durations.add_metric(labels, buckets, state.duration_sum)  # type: ignore[attr-defined]
             for sample in state.samples:
+                if not exported(sample.spec, options):
+                    continue
                 metric = extra.get(sample.spec.name)
                 if metric is None:
                     metric = extra[sample.spec.name] = family(sample.spec)
                 _add(metric, [*labels, *sample.labels], sample.value)
         yield from core.values()
-        yield durations
+        if histogram:
+            yield durations
         yield from extra.values()
 
     def _vip_families(self) -> Iterator[Metric]:
@@ -213,10 +272,13 @@ def _prefix(name: str, labels: Iterable[tuple[str, str]]) -> str:
 
 
 def _value(value: float) -> str:
-    """``floatToGoString``, with a shortcut for the small non-negative integers most samples are
-    (counters, bucket counts): below 1e6 Go writes them as Python's repr of the float, ``N.0``."""
+    """``floatToGoString``, with shortcuts for the small non-negative integers most samples are
+    (counters, bucket counts) and for finite floats below 1e6 (durations): there Go writes what
+    Python's repr of the float does (``N.0`` for an integer)."""
     if type(value) is int and 0 <= value < 1_000_000:
         return f"{value}.0"
+    if type(value) is float and -math.inf < value < 1e6:
+        return repr(value)
     return floatToGoString(value)
 
 
@@ -238,26 +300,41 @@ class TargetPrefixes:
     __slots__ = (
         "buckets",
         "circuit",
+        "circuit_lines",
         "count",
         "extra",
         "failures",
         "inf",
+        "info",
         "labels",
         "last",
+        "last_duration",
         "last_probe",
+        "probes",
+        "reasons",
+        "role_lines",
         "roles",
         "sum",
         "up",
+        "up_lines",
     )
 
     def __init__(self, labels: tuple[str, ...], tier: str):
+        self.info: object = None  # the TargetInfo these were last checked against
         self.labels = labels
         base = list(zip(TARGET_LABELS, labels, strict=True))
         self.up = _prefix(UP.name, base)
+        self.up_lines = (f"{self.up}0.0\n", f"{self.up}1.0\n")
         self.last_probe = _prefix(LAST_PROBE.name, base)
-        self.failures = [_prefix(PROBE_FAILURES.name, [*base, ("reason", r)]) for r in FAILURE_REASONS]
+        self.probes = _prefix(PROBES.name, base)
+        self.last_duration = _prefix(PROBE_LAST_DURATION.name, base)
+        self.reasons = failure_reasons(tier)
+        self.failures = [(r, _prefix(PROBE_FAILURES.name, [*base, ("reason", r)])) for r in FAILURE_REASONS]
         self.circuit = [(s, _prefix(CIRCUIT_STATE.name, [*base, ("state", s)])) for s in CIRCUIT_STATES]
         self.roles = [(r, _prefix(ROLE.name, [*base, ("role", r)])) for r in ROLES_BY_TIER.get(tier, ())]
+        # the whole family's lines for each state and role: a render picks one
+        self.circuit_lines = {s: _enum_lines(self.circuit, s) for s in CIRCUIT_STATES}
+        self.role_lines = {r: _enum_lines(self.roles, r) for r, _ in self.roles}
         bucket = f"{PROBE_DURATION.name}_bucket"
         self.buckets = [_prefix(bucket, [*base, ("le", bound)]) for bound in BUCKET_LABELS]
         self.inf = _prefix(bucket, [*base, ("le", "+Inf")])
@@ -291,51 +368,79 @@ class TargetPrefixes:
         return lines
 
 
+def _enum_lines(prefixes: list[tuple[str, str]], current: str | None) -> str:
+    """An enum-style family's lines: 1 for ``current``, 0 for the others."""
+    return "".join([f"{prefix}{'1.0' if value == current else '0.0'}\n" for value, prefix in prefixes])
+
+
+def _timestamp(value: float) -> str:
+    """``floatToGoString`` of a Unix time (a finite float above 1e6, so in Go's exponent form)."""
+    text = repr(value)
+    dot = text.find(".")
+    if dot > 6 and value > 0 and "e" not in text:
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return floatToGoString(value)
+
+
 def target_prefixes(state: TargetState, cached: TargetPrefixes | None = None) -> TargetPrefixes:
     """``cached`` if it was built for this target's labels, else new prefixes for them."""
-    labels = state.info.labels
-    if cached is not None and cached.labels == labels:
+    info = state.info
+    if cached is not None and (cached.info is info or cached.labels == info.labels):
+        cached.info = info
         return cached
-    return TargetPrefixes(labels, state.info.tier)
+    prefixes = TargetPrefixes(info.labels, info.tier)
+    prefixes.info = info
+    return prefixes
 
 
-def render_target(state: TargetState, prefixes: TargetPrefixes | None = None) -> dict[str, str]:
-    """A target's sample lines, by family name: what ``TierwatchCollector`` writes for it. Pass the
-    target's ``prefixes`` (``target_prefixes``) to reuse them between renders."""
+def _failure_lines(p: TargetPrefixes, counts: tuple[int, ...]) -> str:
+    return "".join(
+        [
+            f"{prefix}{_value(n)}\n"
+            for (reason, prefix), n in zip(p.failures, counts, strict=True)
+            if n or reason in p.reasons
+        ]
+    )
+
+
+def render_target(
+    state: TargetState, prefixes: TargetPrefixes | None = None, options: frozenset[str] = frozenset()
+) -> dict[str, str]:
+    """A target's sample lines, by family name: what ``TierwatchCollector`` writes for it with the
+    opt-in settings ``options`` (``enabled_options``). Pass the target's ``prefixes``
+    (``target_prefixes``) to reuse them between renders."""
     p = target_prefixes(state, prefixes)
-    out = {UP.name: f"{p.up}{'1.0' if state.up else '0.0'}\n"}
+    out = {UP.name: p.up_lines[1 if state.up else 0]}
     failures = state.failures
     counts = tuple([failures[reason] for reason in FAILURE_REASONS])
-    out[PROBE_FAILURES.name] = p.reuse(
-        PROBE_FAILURES.name,
-        counts,
-        lambda: "".join([f"{prefix}{_value(n)}\n" for prefix, n in zip(p.failures, counts, strict=True)]),
-    )
+    out[PROBE_FAILURES.name] = p.reuse(PROBE_FAILURES.name, counts, lambda: _failure_lines(p, counts))
     breaker = state.breaker.state
-    out[CIRCUIT_STATE.name] = p.reuse(
-        CIRCUIT_STATE.name,
-        breaker,
-        lambda: "".join([f"{prefix}{'1.0' if s == breaker else '0.0'}\n" for s, prefix in p.circuit]),
-    )
+    lines = p.circuit_lines.get(breaker)
+    out[CIRCUIT_STATE.name] = lines if lines is not None else _enum_lines(p.circuit, breaker)
     role = state.role
     if role is not None:
-        out[ROLE.name] = p.reuse(
-            ROLE.name,
-            role,
-            lambda: "".join([f"{prefix}{'1.0' if r == role else '0.0'}\n" for r, prefix in p.roles]),
-        )
+        lines = p.role_lines.get(role)
+        out[ROLE.name] = lines if lines is not None else _enum_lines(p.roles, role)
     if state.last_probe is not None:
-        out[LAST_PROBE.name] = f"{p.last_probe}{floatToGoString(state.last_probe)}\n"
-    lines, cumulative = [], 0
-    for prefix, count in zip(p.buckets, state.bucket_counts, strict=True):
-        cumulative += count
-        lines.append(f"{prefix}{_value(cumulative)}\n")
-    lines.append(f"{p.inf}{_value(state.duration_count)}\n")
-    lines.append(f"{p.count}{_value(state.duration_count)}\n")
-    lines.append(f"{p.sum}{floatToGoString(state.duration_sum)}\n")
-    out[PROBE_DURATION.name] = "".join(lines)
+        out[LAST_PROBE.name] = f"{p.last_probe}{_timestamp(state.last_probe)}\n"
+    count = state.duration_count
+    out[PROBES.name] = f"{p.probes}{_value(count)}\n"
+    if state.duration_last is not None:
+        out[PROBE_LAST_DURATION.name] = f"{p.last_duration}{_value(state.duration_last)}\n"
+    if PROBE_DURATION.opt_in in options:
+        histogram, cumulative = [], 0
+        for prefix, n in zip(p.buckets, state.bucket_counts, strict=True):
+            cumulative += n
+            histogram.append(f"{prefix}{_value(cumulative)}\n")
+        histogram.append(f"{p.inf}{_value(count)}\n")
+        histogram.append(f"{p.count}{_value(count)}\n")
+        histogram.append(f"{p.sum}{_value(state.duration_sum)}\n")
+        out[PROBE_DURATION.name] = "".join(histogram)
     for sample in state.samples:
         spec = sample.spec
+        if spec.opt_in and spec.opt_in not in options:
+            continue
         line = f"{p.sample_prefix(spec, sample.labels)}{_value(sample.value)}\n"
         previous = out.get(spec.name)
         out[spec.name] = line if previous is None else previous + line
@@ -346,7 +451,7 @@ def _what_a_reader_sees(state: TargetState) -> tuple[object, ...]:
     """Everything ``render_target`` reads from a target's state (the histogram's buckets change only
     with its count and sum)."""
     return (
-        state.info.labels,
+        state.info,  # its labels (a reload replaces it: one render more then)
         state.up,
         state.role,
         state.breaker.state,
@@ -375,6 +480,8 @@ class ReadyExposition:
         self._specs: dict[str, MetricSpec] = {spec.name: spec for spec in (*CORE_SPECS, PROBE_DURATION)}
         self._headers: dict[str, tuple[str, str]] = {}
         self._bodies: dict[str, tuple[int, bytes]] = {}
+        self._loaded = monitor.loaded
+        self._options = enabled_options(monitor)
         self.refresh_all()
         monitor.on_change.append(self.refresh)
         monitor.on_remove.append(self.forget)
@@ -382,6 +489,8 @@ class ReadyExposition:
     def refresh(self, state: TargetState) -> None:
         """Render one target's lines again (called by the monitor when the target's state changed),
         unless nothing they show changed since the last render."""
+        if self.monitor.loaded is not self._loaded and self._options_changed():
+            return  # every target was rendered again
         name = state.info.name
         seen = _what_a_reader_sees(state)
         if self._rendered_from.get(name) == seen and name in self._lines:
@@ -389,8 +498,19 @@ class ReadyExposition:
         for sample in state.samples:
             self._specs.setdefault(sample.spec.name, sample.spec)
         prefixes = self._prefixes[name] = target_prefixes(state, self._prefixes.get(name))
-        self._lines[name] = render_target(state, prefixes)
+        self._lines[name] = render_target(state, prefixes, self._options)
         self._rendered_from[name] = seen
+
+    def _options_changed(self) -> bool:
+        """After a reload: re-render every target if the opt-in settings changed (True then)."""
+        self._loaded = self.monitor.loaded
+        options = enabled_options(self.monitor)
+        if options == self._options:
+            return False
+        self._options = options
+        self._bodies.clear()
+        self.refresh_all()
+        return True
 
     def forget(self, name: str) -> None:
         """Drop a target's lines (called by the monitor when a reload removed it)."""
@@ -408,13 +528,17 @@ class ReadyExposition:
     def body(self, encoder: Callable[[Collector], bytes], content_type: str) -> bytes:
         """The exposition for a negotiated ``encoder``/``content_type`` (from ``choose_encoder``);
         joined again only when the monitor's state changed since the last one."""
+        if self.monitor.loaded is not self._loaded:
+            self._options_changed()
         version = self.monitor.version
         cached = self._bodies.get(content_type)
         if cached is not None and cached[0] == version:
             return cached[1]
         openmetrics = content_type.startswith("application/openmetrics-text")
         per_target = [self._lines[state.info.name] for state in self.monitor.states]
-        names = [spec.name for spec in (*CORE_SPECS, PROBE_DURATION)]
+        names = [spec.name for spec in CORE_SPECS]
+        if PROBE_DURATION.opt_in in self._options:
+            names.append(PROBE_DURATION.name)
         seen = set(names)
         for lines in per_target:
             for name in lines:

@@ -22,7 +22,11 @@ HTTP_TLS_EXPIRY = metric(
     section="http",
 )
 HTTP_CONTENT_LENGTH = metric(
-    "tierwatch_http_response_size_bytes", "gauge", "Size of the last response body.", section="http"
+    "tierwatch_http_response_size_bytes",
+    "gauge",
+    "Size of the last response body.",
+    section="http",
+    opt_in="http_response_size",
 )
 
 
@@ -40,7 +44,8 @@ class HttpProbe(Probe):
         if self._client is None:
             self._client = HttpClient(self.info.timeout, tls_verify(self.info.target))
         try:
-            answer = await self._client.get(self.info.target.url, self.rules)
+            # the monitor bounds the probe with the same timeout
+            answer = await self._client.get(self.info.target.url, self.rules, caller_deadline=True)
         except HttpFailure as exc:
             raise ProbeFailure(exc.reason, str(exc)) from exc
         observation = Observation(io_seconds=answer.elapsed)
