@@ -157,6 +157,34 @@ def test_alerts_differing_only_by_replica_label_are_one_incident(stack: Stack) -
     service.stop()
 
 
+def test_a_replica_copy_arriving_after_the_incident_was_handled_is_still_the_same_incident(
+    stack: Stack,
+) -> None:
+    """The second Prometheus of a pair starts firing a little later, so Alertmanager sends its copy one
+    group_interval after the first: by then the first copy's action is done. Still one incident; an
+    occurrence that starts firing after that action finished is a new one."""
+    service, marker = app_setup(stack)
+    first = alert("AppInstanceDown", {**LABELS, "replica": "a"}, fingerprint="00000000000000a1")
+    assert service.post(payload(first)).json() == {"status": "recorded", "accepted": 1}
+    [outcome] = service.wait_outcome()
+    assert outcome["outcome"] == "succeeded", outcome
+    late = alert(
+        "AppInstanceDown", {**LABELS, "replica": "b"}, fingerprint="00000000000000b1",
+        starts_at="2026-11-26T21:00:01.5Z",
+    )  # fmt: skip
+    assert service.post(payload(late)).json() == {"status": "recorded", "duplicate": 1}
+    for one in (first, late):
+        assert service.post(payload(dict(one, status="resolved"))).status_code == 200
+    later = time.strftime("%Y-%m-%dT%H:%M:%S.000000001Z", time.gmtime(time.time() + 5))
+    again = alert(
+        "AppInstanceDown", {**LABELS, "replica": "b"}, fingerprint="00000000000000b1", starts_at=later
+    )
+    assert service.post(payload(again)).json() == {"status": "recorded", "accepted": 1}
+    drained(service)
+    assert runs(marker) == 1  # the new occurrence is in the default cooldown
+    service.stop()
+
+
 def test_concurrent_alerts_cannot_pass_the_cooldown_together(stack: Stack) -> None:
     # two different instances of one cluster, both down: cooldown is per cluster and action
     service, marker = app_setup(stack, ("es-1", "es-2"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -41,6 +42,11 @@ def restart_setup(stack: Stack, delay: float = 0.0, **recovery: object) -> tuple
         **recovery,
     }
     return start_recovery(stack, clusters, settings), marker, port
+
+
+def now_rfc3339() -> str:
+    """The current time as Alertmanager writes ``startsAt``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() + 1))
 
 
 def runs(marker: Path) -> int:
@@ -193,7 +199,10 @@ def test_allow_list_cooldown_rate_limit_and_lock(stack: Stack) -> None:
     assert {b["limit"] for b in service.events("blocked")} == {"not_allowed"}
     service.post(payload(alert("AppInstanceDown", LABELS, fingerprint="0000000000000003")))
     service.wait_outcome()
-    service.post(payload(alert("AppInstanceDown", LABELS, fingerprint="0000000000000004")))
+    # a new occurrence: it starts firing after the first one was handled (an earlier start would make
+    # it another copy of the same incident, see test_recovery_hardening)
+    again = alert("AppInstanceDown", LABELS, fingerprint="0000000000000004", starts_at=now_rfc3339())
+    service.post(payload(again))
     wait_for(lambda: any(b["limit"] == "cooldown" for b in service.events("blocked")), 10, "cooldown")
     assert runs(marker) == 1
     metrics = httpx.get(service.url + "/metrics").text
@@ -211,7 +220,8 @@ def test_rate_limit_counts_every_action_of_a_cluster(stack: Stack) -> None:
     service, marker, _ = restart_setup(stack, cooldown="0s", rate_limit={"max_actions": 1, "per": "1h"})
     service.post(payload(alert("AppInstanceDown", LABELS, fingerprint="0000000000000003")))
     service.wait_outcome()
-    service.post(payload(alert("AppInstanceDown", LABELS, fingerprint="0000000000000004")))
+    again = alert("AppInstanceDown", LABELS, fingerprint="0000000000000004", starts_at=now_rfc3339())
+    service.post(payload(again))
     wait_for(lambda: any(b["limit"] == "rate_limit" for b in service.events("blocked")), 10, "rate limit")
     assert runs(marker) == 1
     service.stop()

@@ -75,7 +75,18 @@ def _serve(args: argparse.Namespace) -> int:
     ok, web = _web_config(args.web_config_file)
     if not ok:
         return 1
-    return _run_service("serve", args.config, lambda loaded: run_exporter(loaded, args.listen, web=web))
+    shard = None
+    if args.shard is not None:
+        from .config.shard import parse_shard
+
+        try:
+            shard = parse_shard(args.shard)
+        except ValueError as exc:
+            print(f"tierwatch serve: {exc}", file=sys.stderr)
+            return 2
+    return _run_service(
+        "serve", args.config, lambda loaded: run_exporter(loaded, args.listen, web=web, shard=shard)
+    )
 
 
 def _recover(args: argparse.Namespace) -> int:
@@ -213,6 +224,11 @@ def build_parser(with_drills: bool = True) -> argparse.ArgumentParser:
         "tierwatch YAML config",
         "config's listen, 127.0.0.1:9489",
         "TLS and basic auth for every endpoint (see the README)",
+    )
+    serve.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="probe only shard I (0-based) of N: the clusters whose name hashes to I (docs/ha.md)",
     )
     serve.set_defaults(func=_serve)
 

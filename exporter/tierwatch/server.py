@@ -12,6 +12,7 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 from prometheus_client.exposition import choose_encoder
 
 from .config import ConfigError, LoadedConfig, TargetConfig, load_config
+from .config.shard import Shard
 from .discovery import Discovery, DiscoveryCollector
 from .events import EventLog
 from .http_server import (
@@ -109,6 +110,7 @@ class ExporterReloader:
         self.listen = listen
         self.listen_fixed = listen_fixed
         self.web = web
+        self.shard: Shard | None = None  # --shard: applied to every reloaded config
         self._lock = asyncio.Lock()
 
     async def reload(self, source: str) -> list[str]:
@@ -121,6 +123,7 @@ class ExporterReloader:
                 problems = exc.problems
             else:
                 problems = []
+                loaded = self.shard.apply(loaded) if self.shard is not None else loaded
                 if not self.listen_fixed and loaded.config.listen != self.listen:
                     problems.append(
                         f"{path}: listen: cannot change without a restart (serving on {self.listen})"
@@ -229,20 +232,30 @@ async def run_exporter(
     listen: str | None = None,
     events: EventLog | None = None,
     web: WebConfig | None = None,
+    shard: Shard | None = None,
 ) -> None:
     """Run the monitor and the HTTP server until SIGTERM/SIGINT, then close every connection;
     SIGHUP and ``POST /-/reload`` reload the config (``ExporterReloader``); ``web``
-    (``--web.config.file``) adds TLS and basic auth (in front of /-/reload too)."""
+    (``--web.config.file``) adds TLS and basic auth (in front of /-/reload too); ``shard``
+    (``--shard I/N``) keeps only that shard's clusters, at start and on every reload."""
+    loaded = shard.apply(loaded) if shard is not None else loaded
     cfg = loaded.config
     events = events or EventLog.from_settings(cfg.log)
     monitor = Monitor(loaded, events)
     address = listen or cfg.listen
     feed = DiscoveryFeed(monitor, events)
     reloader = ExporterReloader(monitor, events, address, listen is not None, web, feed)
+    reloader.shard = shard
     remove_reload_signal = install_reload_signal(lambda: reloader.reload("sighup"))
     settle_garbage_collector()
     stop = asyncio.Event()
-    events.emit("exporter_started", listen=address, targets=len(monitor.states), config=str(loaded.path))
+    events.emit(
+        "exporter_started",
+        listen=address,
+        targets=len(monitor.states),
+        config=str(loaded.path),
+        **({"shard": str(shard)} if shard is not None else {}),
+    )
     loop_task = asyncio.create_task(monitor.run(stop))
     feed.start()
     app = ExporterApp(monitor, reloader)

@@ -3,6 +3,7 @@ which alert may run which action, its safety limits, and per-cluster action sett
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -43,6 +44,16 @@ class RateLimit(_Strict):
     per: Duration = 3600.0
 
 
+class RejoinCommands(_Strict):
+    """pg_rejoin: how to stop a returning old primary, rewind it against the new primary and start it
+    as a standby; argument lists (no shell) in which ``{primary_host}`` and ``{primary_port}`` are
+    replaced by the new primary's address from its target URL (never by anything from an alert)."""
+
+    stop: Annotated[list[str], Field(min_length=1)]
+    rewind: Annotated[list[str], Field(min_length=1)]
+    start: Annotated[list[str], Field(min_length=1)]
+
+
 class ClusterRecovery(_Strict):
     """Per-cluster settings of the actions (only the keys an action uses are read)."""
 
@@ -54,11 +65,16 @@ class ClusterRecovery(_Strict):
     admin_password_file: str | None = None
     # PostgreSQL: the most WAL a promotion candidate may miss (bytes of replay behind the best)
     max_lag_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
+    # Redis/PostgreSQL failover: a replica linked to the old primary that heard from it within this
+    # long still sees it alive (a witness), and the failover is refused
+    witness_max_silence: Duration = 3.0
     # Redis with Sentinel: how long to wait for Sentinel to finish its own failover
     sentinel_wait: Duration = 30.0
     # restart_instance: an argument list per target (no shell), or a systemd unit per target
     restart_commands: dict[str, list[str]] = {}
     systemd_units: dict[str, str] = {}
+    # pg_rejoin: per target, the commands that turn it from a returning old primary into a standby
+    rejoin_commands: dict[str, RejoinCommands] = {}
     # traffic: the HAProxy backend of the app servers, weight steps and the error budget per step
     app_backend: str = "be_app"
     weight_steps: list[Annotated[int, Field(ge=0, le=256)]] = [75, 50, 25, 0]
@@ -95,6 +111,35 @@ def _allow_entry(value: object) -> object:
     return value
 
 
+def _etcd_url(value: object) -> object:
+    """An etcd client URL: http(s)://host:port, nothing after the port."""
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^/\s]+/?", value):
+        raise ValueError("expected an etcd client URL such as http://10.0.0.1:2379")
+    return value.rstrip("/")
+
+
+class HaSettings(_Strict):
+    """Several replicas of the service, one acting at a time: the holder of a lease on ``key`` in etcd
+    (recovery/lease.py). Without this section the service is the single process that acts."""
+
+    etcd: Annotated[list[Annotated[str, BeforeValidator(_etcd_url)]], Field(min_length=1)]
+    key: Annotated[str, Field(min_length=1, pattern=r"^/\S+$")] = "/tierwatch/recovery/leader"
+    # the lease's time to live: a dead leader is replaced within about lease_ttl + retry_interval
+    lease_ttl: Duration = 10.0
+    # how often a follower tries to take the lease (a leader renews it every lease_ttl / 3)
+    retry_interval: Duration = 1.0
+    # this replica's name in the leader key (default: host name and listen address)
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _timings(self) -> HaSettings:
+        if not 2.0 <= self.lease_ttl <= 300.0:
+            raise ValueError(f"lease_ttl: expected 2s to 5m, got {self.lease_ttl:g}s")
+        if not 0.1 <= self.retry_interval <= self.lease_ttl:
+            raise ValueError("retry_interval: expected at least 100ms and at most lease_ttl")
+        return self
+
+
 class RecoverySettings(_Strict):
     listen: str = "127.0.0.1:9490"
     state_dir: str = "/var/lib/tierwatch"
@@ -118,6 +163,8 @@ class RecoverySettings(_Strict):
     # max_connections are open at once (fewer if the open-file limit is low)
     read_timeout: Duration = 10.0
     max_connections: Annotated[int, Field(ge=8, le=65536)] = 1024
+    # high availability: replicas sharing a leader lease in etcd (None: this process alone acts)
+    ha: HaSettings | None = None
 
     def allowed(self, alertname: str) -> AllowedAction | None:
         """The allow-list entry of ``alertname`` (a bare action name is ``regional: false``)."""

@@ -3,7 +3,10 @@ once per alert (fingerprint + startsAt) whoever sends it and however often. Acti
 a crash or restart loses nothing and repeats nothing.
 
 Alerts that differ only by replica labels (an HA Prometheus pair sends each alert twice) are one
-incident: while one of them is waiting or running, the others are recorded as duplicates of it.
+incident: while one of them is waiting or running, or its action ran and ended after the other started
+firing (the pair's second copy often comes one group_interval later), the others are recorded as
+duplicates of it. A copy of an alert that was refused (allow-list, limits, live state) goes through the
+same checks again.
 
 Runs (for the rate limit and the cooldown) are reserved atomically with the check of both limits and
 kept only once the action passes its point of no return; an attempt that ends before it (refused,
@@ -18,7 +21,9 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .webhook import WebhookAlert, WebhookPayload
 
@@ -68,6 +73,7 @@ class InboxAlert:
     resolved: bool
     past_ponr: bool
     outcome: str | None
+    incident: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,20 @@ class Delivery:
     result: str
     cancel_running: bool = False
     same_incident: str | None = None
+
+
+def starts_at_epoch(text: str) -> float | None:
+    """Unix time of an Alertmanager ``startsAt`` (RFC 3339, up to nanoseconds); None if unreadable."""
+    head, _, rest = text.partition(".")
+    zone = rest.lstrip("0123456789") if rest else ""
+    fraction = rest[: len(rest) - len(zone)][:6] if rest else ""
+    if not rest:
+        head, zone = (text[:-1], "Z") if text.endswith("Z") else (text, "")
+    normal = f"{head}.{fraction or '0'}{zone}".replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(normal).timestamp()
+    except ValueError:
+        return None
 
 
 def alert_key(fingerprint: str, starts_at: str) -> str:
@@ -167,10 +187,12 @@ class Inbox:
             # a firing delivered after its own resolution (out of order, or a late retry) is stale
             return Delivery(key, name, "stale" if row[0] else "duplicate")
         incident = incident_key(alert.labels, self.replica_labels)
+        started = starts_at_epoch(alert.startsAt)
         same = self._db.execute(
-            "SELECT key FROM alerts WHERE incident = ? AND state IN ('pending', 'running') AND resolved = 0"
+            "SELECT key FROM alerts WHERE incident = ? AND resolved = 0 AND (state IN ('pending', 'running')"
+            " OR (state = 'done' AND outcome NOT IN ('duplicate', 'refused') AND finished_at >= ?))"
             " LIMIT 1",
-            (incident,),
+            (incident, started if started is not None else float("inf")),
         ).fetchone()
         if same is not None:
             self._insert(alert, now, "done", "duplicate", f"same incident as {same[0]}")
@@ -215,14 +237,23 @@ class Inbox:
         """One alert by key."""
         with self._lock:
             row = self._db.execute(
-                "SELECT key, alertname, fingerprint, starts_at, labels, state, resolved, past_ponr, outcome"
-                " FROM alerts WHERE key = ?",
+                "SELECT key, alertname, fingerprint, starts_at, labels, state, resolved, past_ponr, outcome,"
+                " incident FROM alerts WHERE key = ?",
                 (key,),
             ).fetchone()
         if row is None:
             return None
         return InboxAlert(
-            row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], bool(row[6]), bool(row[7]), row[8]
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            json.loads(row[4]),
+            row[5],
+            bool(row[6]),
+            bool(row[7]),
+            row[8],
+            row[9],
         )
 
     def mark_point_of_no_return(self, key: str) -> None:
@@ -350,6 +381,76 @@ class Inbox:
                 "SELECT count(*) FROM runs WHERE cluster = ? AND started_at >= ?", (cluster, since)
             ).fetchone()
         return int(row[0])
+
+    def import_runs(self, runs: list[tuple[str, str, str, float]]) -> None:
+        """Count runs another replica started ((alert key, cluster, action, unix time)) in this inbox's
+        rate limit and cooldown; a run already known (by alert key) is not counted twice."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            for key, cluster, action, started_at in runs:
+                known = self._db.execute("SELECT 1 FROM runs WHERE alert_key = ?", (key,)).fetchone()
+                if known is None:
+                    self._db.execute(
+                        "INSERT INTO runs (cluster, action, started_at, alert_key, state)"
+                        " VALUES (?, ?, ?, ?, 'counted')",
+                        (cluster, action, started_at, key),
+                    )
+            self._db.execute("COMMIT")
+
+    def reconcile(
+        self, finished: dict[str, str], adopt: list[dict[str, Any]], running: set[str]
+    ) -> list[InboxAlert]:
+        """A new leader's takeover: alerts in ``finished`` (key → detail) end as ``handled_by_peer``;
+        the ledger records in ``adopt`` (another replica passed their point of no return and did not
+        finish) and this inbox's own leftovers past it become running, to be resumed verify-only.
+        Keys in ``running`` (actions under way here) are left alone. Returns the alerts to resume."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            for key, detail in finished.items():
+                if key in running:
+                    continue
+                self._db.execute(
+                    "UPDATE alerts SET state = 'done', outcome = 'handled_by_peer', detail = ?,"
+                    " finished_at = ? WHERE key = ? AND state IN ('pending', 'running')",
+                    (detail, now, key),
+                )
+            for record in adopt:
+                key = record["key"]
+                if key in running:
+                    continue
+                row = self._db.execute("SELECT state FROM alerts WHERE key = ?", (key,)).fetchone()
+                if row is None:
+                    labels = dict(record.get("labels", {}))
+                    self._db.execute(
+                        "INSERT INTO alerts (key, alertname, fingerprint, starts_at, labels, received_at,"
+                        " incident, state, past_ponr, started_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, 'running', 1, ?)",
+                        (
+                            key,
+                            record.get("alertname", ""),
+                            record.get("fingerprint", ""),
+                            record.get("starts_at", ""),
+                            json.dumps(labels),
+                            now,
+                            incident_key(labels, self.replica_labels),
+                            now,
+                        ),
+                    )
+                elif row[0] in ("pending", "running"):
+                    self._db.execute(
+                        "UPDATE alerts SET state = 'running', past_ponr = 1, started_at = ? WHERE key = ?",
+                        (now, key),
+                    )
+            keys = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT key FROM alerts WHERE state = 'running' AND past_ponr = 1"
+                ).fetchall()
+                if r[0] not in running
+            ]
+            self._db.execute("COMMIT")
+        return [a for a in (self.get(k) for k in keys) if a is not None]
 
     def close(self) -> None:
         with self._lock:

@@ -106,3 +106,19 @@ CONFIG_RELOAD_TIME = metric(
     scope="exporter",
     section="recovery",
 )
+LEADER = metric(
+    "tierwatch_recovery_leader",
+    "gauge",
+    "1 while this replica holds the recovery.ha leader lease in etcd and may act, else 0 (not exposed "
+    "without recovery.ha: a single process always acts).",
+    scope="exporter",
+    section="recovery",
+)
+LEASE_LOST_TOTAL = metric(
+    "tierwatch_recovery_lease_lost_total",
+    "counter",
+    "Times this replica stopped being the leader: its lease expired, etcd refused the renewal, or etcd "
+    "could not be reached (no quorum) before the lease's deadline.",
+    scope="exporter",
+    section="recovery",
+)

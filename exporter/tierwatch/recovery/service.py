@@ -59,7 +59,10 @@ from . import metrics as m
 from .actions import ACTION_CLASSES, ActionContext, AlertRef, load_action
 from .audit import AuditTrail, RateLimitedAudit
 from .auth import Authenticator
+from .history import last_failover
 from .inbox import Inbox, InboxAlert
+from .lease import LeaseLost
+from .replicas import Replicas, ha_fields, replica_status, run_replica_worker
 from .webhook import PayloadError, parse_payload
 
 # on SIGTERM, how long an action past its point of no return may go on before it is interrupted (it is
@@ -81,6 +84,7 @@ class _Running:
     task: asyncio.Task[None]
     past_ponr: bool = False
     shutdown: bool = False  # cancelled because the service stops (not because the alert resolved)
+    reason: str = "shutdown"  # or lease_lost: this replica may no longer act
 
 
 NOTIFICATION_RESULTS = (
@@ -151,6 +155,11 @@ class RecoveryService:
         self.rejections = RateLimitedAudit(self.audit)
         self.metrics = RecoveryMetrics()
         self.metrics.create_series(loaded.config.clusters, settings.allowed_actions())
+        self.ha = (
+            Replicas(settings.ha, self.inbox, self.audit, self.events, self.metrics.registry)
+            if settings.ha
+            else None
+        )
         self.clusters: dict[str, ClusterConfig] = {c.name: c for c in loaded.config.clusters}
         self._locks: dict[str, asyncio.Lock] = {}
         self._running: dict[str, _Running] = {}
@@ -179,8 +188,9 @@ class RecoveryService:
             await respond(send, 200, encoder(self.metrics.registry), content_type)
         elif path == "/health" and method == "GET":
             await respond(send, 200, "ok\n")
-        elif path == "/ready" and method == "GET":
-            await respond(send, 200 if self.ready else 503, "ready\n" if self.ready else "starting\n")
+        elif path in ("/ready", "/-/ready") and method == "GET":
+            status = replica_status(self.ha) if self.ready else "starting\n"
+            await respond(send, 200 if self.ready else 503, status)
         elif path == "/audit" and method == "GET":
             if not self.auth.check(header(scope, "authorization")):
                 await respond(send, 401, '{"error": "unauthorized"}\n', "application/json")
@@ -273,7 +283,11 @@ class RecoveryService:
     async def run_worker(self, stop: asyncio.Event) -> None:
         """Run pending alerts until ``stop``. On stop, actions before their point of no return are
         interrupted and go back to the queue (they run again after a restart); the others get
-        SHUTDOWN_GRACE seconds, then are interrupted too and resumed (verify-only) after a restart."""
+        SHUTDOWN_GRACE seconds, then are interrupted too and resumed (verify-only) after a restart.
+        With ``recovery.ha``, only while holding the lease (replicas.py)."""
+        if self.ha is not None:
+            await run_replica_worker(self, stop)
+            return
         for alert in await asyncio.to_thread(self.inbox.interrupted):
             self.audit.record("alert_resumed", alert=alert.alertname, key=alert.key)
             self._start(alert, resumed=True)
@@ -287,6 +301,13 @@ class RecoveryService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.5)
         await self._stop_running()
+
+    def stop_before_point_of_no_return(self, reason: str) -> None:
+        """Interrupt every action not past its point of no return (back to the inbox)."""
+        for running in list(self._running.values()):
+            if not running.past_ponr:
+                running.shutdown, running.reason = True, reason
+                running.task.cancel()
 
     async def _stop_running(self) -> None:
         for running in list(self._running.values()):
@@ -329,6 +350,8 @@ class RecoveryService:
         async def finish(outcome: str, detail: str, action: str | None = action_name) -> None:
             await asyncio.to_thread(self.inbox.finish, alert.key, outcome, detail)
             self.audit.record("outcome", **base, action=action, outcome=outcome, detail=detail)
+            if self.ha is not None:
+                await self.ha.finished(alert, outcome)
             if action is not None and cluster is not None:
                 self.metrics.actions.labels(tier, cluster_name, action, outcome).inc()
             await self.audit.flush()
@@ -346,6 +369,10 @@ class RecoveryService:
             await finish("refused", "alert names no configured cluster")
             return
         try:
+            if self.ha is not None and not resumed and (done := await self.ha.handled_elsewhere(alert)):
+                await asyncio.to_thread(self.inbox.finish, alert.key, "handled_by_peer", done)
+                self.audit.record("handled_by_peer", **base, detail=done)
+                return
             supersedable = (
                 action_name in INSTANCE_ACTIONS and "regional_failover" in settings.allowed_actions()
             )
@@ -378,10 +405,17 @@ class RecoveryService:
                         await refuse(blocked, why, action_name)
                         return
                 await self._act(alert, cluster, tier, base, action_name, resumed, finish, settings, loaded)
+        except LeaseLost as exc:  # stopped before its point of no return: the leader's to run
+            await asyncio.sleep(1.0)  # back off: etcd may be failing fast, this alert is claimed again
+            await asyncio.to_thread(self.inbox.requeue, alert.key)
+            self.audit.record(
+                "action_stopped", **base, action=action_name, reason="lease_lost", detail=str(exc)
+            )
+            self.events.emit("action_stopped", "warning", alert=alert.alertname, reason="lease_lost")
         except asyncio.CancelledError:
             running = self._running.get(alert.key)
             if running is not None and running.shutdown:
-                await self._interrupted(alert, base, action_name, running.past_ponr)
+                await self._interrupted(alert, base, action_name, running.past_ponr, running.reason)
             else:
                 await asyncio.to_thread(self.inbox.release, alert.key)
                 await finish("cancelled", "alert resolved before the point of no return")
@@ -444,7 +478,7 @@ class RecoveryService:
         await asyncio.to_thread(self.inbox.keep if changed else self.inbox.release, key)
 
     async def _interrupted(
-        self, alert: InboxAlert, base: dict[str, Any], action: str, past_ponr: bool
+        self, alert: InboxAlert, base: dict[str, Any], action: str, past_ponr: bool, reason: str = "shutdown"
     ) -> None:
         """The service is stopping: before the point of no return the alert goes back to the queue
         (its reservation released); past it, it stays running in the inbox, to be resumed."""
@@ -454,7 +488,7 @@ class RecoveryService:
             "action_interrupted",
             **base,
             action=action,
-            reason="shutdown",
+            reason=reason,
             then="resume_verify_only" if past_ponr else "run_again",
         )
 
@@ -476,7 +510,11 @@ class RecoveryService:
         settings: RecoverySettings,
         loaded: LoadedConfig,
     ) -> ActionContext:
+        fencing = self.ha.token if self.ha is not None else None  # the lease this action runs under
+
         async def point_of_no_return() -> None:
+            if self.ha is not None:  # fenced: raises LeaseLost (nothing done) unless still that lease
+                await self.ha.point_of_no_return(alert, cluster.name, action, fencing)
             running = self._running.get(alert.key)
             if running is not None:
                 running.past_ponr = True
@@ -498,6 +536,8 @@ class RecoveryService:
             point_of_no_return,
             resumed,
             regional=self._regional(alert.alertname, settings),
+            fencing_token=fencing,
+            last_failover=lambda: asyncio.to_thread(last_failover, self.audit.path, cluster.name),
         )
 
     @staticmethod
@@ -570,6 +610,8 @@ class RecoveryService:
             problems.append(f"{path}: recovery.state_dir: {restart} (the inbox and audit trail are open)")
         if self.listen is not None and new.listen != self.listen:
             problems.append(f"{path}: recovery.listen: {restart} (serving on {self.listen})")
+        if new.ha != old.ha:
+            problems.append(f"{path}: recovery.ha: {restart} (the lease is held with the old settings)")
         if new.tls != old.tls:
             problems.append(
                 f"{path}: recovery.tls: {restart} (a renewed certificate in the same files is loaded)"
@@ -662,7 +704,11 @@ async def run_recovery(
             service.rejections.record("notification_rejected", "unauthorized")
 
     service.events.emit(
-        "recovery_started", listen=address, dry_run=settings.dry_run, state_dir=settings.state_dir
+        "recovery_started",
+        listen=address,
+        dry_run=settings.dry_run,
+        state_dir=settings.state_dir,
+        **ha_fields(service.ha),
     )
     guard = service.guard = ConnectionGuard(
         settings.read_timeout, settings.max_connections, service.on_connection_dropped

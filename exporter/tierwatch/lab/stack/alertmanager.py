@@ -1,4 +1,5 @@
-"""A real Alertmanager (Debian's prometheus-alertmanager) on free loopback ports, with its own data dir."""
+"""A real Alertmanager (Debian's prometheus-alertmanager) on free loopback ports, with its own data dir;
+alone, or as a cluster of peers gossiping silences and the notification log (``--cluster.peer``)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import json
 import re
 import shutil
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .ports import free_port
 from .process import ManagedProcess, Stack, wait_for
@@ -42,6 +46,11 @@ class Alertmanager:
         """Send alerts as Prometheus would (labels, annotations, startsAt)."""
         self.api("alerts", alerts)
 
+    def cluster_peers(self) -> int:
+        """How many peers this one sees in its cluster (itself included); 0 when not clustered."""
+        status = self.api("status")
+        return len(status.get("cluster", {}).get("peers") or [])
+
     def alerts(self) -> list[dict[str, Any]]:
         """Every alert Alertmanager holds, with its status (active, suppressed, inhibitedBy)."""
         result: list[dict[str, Any]] = self.api("alerts?active=true&silenced=true&inhibited=true")
@@ -74,18 +83,50 @@ def rewrite_for_test(config_text: str, secrets_dir: Path, webhook_url: str | Non
     return text
 
 
-def start_alertmanager(stack: Stack, config_text: str, name: str = "alertmanager") -> Alertmanager:
-    """Start Alertmanager with ``config_text`` (no clustering) and wait until it is ready."""
+LOCAL_RECOVERY_URL = "http://127.0.0.1:9490/webhook"  # the recovery webhook in alertmanager/alertmanager.yml
+
+
+def with_recovery_webhooks(config_text: str, urls: Sequence[str]) -> str:
+    """The config with its recovery webhook pointed at ``urls``: one URL replaces it in place; several
+    (recovery replicas, docs/ha.md) become one ``webhook_configs`` entry each."""
+    if len(urls) == 1:
+        return config_text.replace(LOCAL_RECOVERY_URL, urls[0])
+    config = yaml.safe_load(config_text)
+    [receiver] = [r for r in config["receivers"] if r["name"] == "recovery"]
+    [webhook] = receiver["webhook_configs"]
+    receiver["webhook_configs"] = [{**webhook, "url": url} for url in urls]
+    return str(yaml.safe_dump(config, sort_keys=False, width=1000))
+
+
+def start_alertmanager(
+    stack: Stack,
+    config_text: str,
+    name: str = "alertmanager",
+    cluster_port: int | None = None,
+    peers: Sequence[int] = (),
+) -> Alertmanager:
+    """Start Alertmanager with ``config_text`` and wait until it is ready: alone, or gossiping on
+    ``cluster_port`` with the peers listening on ``peers``."""
     port = free_port()
     directory = stack.directory(name)
     config = directory / "alertmanager.yml"
     config.write_text(config_text)
+    if cluster_port is None:
+        cluster = ["--cluster.listen-address="]
+    else:
+        cluster = [
+            f"--cluster.listen-address=127.0.0.1:{cluster_port}",
+            f"--cluster.advertise-address=127.0.0.1:{cluster_port}",
+            *(f"--cluster.peer=127.0.0.1:{peer}" for peer in peers),
+            # loopback gossip settles fast; the peer timeout (15s) and the rest stay at their defaults
+            "--cluster.settle-timeout=5s",
+        ]
     argv = [
         binary(),
         f"--config.file={config}",
         f"--storage.path={directory / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
-        "--cluster.listen-address=",
+        *cluster,
         "--log.level=warn",
     ]
     proc = stack.spawn(name, argv)
@@ -98,3 +139,19 @@ def start_alertmanager(stack: Stack, config_text: str, name: str = "alertmanager
 
     wait_for(ready, 20, "alertmanager ready")
     return manager
+
+
+def start_alertmanager_cluster(
+    stack: Stack, config_text: str, size: int = 3, name: str = "alertmanager"
+) -> list[Alertmanager]:
+    """Start ``size`` peers with real gossip (each lists the others as ``--cluster.peer``) and wait
+    until every peer sees all of them."""
+    gossip = [free_port() for _ in range(size)]
+    peers = [
+        start_alertmanager(
+            stack, config_text, f"{name}-{i}", gossip[i], [p for p in gossip if p != gossip[i]]
+        )
+        for i in range(size)
+    ]
+    wait_for(lambda: all(peer.cluster_peers() == size for peer in peers), 30, f"{size} alertmanager peers")
+    return peers

@@ -115,13 +115,17 @@ def prometheus_config(
     scrape_interval: str = "1s",
     evaluation_interval: str = "1s",
     alertmanagers: Sequence[str] = (),
+    external_labels: Mapping[str, str] | None = None,
+    remote_write: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The prometheus.yml content as a dict (``alertmanagers``: ``host:port`` to send alerts to)."""
+    """The prometheus.yml content as a dict (``alertmanagers``: ``host:port`` to send alerts to, every
+    peer of a cluster; ``remote_write``: URLs to send every sample to)."""
     config: dict[str, Any] = {
         "global": {
             "scrape_interval": scrape_interval,
             "scrape_timeout": scrape_interval,
             "evaluation_interval": evaluation_interval,
+            **({"external_labels": dict(external_labels)} if external_labels else {}),
         },
         "rule_files": [str(path) for path in rule_files],
         "scrape_configs": [
@@ -134,6 +138,8 @@ def prometheus_config(
             for job in jobs
         ],
     }
+    if remote_write:
+        config["remote_write"] = [{"url": url} for url in remote_write]
     if alertmanagers:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
     return config
@@ -168,6 +174,8 @@ def start_prometheus(
     evaluation_interval: str = "1s",
     alertmanagers: Sequence[str] = (),
     ready_timeout: float = 30.0,
+    external_labels: Mapping[str, str] | None = None,
+    remote_write: Sequence[str] = (),
 ) -> PrometheusServer:
     """Write a config, start Prometheus on a free port with its own data dir, wait until it is ready."""
     binary = shutil.which("prometheus")
@@ -182,6 +190,8 @@ def start_prometheus(
         scrape_interval=scrape_interval,
         evaluation_interval=evaluation_interval,
         alertmanagers=alertmanagers,
+        external_labels=external_labels,
+        remote_write=remote_write,
     )
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
@@ -209,3 +219,28 @@ def start_prometheus(
     except StackError as exc:
         raise StackError(f"{exc}\n{process.log_tail()}") from None
     return server
+
+
+def start_prometheus_pair(
+    stack: Stack,
+    jobs: Sequence[ScrapeJob],
+    rule_files: Sequence[Path] = (),
+    *,
+    alertmanagers: Sequence[str] = (),
+    label: str = "replica",
+    **options: Any,
+) -> list[PrometheusServer]:
+    """An HA pair: two Prometheus servers with the same jobs and rules, told apart only by the external
+    label ``label`` (``a`` and ``b``); both send their alerts to every Alertmanager peer."""
+    return [
+        start_prometheus(
+            stack,
+            jobs,
+            rule_files,
+            name=f"prometheus-{replica}",
+            alertmanagers=alertmanagers,
+            external_labels={label: replica},
+            **options,
+        )
+        for replica in ("a", "b")
+    ]

@@ -61,6 +61,12 @@ class ActionContext:
     resumed: bool = False  # True when re-run after a restart that happened past the point of no return
     # a failover may promote a server of another region than the old primary's (the service decides)
     regional: bool = False
+    # recovery.ha: the leader's fencing token (etcd revision of its lease key) when the action started;
+    # point_of_no_return raises LeaseLost (a BaseException: let it through) once it is no longer held
+    fencing_token: int | None = None
+    # the audited facts of the cluster's last failover that promoted a server (new_primary,
+    # old_primary, ...), or None; read from the audit trail only when an action asks (rejoin)
+    last_failover: Callable[[], Awaitable[dict[str, Any] | None]] | None = None
 
     @property
     def cluster_settings(self) -> ClusterRecovery:

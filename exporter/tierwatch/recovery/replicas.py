@@ -1,0 +1,237 @@
+"""Recovery service replicas (``recovery.ha``): every replica records the notifications it receives in
+its own inbox; only the holder of the etcd lease (lease.py) runs actions.
+
+The ledger in etcd, next to the leader key (``<key>/ledger/``), is what the replicas share:
+
+- ``ponr/<alert key>``: written at an action's point of no return, in a transaction fenced by the
+  leader's token (so a replica that lost the lease cannot pass it), with the alert and the run, so a
+  new leader can resume it verify-only and count it in its rate limit and cooldown;
+- ``done/<incident>/<alert key>``: written when an alert's action ends, so a new leader does not
+  run what another replica finished, nor another copy of the same incident (an HA Prometheus pair's).
+
+A new leader first reads the ledger (takeover): it counts the runs, marks what others finished, and
+resumes verify-only what another replica left past its point of no return. Every other alert then runs
+as usual, and the action's own live re-check decides whether anything is still to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from ..clients.etcd import EtcdError
+from ..config.recovery import HaSettings
+from ..events import EventLog
+from . import metrics as m
+from .audit import AuditTrail
+from .inbox import Inbox, InboxAlert, starts_at_epoch
+from .lease import LeaderLease, LeaseLost
+
+if TYPE_CHECKING:
+    from .service import RecoveryService
+
+IDLE_WAIT = 0.5  # how long the worker sleeps when there is nothing to claim
+# how long ledger records are kept (a new leader drops older ones): well beyond any rate-limit window
+LEDGER_KEEP = 7 * 86400.0
+
+
+class Replicas:
+    """The lease, the shared ledger and the replica's two metrics."""
+
+    def __init__(
+        self,
+        settings: HaSettings,
+        inbox: Inbox,
+        audit: AuditTrail,
+        events: EventLog,
+        registry: CollectorRegistry,
+    ):
+        identity = settings.name or f"{socket.gethostname()}/{os.getpid()}"
+        self.inbox, self.audit, self.events = inbox, audit, events
+        self.ledger = settings.key.rstrip("/") + "/ledger/"
+        self.leader = Gauge(m.LEADER.name, m.LEADER.help, registry=registry)
+        self.lost = Counter(
+            m.LEASE_LOST_TOTAL.name.removesuffix("_total"), m.LEASE_LOST_TOTAL.help, registry=registry
+        )
+        self.lease = LeaderLease(settings, identity, events, self._changed)
+        self._not_acting: str | None = None
+
+    def _changed(self, leader: bool, why: str) -> None:
+        self.leader.set(1 if leader else 0)
+        if leader:
+            self.audit.record("lease_acquired", token=self.lease._token, replica=self.lease.identity)
+        else:
+            self.lost.inc()
+            self.audit.record("lease_lost", reason=why[:200], replica=self.lease.identity)
+
+    @property
+    def token(self) -> int | None:
+        return self.lease.token
+
+    async def take_over(self, running: set[str]) -> list[InboxAlert] | None:
+        """Read the ledger and bring the inbox up to date with it; the alerts to resume verify-only
+        (None: etcd could not be read, try again)."""
+        try:
+            ponr = await self.lease.records(self.ledger + "ponr/")
+            done = await self.lease.records(self.ledger + "done/")
+        except EtcdError as exc:
+            self.events.emit("takeover_delayed", "warning", error=str(exc)[:200])
+            return None
+        # a record this version cannot read is skipped, not fatal (written by hand, or by another version)
+        ponr = [
+            (k, r) for k, r in ponr if _fields(r, {"key": str, "cluster": str, "action": str, "at": float})
+        ]
+        done = [(k, r) for k, r in done if _fields(r, {"key": str, "at": float})]
+        old = time.time() - LEDGER_KEEP
+        for key, rec in [*ponr, *done]:
+            if float(rec.get("at", 0)) < old:
+                with contextlib.suppress(EtcdError):
+                    await self.lease.client.delete(key)
+        finished = {
+            rec["key"]: f"finished by {rec.get('replica', '?')}: {rec.get('outcome')}" for _, rec in done
+        }
+        runs = [(rec["key"], rec["cluster"], rec["action"], float(rec["at"])) for _, rec in ponr]
+        adopt = [rec for _, rec in ponr if rec["key"] not in finished]
+        await asyncio.to_thread(self.inbox.import_runs, runs)
+        resumes = await asyncio.to_thread(self.inbox.reconcile, finished, adopt, running)
+        self.audit.record(
+            "takeover",
+            token=self.lease._token,
+            finished_elsewhere=len(finished),
+            resumed=[alert.key for alert in resumes],
+        )
+        return resumes
+
+    async def handled_elsewhere(self, alert: InboxAlert) -> str | None:
+        """Why another replica's work makes this alert's action unnecessary, or None. Raises LeaseLost
+        when the ledger cannot be read (no quorum: nothing may be done)."""
+        try:
+            records = await self.lease.records(f"{self.ledger}done/{alert.incident}/")
+        except EtcdError as exc:
+            raise LeaseLost(f"ledger unreadable: {exc}") from None
+        started = starts_at_epoch(alert.starts_at) or 0.0
+        for _, rec in records:
+            by = f"{rec.get('replica', '?')} ({rec.get('outcome')})"
+            if rec.get("key") == alert.key:
+                return f"finished by {by}"
+            if rec.get("outcome") in ("refused", "cancelled"):  # it did nothing: this copy is checked anew
+                continue
+            if started and _fields(rec, {"at": float}) and float(rec["at"]) >= started:
+                return f"another copy of the incident, finished by {by} after this alert started firing"
+        return None
+
+    async def point_of_no_return(
+        self, alert: InboxAlert, cluster: str, action: str, token: int | None
+    ) -> None:
+        """Record the run in the ledger, fenced by ``token`` (the lease the action started under);
+        raises LeaseLost, nothing written, unless this replica still holds that very lease."""
+        if token is None or token != self.lease.token:
+            raise LeaseLost(self.lease.problem or f"the lease of token {token} is no longer held")
+        record = {
+            "key": alert.key,
+            "incident": alert.incident,
+            "alertname": alert.alertname,
+            "fingerprint": alert.fingerprint,
+            "starts_at": alert.starts_at,
+            "labels": alert.labels,
+            "cluster": cluster,
+            "action": action,
+            "at": time.time(),
+            "token": token,
+            "replica": self.lease.identity,
+        }
+        if not await self.lease.fenced(token, [(f"{self.ledger}ponr/{alert.key}", json.dumps(record))]):
+            raise LeaseLost(f"the leader key no longer has revision {token}")
+
+    async def finished(self, alert: InboxAlert, outcome: str) -> None:
+        """Tell the other replicas this alert is done (best effort: without it a new leader
+        re-checks the live state and finds nothing to do)."""
+        record = {"key": alert.key, "outcome": outcome, "at": time.time(), "replica": self.lease.identity}
+        await self.lease.put(f"{self.ledger}done/{alert.incident}/{alert.key}", json.dumps(record))
+
+    async def say_not_acting(self, pending: int) -> None:
+        """Audit once per cause that alerts wait because this replica may not act."""
+        why = self.lease.problem
+        if pending and why and why != self._not_acting:
+            self.audit.record("not_acting", reason=why[:200], pending=pending)
+            self.events.emit("not_acting", "error", reason=why[:200], pending=pending)
+        self._not_acting = why if pending else None
+
+
+def _fields(record: object, kinds: dict[str, type]) -> bool:
+    """Whether a ledger record is a mapping with these fields of these types (ints count as floats)."""
+    if not isinstance(record, dict):
+        return False
+    for name, kind in kinds.items():
+        value = record.get(name)
+        ok = (
+            isinstance(value, int | float) and not isinstance(value, bool)
+            if kind is float
+            else isinstance(value, kind)
+        )
+        if not ok:
+            return False
+    return True
+
+
+async def run_replica_worker(service: RecoveryService, stop: asyncio.Event) -> None:
+    """The worker of a replica: campaign for the lease; while holding it, take over, then claim and
+    run alerts like the single-process worker; on losing it, stop every action before its point of
+    no return (they go back to the inbox)."""
+    ha = service.ha
+    assert ha is not None
+    lease_task = asyncio.create_task(ha.lease.run(stop))
+    await asyncio.to_thread(service.inbox.interrupted)  # leftovers past the point of no return wait
+    service.ready = True
+    leading: int | None = None  # the token this worker took over with
+    try:
+        while not stop.is_set():
+            token = ha.token
+            if leading is not None and token != leading:
+                # lost, or lost and won again between two looks: another replica may have acted
+                # meanwhile, so whatever runs stops before its point of no return and a new takeover
+                # reads the ledger again
+                leading = None
+                service.stop_before_point_of_no_return("lease_lost")
+            if token is not None and leading is None:
+                resumes = await ha.take_over(set(service._running))
+                if resumes is not None:
+                    leading = token
+                    for alert in resumes:
+                        service.audit.record("alert_resumed", alert=alert.alertname, key=alert.key)
+                        service._start(alert, resumed=True)
+            if leading is not None:
+                alert = await asyncio.to_thread(service.inbox.claim_next)
+                if alert is not None:
+                    service._start(alert, resumed=False)
+                    continue
+            else:
+                await ha.say_not_acting(await asyncio.to_thread(service.inbox.pending_count))
+            service._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(service._wake.wait(), IDLE_WAIT)
+    finally:
+        await service._stop_running()
+        stop.set()
+        await lease_task
+
+
+def replica_status(ha: Replicas | None) -> str:
+    """What /ready says about this replica."""
+    return "ready\n" if ha is None else f"ready: {ha.lease.status()}\n"
+
+
+def ha_fields(ha: Replicas | None) -> dict[str, Any]:
+    """Fields for the service's start event."""
+    return (
+        {}
+        if ha is None
+        else {"ha": "etcd", "replica": ha.lease.identity, "lease_ttl": ha.lease.settings.lease_ttl}
+    )
