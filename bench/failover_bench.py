@@ -13,7 +13,13 @@ the primary with SIGKILL, and measures until a write is acknowledged again:
 
 The detection window is Sentinel's ``down-after-milliseconds`` and the alert's ``for`` in the chain.
 
-Run: ``python bench/failover_bench.py [--runs 3] [--windows 5,1] [--output bench/results/failover.json]``.
+``--fault pause`` (Redis only) SIGSTOPs the master instead, and SIGCONTs it once writes are
+acknowledged again: then also measured, how long until the old master is a replica of the new one
+(Sentinel's ``+convert-to-slave``; the chain's RedisSplitBrain -> ``redis_rejoin``) and how many masters
+are left.
+
+Run: ``python bench/failover_bench.py [--runs 3] [--windows 5,1] [--fault kill|pause]
+[--output bench/results/failover.json]``.
 """
 
 from __future__ import annotations
@@ -83,7 +89,13 @@ class SentinelWrites:
 def _timing(window: float) -> ChainTiming:
     cadence = "500ms" if window >= 2 else "250ms"
     value = f"{int(window * 1000)}ms"
-    alerts = ("RedisMasterDown", "RedisNoMaster", "PostgresPrimaryDown", "PostgresNoPrimary")
+    alerts = (
+        "RedisMasterDown",
+        "RedisNoMaster",
+        "PostgresPrimaryDown",
+        "PostgresNoPrimary",
+        "RedisSplitBrain",
+    )
     return ChainTiming(
         probe_interval=cadence,
         probe_timeout="200ms",
@@ -113,6 +125,30 @@ def _measure(
     return {"recovered": ok, "seconds": round(first - killed, 3) if first else None, "killed_at": killed}
 
 
+def _fault(servers: list[RedisServer], fault: str) -> Callable[[], None]:
+    return servers[0].process.kill if fault == "kill" else servers[0].process.pause
+
+
+def _rejoin(servers: list[RedisServer], fault: str, result: dict[str, Any]) -> None:
+    """After a pause: resume the old master and measure until it is a linked replica (60 s at most)."""
+    if fault != "pause":
+        return
+    old = servers[0]
+    old.process.resume()
+    resumed = time.time()
+    deadline = resumed + 60
+    while time.time() < deadline:
+        try:
+            info = old.client(socket_timeout=0.5).info("replication")
+            if info["role"] == "slave" and info.get("master_link_status") == "up":
+                result["rejoined_s"] = round(time.time() - resumed, 3)
+                return
+        except redis.RedisError:
+            pass
+        time.sleep(0.1)
+    result["rejoined_s"] = None
+
+
 def redis_servers(stack: Stack) -> list[RedisServer]:
     master = start_redis(stack, "redis-a", password=PASSWORD)
     return [
@@ -139,7 +175,7 @@ def lost_keys(server: RedisServer, acked: list[tuple[int, float]], prefix: str) 
     return len(keys) - present
 
 
-def run_chain_redis(window: float) -> dict[str, Any]:
+def run_chain_redis(window: float, fault: str = "kill") -> dict[str, Any]:
     with Stack() as stack:
         servers = redis_servers(stack)
         lb = start_write_lb(
@@ -150,7 +186,11 @@ def run_chain_redis(window: float) -> dict[str, Any]:
         clusters = [redis_cluster("cache", servers, secret)]
         write_lb = [write_lb_cluster("write", [lb])]
         recovery = {
-            "allow": {"RedisMasterDown": "redis_failover", "RedisNoMaster": "redis_failover"},
+            "allow": {
+                "RedisMasterDown": "redis_failover",
+                "RedisNoMaster": "redis_failover",
+                "RedisSplitBrain": "redis_rejoin",
+            },
             "clusters": {"cache": {"write_backend": "be_redis_write"}},
         }
         chain = start_chain(stack, clusters, recovery, _timing(window), recovery_only=write_lb)
@@ -158,8 +198,9 @@ def run_chain_redis(window: float) -> dict[str, Any]:
         wait_for(lambda: chain.prometheus.value('min(tierwatch_up{tier="redis"})') == 1, 30, "targets up")
         writer = Writer(RedisWrites(lb.port, PASSWORD))
         result = _measure(
-            writer, servers[0].process.kill, lambda _t: bool([m for m in masters(servers) if m != "redis-a"])
+            writer, _fault(servers, fault), lambda _t: bool([m for m in masters(servers) if m != "redis-a"])
         )
+        _rejoin(servers, fault, result)
         live = masters(servers)
         result["primaries"] = len(live)
         result["lost"] = (
@@ -172,7 +213,7 @@ def run_chain_redis(window: float) -> dict[str, Any]:
         return result
 
 
-def run_sentinel(window: float) -> dict[str, Any]:
+def run_sentinel(window: float, fault: str = "kill") -> dict[str, Any]:
     with Stack() as stack:
         servers = redis_servers(stack)
         sentinels = start_sentinels(
@@ -186,8 +227,9 @@ def run_sentinel(window: float) -> dict[str, Any]:
         )
         writer = Writer(SentinelWrites(sentinels))
         result = _measure(
-            writer, servers[0].process.kill, lambda _t: bool([m for m in masters(servers) if m != "redis-a"])
+            writer, _fault(servers, fault), lambda _t: bool([m for m in masters(servers) if m != "redis-a"])
         )
+        _rejoin(servers, fault, result)
         result.pop("killed_at")
         live = masters(servers)
         result["primaries"] = len(live)
@@ -279,6 +321,11 @@ def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "max_s": round(max(seconds), 2) if seconds else None,
         "lost_acked_writes": sum(r.get("lost") or 0 for r in runs),
         "max_primaries": max((r["primaries"] for r in runs), default=0),
+        **(
+            {"rejoined_s": [r.get("rejoined_s") for r in runs]}
+            if any("rejoined_s" in r for r in runs)
+            else {}
+        ),
         "raw": runs,
     }
 
@@ -290,16 +337,19 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--windows", default="5,1", help="detection windows in seconds, comma separated")
     parser.add_argument("--skip-pg", action="store_true")
+    parser.add_argument(
+        "--fault", choices=("kill", "pause"), default="kill", help="what happens to the master"
+    )
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "failover.json")
     args = parser.parse_args()
     windows = [float(w) for w in args.windows.split(",")]
     summaries = []
     for window in windows:
         for name, fn in (("sentinel", run_sentinel), ("tierwatch-chain", run_chain_redis)):
-            runs = [fn(window) for _ in range(args.runs)]
-            summaries.append(summarize(f"redis {name} window={window:g}s", runs))
+            runs = [fn(window, args.fault) for _ in range(args.runs)]
+            summaries.append(summarize(f"redis {name} {args.fault} window={window:g}s", runs))
             print(_line(summaries[-1]), flush=True)
-    if not args.skip_pg:
+    if not args.skip_pg and args.fault == "kill":
         runs = [run_chain_pg(5.0) for _ in range(args.runs)]
         summaries.append(summarize("postgres tierwatch-chain window=5s", runs))
         print(_line(summaries[-1]), flush=True)
@@ -319,6 +369,7 @@ def _line(summary: dict[str, Any]) -> str:
         f"{summary['scenario']:<42} recovered {summary['recovered']}/{summary['runs']}  "
         f"median {summary['median_s']}s  max {summary['max_s']}s  "
         f"lost acked writes {summary['lost_acked_writes']}  max primaries {summary['max_primaries']}"
+        + (f"  old master a replica after {summary['rejoined_s']}s" if "rejoined_s" in summary else "")
     )
 
 

@@ -58,6 +58,9 @@ def test_monitor_role_is_least_privilege(pg_cluster: PgCluster) -> None:
     assert (rolsuper, monitor_member) == (False, True)
     obs = run(probe_once(pg_cluster, "pg-2"))
     assert value(obs, "tierwatch_pg_wal_receiver_up") == 1  # needs pg_read_all_stats to be visible
+    # the witness figure: the sender's messages reach it (an idle sender sends keepalives)
+    silence = value(obs, "tierwatch_pg_wal_receiver_last_message_age_seconds")
+    assert silence is not None and 0 <= silence < 120
 
 
 def test_primary_sees_every_standby(pg_cluster: PgCluster) -> None:
@@ -75,6 +78,7 @@ def test_primary_sees_every_standby(pg_cluster: PgCluster) -> None:
         assert value(obs, "tierwatch_pg_standby_lag_bytes", name, "sent") is not None
     # a primary does not report replica-only series, nor the core lag (owned by the replicas)
     assert value(obs, "tierwatch_replication_lag_bytes") is None
+    assert value(obs, "tierwatch_pg_wal_receiver_last_message_age_seconds") is None
     assert value(obs, "tierwatch_pg_wal_receiver_up") is None
     assert obs.peer_samples == {}
 

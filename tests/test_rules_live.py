@@ -185,7 +185,7 @@ def test_redis_second_master_fires_split_brain_until_repaired(live: LiveStack) -
         )
         (alert,) = prom.alerts("RedisSplitBrain")
         assert alert["labels"]["severity"] == "critical"
-        assert "action" not in alert["labels"]
+        assert alert["labels"]["action"] == "redis_rejoin"  # the returning old master is demoted
         assert alert["annotations"]["runbook_url"] == f"{RUNBOOK_URL_BASE}RedisSplitBrain.md"
         assert "2 live masters" in alert["annotations"]["description"]
         assert prom.alert_state("PostgresSplitBrain") == "inactive"

@@ -34,6 +34,8 @@ CATALOG: tuple[ActionSpec, ...] = (
     ActionSpec("shift_traffic", f"{_ACTIONS}.traffic:ShiftTraffic", ("app",), instance=True),
     ActionSpec("regional_failover", f"{_ACTIONS}.traffic:RegionalFailover", ("app",), failover=True),
     ActionSpec("cache_warmup", f"{_ACTIONS}.cache_warmup:CacheWarmup", ("redis",)),
+    ActionSpec("redis_rejoin", f"{_ACTIONS}.redis_rejoin:RedisRejoin", ("redis",)),
+    ActionSpec("pg_rejoin", f"{_ACTIONS}.pg_rejoin:PgRejoin", ("postgres",)),
 )
 ACTIONS: dict[str, ActionSpec] = {spec.name: spec for spec in CATALOG}
 # which tiers of cluster each action works on (for creating every series at 0 on start)

@@ -56,6 +56,7 @@ BASE_SETTINGS: dict[str, str] = {
     # instead of the default 5 s that would stall pg_promote right after the primary died
     "wal_retrieve_retry_interval": "200ms",
     "wal_receiver_status_interval": "1s",
+    "wal_log_hints": "on",  # a returning old primary can be rewound (pg_rewind, the pg_rejoin action)
     "shared_buffers": "16MB",
     "max_connections": "40",
     "superuser_reserved_connections": "3",
@@ -154,7 +155,8 @@ class PgServer:
 
     @property
     def socket_dir(self) -> Path:
-        return self.data_dir
+        # beside the data directory, not in it: pg_rewind copies a data directory and cannot copy a socket
+        return self.data_dir.parent
 
     @property
     def dsn_without_password(self) -> str:
@@ -377,10 +379,50 @@ def _create_roles(server: PgServer, stack: Stack) -> None:
                 pgsql.Identifier(REPLICATION_ROLE), pgsql.Literal(replication_password)
             )
         )
+        for function in REWIND_FUNCTIONS:  # pg_rewind may log in as the replication role
+            conn.execute(
+                pgsql.SQL("GRANT EXECUTE ON FUNCTION pg_catalog.{} TO {}").format(
+                    pgsql.SQL(function), pgsql.Identifier(REPLICATION_ROLE)
+                )
+            )
     passfile = _passfile(stack)
     with open(passfile, "a") as out:
         # any port: a replica re-pointed after a failover logs in to whichever server is primary
         out.write(f"127.0.0.1:*:*:{REPLICATION_ROLE}:{replication_password}\n")
+
+
+REWIND_FUNCTIONS = (
+    "pg_ls_dir(text, boolean, boolean)",
+    "pg_stat_file(text, boolean)",
+    "pg_read_binary_file(text)",
+    "pg_read_binary_file(text, bigint, bigint, boolean)",
+)
+
+
+def rejoin_commands(server: PgServer, stack: Stack) -> dict[str, list[str]]:
+    """The pg_rejoin commands of a lab server (config ``rejoin_commands.<name>``): pg_ctl stop,
+    pg_rewind from the new primary as the replication role (``-R``: start as its standby), pg_ctl
+    start with this server's port and socket directory (pg_rewind copied the source's settings file)."""
+    as_postgres = ["runuser", "-u", OS_USER, "--"] if os.geteuid() == 0 else []
+    pg_ctl = [*as_postgres, str(pg_bin_dir() / "pg_ctl"), "-D", str(server.data_dir)]
+    source = (
+        f"host={{primary_host}} port={{primary_port}} user={REPLICATION_ROLE} passfile={_passfile(stack)} "
+        f"dbname=postgres application_name={server.name}"
+    )
+    options = f"-c port={server.port} -c unix_socket_directories={server.socket_dir}"
+    stack.on_close(lambda: _stop_rejoined(pg_ctl, server))
+    return {
+        "stop": [*pg_ctl, "stop", "-m", "fast", "-w"],
+        "rewind": [*as_postgres, str(pg_bin_dir() / "pg_rewind"), "-D", str(server.data_dir),
+                   "--source-server", source, "-R"],
+        "start": [*pg_ctl, "start", "-w", "-l", str(server.socket_dir / "rejoined.log"), "-o", options],
+    }  # fmt: skip
+
+
+def _stop_rejoined(pg_ctl: list[str], server: PgServer) -> None:
+    """Stop the server if pg_ctl started it (after a rejoin), outside the stack's own process."""
+    if (server.data_dir / "postmaster.pid").exists() and not server.process.running():
+        subprocess.run([*pg_ctl, "stop", "-m", "immediate"], capture_output=True, timeout=30, check=False)
 
 
 ADMIN_ROLE = "tierwatch_admin"
@@ -400,6 +442,7 @@ def create_admin_role(primary: PgServer, name: str = ADMIN_ROLE) -> str:
         pgsql.SQL("GRANT EXECUTE ON FUNCTION pg_reload_conf() TO {}").format(role),
         pgsql.SQL("GRANT ALTER SYSTEM ON PARAMETER primary_conninfo TO {}").format(role),
         pgsql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(role),
+        pgsql.SQL("GRANT pg_checkpoint TO {}").format(role),  # pg_rejoin: before pg_rewind
     ]
     with primary.connect() as conn:
         for statement in statements:

@@ -11,6 +11,10 @@ Safety rules:
 - "Really gone" means the old primary (the alert's ``target``, else the one server the replicas
   follow, else the one primary) fails to answer on ``liveness.ATTEMPTS`` attempts; any answer, even
   an error (bad password, loading, starting up), means "still there": refuse.
+- Replicas are witnesses, as Sentinel uses them: a replica that still follows the old primary with its
+  link up and heard from it within ``witness_max_silence`` sees it alive, so it is only this service
+  that cannot reach it (a partition of the watcher, not a dead primary): refuse ("still seen by
+  replica X").
 - Never two primaries: another target that is a live primary (the driver says what counts) → refuse.
 - Region: a candidate must be in the old primary's region unless ``ctx.regional`` (the service
   decides; a regional failover accepts the loss of what the other region had not received yet).
@@ -74,6 +78,11 @@ class Seen:
     def details(self) -> dict[str, Any]:
         """What the engine reported beyond the role, for the audit trail (never a secret)."""
         return {}
+
+    def sees(self, primary: Address, max_silence: float) -> str | None:
+        """How this replica still sees ``primary`` alive (linked to it, heard from it within
+        ``max_silence`` seconds), or None; engines that can tell override it."""
+        return None
 
     def summary(self) -> dict[str, Any]:
         """Role, region, details and error, for the "observed" audit record."""
@@ -217,6 +226,12 @@ async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
     ctx.audit(f"{word}_checked", target=old, answers=alive, seen=how, attempts=ATTEMPTS)
     if alive:
         return refuse(ctx, f"{word} {old} still answers", f"{word} {old} still answers ({how})")
+    witnesses = _witnesses(ctx, seen, old_target)
+    ctx.audit("witnesses_checked", target=old, seen_by=witnesses)
+    if witnesses:
+        names = ", ".join(witnesses)
+        why = "; ".join(f"{name}: {how}" for name, how in witnesses.items())
+        return refuse(ctx, f"{word} still seen by replica {names}", f"{word} {old} still seen ({why})")
 
     elected = await driver.election(seen, old)
     if isinstance(elected, Outcome):
@@ -273,6 +288,16 @@ def old_primary(ctx: ActionContext, seen: Sequence[Seen]) -> str | None:
             return found.name
     primaries = [s.name for s in seen if s.is_primary]
     return primaries[0] if len(primaries) == 1 else None
+
+
+def _witnesses(ctx: ActionContext, seen: Sequence[Seen], old: TargetConfig) -> dict[str, str]:
+    """The replicas that still see ``old`` alive (name → how), in config order."""
+    where = target_address(old)
+    if where is None:
+        return {}
+    limit = ctx.cluster_settings.witness_max_silence
+    found = {s.name: s.sees(where, limit) for s in seen if s.is_replica and s.name != old.name}
+    return {name: how for name, how in found.items() if how}
 
 
 def choose(ctx: ActionContext, driver: Driver[S], seen: Sequence[S], old: TargetConfig) -> S | Outcome:

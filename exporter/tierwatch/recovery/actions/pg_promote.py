@@ -2,6 +2,10 @@
 the other replicas (ALTER SYSTEM primary_conninfo + reload).
 
 PostgreSQL rules on top of the sequence's:
+- A replica whose WAL receiver streams from the old primary and got a message from it within
+  ``witness_max_silence`` (``pg_stat_wal_receiver.last_msg_receipt_time``) is a witness that it is
+  alive: refuse. An idle sender only sends a keepalive every ``wal_sender_timeout`` / 2; the
+  receiver's replies every ``wal_receiver_status_interval`` do not refresh it.
 - Any other target out of recovery (``pg_is_in_recovery() = false``) is a live primary: refuse.
 - The replica holding the most WAL wins: promotion first replays everything a replica has received,
   so it ends with max(received, replayed); more replayed WAL breaks ties (a faster promotion). A
@@ -54,7 +58,8 @@ SELECT pg_is_in_recovery(),
        (SELECT status FROM pg_stat_wal_receiver),
        (SELECT sender_host FROM pg_stat_wal_receiver),
        (SELECT sender_port FROM pg_stat_wal_receiver),
-       current_setting('primary_conninfo')
+       current_setting('primary_conninfo'),
+       (SELECT extract(epoch FROM now() - last_msg_receipt_time)::float8 FROM pg_stat_wal_receiver)
 """
 
 
@@ -86,6 +91,7 @@ class PgSeen(Seen):
     sender: Address | None = None  # where the WAL receiver is connected now
     configured: Address | None = None  # where primary_conninfo points
     conninfo: str = ""  # may hold a password: never audited
+    silence: float | None = None  # seconds since the WAL receiver last heard from its sender
 
     @property
     def role(self) -> str:
@@ -104,6 +110,14 @@ class PgSeen(Seen):
     @property
     def upstream(self) -> Address | None:
         return self.configured if self.is_replica else None
+
+    def sees(self, primary: Address, max_silence: float) -> str | None:
+        """Streaming from ``primary`` and heard from it within ``max_silence`` seconds."""
+        if self.sender != primary or self.receiver != "streaming" or self.silence is None:
+            return None
+        if self.silence > max_silence:
+            return None
+        return f"streaming, last message {self.silence:.1f}s ago"
 
     @property
     def received(self) -> int:
@@ -147,6 +161,10 @@ class PgDriver(Driver[PgSeen]):
     def problem(self, exc: BaseException) -> str:
         return client.problem(exc)
 
+    async def connect_admin(self, target: TargetConfig) -> psycopg.AsyncConnection[Any]:
+        """A connection with the admin credential (for the steps that change a server)."""
+        return await self._connect(target, admin=True)
+
     async def observe(self, target: TargetConfig) -> PgSeen:
         seen = PgSeen(target)
         try:
@@ -163,6 +181,7 @@ class PgDriver(Driver[PgSeen]):
         seen.sender = sender_address(row[5], row[6])
         seen.conninfo = row[7] or ""
         seen.configured = client.conninfo_address(seen.conninfo) if seen.conninfo else None
+        seen.silence = row[8]
         return seen
 
     async def answers(self, target: TargetConfig) -> tuple[bool, str]:

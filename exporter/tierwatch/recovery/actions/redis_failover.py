@@ -2,6 +2,10 @@
 charge, waiting for Sentinel's own election.
 
 Redis rules on top of the sequence's:
+- A replica linked to the old master that heard from it within ``witness_max_silence`` (Redis's
+  ``master_last_io_seconds_ago``) is a witness that it is alive: refuse. Masters ping their replicas
+  every ``repl-ping-replica-period`` (10 s by default): set it below ``witness_max_silence`` (1 s)
+  for an idle link to count as a witness.
 - Another target counts as a live master only with linked replicas (a replica restarted without its
   config comes back as an empty master with none: that is not a failover that already happened).
 - A replica with replica-priority 0, or still loading a full sync, is never promoted; the highest
@@ -80,6 +84,15 @@ class RedisSeen(Seen):
             for key, value in info.items()
             if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
         )
+
+    def sees(self, primary: Address, max_silence: float) -> str | None:
+        """Linked to ``primary`` (link up) and heard from it within ``max_silence`` seconds."""
+        last_io = (self.info or {}).get("master_last_io_seconds_ago")
+        if self.upstream != primary or self.link != "up" or last_io is None:
+            return None
+        if not 0 <= int(last_io) <= max_silence:
+            return None
+        return f"link up, last I/O {int(last_io)}s ago"
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

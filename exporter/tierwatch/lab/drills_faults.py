@@ -1,0 +1,429 @@
+"""Drills with the faults that make automated failover dangerous (issue 13): a primary paused longer
+than the detection window that wakes up still believing it is the primary, and an old primary that
+comes back after its replacement was promoted. The kit must fail over, then demote the returning
+server (redis_rejoin, pg_rejoin), and never let two primaries acknowledge writes.
+
+Each drill has a checker independent of the kit:
+- writers through the write LB and directly against the old primary (a client that still believes
+  in it) record every write *acknowledged* (Redis ``SET`` + ``WAIT 1``; PostgreSQL a commit that
+  returned without the "canceling wait for synchronous replication" warning) and every write the
+  server took without acknowledging it;
+- a prober per server tries an acknowledged write every PROBE_GAP seconds: the time during which
+  two servers acknowledged writes (within PROBE_WINDOW of each other) is the double-primary time;
+- at the end, on the one primary left: acknowledged writes missing (must be 0) and unacknowledged
+  writes lost (counted apart: the returning server's divergent writes are dropped by design).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import redis
+
+from .demo import DemoStack
+from .drills import (
+    NO_RETRY,
+    DrillResult,
+    Writer,
+    _chain_timeline,
+    _pg_primaries,
+    _redis_masters,
+    _role,
+    _wait,
+)
+
+PROBE_GAP = 0.1  # seconds between a prober's writes
+PROBE_WINDOW = 0.25  # a server "accepts writes" for this long after an acknowledged probe write
+PG_WRITE_TIMEOUT = 1.0  # seconds a PostgreSQL write may take before its socket is shut
+
+
+# --- writers -----------------------------------------------------------------------------------
+
+
+class RedisAckWrites:
+    """SET then WAIT 1 on one address: True once a replica has it; ``unacked`` the SETs it took
+    without a replica confirming."""
+
+    def __init__(self, port: int, password: str, prefix: str):
+        self.port, self.password, self.prefix = port, password, prefix
+        self.client: redis.Redis | None = None
+        self.unacked: list[str] = []
+
+    def __call__(self, n: int) -> bool:
+        if self.client is None:
+            self.client = redis.Redis(
+                host="127.0.0.1",
+                port=self.port,
+                password=self.password,
+                socket_timeout=0.5,
+                socket_connect_timeout=0.5,
+                retry=NO_RETRY,
+            )
+        key = f"{self.prefix}:{n}"
+        try:
+            self.client.set(key, n)
+        except redis.RedisError:  # refused (NOREPLICAS, READONLY) or unreachable: nothing taken
+            self._reset()
+            return False
+        try:
+            if int(self.client.execute_command("WAIT", 1, 250)) >= 1:
+                return True
+        except redis.RedisError:
+            self._reset()
+        self.unacked.append(key)
+        return False
+
+    def _reset(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.client = None
+
+
+class PgAckWrites:
+    """INSERT (autocommit) on one address. Acknowledged when the commit returns without the warning
+    that the synchronous wait was cancelled (the commit is then only local). A commit that does not
+    return within PG_WRITE_TIMEOUT (a paused or fenced primary) has its socket shut: unacknowledged."""
+
+    def __init__(self, port: int, password: str, table: str):
+        self.port, self.password, self.table = port, password, table
+        self.conn: psycopg.Connection[Any] | None = None
+        self.notices: list[str] = []
+        self.unacked: list[int] = []
+
+    def __call__(self, n: int) -> bool:
+        try:
+            if self.conn is None:
+                self.conn = psycopg.connect(
+                    host="127.0.0.1",
+                    port=self.port,
+                    dbname="postgres",
+                    user="app",
+                    password=self.password,
+                    connect_timeout=1,
+                    autocommit=True,
+                )
+                self.conn.add_notice_handler(lambda d: self.notices.append(d.message_primary or ""))
+        except psycopg.Error:
+            return False
+        self.notices.clear()
+        query = f"INSERT INTO {self.table} (id) VALUES (%s)"
+        done = _with_deadline(self.conn, lambda conn: conn.execute(query, (n,)), PG_WRITE_TIMEOUT)
+        if done and not any("synchronous replication" in m for m in self.notices):
+            return True
+        if not done:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+        self.unacked.append(n)  # maybe committed locally: lost only if absent at the end
+        return False
+
+
+def _with_deadline(
+    conn: psycopg.Connection[Any], call: Callable[[psycopg.Connection[Any]], Any], timeout: float
+) -> bool:
+    """Run ``call(conn)``; after ``timeout`` send a cancel request (from a thread of its own: a paused
+    server answers it only once resumed) and shut the connection's socket. The cancel frees the server
+    backend (one waiting for a synchronous standby would otherwise hold its connection slot for good).
+    True if it returned without error."""
+
+    def shut() -> None:
+        threading.Thread(target=_cancel, args=(conn,), daemon=True).start()
+        with contextlib.suppress(OSError):
+            dup = socket.socket(fileno=os.dup(conn.fileno()))
+            with dup:
+                dup.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(timeout, shut)
+    timer.start()
+    try:
+        call(conn)
+        return True
+    except (psycopg.Error, OSError):
+        return False
+    finally:
+        timer.cancel()
+
+
+def _cancel(conn: psycopg.Connection[Any]) -> None:
+    """libpq's non-blocking cancel (its waits release the GIL; the blocking PQcancel would hold it
+    until a paused server answers, freezing every thread of the drill)."""
+    with contextlib.suppress(Exception):
+        conn.cancel_safe(timeout=60)
+
+
+# --- the double-primary checker -----------------------------------------------------------------
+
+
+class Prober(threading.Thread):
+    """Tries an acknowledged write on one server every PROBE_GAP; remembers when one succeeded."""
+
+    def __init__(self, name: str, attempt: Callable[[int], bool]):
+        super().__init__(daemon=True)
+        self.server, self.attempt = name, attempt
+        self.acked_at: list[float] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self._halt.is_set():
+            n += 1
+            with contextlib.suppress(Exception):
+                if self.attempt(n):
+                    self.acked_at.append(time.time())
+            self._halt.wait(PROBE_GAP)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+
+def double_primary_seconds(probers: list[Prober], start: float, end: float) -> float:
+    """Time in [start, end] during which at least two servers acknowledged a write within PROBE_WINDOW."""
+    step = 0.05
+    total = 0.0
+    marks = [sorted(p.acked_at) for p in probers]
+    t = start
+    while t < end:
+        accepting = sum(1 for times in marks if any(t - PROBE_WINDOW <= a <= t for a in times))
+        if accepting >= 2:
+            total += step
+        t += step
+    return round(total, 2)
+
+
+@dataclass
+class FaultCheck:
+    """What the independent checker found for one engine."""
+
+    acked: int = 0
+    acked_lost: int = 0
+    unacked_lost: int = 0
+    double_primary_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --- Redis ---------------------------------------------------------------------------------------
+
+
+def _redis_run(
+    demo: DemoStack,
+    result: DrillResult,
+    fault: Callable[[str], None],
+    heal: Callable[[str], None],
+    deadline: float,
+) -> FaultCheck:
+    old = _redis_masters(demo)[0]
+    via_lb = RedisAckWrites(demo.redis_write.port, demo.redis_password, "drill:lb")
+    direct = RedisAckWrites(demo.redis[old].port, demo.redis_password, "drill:direct")
+    writers = [Writer(via_lb), Writer(direct)]
+    probers = [
+        Prober(n, RedisAckWrites(s.port, demo.redis_password, f"drill:probe:{n}"))
+        for n, s in demo.redis.items()
+    ]
+    for thread in (*writers, *probers):
+        thread.start()
+    _wait(lambda: len(writers[0].acked) > 20, time.time() + 20)
+    result.failed_at = time.time()
+    fault(old)
+    done = time.time()  # writes started before the fault took hold (signalling takes a moment) do not count
+
+    def promoted() -> str | None:  # the paused or dead old master is not asked (it would time out)
+        masters = [n for n, server in demo.redis.items() if n != old and _role(server) == "master"]
+        return masters[0] if masters and writers[0].first_ack_after(done) else None
+
+    _wait(lambda: promoted() is not None, deadline)
+    new = promoted()
+    result.add(writers[0].first_ack_after(done), "writes acknowledged again through the write LB")
+    heal(old)
+    result.add(time.time(), f"healed: {old} is back")
+
+    def rejoined() -> bool:
+        info = demo.redis[old].client(socket_timeout=1).info("replication")
+        return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+    result.recovered = new is not None and _wait(rejoined, deadline) and _redis_masters(demo) == [new]
+    if result.recovered:
+        result.add(time.time(), f"rejoined: {old} is a replica of {new}")
+    time.sleep(1)
+    for thread in (*writers, *probers):
+        thread.stop()
+    check = FaultCheck(double_primary_s=double_primary_seconds(probers, result.failed_at, time.time()))
+    masters = _redis_masters(demo)
+    result.primaries["redis"] = len(masters)
+    if len(masters) == 1:
+        client = demo.redis[masters[0]].client()
+        acked = [f"drill:lb:{n}" for n, _ in writers[0].acked] + [
+            f"drill:direct:{n}" for n, _ in writers[1].acked
+        ]
+        check.acked = len(acked)
+        check.acked_lost = len(acked) - _present(client, acked)
+        unacked = via_lb.unacked + direct.unacked
+        check.unacked_lost = len(unacked) - _present(client, unacked)
+    _chain_timeline(demo, result, {old}, {"RedisMasterDown", "RedisNoMaster", "RedisSplitBrain"})
+    return check
+
+
+def _present(client: redis.Redis, keys: list[str]) -> int:
+    return sum(int(client.exists(*keys[i : i + 500])) for i in range(0, len(keys), 500))
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------
+
+
+def _pg_run(
+    demo: DemoStack,
+    result: DrillResult,
+    fault: Callable[[str], None],
+    heal: Callable[[str], None],
+    deadline: float,
+) -> FaultCheck:
+    old = _pg_primaries(demo)[0]
+    for table in ("drill_lb", "drill_direct", "drill_probe"):
+        demo.pg[old].sql(f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY)")
+        demo.pg[old].sql(f"GRANT INSERT, SELECT ON {table} TO app")
+    via_lb = PgAckWrites(demo.pg_write.port, demo.pg_app_password, "drill_lb")
+    direct = PgAckWrites(demo.pg[old].port, demo.pg_app_password, "drill_direct")
+    writers = [Writer(via_lb), Writer(direct)]
+    probers = [
+        Prober(n, _PgProbe(PgAckWrites(s.port, demo.pg_app_password, "drill_probe"), i))
+        for i, (n, s) in enumerate(demo.pg.items())
+    ]
+    for thread in (*writers, *probers):
+        thread.start()
+    _wait(lambda: len(writers[0].acked) > 20, time.time() + 30)
+    result.failed_at = time.time()
+    fault(old)
+    done = time.time()
+
+    def promoted() -> str | None:
+        primaries = [n for n, server in demo.pg.items() if n != old and _in_recovery(server) is False]
+        return primaries[0] if primaries and writers[0].first_ack_after(done) else None
+
+    _wait(lambda: promoted() is not None, deadline)
+    new = promoted()
+    result.add(writers[0].first_ack_after(done), "writes committed again through the write LB")
+    heal(old)
+    result.add(time.time(), f"healed: {old} is back")
+
+    def rejoined() -> bool:
+        server = demo.pg[old]
+        return server.in_recovery() and bool(
+            server.scalar("SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'")
+        )
+
+    result.recovered = new is not None and _wait(rejoined, deadline) and _pg_primaries(demo) == [new]
+    if result.recovered:
+        result.add(time.time(), f"rejoined: {old} streams from {new}")
+    time.sleep(1)
+    for thread in (*writers, *probers):
+        thread.stop()
+    check = FaultCheck(double_primary_s=double_primary_seconds(probers, result.failed_at, time.time()))
+    primaries = _pg_primaries(demo)
+    result.primaries["postgres"] = len(primaries)
+    if len(primaries) == 1:
+        server = demo.pg[primaries[0]]
+        for writer, table, ack in ((writers[0], "drill_lb", via_lb), (writers[1], "drill_direct", direct)):
+            ids = {row[0] for row in server.sql(f"SELECT id FROM {table}")}
+            acked = {n for n, _ in writer.acked}
+            check.acked += len(acked)
+            check.acked_lost += len(acked - ids)
+            check.unacked_lost += len(set(ack.unacked) - ids)
+    _chain_timeline(demo, result, {old}, {"PostgresPrimaryDown", "PostgresNoPrimary", "PostgresSplitBrain"})
+    return check
+
+
+def _in_recovery(server: Any) -> bool | None:
+    try:
+        return bool(server.in_recovery())
+    except Exception:  # noqa: BLE001 - a server may be down during a drill
+        return None
+
+
+class _PgProbe:
+    """Probe writes with ids unique per server (offset by its index)."""
+
+    def __init__(self, writes: PgAckWrites, index: int):
+        self.writes, self.offset = writes, (index + 1) * 10_000_000
+
+    def __call__(self, n: int) -> bool:
+        return self.writes(self.offset + n)
+
+
+# --- the drills ------------------------------------------------------------------------------------
+
+
+def _finish(result: DrillResult, checks: dict[str, FaultCheck]) -> DrillResult:
+    result.acked = sum(c.acked for c in checks.values())
+    result.lost = sum(c.acked_lost for c in checks.values())
+    result.faults = {name: vars(c) for name, c in checks.items()}
+    result.detail = "; ".join(
+        f"{name}: double-primary {c.double_primary_s:g}s, unacknowledged writes lost {c.unacked_lost}"
+        for name, c in checks.items()
+    )
+    if any(c.double_primary_s > 0 for c in checks.values()):
+        result.recovered = False
+    return result
+
+
+def drill_redis_pause(demo: DemoStack, deadline: float) -> DrillResult:
+    result = DrillResult("redis-pause", time.time())
+
+    def fault(name: str) -> None:
+        demo.redis[name].process.pause()
+        result.add(time.time(), f"failure: paused Redis master {name} (SIGSTOP)")
+
+    check = _redis_run(demo, result, fault, lambda name: demo.redis[name].process.resume(), deadline)
+    return _finish(result, {"redis": check})
+
+
+def drill_pg_pause(demo: DemoStack, deadline: float) -> DrillResult:
+    result = DrillResult("pg-pause", time.time())
+
+    def fault(name: str) -> None:
+        demo.pg[name].process.pause()
+        result.add(time.time(), f"failure: paused PostgreSQL primary {name} (SIGSTOP of every process)")
+
+    check = _pg_run(demo, result, fault, lambda name: demo.pg[name].process.resume(), deadline)
+    return _finish(result, {"postgres": check})
+
+
+def drill_old_primary_return(demo: DemoStack, deadline: float) -> DrillResult:
+    """Redis first, then PostgreSQL, on the same demo stack (one failed_at per engine in the timeline)."""
+    result = DrillResult("old-primary-return", time.time())
+
+    def kill_redis(name: str) -> None:
+        demo.redis[name].process.kill()
+        result.add(time.time(), f"failure: killed Redis master {name}")
+
+    def restart_redis(name: str) -> None:
+        demo.redis[name].process.start()
+
+    def kill_pg(name: str) -> None:
+        demo.pg[name].process.kill()
+        result.add(time.time(), f"failure: killed PostgreSQL primary {name}")
+
+    def restart_pg(name: str) -> None:
+        demo.pg[name].process.start()
+        demo.pg[name].wait_ready()
+
+    redis_check = _redis_run(demo, result, kill_redis, restart_redis, deadline)
+    redis_recovered, first = result.recovered, result.failed_at
+    pg_check = _pg_run(demo, result, kill_pg, restart_pg, deadline + 60)
+    result.recovered = result.recovered and redis_recovered
+    result.failed_at = first
+    return _finish(result, {"redis": redis_check, "postgres": pg_check})
+
+
+FAULT_DRILLS: dict[str, Callable[[DemoStack, float], DrillResult]] = {
+    "redis-pause": drill_redis_pause,
+    "pg-pause": drill_pg_pause,
+    "old-primary-return": drill_old_primary_return,
+}
