@@ -1,15 +1,17 @@
 """A small real stack that gives every dashboard panel data: used by tests/test_dashboards_live.py and by
 dashboards/render_preview.py.
 
-From the machine's binaries, on free loopback ports: four app servers in two regions (one of them
+From the machine's binaries, on free loopback ports: four Express app servers in two regions (one of them
 stopped on purpose, so an alert fires and the overview shows where), an HAProxy pair behind a VIP, a
-Redis master + replica + one Sentinel with a list queue, a BullMQ queue and a stream with a consumer
-group, a PostgreSQL primary (WAL archiving on, one replication slot) + streaming replica,
+Redis master (RDB snapshots and AOF on) + replica + one Sentinel with a list queue, a BullMQ queue and
+a stream with a consumer group, a PostgreSQL primary (WAL archiving on, one replication slot) +
+streaming replica (its base backup's label is the cluster's backup file), node_exporter,
 ``tierwatch serve`` probing every second, ``tierwatch recover`` in dry-run mode, and Prometheus
 scraping both every second with the rules of rules/ (each ``for:`` and ``keep_firing_for:`` shortened to
-a few seconds, nothing else changed). A background thread sends a little traffic through the VIP and to
-Redis, and two webhook notifications reach the recovery service (a refused failover, then an alert the
-allow-list does not permit the action for, blocked).
+a few seconds, nothing else changed), HAProxy's and the apps' own metrics too (jobs haproxy and app).
+A background thread sends a little traffic through the VIP (GET /work) and to Redis, and two webhook
+notifications reach the recovery service (a refused failover, then an alert the allow-list does not
+permit the action for, blocked).
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ import httpx
 import yaml
 
 from tierwatch.lab.stack import Stack, free_port, wait_for
+from tierwatch.lab.stack.express import start_express
 from tierwatch.lab.stack.haproxy import start_haproxy, start_vip
-from tierwatch.lab.stack.http import start_http_backend
+from tierwatch.lab.stack.node_exporter import node_job, start_node_exporter
 from tierwatch.lab.stack.postgres import start_primary, start_replica
 from tierwatch.lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
 from tierwatch.lab.stack.redis import WRITE_FENCING, start_redis, start_sentinels, wait_writes_accepted
+from tierwatch.lab.stack.scrape_targets import traffic_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 FOR_LINE = re.compile(r"^(\s+for:\s*)\S+\s*$", re.MULTILINE)
@@ -85,7 +89,7 @@ def _traffic(stop: threading.Event, vip_port: int, redis_client: Any) -> None:
     with httpx.Client(timeout=2.0) as client:
         while not stop.wait(0.2):
             try:
-                client.get(f"http://127.0.0.1:{vip_port}/")
+                client.get(f"http://127.0.0.1:{vip_port}/work")
                 redis_client.get("page:home")
                 redis_client.get("page:missing")
             except Exception:  # noqa: BLE001 - traffic is best effort; the stack may be stopping
@@ -133,11 +137,16 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
     """Start everything; stop every process on exit."""
     stop = threading.Event()
     with Stack(keep=keep) as stack:
-        apps = {name: start_http_backend(stack, name) for name in APP_REGIONS}
+        # the demo's Express app servers (RED metrics, scraped as job app) on a Redis of their own
+        app_redis = start_redis(stack, "redis-apps")
+        apps = {name: start_express(stack, name, reg, app_redis.url) for name, reg in APP_REGIONS.items()}
         lbs = [start_haproxy(stack, f"lb-{i}", [(n, a.port) for n, a in apps.items()]) for i in (1, 2)]
         vip = start_vip(stack, lbs)
 
-        redis_a = start_redis(stack, "redis-a", extra_config=WRITE_FENCING)
+        # snapshots and AOF on the master: the persistence panels have data
+        redis_a = start_redis(
+            stack, "redis-a", extra_config=(*WRITE_FENCING, "save 3600 1", "appendonly yes")
+        )
         redis_b = start_redis(stack, "redis-b", replica_of=redis_a, extra_config=WRITE_FENCING)
         wait_writes_accepted(redis_a)
         sentinels = start_sentinels(
@@ -170,7 +179,9 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
                  {"name": s.name, "region": "primary", "url": s.url} for s in sentinels]},
              "queues": [{"name": "jobs", "kind": "list"}, {"name": "emails", "kind": "bullmq"},
                         {"name": "events", "kind": "stream"}]},
-            {"name": "main-db", "tier": "postgres", "password_env": "TIERWATCH_LIVE_PG_PASSWORD", "targets": [
+            {"name": "main-db", "tier": "postgres", "password_env": "TIERWATCH_LIVE_PG_PASSWORD",
+             # the base backup the replica was cloned from (PostgreSQL renamed its backup_label)
+             "backup": {"last_backup_file": str(pg_2.data_dir / "backup_label.old")}, "targets": [
                 {"name": s.name, "region": "primary", "url": s.dsn_without_password} for s in (pg_1, pg_2)]},
         ]  # fmt: skip
         config = stack.path("tierwatch.yml")
@@ -197,6 +208,8 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
             [
                 ScrapeJob("tierwatch", [exporter_url.removeprefix("http://")]),
                 ScrapeJob("tierwatch-recovery", [recovery_url.removeprefix("http://")]),
+                *traffic_jobs(lbs, apps.values()),  # HAProxy's exporter and the apps' /metrics
+                node_job(start_node_exporter(stack)),
             ],
             fast_rules(stack.directory("rules")),
             scrape_interval="1s",

@@ -174,3 +174,38 @@ def test_overview_shows_where_the_problem_is(live: Any) -> None:
     (actions_query,) = [q for f, t, _, q, _ in panel_queries() if t == "Recent recovery actions"]
     rows = {(s["metric"]["action"], s["metric"]["outcome"]) for s in prom.query(actions_query)}
     assert rows == {("redis_failover", "refused")}
+
+
+def test_traffic_panels_show_the_requests_sent_through_the_lbs(live: Any) -> None:
+    """The real-traffic panels (dashboards/traffic_panels.py) on real HAProxy and Express app servers:
+    each returns data, and the request rates show the traffic the stack sends through the VIP, at
+    the LBs (backend be_app) and at the apps of both regions."""
+    traffic = _import("dashboards.traffic_panels")
+    rows = (*traffic.lb_rows(GEN), *traffic.app_rows(GEN))
+    titles = {panel.title for row in rows for panel in row.panels}
+    queries = [(f, t, q, i) for f, t, _, q, i in panel_queries() if t in titles]
+    assert len(titles) == 13 and len(queries) == 15
+
+    def rates(file: str, title: str) -> dict[str, float]:
+        (query,) = [q for f, t, q, _ in queries if (f, t) == (file, title)]
+        return {
+            s["metric"].get("region", s["metric"].get("proxy", "")): float(s["value"][1])
+            for s in live.prometheus.query(query)
+        }
+
+    def shown() -> bool:
+        return (
+            all(run(live.prometheus, q, i) for _, _, q, i in queries)
+            and rates("lb.json", "Requests by backend").get("be_app", 0) > 0
+            and all(rates("app.json", "Requests by region").get(r, 0) > 0 for r in ("primary", "failover"))
+            and all(
+                rates("app.json", "LB requests by backend and region").get(r, 0) > 0
+                for r in ("primary", "failover")
+            )
+        )
+
+    deadline = time.monotonic() + 120
+    while not shown():
+        empty = [f"{f} / {t}" for f, t, q, i in queries if not run(live.prometheus, q, i)]
+        assert time.monotonic() < deadline, f"traffic panels without data or traffic: {empty}"
+        time.sleep(2)

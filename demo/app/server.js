@@ -17,7 +17,24 @@ const config = {
   redisPassword: process.env.REDIS_PASSWORD, // overrides a password in REDIS_URL; keeps it out of the URL
   redisTimeoutMs: Number(process.env.REDIS_TIMEOUT_MS || 500),
   queue: "emails",
+  adminToken: process.env.ADMIN_TOKEN || "", // enables /admin/fault (drills); unset: no admin endpoint
 };
+
+// --- Fault injection (drills) ------------------------------------------------------------------------
+// Real requests (/work, /jobs) can be made slow (delay_ms) and/or fail with a 500 (error_ratio) while
+// /health, /ready and /metrics stay fine: what a health probe cannot see. Set at start by FAULT_DELAY_MS
+// and FAULT_ERROR_RATIO, or at run time by PUT /admin/fault (bearer ADMIN_TOKEN).
+const MAX_FAULT_DELAY_MS = 10000;
+function faultSettings(delayMs, errorRatio) {
+  const delay = Number(delayMs ?? 0);
+  const ratio = Number(errorRatio ?? 0);
+  if (!Number.isFinite(delay) || delay < 0 || delay > MAX_FAULT_DELAY_MS) {
+    throw new Error(`delay_ms: expected a number of milliseconds from 0 to ${MAX_FAULT_DELAY_MS}`);
+  }
+  if (!Number.isFinite(ratio) || ratio < 0 || ratio > 1) throw new Error("error_ratio: expected a number from 0 to 1");
+  return { delayMs: delay, errorRatio: ratio };
+}
+let fault = faultSettings(process.env.FAULT_DELAY_MS, process.env.FAULT_ERROR_RATIO);
 
 function log(msg, fields = {}) {
   process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), app: config.name, msg, ...fields })}\n`);
@@ -129,6 +146,47 @@ app.use((req, res, next) => {
 
 let shuttingDown = false;
 
+async function injectFault(_req, res, next) {
+  const { delayMs, errorRatio } = fault;
+  if (delayMs) await new Promise((resolve) => setTimeout(resolve, delayMs));
+  if (errorRatio && Math.random() < errorRatio) {
+    res.status(500).json({ error: "injected fault", name: config.name });
+    return;
+  }
+  next();
+}
+
+function sameSecret(given, expected) {
+  // hash both so the comparison takes the same time whatever the lengths
+  const a = crypto.createHash("sha256").update(given).digest();
+  const b = crypto.createHash("sha256").update(expected).digest();
+  return crypto.timingSafeEqual(a, b);
+}
+
+if (config.adminToken) {
+  app.all("/admin/fault", (req, res) => {
+    const header = req.get("authorization") || "";
+    if (!header.startsWith("Bearer ") || !sameSecret(header.slice(7), config.adminToken)) {
+      res.status(401).json({ error: "unauthorized" });
+      return;
+    }
+    if (req.method === "PUT") {
+      const body = req.body && typeof req.body === "object" ? req.body : {};
+      try {
+        fault = faultSettings(body.delay_ms, body.error_ratio);
+      } catch (err) {
+        res.status(400).json({ error: err.message });
+        return;
+      }
+      log("fault injection", { delay_ms: fault.delayMs, error_ratio: fault.errorRatio });
+    } else if (req.method !== "GET") {
+      res.status(405).json({ error: "GET or PUT" });
+      return;
+    }
+    res.json({ delay_ms: fault.delayMs, error_ratio: fault.errorRatio });
+  });
+}
+
 // Liveness: 200 while the process serves HTTP, even when Redis is away (then "degraded"), so an app
 // instance is not reported down, nor taken out of the LB, when only Redis is. Readiness is /ready.
 app.get("/health", async (_req, res) => {
@@ -156,7 +214,7 @@ app.get("/metrics", async (_req, res) => {
 const queue = new Queue(config.queue, { connection: producerConnection });
 queue.on("error", (err) => logOnce("queue", err));
 
-app.post("/jobs", async (req, res) => {
+app.post("/jobs", injectFault, async (req, res) => {
   const body = req.body && typeof req.body === "object" ? req.body : {};
   const to = typeof body.to === "string" ? body.to.slice(0, 200) : "someone@example.com";
   try {
@@ -172,7 +230,7 @@ app.post("/jobs", async (req, res) => {
 
 // Fake work for traffic: some CPU, an optional delay (?ms=, at most 5000) and a cache lookup in Redis
 // (hits and misses show in the Redis tier's keyspace counters). Answers even when Redis is away.
-app.get("/work", async (req, res) => {
+app.get("/work", injectFault, async (req, res) => {
   const delay = Math.min(Math.max(Number(req.query.ms) || 0, 0), 5000);
   let digest = crypto.randomBytes(32);
   for (let i = 0; i < 200; i++) digest = crypto.createHash("sha256").update(digest).digest();

@@ -7,12 +7,14 @@ the lock file; ``start_express`` starts one server and waits until its ``/health
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import secrets
 import shutil
 import subprocess
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..kit import kit_dir
@@ -31,6 +33,7 @@ class ExpressApp:
     host: str
     port: int
     process: ManagedProcess
+    admin_token: str = field(default="", repr=False)
 
     @property
     def base_url(self) -> str:
@@ -47,6 +50,27 @@ class ExpressApp:
     def metrics_url(self) -> str:
         """The prom-client ``/metrics`` URL."""
         return f"{self.base_url}/metrics"
+
+    @property
+    def metrics_address(self) -> str:
+        """``host:port`` to scrape (``/metrics``)."""
+        return self.base_url.removeprefix("http://")
+
+    def set_fault(self, delay_ms: float = 0, error_ratio: float = 0) -> dict[str, float]:
+        """Make real requests (``/work``, ``POST /jobs``) slow by ``delay_ms`` and fail a share
+        ``error_ratio`` of them with a 500, while ``/health`` stays fine (``0, 0``: no fault).
+        Returns the app's fault settings as it reports them."""
+        if not self.admin_token:
+            raise StackError(f"{self.name} was started without an admin token")
+        request = urllib.request.Request(
+            f"{self.base_url}/admin/fault",
+            data=json.dumps({"delay_ms": delay_ms, "error_ratio": error_ratio}).encode(),
+            method="PUT",
+            headers={"Authorization": f"Bearer {self.admin_token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            answer: dict[str, float] = json.loads(resp.read())
+        return answer
 
 
 def _installed(app_dir: Path) -> bool:
@@ -115,12 +139,14 @@ def start_express(
     host: str = "127.0.0.1",
     redis_password: str | None = None,
     ready_timeout: float = 20.0,
+    admin_token: str | None = None,
 ) -> ExpressApp:
     """Start demo/app/server.js as ``name`` and wait until ``/health`` answers 200.
 
     ``redis_url`` is the Redis write address (``redis://host:port``); the password goes separately in
     ``redis_password`` (passed in the environment, never on the command line). ``/health`` answers 200
-    while Redis is away too (``degraded``), so the app is up whatever Redis does.
+    while Redis is away too (``degraded``), so the app is up whatever Redis does. ``admin_token``
+    (default: a random one) enables the app's ``/admin/fault`` for ``ExpressApp.set_fault``.
     """
     app_dir = ensure_app_installed()
     port = port or free_port()
@@ -136,8 +162,11 @@ def start_express(
     env.pop("REDIS_PASSWORD", None)
     if redis_password is not None:
         env["REDIS_PASSWORD"] = redis_password
+    env["ADMIN_TOKEN"] = admin_token or secrets.token_urlsafe(16)
+    for variable in ("FAULT_DELAY_MS", "FAULT_ERROR_RATIO"):
+        env.pop(variable, None)
     proc = stack.spawn(name, ["node", "server.js"], cwd=app_dir, env=env)
-    app = ExpressApp(name, region, host, port, proc)
+    app = ExpressApp(name, region, host, port, proc, env["ADMIN_TOKEN"])
     try:
         wait_for(lambda: proc.check_alive() or _answers(app.url), ready_timeout, f"{name} at {app.url}")
     except StackError as exc:

@@ -21,11 +21,17 @@ class HAProxy:
     config_path: Path
     process: ManagedProcess
     host: str = "127.0.0.1"
+    metrics_port: int | None = None
 
     @property
     def url(self) -> str:
         """The LB's own health URL (answered by HAProxy itself via monitor-uri)."""
         return f"http://{self.host}:{self.port}/health"
+
+    @property
+    def metrics_address(self) -> str | None:
+        """``host:port`` of HAProxy's built-in Prometheus exporter (``/metrics``), if it has one."""
+        return None if self.metrics_port is None else f"{self.host}:{self.metrics_port}"
 
     def command(self, line: str) -> str:
         """Run one runtime API command and return its output."""
@@ -48,9 +54,11 @@ def render_config(
     check_interval_ms: int = 1000,
     bind: str = "127.0.0.1",
     server_host: str = "127.0.0.1",
+    metrics_port: int | None = None,
 ) -> str:
     """An HAProxy config: frontend on ``bind:port`` naming itself in X-Served-By, one checked backend
-    of ``servers`` (name, port) on ``server_host``."""
+    of ``servers`` (name, port) on ``server_host``; with ``metrics_port``, a frontend ``fe_metrics``
+    on ``bind:metrics_port`` serving HAProxy's built-in Prometheus exporter at ``/metrics``."""
     lines = [
         "global",
         f"  stats socket {stats_socket} mode 600 level admin",
@@ -74,7 +82,23 @@ def render_config(
         f"  default-server check inter {check_interval_ms}ms fall 2 rise 1",
     ]
     lines += [f"  server {server} {server_host}:{sport} weight 100" for server, sport in servers]
+    if metrics_port is not None:
+        lines += metrics_frontend(bind, metrics_port)
     return "\n".join(lines) + "\n"
+
+
+def metrics_frontend(bind: str, port: int) -> list[str]:
+    """Config lines of a frontend that serves HAProxy's Prometheus exporter (built in, ``USE_PROMEX``)
+    at ``/metrics`` on ``bind:port``: request rate, 5xx, response/queue time and retries per
+    frontend, backend and server. Its own requests never reach a backend."""
+    return [
+        "frontend fe_metrics",
+        f"  bind {bind}:{port}",
+        "  mode http",
+        "  no log",
+        "  http-request use-service prometheus-exporter if { path /metrics }",
+        "  http-request return status 404",
+    ]
 
 
 def start_haproxy(
@@ -88,25 +112,42 @@ def start_haproxy(
     server_host: str = "127.0.0.1",
     host: str = "127.0.0.1",
     prefix: Sequence[str] = (),
+    metrics: bool = True,
 ) -> HAProxy:
     """Start HAProxy in the foreground (``-db``) and wait until the frontend and socket answer.
 
     ``bind`` is the frontend's address, ``server_host`` where the ``servers`` listen, ``host`` the
     address this process reaches the frontend on (the LB's ``url``), and ``prefix`` goes before the
-    command line (``["ip", "netns", "exec", NS]`` runs HAProxy in a network namespace).
+    command line (``["ip", "netns", "exec", NS]`` runs HAProxy in a network namespace). With
+    ``metrics`` (the default) it also serves its Prometheus exporter on a free port
+    (``metrics_address``).
     """
     port = port or free_port()
+    metrics_port = free_port() if metrics else None
     directory = stack.directory("haproxy", name)
     sock = directory / "admin.sock"
     cfg = directory / "haproxy.cfg"
     cfg.write_text(
         render_config(
-            name, port, sock, servers, check_interval_ms=check_interval_ms, bind=bind, server_host=server_host
+            name,
+            port,
+            sock,
+            servers,
+            check_interval_ms=check_interval_ms,
+            bind=bind,
+            server_host=server_host,
+            metrics_port=metrics_port,
         )
     )
     proc = stack.spawn(name, [*prefix, "haproxy", "-db", "-f", str(cfg)])
-    lb = HAProxy(name, port, sock, cfg, proc, host)
-    wait_for(lambda: proc.check_alive() or (port_open(port, host) and sock.exists()), 10, f"haproxy {name}")
+    lb = HAProxy(name, port, sock, cfg, proc, host, metrics_port)
+
+    def ready() -> bool:
+        proc.check_alive()
+        ports = [port] if metrics_port is None else [port, metrics_port]
+        return all(port_open(p, host) for p in ports) and sock.exists()
+
+    wait_for(ready, 10, f"haproxy {name}")
     return lb
 
 
