@@ -150,8 +150,8 @@ def test_redis_monitoring_user_without_config_still_sees_fencing_from_info(
             "min_replicas_to_write": None,
             "min_replicas_max_lag_seconds": None,
         }
-    # refused once, then not asked again
-    assert _config_calls(master) - commands_before == 1
+    # refused in the first round trip (the min-replicas settings and `save`), then not asked again
+    assert _config_calls(master) - commands_before == 2
 
 
 def _config_calls(server: RedisServer) -> int:

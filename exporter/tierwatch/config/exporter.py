@@ -67,6 +67,12 @@ class MonitorSettings(_Strict):
     max_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 256
 
 
+class MetricsSettings(_Strict):
+    # opt-in series (metric_catalog ``opt_in``): Prometheus pays for every series of every target
+    probe_duration_histogram: bool = False  # tierwatch_probe_duration_seconds per target (16 series)
+    http_response_size: bool = False  # tierwatch_http_response_size_bytes per HTTP target
+
+
 class BreakerSettings(_Strict):
     failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 5
     reset_timeout: Duration = 30.0
@@ -111,6 +117,11 @@ class QueueConfig(_Strict):
     prefix: str | None = None
 
 
+class BackupConfig(_Strict):
+    # PostgreSQL base-backup freshness (probes/pg_backup.py): the backup's time is read from this file
+    last_backup_file: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
 class ClusterConfig(_Strict):
     name: Name
     tier: Tier
@@ -123,6 +134,7 @@ class ClusterConfig(_Strict):
     password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     sentinel: SentinelConfig | None = None
     queues: list[QueueConfig] = []
+    backup: BackupConfig | None = None
 
     @field_validator("targets")
     @classmethod
@@ -143,6 +155,7 @@ class TierwatchConfig(_Strict):
     monitor: MonitorSettings = MonitorSettings()
     circuit_breaker: BreakerSettings = BreakerSettings()
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
     listen: str = "127.0.0.1:9489"
     clusters: Annotated[list[ClusterConfig], Field(min_length=1)]
     recovery: RecoverySettings | None = None
@@ -326,6 +339,14 @@ def _semantic_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...
             yield ("clusters", ci, "sentinel"), "sentinel is only valid on a cluster of tier redis"
         if cluster.queues and cluster.tier != "redis":
             yield ("clusters", ci, "queues"), "queues are only valid on a cluster of tier redis"
+        if cluster.backup is not None:
+            if cluster.tier != "postgres":
+                yield ("clusters", ci, "backup"), "backup is only valid on a cluster of tier postgres"
+            if not os.path.isabs(cluster.backup.last_backup_file):
+                yield (
+                    ("clusters", ci, "backup", "last_backup_file"),
+                    f"expected an absolute path, got {cluster.backup.last_backup_file!r}",
+                )
         seen_queues: set[str] = set()
         for qi, queue in enumerate(cluster.queues):
             if queue.name in seen_queues:

@@ -31,6 +31,7 @@ from ..metric_catalog import (
     metric,
 )
 from .base import Observation, Probe, ProbeFailure, TargetInfo
+from .pg_backup import observe_base_backup
 
 APPLICATION_NAME = "tierwatch"
 # Share of the probe deadline given to our own timeout, so the probe classifies and cleans up
@@ -132,6 +133,13 @@ REPLAY_BACKLOG = metric(
 )
 WAL_RECEIVER_UP = metric(
     "tierwatch_pg_wal_receiver_up", "gauge", "On a replica: 1 if its WAL receiver is streaming.", section=S
+)
+WAL_RECEIVER_SILENCE = metric(
+    "tierwatch_pg_wal_receiver_last_message_age_seconds",
+    "gauge",
+    "On a replica: seconds since its WAL receiver last got a message from its sender "
+    "(pg_stat_wal_receiver.last_msg_receipt_time); a witness that the primary is alive.",
+    section=S,
 )
 REPLAY_PAUSED = metric(
     "tierwatch_pg_replay_paused",
@@ -263,7 +271,7 @@ WITH r AS (
     CASE WHEN NOT r.rec THEN pg_walfile_name(pg_current_wal_lsn()) END AS walfile
   FROM r
 ), wr AS (
-  SELECT status, latest_end_lsn, received_tli FROM pg_stat_wal_receiver LIMIT 1
+  SELECT status, latest_end_lsn, received_tli, last_msg_receipt_time FROM pg_stat_wal_receiver LIMIT 1
 ), lag AS (
   SELECT greatest(pg_wal_lsn_diff(p.received, p.pos), pg_wal_lsn_diff(wr.latest_end_lsn, p.pos), 0)::float8
     AS behind
@@ -286,6 +294,8 @@ SELECT
     ELSE greatest(extract(epoch FROM now() - p.replayed_at), 0)::float8 END AS lag_seconds,
   CASE WHEN p.rec THEN greatest(pg_wal_lsn_diff(p.received, p.pos), 0)::float8 END AS backlog_bytes,
   CASE WHEN p.rec THEN coalesce(wr.status = 'streaming', false) END AS receiver_up,
+  CASE WHEN p.rec THEN greatest(extract(epoch FROM now() - wr.last_msg_receipt_time), 0)::float8
+    END AS receiver_silence,
   CASE WHEN p.rec THEN pg_is_wal_replay_paused() END AS paused,
   (SELECT json_agg(json_build_array(
       application_name, state, sync_state,
@@ -349,7 +359,10 @@ class PostgresProbe(Probe):
             # through its traceback a half-open connection) alive
             await self.close()
             raise ProbeFailure(reason, FAILURE_MESSAGES[reason])
-        return observe(row, self._version, self._peers)
+        obs = observe(row, self._version, self._peers)
+        if obs.role == "primary" and self.info.cluster.backup is not None:
+            await observe_base_backup(self.info.cluster.backup.last_backup_file, obs)
+        return obs
 
     async def close(self) -> None:
         """Close the connection (never waits on the server)."""
@@ -452,6 +465,8 @@ def _observe_replica(obs: Observation, row: Mapping[str, Any]) -> None:
         obs.add(REPLICATION_LAG_SECONDS, row["lag_seconds"])
     obs.add(REPLAY_BACKLOG, row["backlog_bytes"])
     obs.add(WAL_RECEIVER_UP, 1 if row["receiver_up"] else 0)
+    if row["receiver_silence"] is not None:
+        obs.add(WAL_RECEIVER_SILENCE, row["receiver_silence"])
     obs.add(REPLAY_PAUSED, 1 if row["paused"] else 0)
     for kind, value in zip(CONFLICT_KINDS, row["conflicts"] or (), strict=False):
         if value is not None:

@@ -1,5 +1,6 @@
 """Redis probe: one persistent connection per target, one pipelined round trip per probe: INFO, and
-CONFIG GET of the write-fencing settings (min-replicas-*) until the server refuses it.
+CONFIG GET of the write-fencing settings (min-replicas-*) and of ``save`` (are RDB snapshots scheduled:
+redis_persistence.py) until the server refuses them.
 
 A primary also reports, for each of its replicas, the replication lag (attributed to the replica's
 own target), and reads the cluster's configured queues in a second round trip (see queues.py).
@@ -26,6 +27,7 @@ from ..metric_catalog import (
     metric,
 )
 from .base import Observation, Probe, ProbeFailure, TargetInfo, classify_failure
+from .redis_persistence import SAVE_CONFIG, observe_last_save, observe_persistence, save_configured
 
 CLIENT_NAME = "tierwatch"
 INFO_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication")
@@ -115,22 +117,10 @@ COMMANDS = metric(
     "Commands processed by the server.",
     section="redis",
 )
-RDB_OK = metric(
-    "tierwatch_redis_rdb_last_bgsave_ok",
-    "gauge",
-    "1 if the last RDB background save succeeded, else 0.",
-    section="redis",
-)
 RDB_CHANGES = metric(
     "tierwatch_redis_rdb_changes_since_last_save",
     "gauge",
     "Writes since the last RDB save (what a crash would lose without AOF).",
-    section="redis",
-)
-AOF_OK = metric(
-    "tierwatch_redis_aof_last_write_ok",
-    "gauge",
-    "1 if the last AOF write succeeded, else 0; only where AOF is enabled.",
     section="redis",
 )
 WRITE_FENCING = metric(
@@ -298,7 +288,9 @@ class RedisProbe(Probe):
         return await guarded(self.link, self.info.timeout, self._probe())
 
     async def _probe(self) -> Observation:
-        commands = [self._info_command] if self.config_refused else [self._info_command, FENCING_CONFIG]
+        commands = [self._info_command]
+        if not self.config_refused:
+            commands += [FENCING_CONFIG, SAVE_CONFIG]
         reply, *config = await self.link.roundtrip(commands)
         if isinstance(reply, ResponseError):
             raise reply
@@ -307,6 +299,12 @@ class RedisProbe(Probe):
         observation = observe_info(fields, self.info)
         if config and observation.role == "primary":
             self._observe_fencing_config(config[0], observation)
+        if len(config) > 1:
+            configured = save_configured(config[1])
+            if configured is None:
+                self.config_refused = True
+            else:
+                observe_last_save(fields, configured, observation)
         if observation.role == "primary" and self.info.cluster.queues:
             from .queues import read_queues
 
@@ -373,7 +371,7 @@ def observe_info(fields: dict[str, str], info: TargetInfo) -> Observation:
         (UPTIME, "uptime_in_seconds"),
     ):
         _add(obs, spec, fields, key)
-    _observe_persistence(fields, obs)
+    observe_persistence(fields, obs)
     return obs
 
 
@@ -384,14 +382,6 @@ def _add(obs: Observation, spec: Any, fields: dict[str, str], key: str) -> None:
             obs.add(spec, float(value))
         except ValueError:
             pass
-
-
-def _observe_persistence(fields: dict[str, str], obs: Observation) -> None:
-    status = fields.get("rdb_last_bgsave_status")
-    if status is not None:
-        obs.add(RDB_OK, 1.0 if status == "ok" else 0.0)
-    if fields.get("aof_enabled") == "1":
-        obs.add(AOF_OK, 1.0 if fields.get("aof_last_write_status") == "ok" else 0.0)
 
 
 def _observe_master_link(fields: dict[str, str], obs: Observation) -> None:
