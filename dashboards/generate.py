@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +30,11 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as common_m
 from grafana_foundation_sdk.models import dashboard as dash_m
 from grafana_foundation_sdk.models import prometheus as prom_m
+
+try:  # python -m dashboards.generate (and the tests' import)
+    from . import traffic_panels
+except ImportError:  # python dashboards/generate.py
+    import traffic_panels  # type: ignore[no-redef]
 
 OUT_DIR = Path(__file__).resolve().parent
 # Where panel links point: <base>/<AlertName>.md, the same absolute base as the alerts' runbook_url
@@ -538,6 +543,8 @@ LB = Dashboard(
     ),
 )
 
+LB = replace(LB, rows=(*LB.rows, *traffic_panels.lb_rows(sys.modules[__name__])))
+
 # ---------------------------------------------------------------------------------------------- app
 
 APP_T = ('tier="app"', T)
@@ -585,9 +592,7 @@ APP = Dashboard(
                     "Health checks per second, per region.",
                     "reqps",
                     q(
-                        "sum by (cluster, region) ("
-                        + rate("tierwatch_probe_duration_seconds_count", *APP_T)
-                        + ")",
+                        "sum by (cluster, region) (" + rate("tierwatch_probes_total", *APP_T) + ")",
                         "{{cluster}} {{region}}",
                     ),
                 ),
@@ -613,12 +618,13 @@ APP = Dashboard(
                 ),
                 ts(
                     "Duration: latency p50 / p95",
-                    "Health-check latency percentiles per region.",
+                    "Health-check latency percentiles per region, over all its servers (the exporter's "
+                    "histogram per cluster and region: the server filter does not apply).",
                     "s",
                     *(
                         q(
                             f"histogram_quantile({p}, sum by (region, le) "
-                            f"({rate('tierwatch_probe_duration_seconds_bucket', *APP_T)}))",
+                            f"({rate('tierwatch_cluster_probe_duration_seconds_bucket', APP_T[0], R)}))",
                             f"{{{{region}}}} p{int(p * 100)}",
                         )
                         for p in (0.5, 0.95)
@@ -656,7 +662,8 @@ APP = Dashboard(
                 ),
                 ts(
                     "Response size",
-                    "Body size of each server's last health-check answer.",
+                    "Body size of each server's last health-check answer "
+                    "(opt-in: metrics.http_response_size).",
                     "bytes",
                     q(sel("tierwatch_http_response_size_bytes", *APP_T), "{{target}}"),
                     width=12,
@@ -665,6 +672,8 @@ APP = Dashboard(
         ),
     ),
 )
+
+APP = replace(APP, rows=(*APP.rows, *traffic_panels.app_rows(sys.modules[__name__])))
 
 # ---------------------------------------------------------------------------------------------- Redis
 
@@ -803,6 +812,35 @@ REDIS = Dashboard(
                     "cps",
                     q(rate("tierwatch_redis_rejected_connections_total", *RT), "{{target}}"),
                     alerts=("RedisRejectedConnections",),
+                ),
+            ),
+        ),
+        Row(
+            "Persistence",
+            (
+                stat(
+                    "Last RDB save and AOF write / rewrite",
+                    "Result of each server's last RDB snapshot, and of its last AOF write and rewrite "
+                    "where AOF is on (INFO persistence).",
+                    "none",
+                    q(sel("tierwatch_redis_rdb_last_bgsave_ok", *RT), "{{target}} RDB save"),
+                    q(sel("tierwatch_redis_aof_last_write_ok", *RT), "{{target}} AOF write"),
+                    q(sel("tierwatch_redis_aof_last_rewrite_ok", *RT), "{{target}} AOF rewrite"),
+                    alerts=("RedisRdbSaveFailed", "RedisAofWriteFailed", "RedisAofRewriteFailed"),
+                    mappings=OK_FAIL,
+                    width=12,
+                ),
+                ts(
+                    "Since the last RDB save",
+                    "Age of each server's last successful snapshot, where snapshots are configured "
+                    "(CONFIG GET save); writes since then are lost by a restart without AOF.",
+                    "s",
+                    q(
+                        f"time() - {sel('tierwatch_redis_rdb_last_save_timestamp_seconds', *RT)}",
+                        "{{target}}",
+                    ),
+                    alerts=("RedisRdbSaveStale",),
+                    width=12,
                 ),
             ),
         ),
@@ -959,7 +997,7 @@ POSTGRES = Dashboard(
             ),
         ),
         Row(
-            "WAL archiving",
+            "WAL archiving and base backups",
             (
                 ts(
                     "WAL archiving",
@@ -980,6 +1018,19 @@ POSTGRES = Dashboard(
                     ),
                     alerts=("PostgresWalArchiveStale",),
                     thresholds=((None, "green"), (3600.0, "red")),
+                    width=12,
+                ),
+                stat(
+                    "Since the last base backup",
+                    "Age of the cluster's newest base backup, from its backup.last_backup_file (read on "
+                    "the primary); a missing file reads as never.",
+                    "s",
+                    q(
+                        f"time() - {sel('tierwatch_pg_base_backup_timestamp_seconds', *PT)}",
+                        "{{cluster}} ({{target}})",
+                    ),
+                    alerts=("PostgresBaseBackupStale",),
+                    thresholds=((None, "green"), (93600.0, "red")),
                     width=12,
                 ),
             ),
@@ -1308,7 +1359,7 @@ EXPORTER = Dashboard(
                     "Whether Prometheus scrapes each exporter (job tierwatch) successfully.",
                     "none",
                     q(sel("up", 'job="tierwatch"'), "{{instance}}"),
-                    alerts=("TierwatchExporterAbsent",),
+                    alerts=("TierwatchExporterAbsent", "TierwatchExporterDown"),
                     mappings=UP_DOWN,
                     width=6,
                     height=5,
@@ -1376,15 +1427,10 @@ EXPORTER = Dashboard(
             "Probes",
             (
                 ts(
-                    "Probe duration p95",
-                    "95th percentile of probe latency per target.",
+                    "Probe duration",
+                    "Duration of each target's last probe, successful or not.",
                     "s",
-                    q(
-                        "histogram_quantile(0.95, sum by (tier, target, le) ("
-                        + rate("tierwatch_probe_duration_seconds_bucket", T)
-                        + "))",
-                        "{{tier}} {{target}}",
-                    ),
+                    q(sel("tierwatch_probe_last_duration_seconds", T), "{{tier}} {{target}}"),
                 ),
                 ts(
                     "Probe failures by reason",
@@ -1414,7 +1460,14 @@ EXPORTER = Dashboard(
     ),
 )
 
-DASHBOARDS: tuple[Dashboard, ...] = (OVERVIEW, LB, APP, REDIS, POSTGRES, QUEUES, RECOVERY, EXPORTER)
+try:
+    from .hosts_dashboard import hosts_dashboard
+except ImportError:  # python dashboards/generate.py
+    from hosts_dashboard import hosts_dashboard  # type: ignore[no-redef]
+
+DASHBOARDS: tuple[Dashboard, ...] = (
+    OVERVIEW, LB, APP, REDIS, POSTGRES, QUEUES, RECOVERY, EXPORTER, hosts_dashboard(sys.modules[__name__])
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- building

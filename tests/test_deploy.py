@@ -34,7 +34,7 @@ OVERLAYS = ("base", "overlays/sharded")
 K8S_VERSION = "1.35.0"
 SECRET = "tierwatch-secrets"
 SECRET_KEYS = {"redis", "pg", "pg-admin", "recovery-token", "slack-webhook-url"}
-JOBS = {"tierwatch", "tierwatch-recovery"}
+JOBS = {"tierwatch", "tierwatch-recovery", "node"}
 Obj = dict[str, Any]
 
 
@@ -290,7 +290,8 @@ def test_operator_objects_pass_the_operator_schemas(
     problems = [f"{r['kind']} {r['name']}: {e}" for r in report for e in r["errors"]]
     assert code == 0 and not problems, "\n".join(problems)
     assert len(report) == len(objects)
-    assert {r["kind"] for r in report} == {"PrometheusRule", "ServiceMonitor", "AlertmanagerConfig"}
+    kinds = {"PrometheusRule", "ServiceMonitor", "PodMonitor", "AlertmanagerConfig"}
+    assert {r["kind"] for r in report} == kinds
 
 
 def test_operator_schema_check_rejects_broken_objects(
@@ -334,7 +335,7 @@ def test_scrape_jobs_are_named_as_the_rules_expect(rendered: dict[str, list[Obj]
             assert {e["port"] for e in spec["endpoints"]} <= ports
             pods = [
                 o
-                for o, _ in _pod_specs(objects)
+                for o in [*(o for o, _ in _pod_specs(objects)), *_find(objects, "DaemonSet")]
                 if _matches(service["spec"]["selector"], o["spec"]["selector"]["matchLabels"])
             ]
             assert pods, f"{overlay}: Service {service['metadata']['name']} selects no workload"
@@ -549,6 +550,8 @@ def test_compose_references_exist() -> None:
             source = mount.split(":")[0]
             if source.startswith("."):
                 assert (COMPOSE / source).exists(), f"{name}: {source} does not exist"
+            elif source.startswith("/"):  # a host path (node_exporter reads the host): read-only
+                assert ":ro" in mount, f"{name}: host path {source} must be mounted read-only"
             else:
                 assert source in volumes, f"{name}: volume {source} is not declared"
         for secret in service.get("secrets", []):
@@ -584,8 +587,8 @@ def test_compose_prometheus_scrapes_the_kits_jobs(tmp_path: Path) -> None:
     jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in config["scrape_configs"]}
     assert jobs["tierwatch"] == [f"tierwatch:{_listen_port(services['tierwatch'])}"]
     assert jobs["tierwatch-recovery"] == [f"recover:{_listen_port(services['recover'])}"]
-    (am,) = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
-    assert am.split(":")[0] in services
+    peers = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert len(peers) >= 2 and all(am.split(":")[0] in services for am in peers)  # a cluster, every peer
     rules_mount = next(m for m in services["prometheus"]["volumes"] if m.startswith("../../rules:"))
     assert config["rule_files"] == [rules_mount.split(":")[1] + "/*.yml"]
     promtool = _tool("promtool", "Debian package prometheus (scripts/setup installs it)")

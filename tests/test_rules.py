@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tierwatch.action_catalog import action_names
 from tierwatch.metric_catalog import CATALOG
 from tierwatch.probes import load_all_metric_modules
 
@@ -26,16 +27,11 @@ ALERTS_DOC = ROOT / "docs" / "alerts.md"
 
 RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
 TEST_FILES = sorted(TESTS_DIR.glob("*.test.yml"))
-EXPECTED_RULE_FILES = {f"{tier}.rules.yml" for tier in ("kit", "lb", "app", "redis", "queues", "postgres")}
-SEVERITIES = {"critical", "warning", "info"}
-ACTIONS = {
-    "redis_failover",
-    "pg_promote",
-    "restart_instance",
-    "shift_traffic",
-    "regional_failover",
-    "cache_warmup",
+EXPECTED_RULE_FILES = {
+    f"{tier}.rules.yml" for tier in ("kit", "lb", "app", "redis", "queues", "postgres", "traffic", "hosts")
 }
+SEVERITIES = {"critical", "warning", "info"}
+ACTIONS = set(action_names())  # the action catalogue
 # Series Prometheus makes itself, not the exporter.
 PROMETHEUS_SERIES = {"up", "ALERTS", "ALERTS_FOR_STATE"}
 # prometheus-client's standard collectors, which both kit services export (not in the catalogue).
@@ -116,7 +112,7 @@ def test_promtool_unit_tests(test_file: Path) -> None:
 
 
 def test_alert_names_are_camel_case_with_a_tier_prefix() -> None:
-    prefixes = ("LB", "App", "Redis", "Queue", "Postgres", "Tierwatch", "Recovery")
+    prefixes = ("LB", "App", "Redis", "Queue", "Postgres", "Host", "Tierwatch", "Recovery")
     for name in ALERTS:
         assert re.fullmatch(r"[A-Z][A-Za-z0-9]+", name), name
         assert name in ALWAYS_FIRING or name.startswith(prefixes), name
@@ -251,4 +247,10 @@ def test_every_recording_rule_is_used_or_shared() -> None:
     assert unused <= {
         "target:tierwatch_probe_errors:ratio_rate5m",
         "cluster:tierwatch_probe_errors:ratio_rate5m",
+        # real traffic (traffic.rules.yml): the LB and app dashboards' panels
+        "cluster_proxy:tierwatch_haproxy_backend_5xx:ratio_rate5m",
+        "cluster_proxy_region:tierwatch_haproxy_server_5xx:ratio_rate5m",
+        "cluster_proxy_region:tierwatch_haproxy_server_response_time_seconds:avg5m",
+        "cluster_proxy_region:tierwatch_haproxy_server_queue_time_seconds:avg5m",
+        "cluster_proxy_region:tierwatch_haproxy_server_retries:rate5m",
     }

@@ -27,16 +27,20 @@ from .stack.express import ExpressApp, demo_app_dir, start_express
 from .stack.haproxy import HAProxy, start_haproxy, start_vip, start_write_lb
 from .stack.http import HttpBackend, start_http_backend
 from .stack.launch import kill_launched
+from .stack.node_exporter import node_job, start_node_exporter
 from .stack.postgres import (
     PgServer,
     create_admin_role,
     create_app_role,
     pg_bin_dir,
+    rejoin_commands,
     start_primary,
     start_replica,
 )
 from .stack.redis import WRITE_FENCING, RedisServer, start_redis, start_sentinels, wait_writes_accepted
+from .stack.scrape_targets import traffic_jobs
 from .stack.vrrp import VrrpPair, create_vrrp_network, start_vrrp_pair, vrrp_available
+from .traffic import TrafficGenerator, demo_traffic
 
 AppServer = ExpressApp | HttpBackend
 
@@ -46,6 +50,7 @@ REQUIRED = {
     "redis-sentinel": "redis-sentinel",
     "prometheus": "prometheus",
     "prometheus-alertmanager": "prometheus-alertmanager",
+    "prometheus-node-exporter": "prometheus-node-exporter",
 }
 APP_REGIONS = {"es-1": "primary", "es-2": "primary", "es-3": "failover", "es-4": "failover"}
 REDIS_REGIONS = {
@@ -68,11 +73,25 @@ ACTION_ALERTS = (
     "AppRegionDown",
     "LBActiveDown",
     "LBStandbyDown",
+    "RedisSplitBrain",
+    "PostgresSplitBrain",
 )
+# The real-traffic alerts get the same short `for`, so the slow-app drill shows them in seconds (the
+# drill checks their probe-based counterparts are never even pending, whatever their `for`).
+TRAFFIC_ALERTS = (
+    "AppTrafficBurnRateCritical",
+    "AppTraffic5xxRatioHigh",
+    "AppTrafficLatencyHigh",
+    "LBBackendLatencyHigh",
+    "LBBackendQueueLatencyHigh",
+    "LBBackendRetriesHigh",
+)
+TRAFFIC_RATE = 10.0  # requests/s the demo sends through the VIP (lab/traffic.py)
 ALLOW = {"RedisMasterDown": "redis_failover", "RedisNoMaster": "redis_failover",
          "PostgresPrimaryDown": "pg_promote", "PostgresNoPrimary": "pg_promote",
          "AppInstanceDown": "restart_instance", "AppRegionDown": "regional_failover",
-         "LBActiveDown": "restart_instance", "LBStandbyDown": "restart_instance"}  # fmt: skip
+         "LBActiveDown": "restart_instance", "LBStandbyDown": "restart_instance",
+         "RedisSplitBrain": "redis_rejoin", "PostgresSplitBrain": "pg_rejoin"}  # fmt: skip
 
 
 @dataclass
@@ -132,13 +151,14 @@ def build(
     timing: ChainTiming | None = None,
     vrrp: bool | None = None,
     express: bool | None = None,
+    recovery_replicas: int = 1,
 ) -> DemoStack:
     """Start every server of the demo and the chain around them.
 
     ``vrrp``: keepalived VRRP between the LBs in network namespaces (default: when running as root
     with ip netns and keepalived; otherwise a TCP forwarder plays the VIP). ``express``: the Node.js
     app servers of demo/app (default: when node and npm are installed; otherwise a small Python app
-    stands in)."""
+    stands in). ``recovery_replicas`` > 1: that many recovery services sharing a lease in etcd."""
     stack.on_close(lambda: kill_launched(stack.root / "launched"))
     use_vrrp = vrrp_available() if vrrp is None else vrrp
     use_express = bool(shutil.which("node") and shutil.which("npm")) if express is None else express
@@ -253,6 +273,8 @@ def build(
             "name": "main-db",
             "tier": "postgres",
             "password_file": str(secrets_dir / "pg"),
+            # base-backup freshness: the DR replica was cloned by pg_basebackup (its renamed backup_label)
+            "backup": {"last_backup_file": str(pg["pg-dr"].data_dir / "backup_label.old")},
             "targets": [
                 {"name": n, "region": PG_REGIONS[n], "url": s.dsn_without_password} for n, s in pg.items()
             ],
@@ -265,14 +287,27 @@ def build(
         "clusters": {
             "cache-main": {"write_backend": REDIS_WRITE, "sentinel_wait": "30s"},
             "main-db": {"write_backend": PG_WRITE, "admin_user": "tierwatch_admin",
-                        "admin_password_file": str(secrets_dir / "pg-admin")},
+                        "admin_password_file": str(secrets_dir / "pg-admin"),
+                        "rejoin_commands": {n: rejoin_commands(s, stack) for n, s in pg.items()}},
             "web": {"app_backend": APP_BACKEND, "restart_commands": {n: restart[n] for n in apps},
                     "weight_steps": [50, 0], "step_interval": "1s"},
             "edge": {"restart_commands": {lb.name: restart[lb.name] for lb in lbs}},
         },
     }  # fmt: skip
-    timing = timing or ChainTiming(for_values=tuple((name, WINDOW) for name in ACTION_ALERTS))
-    chain = start_chain(stack, clusters, recovery, timing, recovery_only=write_lbs)
+    timing = timing or ChainTiming(for_values=tuple((n, WINDOW) for n in (*ACTION_ALERTS, *TRAFFIC_ALERTS)))
+    jobs = traffic_jobs(lbs, [a for a in apps.values() if isinstance(a, ExpressApp)])
+    node = start_node_exporter(stack)  # this host, for the host rules and the hosts dashboard
+    jobs.append(node_job(node))
+    chain = start_chain(
+        stack,
+        clusters,
+        recovery,
+        timing,
+        recovery_only=write_lbs,
+        extra_jobs=jobs,
+        alertmanager_peers=2,
+        recovery_replicas=recovery_replicas,
+    )  # an Alertmanager cluster of two gossiping peers, Prometheus sending to both (docs/ha.md)
     demo = DemoStack(
         stack,
         apps,
@@ -301,6 +336,7 @@ def build(
         f"Exporter       {chain.exporter.url}/  (status page) and {chain.exporter.url}/metrics",
         f"Prometheus     {chain.prometheus.url}/alerts",
         f"Alertmanager   {chain.alertmanager.url}",
+        f"Node exporter  {node.url}  (this host: CPU, memory, disks, file handles; job node)",
         f"Recovery       {chain.recovery.url}/metrics; audit trail {chain.state_dir / 'audit.jsonl'}",
         f"Config         {chain.exporter.config}",
     ]
@@ -319,9 +355,15 @@ def run(sentinel: bool = False) -> int:
         return 1
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     stack = Stack()
+    traffic: TrafficGenerator | None = None
     try:
         print("tierwatch demo: starting the stack and the chain (takes ~20 s)...", flush=True)
         demo = build(stack, sentinel=sentinel)
+        traffic = demo_traffic(demo, TRAFFIC_RATE).start()
+        stack.on_close(traffic.stop)  # also stopped first in `finally`, before the servers
+        demo.summary.append(
+            f"Traffic        {TRAFFIC_RATE:g} requests/s through the VIP to /work (lab/traffic.py)"
+        )
         print(
             "\n".join(
                 [
@@ -342,6 +384,8 @@ def run(sentinel: bool = False) -> int:
         print(f"tierwatch demo: {exc}", file=sys.stderr)
         return 1
     finally:
+        if traffic is not None:
+            traffic.stop()
         stack.close()
         signal.signal(signal.SIGTERM, previous)
         print("tierwatch demo: stopped; every process and data directory removed.", flush=True)

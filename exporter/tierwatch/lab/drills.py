@@ -42,6 +42,11 @@ SCENARIOS = {
     "app-instance": "kill app server es-1",
     "active-lb": "kill the active load balancer (lb-1)",
     "region": "lose the whole primary region's app servers (es-1, es-2)",
+    "slow-app": "app server es-1 passes its health checks but is slow and fails half the real requests",
+    # drills_faults.py
+    "redis-pause": "SIGSTOP the Redis master longer than the detection window, then SIGCONT",
+    "pg-pause": "SIGSTOP all processes of the PostgreSQL primary beyond the detection window, then SIGCONT",
+    "old-primary-return": "kill the Redis master and the PostgreSQL primary, restart both after the failover",
 }
 
 
@@ -168,6 +173,7 @@ class DrillResult:
     primaries: dict[str, int] = field(default_factory=dict)
     recovered: bool = False
     detail: str = ""
+    faults: dict[str, Any] = field(default_factory=dict)  # drills_faults.py: its checker's figures per engine
 
     def add(self, at: float | None, what: str) -> None:
         if at is not None:
@@ -194,6 +200,7 @@ class DrillResult:
             "lost": self.lost,
             "primaries": self.primaries,
             "detail": self.detail,
+            **({"faults": self.faults} if self.faults else {}),
             "timeline": [
                 {"seconds": round(at - self.failed_at, 3), "event": what}
                 for at, what in sorted(self.timeline)
@@ -443,12 +450,55 @@ def _wait(condition: Callable[[], bool], deadline: float) -> bool:
     return False
 
 
+def drill_slow_app(demo: DemoStack, deadline: float) -> DrillResult:
+    """The real-traffic drill (drills_traffic.py: imported here, which imports this module)."""
+    from .drills_traffic import drill_slow_app as run
+
+    return run(demo, deadline)
+
+
 DRILLS: dict[str, Callable[[DemoStack, float], DrillResult]] = {
     "redis-master": drill_redis_master,
     "pg-primary": drill_pg_primary,
     "app-instance": drill_app_instance,
     "active-lb": drill_active_lb,
     "region": drill_region,
+    "slow-app": drill_slow_app,
+}
+
+
+def _fault_drill(scenario: str) -> Callable[[DemoStack, float], DrillResult]:
+    """A drill of drills_faults.py (imported when it runs: that module imports this one)."""
+
+    def run(demo: DemoStack, deadline: float) -> DrillResult:
+        from .drills_faults import FAULT_DRILLS
+
+        return FAULT_DRILLS[scenario](demo, deadline)
+
+    return run
+
+
+DRILLS.update({s: _fault_drill(s) for s in ("redis-pause", "pg-pause", "old-primary-return")})
+
+
+def _ha_drill(scenario: str) -> Callable[[DemoStack, float], DrillResult]:
+    """A drill of drills_ha.py (imported when it runs: that module imports this one)."""
+
+    def run(demo: DemoStack, deadline: float) -> DrillResult:
+        from .drills_ha import HA_DRILLS
+
+        return HA_DRILLS[scenario](demo, deadline)
+
+    return run
+
+
+SCENARIOS["kill-alertmanager-peer"] = "kill -9 an Alertmanager peer, then the Redis master (drills_ha.py)"
+SCENARIOS["kill-recovery-leader"] = "kill the Redis master, then kill -9 the recovery leader (drills_ha.py)"
+SCENARIOS["kill-recovery-leader-pg"] = "kill the PostgreSQL primary, then kill -9 the recovery leader"
+HA_SCENARIOS = ("kill-alertmanager-peer", "kill-recovery-leader", "kill-recovery-leader-pg")
+DRILLS.update({s: _ha_drill(s) for s in HA_SCENARIOS})
+BUILD_OPTIONS: dict[str, dict[str, Any]] = {
+    s: {"recovery_replicas": 2} for s in ("kill-recovery-leader", "kill-recovery-leader-pg")
 }
 
 
@@ -465,7 +515,7 @@ def run_drill(scenario: str, stack: Stack | None = None, timeout: float = 90.0) 
     own = stack is None
     stack = stack or Stack()
     try:
-        demo = build(stack)
+        demo = build(stack, **BUILD_OPTIONS.get(scenario, {}))
         wait_until_watched(demo)
         return DRILLS[scenario](demo, time.time() + timeout)
     finally:

@@ -10,14 +10,21 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..kit import kit_dir
-from .alertmanager import Alertmanager, rewrite_for_test, start_alertmanager
+from .alertmanager import (
+    Alertmanager,
+    rewrite_for_test,
+    start_alertmanager,
+    start_alertmanager_cluster,
+    with_recovery_webhooks,
+)
+from .etcd import EtcdCluster, start_etcd_cluster
 from .haproxy import HAProxy
 from .process import Stack
 from .prometheus import PrometheusServer, ScrapeJob, rules_with_for, start_prometheus
@@ -42,8 +49,12 @@ class Chain:
     exporter: TierwatchProcess
     recovery: TierwatchProcess
     prometheus: PrometheusServer
-    alertmanager: Alertmanager
+    alertmanager: Alertmanager  # the first peer
     state_dir: Path
+    alertmanagers: list[Alertmanager] = field(default_factory=list)  # every peer of the cluster
+    recoveries: list[TierwatchProcess] = field(default_factory=list)  # every recovery replica
+    state_dirs: list[Path] = field(default_factory=list)  # theirs, in the same order
+    etcd: EtcdCluster | None = None  # the replicas' lease store (recovery_replicas > 1)
 
 
 def start_chain(
@@ -52,12 +63,16 @@ def start_chain(
     recovery: dict[str, Any],
     timing: ChainTiming = ChainTiming(),
     recovery_only: Sequence[dict[str, Any]] = (),
+    extra_jobs: Sequence[ScrapeJob] = (),
+    alertmanager_peers: int = 1,
+    recovery_replicas: int = 1,
 ) -> Chain:
     """Start exporter, recovery service, Alertmanager and Prometheus for ``clusters``.
 
     ``recovery`` is the recovery section without ``auth`` and ``state_dir`` (both made here);
     ``recovery_only`` are clusters only the recovery service knows (such as the write LBs whose
-    runtime sockets it drives but which have no health URL to probe)."""
+    runtime sockets it drives but which have no health URL to probe); ``extra_jobs`` are more scrape
+    jobs for Prometheus (the real-traffic jobs ``haproxy`` and ``app``: stack/scrape_targets.py)."""
     token = secrets.token_urlsafe(24)
     secrets_dir = stack.directory("chain-secrets")
     token_file = secrets_dir / "recovery-token"
@@ -78,32 +93,65 @@ def start_chain(
         sort_keys=False))  # fmt: skip
 
     exporter = start_exporter(stack, exporter_config)
-    recoverer = start_recovery(stack, recovery_config)
-    am_text = rewrite_for_test(
-        (kit_dir("alertmanager") / "alertmanager.yml").read_text(), secrets_dir, f"{recoverer.url}/webhook"
+    # more than one recovery replica: a lease in a 3-member etcd, each its own state (docs/ha.md)
+    etcd = start_etcd_cluster(stack) if recovery_replicas > 1 else None
+    recoveries, state_dirs = [], [state_dir]
+    if etcd is None:
+        recoveries.append(start_recovery(stack, recovery_config))
+    else:
+        state_dirs = [
+            state_dir,
+            *(stack.directory(f"recovery-state-{i}") for i in range(1, recovery_replicas)),
+        ]
+        for i, directory in enumerate(state_dirs):
+            replica = {
+                **settings,
+                "state_dir": str(directory),
+                "ha": {"etcd": etcd.endpoints, "name": f"r{i}"},
+            }
+            path = stack.path("chain", f"recovery-{i}.yml")
+            path.write_text(yaml.safe_dump(
+                {"monitor": monitor, "log": {"format": "json"}, "clusters": [*clusters, *recovery_only],
+                 "recovery": replica}, sort_keys=False))  # fmt: skip
+            recoveries.append(start_recovery(stack, path, name=f"recovery-{i}"))
+    recoverer = recoveries[0]
+    am_text = with_recovery_webhooks(
+        rewrite_for_test((kit_dir("alertmanager") / "alertmanager.yml").read_text(), secrets_dir),
+        [f"{r.url}/webhook" for r in recoveries],
     )
-    manager = start_alertmanager(stack, am_text)
+    # more than one peer: a gossiping cluster, Prometheus sends to every peer (docs/ha.md)
+    peers = (
+        start_alertmanager_cluster(stack, am_text, alertmanager_peers)
+        if alertmanager_peers > 1
+        else [start_alertmanager(stack, am_text)]
+    )
     rule_files = sorted(kit_dir("rules").glob("*.rules.yml"))
     rules = rules_with_for(rule_files, stack.directory("chain", "rules"), dict(timing.for_values))
+    jobs = [
+        ScrapeJob("tierwatch", [exporter.address]),
+        ScrapeJob("tierwatch-recovery", [r.address for r in recoveries]),
+    ]
     prometheus = start_prometheus(
         stack,
-        [ScrapeJob("tierwatch", [exporter.address]), ScrapeJob("tierwatch-recovery", [recoverer.address])],
+        [*jobs, *extra_jobs],
         rules,
         scrape_interval=timing.scrape_interval,
         evaluation_interval=timing.evaluation_interval,
-        alertmanagers=[f"127.0.0.1:{manager.port}"],
+        alertmanagers=[f"127.0.0.1:{peer.port}" for peer in peers],
     )
-    return Chain(exporter, recoverer, prometheus, manager, state_dir)
+    return Chain(exporter, recoverer, prometheus, peers[0], state_dir, peers, recoveries, state_dirs, etcd)
 
 
 def audit(chain: Chain) -> list[dict[str, Any]]:
-    """The recovery service's audit trail so far."""
+    """The recovery service's audit trail so far (every replica's, in time order)."""
     import json
 
-    path = chain.state_dir / "audit.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    entries = []
+    for directory in chain.state_dirs or [chain.state_dir]:
+        path = directory / "audit.jsonl"
+        if path.exists():
+            entries += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted(entries, key=lambda entry: entry["ts"])
 
 
 def write_lb_cluster(name: str, lbs: Sequence[HAProxy]) -> dict[str, Any]:
