@@ -186,7 +186,14 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
         ]  # fmt: skip
         config = stack.path("tierwatch.yml")
         config.write_text(
-            yaml.safe_dump({"monitor": {"interval": "1s", "timeout": "800ms"}, "clusters": clusters})
+            yaml.safe_dump(
+                {
+                    "monitor": {"interval": "1s", "timeout": "800ms"},
+                    # every panel shows data, the one on an opt-in series too
+                    "metrics": {"http_response_size": True},
+                    "clusters": clusters,
+                }
+            )
         )
         env = dict(os.environ, TIERWATCH_LIVE_PG_PASSWORD=pg_1.monitor_password)
         exporter_url = _serve(stack, "tierwatch", ["serve", "--config", str(config)], env)

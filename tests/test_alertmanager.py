@@ -4,21 +4,19 @@ labels call for, and the inhibitions work in a real Alertmanager."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tierwatch.lab.stack import Stack, free_port, wait_for
+from tierwatch.lab.stack import Stack, wait_for
 from tierwatch.lab.stack.alertmanager import rewrite_for_test, start_alertmanager
+
+from webhook_sink import Sink, webhook_sink
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
@@ -257,38 +255,10 @@ def test_inhibitions_in_a_real_alertmanager(
 # ---- both LBs down: people hear it once, the recovery service still gets its restarts ----
 
 
-@dataclass
-class Sink:
-    """A local HTTP server recording the JSON body of every POST, by path."""
-
-    port: int
-    received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def bodies(self, path: str) -> list[dict[str, Any]]:
-        return [body for got, body in list(self.received) if got == path]
-
-
 @pytest.fixture
 def sink() -> Iterator[Sink]:
-    box = Sink(free_port())
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = min(int(self.headers.get("Content-Length") or 0), 1 << 20)
-            box.received.append((self.path, json.loads(self.rfile.read(length))))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", box.port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield box
-    server.shutdown()
-    server.server_close()
+    with webhook_sink() as box:
+        yield box
 
 
 def fast_config(sink: Sink, secrets: Path) -> str:

@@ -9,12 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
-import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +20,8 @@ from aiosmtpd.controller import Controller
 
 from tierwatch.lab.stack import Stack, free_port, wait_for
 from tierwatch.lab.stack.alertmanager import Alertmanager, rewrite_for_test, start_alertmanager
+
+from webhook_sink import Sink, webhook_sink
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
@@ -48,44 +46,10 @@ RULES = rules()
 # ---- the receiving ends ----
 
 
-@dataclass
-class Sink:
-    """A local HTTP server recording every POST (path, headers, JSON body)."""
-
-    port: int
-    received: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def posts(self, path: str) -> list[dict[str, Any]]:
-        return [r for r in list(self.received) if r["path"] == path]
-
-
 @pytest.fixture
 def sink() -> Iterator[Sink]:
-    box = Sink(free_port())
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(min(length, MAX_BODY))
-            box.received.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", box.port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield box
-    server.shutdown()
-    server.server_close()
+    with webhook_sink() as box:
+        yield box
 
 
 class _Mailbox:
@@ -209,9 +173,11 @@ def check_pager_payloads(sink: Sink) -> None:
         assert sent["labels"]["alertname"] == name and sent["labels"]["cluster"] == cluster
         assert sent["annotations"]["summary"] == RULES[name]["annotations"]["summary"]
         assert sent["annotations"]["runbook_url"] == runbook(name)
-    [recovery] = sink.posts("/recovery")
-    assert recovery["headers"]["Authorization"] == "Bearer recovery-test-token"
-    assert [a["labels"]["alertname"] for a in recovery["body"]["alerts"]] == ["RedisMasterDown"]
+    # both have an action (redis_failover, pg_rejoin): each goes to the recovery service in its own group
+    recoveries = sink.posts("/recovery")
+    assert all(r["headers"]["Authorization"] == "Bearer recovery-test-token" for r in recoveries)
+    sent = sorted(a["labels"]["alertname"] for r in recoveries for a in r["body"]["alerts"])
+    assert sent == ["PostgresSplitBrain", "RedisMasterDown"]
 
 
 # ---- the tests ----
@@ -222,7 +188,7 @@ def test_shipped_receivers_deliver_summary_runbook_severity_per_group(
 ) -> None:
     deliver(stack, config_text(sink, tmp_path / "secrets"))
     wait_for(lambda: len(sink.posts("/slack")) >= 3 and len(sink.posts("/page")) >= 2, 30, "notifications")
-    wait_for(lambda: len(sink.posts("/recovery")) >= 1, 30, "the recovery webhook")
+    wait_for(lambda: len(sink.posts("/recovery")) >= 2, 30, "the recovery webhooks")
     slack = [p["body"] for p in sink.posts("/slack")]
     assert len(slack) == 3, [m.get("attachments") for m in slack]
     tickets = [m for m in slack if m["channel"] == "#ops-tickets"]
