@@ -76,8 +76,12 @@ def test_prometheus_pair_and_alertmanager_cluster_with_a_peer_killed_act_once(st
     time.sleep(2 * PEER_TIMEOUT + 2)
     accepted = service.events("alert_accepted")
     duplicates = service.events("alert_duplicate")
-    assert len(accepted) == 1, accepted
-    assert any("same_incident_as" in d for d in duplicates), "the pair's second copy: one incident"
+    blocked = service.events("blocked")
+    # replica b's copy is the same incident, or - when b fired only after a's restart had ended, as
+    # its own evaluation clock allows - a new alert refused by the default cooldown: never a second run
+    assert all(b["limit"] == "cooldown" for b in blocked), blocked
+    assert len(accepted) == 1 + len(blocked), (accepted, blocked)
+    assert any("same_incident_as" in d for d in duplicates) or blocked, "the pair's second copy"
     assert runs(marker) == 1 and len(service.events("outcome")) == 1
     print(f"deliveries: {len(accepted)} accepted, {len(duplicates)} duplicates")
     assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
