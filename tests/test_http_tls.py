@@ -89,7 +89,9 @@ def test_certificate_expiry_with_and_without_verification(
                     {"name": "untrusted", "region": "r", "url": url},
                 ],
             }
-        ]
+        ],
+        interval="10s",
+        timeout="5s",  # about certificates, not speed: a loaded machine may take long to verify
     )
     monitor = Monitor(loaded, EventLog(stream=io.StringIO()))
 

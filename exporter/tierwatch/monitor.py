@@ -198,6 +198,7 @@ class Monitor:
         self._clock = clock
         self._wall = wall_clock
         self.rounds = 0
+        self.scheduler_waits = 0  # times the scheduler slept until probes were due (one per batch)
         self.overruns = 0
         self.version = 0  # bumped whenever any state a reader can see changes
         self.last_round_duration: float | None = None
@@ -474,6 +475,7 @@ class Monitor:
                         continue
                     delay = cycle_start + slot.offset - loop.time()
                     if delay > 0:  # wake a window later: the probes due by then start together
+                        self.scheduler_waits += 1
                         await asyncio.wait({stopped, reshaped}, timeout=delay + window)
                     if stop.is_set():
                         break
