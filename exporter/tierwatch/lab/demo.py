@@ -27,6 +27,7 @@ from .stack.express import ExpressApp, demo_app_dir, start_express
 from .stack.haproxy import HAProxy, start_haproxy, start_vip, start_write_lb
 from .stack.http import HttpBackend, start_http_backend
 from .stack.launch import kill_launched
+from .stack.netns import NetnsExporter, start_data_watchers
 from .stack.node_exporter import node_job, start_node_exporter
 from .stack.postgres import (
     PgServer,
@@ -112,6 +113,7 @@ class DemoStack:
     sentinels: list[RedisServer] = field(default_factory=list)
     vrrp: VrrpPair | None = None
     summary: list[str] = field(default_factory=list)
+    watchers: list[NetnsExporter] = field(default_factory=list)  # build(netns_watchers=N)
 
 
 def missing_packages() -> list[str]:
@@ -152,13 +154,19 @@ def build(
     vrrp: bool | None = None,
     express: bool | None = None,
     recovery_replicas: int = 1,
+    prometheus_replicas: int = 1,
+    vantages: tuple[str, ...] = (),
+    netns_watchers: int = 0,
 ) -> DemoStack:
     """Start every server of the demo and the chain around them.
 
     ``vrrp``: keepalived VRRP between the LBs in network namespaces (default: when running as root
     with ip netns and keepalived; otherwise a TCP forwarder plays the VIP). ``express``: the Node.js
     app servers of demo/app (default: when node and npm are installed; otherwise a small Python app
-    stands in). ``recovery_replicas`` > 1: that many recovery services sharing a lease in etcd."""
+    stands in). ``recovery_replicas`` > 1: that many recovery services sharing a lease in etcd;
+    ``prometheus_replicas`` 2: a Prometheus pair; ``vantages``: one exporter per vantage point;
+    ``netns_watchers``: that many more exporters (vantage ``watcher-N``) watching the data tier, each
+    from a network namespace of its own (stack/netns.py; needs root)."""
     stack.on_close(lambda: kill_launched(stack.root / "launched"))
     use_vrrp = vrrp_available() if vrrp is None else vrrp
     use_express = bool(shutil.which("node") and shutil.which("npm")) if express is None else express
@@ -298,6 +306,9 @@ def build(
     jobs = traffic_jobs(lbs, [a for a in apps.values() if isinstance(a, ExpressApp)])
     node = start_node_exporter(stack)  # this host, for the host rules and the hosts dashboard
     jobs.append(node_job(node))
+    ports = {n: s.port for n, s in [*redis.items(), *pg.items()]}
+    monitor = {"interval": timing.probe_interval, "timeout": timing.probe_timeout}
+    watchers = start_data_watchers(stack, clusters, ports, netns_watchers, monitor) if netns_watchers else []
     chain = start_chain(
         stack,
         clusters,
@@ -307,6 +318,9 @@ def build(
         extra_jobs=jobs,
         alertmanager_peers=2,
         recovery_replicas=recovery_replicas,
+        prometheus_replicas=prometheus_replicas,
+        vantages=vantages,
+        vantage_exporters=[(f"watcher-{i}", w.address) for i, w in enumerate(watchers, start=1)],
     )  # an Alertmanager cluster of two gossiping peers, Prometheus sending to both (docs/ha.md)
     demo = DemoStack(
         stack,
@@ -323,9 +337,14 @@ def build(
         sentinels,
         pair,
     )
+    demo.watchers = watchers
+    vip_kind = (
+        f"keepalived VRRP in network namespaces {', '.join(pair.network.namespaces)}"
+        if pair
+        else "TCP forwarder"
+    )
     demo.summary = [
-        f"VIP            {vip_url}  ({'keepalived VRRP in network namespaces' if pair else 'TCP forwarder'}; "
-        f"lb-1 {lbs[0].url}, lb-2 {lbs[1].url})",
+        f"VIP            {vip_url}  ({vip_kind}; lb-1 {lbs[0].url}, lb-2 {lbs[1].url})",
         f"App servers    {', '.join(f'{n} {a.url}' for n, a in apps.items())}  "
         f"({'Express' if use_express else 'Python stand-in'})",
         f"Redis writes   redis://127.0.0.1:{redis_write.port}  (master redis-a; replicas b, c; "

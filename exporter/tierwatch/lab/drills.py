@@ -47,6 +47,7 @@ SCENARIOS = {
     "redis-pause": "SIGSTOP the Redis master longer than the detection window, then SIGCONT",
     "pg-pause": "SIGSTOP all processes of the PostgreSQL primary beyond the detection window, then SIGCONT",
     "old-primary-return": "kill the Redis master and the PostgreSQL primary, restart both after the failover",
+    "watcher-partition": "cut one vantage point's watcher (network namespace) off from both primaries",
 }
 
 
@@ -86,6 +87,18 @@ class Writer(threading.Thread):
         return next((at for _, at in self.acked if at > moment), None)
 
 
+def app_redis_client(port: int, password: str) -> redis.Redis:
+    """A client of a Redis write address that fails within 0.5 s and never retries by itself."""
+    return redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        password=password,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+        retry=NO_RETRY,
+    )
+
+
 class RedisWrites:
     """SET through the write address, acknowledged once WAIT confirms a replica has it."""
 
@@ -95,14 +108,7 @@ class RedisWrites:
 
     def __call__(self, n: int) -> bool:
         if self.client is None:
-            self.client = redis.Redis(
-                host="127.0.0.1",
-                port=self.port,
-                password=self.password,
-                socket_timeout=0.5,
-                socket_connect_timeout=0.5,
-                retry=NO_RETRY,
-            )
+            self.client = app_redis_client(self.port, self.password)
         try:
             self.client.set(f"drill:{n}", n)
             return int(self.client.execute_command("WAIT", 1, 250)) >= 1
@@ -110,6 +116,19 @@ class RedisWrites:
             self.client.close()
             self.client = None
             return False
+
+
+def app_pg_connection(port: int, password: str) -> psycopg.Connection[Any]:
+    """An autocommit connection of the demo's ``app`` user to a write address, failing within 1 s."""
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=port,
+        dbname="postgres",
+        user="app",
+        password=password,
+        connect_timeout=1,
+        autocommit=True,
+    )
 
 
 class PgWrites:
@@ -122,15 +141,7 @@ class PgWrites:
     def __call__(self, n: int) -> bool:
         try:
             if self.conn is None:
-                self.conn = psycopg.connect(
-                    host="127.0.0.1",
-                    port=self.port,
-                    dbname="postgres",
-                    user="app",
-                    password=self.password,
-                    connect_timeout=1,
-                    autocommit=True,
-                )
+                self.conn = app_pg_connection(self.port, self.password)
                 self.conn.execute("SET statement_timeout = 2000")
             self.conn.execute("INSERT INTO drill_writes (id) VALUES (%s)", (n,))
             return True
@@ -478,7 +489,8 @@ def _fault_drill(scenario: str) -> Callable[[DemoStack, float], DrillResult]:
     return run
 
 
-DRILLS.update({s: _fault_drill(s) for s in ("redis-pause", "pg-pause", "old-primary-return")})
+FAULT_SCENARIOS = ("redis-pause", "pg-pause", "old-primary-return", "watcher-partition")
+DRILLS.update({s: _fault_drill(s) for s in FAULT_SCENARIOS})
 
 
 def _ha_drill(scenario: str) -> Callable[[DemoStack, float], DrillResult]:
@@ -495,11 +507,25 @@ def _ha_drill(scenario: str) -> Callable[[DemoStack, float], DrillResult]:
 SCENARIOS["kill-alertmanager-peer"] = "kill -9 an Alertmanager peer, then the Redis master (drills_ha.py)"
 SCENARIOS["kill-recovery-leader"] = "kill the Redis master, then kill -9 the recovery leader (drills_ha.py)"
 SCENARIOS["kill-recovery-leader-pg"] = "kill the PostgreSQL primary, then kill -9 the recovery leader"
-HA_SCENARIOS = ("kill-alertmanager-peer", "kill-recovery-leader", "kill-recovery-leader-pg")
+SCENARIOS["etcd-member-loss"] = "kill an etcd member during a Redis failover, then lose etcd quorum"
+SCENARIOS["kill-prometheus-replica"] = "kill the Redis master, then kill -9 one Prometheus of the pair"
+SCENARIOS["kill-exporter-vantage"] = "kill the Redis master, then kill -9 one of two exporters (vantages)"
+HA_SCENARIOS = (
+    "kill-alertmanager-peer",
+    "kill-recovery-leader",
+    "kill-recovery-leader-pg",
+    "etcd-member-loss",
+    "kill-prometheus-replica",
+    "kill-exporter-vantage",
+)
 DRILLS.update({s: _ha_drill(s) for s in HA_SCENARIOS})
 BUILD_OPTIONS: dict[str, dict[str, Any]] = {
-    s: {"recovery_replicas": 2} for s in ("kill-recovery-leader", "kill-recovery-leader-pg")
+    s: {"recovery_replicas": 2}
+    for s in ("kill-recovery-leader", "kill-recovery-leader-pg", "etcd-member-loss")
 }
+BUILD_OPTIONS["kill-prometheus-replica"] = {"prometheus_replicas": 2}
+BUILD_OPTIONS["kill-exporter-vantage"] = {"vantages": ("a", "b")}
+BUILD_OPTIONS["watcher-partition"] = {"netns_watchers": 2}  # three vantage points, one cut off
 
 
 def wait_until_watched(demo: DemoStack, timeout: float = 60) -> None:

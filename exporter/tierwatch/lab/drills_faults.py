@@ -17,20 +17,20 @@ Each drill has a checker independent of the kit:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import redis
 
-from .demo import DemoStack
+from .demo import WINDOW, DemoStack
 from .drills import (
-    NO_RETRY,
     DrillResult,
     Writer,
     _chain_timeline,
@@ -38,7 +38,11 @@ from .drills import (
     _redis_masters,
     _role,
     _wait,
+    app_pg_connection,
+    app_redis_client,
 )
+from .stack import StackError
+from .stack.chain import audit
 
 PROBE_GAP = 0.1  # seconds between a prober's writes
 PROBE_WINDOW = 0.25  # a server "accepts writes" for this long after an acknowledged probe write
@@ -59,14 +63,7 @@ class RedisAckWrites:
 
     def __call__(self, n: int) -> bool:
         if self.client is None:
-            self.client = redis.Redis(
-                host="127.0.0.1",
-                port=self.port,
-                password=self.password,
-                socket_timeout=0.5,
-                socket_connect_timeout=0.5,
-                retry=NO_RETRY,
-            )
+            self.client = app_redis_client(self.port, self.password)
         key = f"{self.prefix}:{n}"
         try:
             self.client.set(key, n)
@@ -101,15 +98,7 @@ class PgAckWrites:
     def __call__(self, n: int) -> bool:
         try:
             if self.conn is None:
-                self.conn = psycopg.connect(
-                    host="127.0.0.1",
-                    port=self.port,
-                    dbname="postgres",
-                    user="app",
-                    password=self.password,
-                    connect_timeout=1,
-                    autocommit=True,
-                )
+                self.conn = app_pg_connection(self.port, self.password)
                 self.conn.add_notice_handler(lambda d: self.notices.append(d.message_primary or ""))
         except psycopg.Error:
             return False
@@ -422,8 +411,162 @@ def drill_old_primary_return(demo: DemoStack, deadline: float) -> DrillResult:
     return _finish(result, {"redis": redis_check, "postgres": pg_check})
 
 
+# --- a watcher cut off from the primaries ----------------------------------------------------------
+
+CUT_VANTAGE = "watcher-1"  # the vantage point whose network namespace is cut (demo netns_watchers)
+HOLD_BEYOND = 10.0  # seconds the cut is held beyond its detection plus the detection window
+MAX_ACK_GAP = 1.0  # seconds: longer without an acknowledged write through a write LB is a stall
+FAILOVER_ALERTS = ("RedisMasterDown", "PostgresPrimaryDown", "RedisNoMaster", "PostgresNoPrimary")
+
+
+def _seconds(duration: str) -> float:
+    return float(duration.removesuffix("s"))
+
+
+def _max_gap(times: list[float], start: float, end: float) -> float:
+    """Longest time in [start, end] without an acknowledged write (``times``: their start times)."""
+    marks = [start, *sorted(t for t in times if start < t < end), end]
+    return round(max(b - a for a, b in itertools.pairwise(marks)), 2)
+
+
+def drill_watcher_partition(demo: DemoStack, deadline: float) -> DrillResult:
+    """Cut the watcher of one vantage point (an exporter in a network namespace) off from the Redis
+    master and the PostgreSQL primary for longer than detection + the window, then heal. Checker:
+    the same servers are primaries, no failover alert fired nor action started, no acknowledged
+    write lost, no double primary, writes acknowledged through the write LBs all along."""
+    return watcher_partition(demo, deadline, (CUT_VANTAGE,))
+
+
+def watcher_partition(demo: DemoStack, deadline: float, cut: Sequence[str]) -> DrillResult:
+    """The watcher-partition drill cutting the vantage points ``cut`` (``watcher-N``: the demo's
+    netns watchers). A majority cut makes the failover alerts fire: the replicas, which still see
+    the primaries, must then make the actions refuse (``outcomes`` in each engine's checker)."""
+    if len(demo.watchers) < len(cut) or demo.chain is None:
+        raise StackError("watcher-partition needs the demo built with netns_watchers (root, ip netns)")
+    result = DrillResult("watcher-partition", time.time())
+    prom = demo.chain.prometheus
+    nets = [demo.watchers[int(v.removeprefix("watcher-")) - 1].net for v in cut]
+    vantages = "|".join(cut)
+    redis_old, pg_old = _redis_masters(demo)[0], _pg_primaries(demo)[0]
+    for table in ("drill_lb", "drill_probe"):
+        demo.pg[pg_old].sql(f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY)")
+        demo.pg[pg_old].sql(f"GRANT INSERT, SELECT ON {table} TO app")
+    redis_lb = RedisAckWrites(demo.redis_write.port, demo.redis_password, "drill:lb")
+    pg_lb = PgAckWrites(demo.pg_write.port, demo.pg_app_password, "drill_lb")
+    writers = {"redis": Writer(redis_lb), "postgres": Writer(pg_lb)}
+    probers = {
+        "redis": [
+            Prober(n, RedisAckWrites(s.port, demo.redis_password, f"drill:probe:{n}"))
+            for n, s in demo.redis.items()
+        ],
+        "postgres": [
+            Prober(n, _PgProbe(PgAckWrites(s.port, demo.pg_app_password, "drill_probe"), i))
+            for i, (n, s) in enumerate(demo.pg.items())
+        ],
+    }
+    threads = [*writers.values(), *probers["redis"], *probers["postgres"]]
+    for thread in threads:
+        thread.start()
+    _wait(lambda: all(len(w.acked) > 20 for w in writers.values()), time.time() + 30)
+    primaries = f'target=~"{redis_old}|{pg_old}"'
+    cut_down = f'count(tierwatch_up{{vantage=~"{vantages}", {primaries}}} == 0)'
+    others_up = f'count(tierwatch_up{{vantage!~"{vantages}", {primaries}}} == 1)'
+    seen: dict[str, str] = {}
+    others: set[float | None] = set()
+    result.failed_at = time.time()
+    try:
+        for net in nets:
+            net.cut([demo.redis[redis_old].port, demo.pg[pg_old].port])
+        result.add(
+            result.failed_at,
+            f"failure: vantage {', '.join(cut)} cut off from {redis_old} and {pg_old} "
+            f"(blackhole routes in namespace {', '.join(n.namespace for n in nets)})",
+        )
+        detected = _wait(lambda: prom.value(cut_down) == 2 * len(cut), time.time() + 30)
+        if detected:  # without it the drill proves nothing
+            result.add(time.time(), f"detected: {vantages} sees both primaries down (Prometheus)")
+        hold_until = time.time() + _seconds(WINDOW) + HOLD_BEYOND
+        while time.time() < hold_until and time.time() < deadline:
+            for alert in FAILOVER_ALERTS:
+                state = prom.alert_state(alert)
+                if state != "inactive" and seen.get(alert) != "firing":
+                    seen[alert] = state
+            others.add(prom.value(others_up))
+            time.sleep(0.25)
+    finally:
+        for net in nets:
+            net.heal()
+    healed = time.time()
+    result.add(healed, f"healed: routes of {vantages} restored")
+    # the watcher's circuit breaker tries an unreachable server again only after reset_timeout (30 s)
+    back = time.time() + 60
+    for vantage in cut:
+        up = f'count(tierwatch_up{{vantage="{vantage}", {primaries}}} == 1)'
+        if _wait(lambda q=up: prom.value(q) == 2, back):
+            result.add(time.time(), f"{vantage} sees both primaries up again")
+    time.sleep(1)
+    for thread in threads:
+        thread.stop()
+    end = time.time()
+    entries = [
+        e
+        for e in audit(demo.chain)
+        if e["ts"] >= result.failed_at and e.get("cluster") in _clusters("redis") | _clusters("postgres")
+    ]
+    started = [e for e in entries if e["event"] == "action_started"]
+    outcomes = [e for e in entries if e["event"] == "outcome" and e.get("action")]
+    for entry in started:
+        result.add(entry["ts"], f"action: {entry.get('action')} started for {entry.get('target')}")
+    checks = {
+        "redis": FaultCheck(double_primary_s=double_primary_seconds(probers["redis"], result.failed_at, end)),
+        "postgres": FaultCheck(
+            double_primary_s=double_primary_seconds(probers["postgres"], result.failed_at, end)
+        ),
+    }
+    masters, pg_primaries = _redis_masters(demo), _pg_primaries(demo)
+    result.primaries = {"redis": len(masters), "postgres": len(pg_primaries)}
+    client = demo.redis[redis_old].client()
+    acked = [f"drill:lb:{n}" for n, _ in writers["redis"].acked]
+    checks["redis"].acked = len(acked)
+    checks["redis"].acked_lost = len(acked) - _present(client, acked)
+    checks["redis"].unacked_lost = len(redis_lb.unacked) - _present(client, redis_lb.unacked)
+    ids = {row[0] for row in demo.pg[pg_old].sql("SELECT id FROM drill_lb")}
+    pg_acked = {n for n, _ in writers["postgres"].acked}
+    checks["postgres"].acked = len(pg_acked)
+    checks["postgres"].acked_lost = len(pg_acked - ids)
+    checks["postgres"].unacked_lost = len(set(pg_lb.unacked) - ids)
+    for engine, old, now in (("redis", redis_old, masters), ("postgres", pg_old, pg_primaries)):
+        check = checks[engine]
+        check.extra = {
+            "primary_kept": now == [old],
+            "max_ack_gap_s": _max_gap([t for _, t in writers[engine].acked], result.failed_at, healed),
+            "cut_s": round(healed - result.failed_at, 2),
+            "failover_alerts": {a: s for a, s in seen.items() if engine[:5] in a.lower()},
+            "failover_actions": len([e for e in started if e.get("cluster") in _clusters(engine)]),
+            "outcomes": [
+                f"{e['action']}: {e.get('outcome')} ({str(e.get('detail'))[:80]})"
+                for e in outcomes
+                if e.get("cluster") in _clusters(engine)
+            ],
+            "other_vantages_saw_primaries_up": sorted(v for v in others if v is not None),
+        }
+    result.recovered = (
+        detected
+        and all(c.extra["primary_kept"] and c.extra["max_ack_gap_s"] <= MAX_ACK_GAP for c in checks.values())
+        and not any(state == "firing" for state in seen.values())
+        and not started
+    )
+    return _finish(result, checks)
+
+
+def _clusters(engine: str) -> set[str]:
+    return {"cache-main"} if engine == "redis" else {"main-db"}
+
+
 FAULT_DRILLS: dict[str, Callable[[DemoStack, float], DrillResult]] = {
     "redis-pause": drill_redis_pause,
     "pg-pause": drill_pg_pause,
     "old-primary-return": drill_old_primary_return,
+    "watcher-partition": drill_watcher_partition,
 }
+PARTITION_DRILLS = ("watcher-partition",)  # nothing fails over, so nothing rejoins

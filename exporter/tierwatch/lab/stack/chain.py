@@ -27,7 +27,13 @@ from .alertmanager import (
 from .etcd import EtcdCluster, start_etcd_cluster
 from .haproxy import HAProxy
 from .process import Stack
-from .prometheus import PrometheusServer, ScrapeJob, rules_with_for, start_prometheus
+from .prometheus import (
+    PrometheusServer,
+    ScrapeJob,
+    rules_with_for,
+    start_prometheus,
+    start_prometheus_pair,
+)
 from .tierwatch import TierwatchProcess, start_exporter, start_recovery
 
 
@@ -55,6 +61,8 @@ class Chain:
     recoveries: list[TierwatchProcess] = field(default_factory=list)  # every recovery replica
     state_dirs: list[Path] = field(default_factory=list)  # theirs, in the same order
     etcd: EtcdCluster | None = None  # the replicas' lease store (recovery_replicas > 1)
+    prometheuses: list[PrometheusServer] = field(default_factory=list)  # both of a pair (replica a, b)
+    exporters: list[TierwatchProcess] = field(default_factory=list)  # one per vantage point
 
 
 def start_chain(
@@ -66,13 +74,20 @@ def start_chain(
     extra_jobs: Sequence[ScrapeJob] = (),
     alertmanager_peers: int = 1,
     recovery_replicas: int = 1,
+    prometheus_replicas: int = 1,
+    vantages: Sequence[str] = (),
+    vantage_exporters: Sequence[tuple[str, str]] = (),
 ) -> Chain:
     """Start exporter, recovery service, Alertmanager and Prometheus for ``clusters``.
 
     ``recovery`` is the recovery section without ``auth`` and ``state_dir`` (both made here);
     ``recovery_only`` are clusters only the recovery service knows (such as the write LBs whose
     runtime sockets it drives but which have no health URL to probe); ``extra_jobs`` are more scrape
-    jobs for Prometheus (the real-traffic jobs ``haproxy`` and ``app``: stack/scrape_targets.py)."""
+    jobs for Prometheus (the real-traffic jobs ``haproxy`` and ``app``: stack/scrape_targets.py).
+    ``prometheus_replicas`` 2: an HA pair (external label ``replica`` a/b); ``vantages``: one exporter
+    per name, scraped with that ``vantage`` label (docs/ha.md); ``vantage_exporters``: (vantage,
+    host:port) of more exporters the caller started (e.g. in a network namespace), scraped the same
+    way (the chain's own exporter is then ``primary`` unless ``vantages`` names it)."""
     token = secrets.token_urlsafe(24)
     secrets_dir = stack.directory("chain-secrets")
     token_file = secrets_dir / "recovery-token"
@@ -92,7 +107,10 @@ def start_chain(
          "recovery": settings},
         sort_keys=False))  # fmt: skip
 
-    exporter = start_exporter(stack, exporter_config)
+    exporters = [
+        start_exporter(stack, exporter_config, name=f"exporter-{vantage}") for vantage in vantages
+    ] or [start_exporter(stack, exporter_config)]
+    exporter = exporters[0]
     # more than one recovery replica: a lease in a 3-member etcd, each its own state (docs/ha.md)
     etcd = start_etcd_cluster(stack) if recovery_replicas > 1 else None
     recoveries, state_dirs = [], [state_dir]
@@ -127,19 +145,30 @@ def start_chain(
     )
     rule_files = sorted(kit_dir("rules").glob("*.rules.yml"))
     rules = rules_with_for(rule_files, stack.directory("chain", "rules"), dict(timing.for_values))
-    jobs = [
-        ScrapeJob("tierwatch", [exporter.address]),
-        ScrapeJob("tierwatch-recovery", [r.address for r in recoveries]),
-    ]
-    prometheus = start_prometheus(
-        stack,
-        [*jobs, *extra_jobs],
-        rules,
-        scrape_interval=timing.scrape_interval,
-        evaluation_interval=timing.evaluation_interval,
-        alertmanagers=[f"127.0.0.1:{peer.port}" for peer in peers],
+    scrape_exporters = ScrapeJob("tierwatch", [exporter.address])
+    if vantages:  # one static config per exporter, labelled with its vantage point
+        labelled = zip(exporters, vantages, strict=True)
+        static = [{"targets": [e.address], "labels": {"vantage": v}} for e, v in labelled]
+        scrape_exporters = ScrapeJob("tierwatch", [], options={"static_configs": static})
+    jobs = [scrape_exporters, ScrapeJob("tierwatch-recovery", [r.address for r in recoveries])]
+    if vantage_exporters:  # exporters started by the caller, each with its vantage label too
+        own = zip(vantages or ("primary",), (e.address for e in exporters), strict=True)
+        static = [{"targets": [a], "labels": {"vantage": v}} for v, a in [*own, *vantage_exporters]]
+        jobs[0] = ScrapeJob("tierwatch", [], options={"static_configs": static})
+    options = {
+        "scrape_interval": timing.scrape_interval,
+        "evaluation_interval": timing.evaluation_interval,
+        "alertmanagers": [f"127.0.0.1:{peer.port}" for peer in peers],
+    }
+    prometheuses = (
+        start_prometheus_pair(stack, [*jobs, *extra_jobs], rules, **options)
+        if prometheus_replicas > 1
+        else [start_prometheus(stack, [*jobs, *extra_jobs], rules, **options)]
     )
-    return Chain(exporter, recoverer, prometheus, peers[0], state_dir, peers, recoveries, state_dirs, etcd)
+    return Chain(
+        exporter, recoverer, prometheuses[0], peers[0], state_dir, peers, recoveries, state_dirs, etcd,
+        prometheuses, exporters,
+    )  # fmt: skip
 
 
 def audit(chain: Chain) -> list[dict[str, Any]]:
