@@ -14,8 +14,14 @@ pytestmark = pytest.mark.slow
 
 
 # slow-app repairs nothing (no recovery action): tests/test_drills_traffic.py; the fault drills have
-# their own checker's assertions: tests/test_drills_faults.py
-@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "slow-app" and s not in FAULT_DRILLS])
+# their own checker's assertions: tests/test_drills_faults.py; the watcher-loss drills share stacks in
+# tests/test_drills_ha.py
+HA_SHARED = ("etcd-member-loss", "kill-prometheus-replica", "kill-exporter-vantage")
+
+
+@pytest.mark.parametrize(
+    "scenario", [s for s in SCENARIOS if s != "slow-app" and s not in FAULT_DRILLS and s not in HA_SHARED]
+)
 def test_drill_recovers_by_itself(stack: Stack, scenario: str) -> None:
     result = run_drill(scenario, stack=stack, timeout=90)
     report = result.render()

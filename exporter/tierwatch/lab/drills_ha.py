@@ -6,20 +6,35 @@ failure, and the chain must still end in exactly one failover with no acknowledg
 - ``kill-recovery-leader`` (``-pg``): the demo runs two recovery replicas with a lease in etcd; kill
   the Redis master (the PostgreSQL primary), then kill -9 the recovery leader at a random moment of
   the failover (0 to 8 s later): the other replica takes the lease and finishes (or verifies) it.
+- ``etcd-member-loss``: two recovery replicas; (a) the etcd leader member is killed (kill -9) during a
+  Redis master failover: the failover happens once; (b) 2 of 3 members are stopped before the next
+  master fails: no replica acts and each says so (metric, log, audit ``not_acting``); once quorum is
+  back the accepted alert is finished exactly once (an alert resolved meanwhile would not run at all:
+  the inbox only claims unresolved alerts).
+- ``kill-prometheus-replica``: a Prometheus pair; replica a is killed (kill -9) 0-4 s after the Redis
+  master: replica b's copy of the alert alone drives exactly one failover.
+- ``kill-exporter-vantage``: two exporters with ``vantage`` a and b; exporter b is killed 0-4 s after
+  the Redis master: the quorum rules count the healthy vantage point only, one failover, and the kit's
+  ``TierwatchExporterDown`` is pending for the dead exporter (firing after its 5 m ``for``).
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 
 from .demo import DemoStack
 from .drills import DrillResult, _pg_primaries, _redis_masters, drill_pg_primary, drill_redis_master
 from .stack import wait_for
-from .stack.chain import audit
+from .stack.chain import Chain, audit
+from .stack.etcd import EtcdCluster
+from .stack.process import ManagedProcess
 from .stack.tierwatch import TierwatchProcess
 
 
@@ -93,10 +108,264 @@ def drill_kill_recovery_leader(
     return result
 
 
+def _promotions(chain: Chain, after: float, action: str = "redis_failover") -> int:
+    """Actions of ``action`` that passed their point of no return since ``after``, on every replica."""
+    return sum(
+        1
+        for entry in audit(chain)
+        if entry["ts"] >= after and entry["event"] == "point_of_no_return" and entry.get("action") == action
+    )
+
+
+def recovered_after(result: DrillResult) -> float | None:
+    """Seconds from the failure to the first acknowledged write after it."""
+    return next(
+        (round(at - result.failed_at, 2) for at, what in result.timeline if what.startswith("recovered:")),
+        None,
+    )
+
+
+def _during_failure(
+    primary: ManagedProcess, delay: float, fault: Callable[[], None]
+) -> tuple[threading.Thread, dict[str, float]]:
+    """A thread that runs ``fault`` ``delay`` s after ``primary`` died (waits at most 60 s for that)."""
+    done: dict[str, float] = {}
+
+    def run() -> None:
+        limit = time.time() + 60
+        while primary.running() and time.time() < limit:
+            time.sleep(0.02)
+        time.sleep(delay)
+        done["at"] = time.time()
+        fault()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, done
+
+
+def _until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition`` every 0.2 s for at most ``timeout`` s."""
+    limit = time.time() + timeout
+    while time.time() < limit:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _redis_primary(demo: DemoStack) -> ManagedProcess:
+    return demo.redis[_redis_masters(demo)[0]].process
+
+
+def _finish_checks(result: DrillResult, chain: Chain, **figures: Any) -> DrillResult:
+    """Record the promotions and recovery time in ``faults`` (the tests' and docs' figures)."""
+    promotions = _promotions(chain, result.failed_at)
+    result.faults["ha"] = {
+        "promotions": promotions,
+        "recovered_s": recovered_after(result),
+        "lost": result.lost,
+        "acked": result.acked,
+        **figures,
+    }
+    if promotions != 1:
+        result.recovered = False
+        result.detail = f"{promotions} promotions instead of exactly one"
+    return result
+
+
+def _etcd_leader(etcd: EtcdCluster) -> int:
+    """Index of the etcd member that leads the cluster (0 if none answers)."""
+    for index, member in enumerate(etcd.members):
+        try:
+            status = httpx.post(f"{member.url}/v3/maintenance/status", json={}, timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            continue
+        if status.get("leader") and status.get("leader") == status.get("header", {}).get("member_id"):
+            return index
+    return 0
+
+
+def _leader_gauges(recoveries: list[TierwatchProcess]) -> list[float | None]:
+    """``tierwatch_recovery_leader`` of every replica (None: not answering)."""
+    values: list[float | None] = []
+    for replica in recoveries:
+        try:
+            text = httpx.get(replica.url + "/metrics", timeout=2).text
+        except httpx.HTTPError:
+            values.append(None)
+            continue
+        line = next((x for x in text.splitlines() if x.startswith("tierwatch_recovery_leader ")), None)
+        values.append(float(line.split()[1]) if line else None)
+    return values
+
+
+def _replica_audit(chain: Chain, index: int) -> list[dict[str, Any]]:
+    path = chain.state_dirs[index] / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def drill_etcd_one_member(demo: DemoStack, deadline: float, delay: float | None = None) -> DrillResult:
+    """Kill -9 the etcd leader member ``delay`` (default random 0-6) s after the Redis master; the
+    member is started again afterwards (same data) so the cluster is whole for what follows."""
+    chain = demo.chain
+    assert chain is not None and chain.etcd is not None, "build the demo with recovery_replicas=2"
+    etcd = chain.etcd
+    index = _etcd_leader(etcd)
+    delay = random.uniform(0, 6) if delay is None else delay
+    thread, killed = _during_failure(_redis_primary(demo), delay, lambda: etcd.kill_member(index))
+    result = drill_redis_master(demo, deadline)
+    thread.join(70)
+    result.scenario = "etcd-member-loss"
+    result.add(
+        killed.get("at"),
+        f"watcher: killed etcd member {etcd.members[index].name} (its leader), {delay:.1f}s after the master",
+    )
+    etcd.start_member(index)
+    return _finish_checks(result, chain, etcd_member_killed_after_s=round(delay, 2))
+
+
+def drill_etcd_quorum_loss(demo: DemoStack, deadline: float, hold: float = 10.0) -> DrillResult:
+    """Stop 2 of 3 etcd members, wait until no replica leads, kill the Redis master; keep quorum lost
+    ``hold`` s after every replica has the alert and says it is not acting (nothing may be promoted
+    meanwhile), then start the members again: the alert must be finished exactly once."""
+    chain = demo.chain
+    assert chain is not None and chain.etcd is not None, "build the demo with recovery_replicas=2"
+    etcd, recoveries = chain.etcd, chain.recoveries
+    lost_at = time.time()
+    stopped = [i for i in range(len(etcd.members)) if i != _etcd_leader(etcd)][:2]
+    for index in stopped:
+        etcd.stop_member(index)
+    # the leader steps down within lease_ttl (10 s by default) of its last renewal
+    wait_for(lambda: _leader(recoveries) is None, 30, "every recovery replica stepped down")
+    stepped_down = time.time()
+    primary = _redis_primary(demo)
+    # the drill runs in a thread, the etcd members are started again from this one: a process started
+    # from a thread that ends would die with it (PR_SET_PDEATHSIG follows the spawning thread)
+    box: dict[str, Any] = {}
+
+    def drill() -> None:
+        try:
+            box["result"] = drill_redis_master(demo, deadline)
+        except BaseException as exc:  # noqa: BLE001 - raised again below
+            box["error"] = exc
+
+    runner = threading.Thread(target=drill, daemon=True)
+    runner.start()
+    seen: dict[str, Any] = {}
+    _until(lambda: not primary.running(), 60)
+    _until(
+        lambda: all(
+            any(e["event"] == "not_acting" and e["ts"] >= lost_at for e in _replica_audit(chain, i))
+            for i in range(len(recoveries))
+        ),
+        60,
+    )
+    seen["not_acting"] = time.time()
+    time.sleep(hold)
+    seen["leaders"] = _leader_gauges(recoveries)
+    seen["promotions"] = _promotions(chain, lost_at)
+    for index in stopped:
+        etcd.start_member(index)
+    seen["restored"] = time.time()
+    runner.join(max(0.0, deadline - time.time()) + 90)
+    if "error" in box:
+        raise box["error"]
+    if "result" not in box:
+        raise RuntimeError("the Redis master drill did not end")
+    result: DrillResult = box["result"]
+    result.scenario = "etcd-member-loss"
+    result.add(lost_at, f"watcher: stopped etcd members {', '.join(etcd.members[i].name for i in stopped)}")
+    result.add(stepped_down, "watcher: no recovery replica leads any more")
+    result.add(seen.get("not_acting"), "watcher: every replica has the alert and audits not_acting")
+    result.add(seen.get("restored"), "watcher: etcd quorum restored")
+    reasons = sorted(
+        {
+            str(e.get("reason"))[:80]
+            for i in range(len(recoveries))
+            for e in _replica_audit(chain, i)
+            if e["event"] == "not_acting" and e["ts"] >= lost_at
+        }
+    )
+    result = _finish_checks(
+        result,
+        chain,
+        leaders_during_loss=seen.get("leaders"),
+        promotions_during_loss=seen.get("promotions"),
+        not_acting=reasons,
+        quorum_lost_s=round(seen.get("restored", time.time()) - lost_at, 2),
+    )
+    if seen.get("promotions") != 0 or any(v != 0 for v in seen.get("leaders") or [None]):
+        result.recovered = False
+        result.detail = f"acted without quorum: {result.faults['ha']}"
+    return result
+
+
+def drill_etcd_member_loss(demo: DemoStack, deadline: float) -> DrillResult:
+    """One member lost during a failover, then quorum lost before the next one (both on this demo)."""
+    one = drill_etcd_one_member(demo, deadline)
+    quorum = drill_etcd_quorum_loss(demo, max(deadline, time.time() + 90))
+    for at, what in quorum.timeline:
+        one.add(at, f"[quorum loss] {what}")
+    one.acked, one.lost = one.acked + quorum.acked, one.lost + quorum.lost
+    one.primaries = quorum.primaries
+    one.recovered = one.recovered and quorum.recovered
+    one.detail = "; ".join(d for d in (one.detail, quorum.detail) if d)
+    one.faults = {"one_member": one.faults["ha"], "quorum_loss": quorum.faults["ha"]}
+    return one
+
+
+def drill_kill_prometheus_replica(
+    demo: DemoStack, deadline: float, delay: float | None = None
+) -> DrillResult:
+    """Kill -9 Prometheus replica a ``delay`` (default random 0-4) s after the Redis master."""
+    chain = demo.chain
+    assert chain is not None
+    if len(chain.prometheuses) < 2:
+        raise RuntimeError("the demo runs a single Prometheus: build it with prometheus_replicas=2")
+    victim = next(p for p in chain.prometheuses if p.process.running())
+    delay = random.uniform(0, 4) if delay is None else delay
+    thread, killed = _during_failure(_redis_primary(demo), delay, victim.process.kill)
+    result = drill_redis_master(demo, deadline)
+    thread.join(70)
+    result.scenario = "kill-prometheus-replica"
+    result.add(
+        killed.get("at"), f"watcher: killed a Prometheus replica (kill -9), {delay:.1f}s after the master"
+    )
+    return _finish_checks(result, chain, prometheus_killed_after_s=round(delay, 2))
+
+
+def drill_kill_exporter_vantage(demo: DemoStack, deadline: float, delay: float | None = None) -> DrillResult:
+    """Kill -9 the last exporter (vantage point) ``delay`` (default random 0-4) s after the Redis
+    master; report the kit's TierwatchExporterDown for it on a live Prometheus."""
+    chain = demo.chain
+    assert chain is not None
+    if len(chain.exporters) < 2:
+        raise RuntimeError("the demo runs a single exporter: build it with vantages=('a', 'b')")
+    victim = chain.exporters[-1]
+    delay = random.uniform(0, 4) if delay is None else delay
+    thread, killed = _during_failure(_redis_primary(demo), delay, victim.process.kill)
+    result = drill_redis_master(demo, deadline)
+    thread.join(70)
+    result.scenario = "kill-exporter-vantage"
+    result.add(
+        killed.get("at"), f"watcher: killed exporter {victim.name} (kill -9), {delay:.1f}s after the master"
+    )
+    prometheus = next(p for p in chain.prometheuses if p.process.running())
+    state = prometheus.alert_state("TierwatchExporterDown", instance=victim.address)
+    result.add(time.time(), f"watcher: TierwatchExporterDown for {victim.address} is {state}")
+    return _finish_checks(result, chain, exporter_killed_after_s=round(delay, 2), exporter_down_alert=state)
+
+
 HA_DRILLS = {
     "kill-alertmanager-peer": drill_kill_alertmanager_peer,
     "kill-recovery-leader": drill_kill_recovery_leader,
     "kill-recovery-leader-pg": lambda demo, deadline: drill_kill_recovery_leader(
         demo, deadline, engine="postgres"
     ),
+    "etcd-member-loss": drill_etcd_member_loss,
+    "kill-prometheus-replica": drill_kill_prometheus_replica,
+    "kill-exporter-vantage": drill_kill_exporter_vantage,
 }
