@@ -1,40 +1,59 @@
-"""Side-by-side benchmark: tierwatch's PostgresProbe vs Debian's prometheus-postgres-exporter.
+"""Side by side, in one run: ``tierwatch serve`` probing PostgreSQL targets vs Debian's
+prometheus-postgres-exporter, one exporter process per target, at the same interval.
 
-Starts a primary, two replicas and a DR replica (tierwatch.lab.stack.postgres), then for the same
-duration and interval:
-  * one prometheus-postgres-exporter per server (what its docs and the Debian service set up:
-    DATA_SOURCE_NAME in the environment, default collectors, plus the ``pg_replication`` lag query
-    from its example queries.yaml), scraped over HTTP every interval;
-  * one tierwatch worker process probing all four servers concurrently every interval and rendering
-    the samples as Prometheus text, so its CPU is isolated from this driver.
-The first half runs a write load with replay paused on pg-3, the second half is idle.
+Servers: a primary (archiving on), two streaming replicas and a DR replica (tierwatch.lab.stack.postgres),
+PostgreSQL 15, ``log_connections=on``, ``max_connections`` raised for the bench. The primary gets
+``--databases`` databases ``bench_000``...; target ``(k, server)`` is database ``bench_k`` on that
+server, so there are 4 x databases targets, each its own connection and probe query. Cluster k of the
+tierwatch config holds the four targets of database k (the first cluster's targets are named like the
+servers, pg-1 ... pg-dr, so the primary's standby rows are attributed to them; the others' are not).
 
-Reports CPU ms per target-probe (utime+stime from /proc/<pid>/stat, measured from "ready" to the
-end; per scrape for postgres_exporter), peak RSS (VmHWM), new server connections per role (from
-log_connections), and the lag values both tools report at the end of each phase.
+- tierwatch: ``python -m tierwatch serve`` (the real monitor and /metrics path), role ``tierwatch``.
+- postgres_exporter 0.11.1 (no multi-target mode in this version; several DSNs in one process share
+  one ``server`` label per host:port, so 50 databases of one server would collide): one process per
+  target, as its Debian service sets it up (``DATA_SOURCE_NAME``, default collectors, plus the
+  ``pg_replication`` query of its example queries.yaml), role ``pgexporter`` (pg_monitor).
+- A driver process (redis_bench.py's, CPU not counted) plays Prometheus: every interval one
+  ``GET /metrics`` per exporter process at a fixed offset in the interval, one of tierwatch.
+- Load: 50 small rows inserted every 100 ms on the primary for the whole run.
 
-    python bench/postgres_bench.py [--duration 60] [--interval 1] [--json results.json]
+After a warm-up, over a window of whole intervals: CPU ms per target-probe (tierwatch, per
+tierwatch_probes_total) and per scrape (postgres_exporter, all processes' CPU over their scrapes),
+utime+stime from /proc/<pid>/stat; peak RSS (VmHWM); new server connections per role in the window
+(``connection authorized`` lines); series and bytes per target.
+
+Run: ``python bench/postgres_bench.py --databases 50 --output bench/results/postgres-200.json``
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import datetime
 import json
 import os
 import re
-import subprocess
+import shlex
+import statistics
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from psycopg import sql as pgsql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from http_bench import Http, cpu_seconds, machine, metric_sum, percentile, vm_hwm_mib
+from redis_bench import driver_records, exposition_series, series_per_target, start_driver
+
+from tierwatch.lab.stack import Stack, free_port
+from tierwatch.lab.stack.ports import port_open
+from tierwatch.lab.stack.postgres import PgServer, start_primary, start_replica
+from tierwatch.lab.stack.tierwatch import start_exporter
 
 EXPORTER = "prometheus-postgres-exporter"
 EXPORTER_ROLE = "pgexporter"
 SERVERS = ("pg-1", "pg-2", "pg-3", "pg-dr")
-PAUSED = "pg-3"
 # The replica lag query of postgres_exporter's example queries.yaml (the one its README points to).
 EXPORTER_QUERIES = """\
 pg_replication:
@@ -48,161 +67,66 @@ pg_last_xact_replay_timestamp()))) END AS lag"
 """
 
 
-def cpu_ms(pid: int) -> float:
-    """utime+stime of a process, in milliseconds."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_kib(pid: int) -> int:
-    """VmHWM of a process, in KiB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# tierwatch worker (runs in its own process)
-
-
-def worker() -> None:
-    """Probe the targets given on stdin every interval; print lag samples and exit on stdin EOF."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-    from prometheus_client.exposition import generate_latest
-    from prometheus_client.registry import CollectorRegistry
-
-    from tierwatch.config import ClusterConfig, Secret
-    from tierwatch.probes.base import Observation, TargetInfo
-    from tierwatch.probes.postgres import PostgresProbe
-
-    spec = json.loads(sys.stdin.readline())
-    cluster = ClusterConfig.model_validate(spec["cluster"])
-    secret = Secret(spec["password"])
-    probes = [
-        PostgresProbe(TargetInfo("postgres", cluster, target, secret, spec["timeout"]))
-        for target in cluster.targets
-    ]
-    latest: dict[str, Observation] = {}
-
-    class Render:
-        def collect(self) -> Any:
-            families: dict[str, Any] = {}
-            for name, obs in latest.items():
-                target = next(t for t in cluster.targets if t.name == name)
-                base = ["postgres", cluster.name, name, target.region]
-                for sample in obs.samples:
-                    fam = families.get(sample.spec.name)
-                    if fam is None:
-                        cls = CounterMetricFamily if sample.spec.kind == "counter" else GaugeMetricFamily
-                        fam = cls(sample.spec.name, sample.spec.help, labels=list(sample.spec.all_labels))
-                        families[sample.spec.name] = fam
-                    fam.add_metric([*base, *sample.labels], sample.value)
-            return iter(families.values())
-
-    registry = CollectorRegistry()
-    registry.register(Render())  # type: ignore[arg-type]
-
-    async def run(duration: float, interval: float) -> list[dict[str, Any]]:
-        records: list[dict[str, Any]] = []
-        start = time.monotonic()
-        rounds = 0
-        while time.monotonic() - start < duration:
-            results = await asyncio.gather(*(p.probe() for p in probes), return_exceptions=True)
-            for probe, result in zip(probes, results, strict=True):
-                if isinstance(result, BaseException):
-                    await probe.reset()
-                else:
-                    latest[probe.info.name] = result
-            generate_latest(registry)
-            records.append({"t": time.time(), "lag": lag_values(latest)})
-            rounds += 1
-            await asyncio.sleep(max(0.0, start + rounds * interval - time.monotonic()))
-        for probe in probes:
-            await probe.close()
-        return records
-
-    print("ready", flush=True)
-    duration, interval = map(float, sys.stdin.readline().split())
-    records = asyncio.run(run(duration, interval))
-    print(json.dumps({"rounds": len(records), "records": records}), flush=True)
-    sys.stdin.read()
-
-
-def lag_values(latest: dict[str, Any]) -> dict[str, float]:
-    """The lag samples of tierwatch's latest observations, keyed like 'pg-3 seconds'."""
-    out: dict[str, float] = {}
-    for name, obs in latest.items():
-        for sample in obs.samples:
-            if sample.spec.name == "tierwatch_replication_lag_seconds":
-                out[f"{name} seconds"] = sample.value
-            elif sample.spec.name == "tierwatch_replication_lag_bytes":
-                out[f"{name} bytes"] = sample.value
-            elif sample.spec.name == "tierwatch_pg_standby_lag_bytes" and sample.labels[1] == "replay":
-                out[f"{name}->{sample.labels[0]} replay bytes"] = sample.value
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# driver
-
-
-def exporter_lag(text: str, server: str) -> dict[str, float]:
-    """postgres_exporter's lag series from one scrape, keyed like lag_values()."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if re.match(r"pg_replication_lag(\{[^}]*\})? ", line):
-            if server != "pg-1":
-                out[f"{server} seconds"] = float(line.split()[-1])
-        elif line.startswith("pg_stat_replication_pg_wal_lsn_diff{"):
-            app = re.search(r'application_name="([^"]*)"', line)
-            out[f"{server}->{app.group(1) if app else '?'} replay bytes"] = float(line.split()[-1])
-    return out
-
-
-def count_connections(log: Path, offset: int) -> dict[str, int]:
+def count_connections(logs: list[Path], offsets: dict[Path, int]) -> dict[str, int]:
+    """``connection authorized`` lines per user since ``offsets`` (replication connections aside)."""
     counts: dict[str, int] = {}
-    with open(log, "rb") as f:
-        f.seek(offset)
-        for line in f.read().decode(errors="replace").splitlines():
-            match = re.search(r"connection authorized: user=(\S+)", line)
-            if match and "replication connection" not in line:
-                counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    for log in logs:
+        with open(log, "rb") as f:
+            f.seek(offsets[log])
+            for line in f.read().decode(errors="replace").splitlines():
+                match = re.search(r"connection authorized: user=(\S+)", line)
+                if match and "replication connection" not in line:
+                    counts[match.group(1)] = counts.get(match.group(1), 0) + 1
     return counts
 
 
-def closest(records: list[tuple[float, dict[str, float]]], when: float) -> dict[str, float]:
-    before = [values for t, values in records if t <= when]
-    return before[-1] if before else {}
+def target_name(k: int, server: str) -> str:
+    """Cluster 0's targets are named like the servers (standby rows match them); others c<k>-<server>."""
+    return server if k == 0 else f"c{k:03d}-{server}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=60.0)
-    parser.add_argument("--interval", type=float, default=1.0)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker()
-        return
-    results = bench(args.duration, args.interval)
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+def tierwatch_config(
+    servers: dict[str, PgServer], databases: int, interval: float, password_file: Path
+) -> str:
+    """One postgres cluster per database, holding its four targets."""
+    lines = [
+        "monitor:",
+        f"  interval: {interval:g}s",
+        f"  timeout: {min(2.0, interval * 0.8):g}s",
+        "log: {level: warning}",
+        "clusters:",
+    ]
+    for k in range(databases):
+        lines += [
+            f"  - name: db-{k:03d}",
+            "    tier: postgres",
+            f"    password_file: {password_file}",
+            "    targets:",
+        ]
+        for name, server in servers.items():
+            region = "failover" if name == "pg-dr" else "primary"
+            url = f"postgresql://tierwatch@127.0.0.1:{server.port}/bench_{k:03d}"
+            lines.append(f'      - {{name: {target_name(k, name)}, region: {region}, url: "{url}"}}')
+    return "\n".join(lines) + "\n"
 
 
-def bench(duration: float, interval: float) -> dict[str, Any]:
-    from psycopg import sql as pgsql
+def write_load(primary: PgServer, stop: threading.Event) -> None:
+    """Small write transactions on one connection until ``stop`` is set."""
+    with primary.connect() as conn:
+        while not stop.is_set():
+            conn.execute(
+                "INSERT INTO bench_load (payload) SELECT repeat('x', 100) FROM generate_series(1, 50)"
+            )
+            stop.wait(0.1)
 
-    from tierwatch.lab.stack import Stack, free_port
-    from tierwatch.lab.stack.ports import port_open
-    from tierwatch.lab.stack.postgres import start_primary, start_replica
 
-    with Stack() as stack:
-        settings = {"log_connections": "on"}
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Run both sides at once, measure over the window; return the results."""
+    interval: float = args.interval
+    rounds = max(1, round(args.duration / interval))
+    databases: int = args.databases
+    with Stack(keep=args.keep) as stack:
+        settings = {"log_connections": "on", "max_connections": str(3 * databases + 40)}
         primary = start_primary(stack, "pg-1", archive=True, settings=settings)
         servers = {"pg-1": primary}
         for name in SERVERS[1:]:
@@ -213,138 +137,194 @@ def bench(duration: float, interval: float) -> dict[str, Any]:
                 pgsql.Identifier(EXPORTER_ROLE), pgsql.Literal(password)
             )
         )
+        for k in range(databases):
+            primary.sql(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(f"bench_{k:03d}")))
         primary.sql("CREATE TABLE bench_load (id bigserial, payload text)")
         for name in SERVERS[1:]:
             servers[name].wait_caught_up()
-        queries = stack.path("postgres_exporter_queries.yaml")
-        queries.write_text(EXPORTER_QUERIES)
-
-        exporters: dict[str, tuple[Any, int]] = {}
-        for name, server in servers.items():
-            port = free_port()
-            env = dict(os.environ)
-            env["DATA_SOURCE_NAME"] = (
-                f"postgresql://{EXPORTER_ROLE}:{password}@127.0.0.1:{server.port}/postgres?sslmode=disable"
-            )
-            proc = stack.spawn(
-                f"postgres_exporter-{name}",
-                [EXPORTER, f"--web.listen-address=127.0.0.1:{port}", f"--extend.query-path={queries}"],
-                env=env,
-            )
-            exporters[name] = (proc, port)
-        for name, (proc, port) in exporters.items():
-            deadline = time.monotonic() + 10
-            while not port_open(port):
-                proc.check_alive()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"postgres_exporter for {name} did not listen")
-                time.sleep(0.05)
-
-        cluster = {
-            "name": "main-db",
-            "tier": "postgres",
-            "password_env": "PG_PASSWORD",
-            "targets": [
-                {
-                    "name": n,
-                    "region": "failover" if n == "pg-dr" else "primary",
-                    "url": s.dsn_without_password,
-                }
-                for n, s in servers.items()
-            ],
-        }
-        tw = subprocess.Popen(
-            [sys.executable, __file__, "--worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert tw.stdin is not None and tw.stdout is not None
-        tw.stdin.write(json.dumps({"cluster": cluster, "password": password, "timeout": 2.0}) + "\n")
-        tw.stdin.flush()
-        if tw.stdout.readline().strip() != "ready":
-            raise RuntimeError("tierwatch worker did not start")
-
-        log_offsets = {n: stack.path("logs", f"{n}.log").stat().st_size for n in servers}
-        cpu_start = {n: cpu_ms(p.pid) for n, (p, _) in exporters.items()}
-        tw_cpu_start = cpu_ms(tw.pid)
-        started = time.time()
-        tw.stdin.write(f"{duration} {interval}\n")
-        tw.stdin.flush()
-
         stop_load = threading.Event()
-        servers[PAUSED].sql("SELECT pg_wal_replay_pause()")
         load = threading.Thread(target=write_load, args=(primary, stop_load), daemon=True)
         load.start()
 
-        scrapes = 0
-        exporter_records: list[tuple[float, dict[str, float]]] = []
-        mid = started + duration / 2
-        begin = time.monotonic()
-        phase_two = False
-        while time.monotonic() - begin < duration:
-            if not phase_two and time.time() >= mid:
-                stop_load.set()
-                load.join()
-                servers[PAUSED].sql("SELECT pg_wal_replay_resume()")
-                phase_two = True
-            values: dict[str, float] = {}
-            for name, (_, port) in exporters.items():
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-                    values.update(exporter_lag(resp.read().decode(), name))
-            scrapes += 1
-            exporter_records.append((time.time(), values))
-            time.sleep(max(0.0, begin + scrapes * interval - time.monotonic()))
-        exporter_cpu = {n: cpu_ms(p.pid) - cpu_start[n] for n, (p, _) in exporters.items()}
-        exporter_rss = {n: peak_rss_kib(p.pid) for n, (p, _) in exporters.items()}
+        queries = stack.path("postgres_exporter_queries.yaml")
+        queries.write_text(EXPORTER_QUERIES)
+        print(f"starting {4 * databases} postgres_exporter ...", file=sys.stderr)
+        exporters: list[tuple[Any, int]] = []
+        for k in range(databases):
+            for name, server in servers.items():
+                port = free_port()
+                env = dict(os.environ)
+                env["DATA_SOURCE_NAME"] = (
+                    f"postgresql://{EXPORTER_ROLE}:{password}@127.0.0.1:{server.port}/bench_{k:03d}"
+                    "?sslmode=disable"
+                )
+                argv = [EXPORTER, f"--web.listen-address=127.0.0.1:{port}", f"--extend.query-path={queries}"]
+                exporters.append((stack.spawn(f"pgx-{target_name(k, name)}", argv, env=env), port))
+        deadline = time.monotonic() + 60
+        for proc, port in exporters:
+            while not port_open(port):
+                proc.check_alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError("postgres_exporter did not listen")
+                time.sleep(0.05)
 
-        report = json.loads(tw.stdout.readline())
-        tw_cpu = cpu_ms(tw.pid) - tw_cpu_start
-        tw_rss = peak_rss_kib(tw.pid)
-        tw.stdin.close()
-        tw.wait(10)
-        connections = {n: count_connections(stack.path("logs", f"{n}.log"), log_offsets[n]) for n in servers}
+        password_file = stack.path("pg-password")
+        password_file.write_text(password)
+        password_file.chmod(0o600)
+        config = stack.path("tierwatch.yml")
+        config.write_text(tierwatch_config(servers, databases, interval, password_file))
+        tw_proc = start_exporter(stack, config, name="tierwatch")
+        tw, tw_http = tw_proc.process, Http(tw_proc.port)
+        names = [target_name(k, n) for k in range(databases) for n in servers]
 
-    tw_records = [(r["t"], r["lag"]) for r in report["records"]]
-    tw_probes = report["rounds"] * len(SERVERS)
-    return {
-        "duration_s": duration,
-        "interval_s": interval,
+        start = time.time() + 0.5
+        window_start = start + args.warmup * interval
+        window_end = window_start + rounds * interval
+        spec = {
+            "interval": interval,
+            "start": start,
+            "until": window_end,
+            "urls": [f"http://127.0.0.1:{port}/metrics" for _, port in exporters],
+            "ok": "\npg_up 1",
+            "tierwatch_metrics": f"{tw_proc.url}/metrics",
+            "out": str(stack.path("driver-records.json")),
+        }
+        driver = start_driver(stack, spec)
+        print(
+            f"{len(names)} targets on {len(servers)} servers, interval {interval:g}s; warm-up "
+            f"{args.warmup * interval:g}s, window {rounds * interval:g}s",
+            file=sys.stderr,
+        )
+        logs = [stack.path("logs", f"{n}.log") for n in servers]
+        time.sleep(max(0.0, window_start - time.time()))
+        load0 = os.getloadavg()[0]
+        t_cpu0 = time.time()
+        tw_cpu0 = cpu_seconds(tw.pid)
+        px_cpu0 = sum(cpu_seconds(p.pid) for p, _ in exporters)
+        offsets = {log: log.stat().st_size for log in logs}
+        body0 = tw_http.get("/metrics")[1]
+        time.sleep(max(0.0, window_end - time.time()))
+        tw_cpu1 = cpu_seconds(tw.pid)
+        px_cpu1 = sum(cpu_seconds(p.pid) for p, _ in exporters)
+        t_cpu1 = time.time()
+        load1 = os.getloadavg()[0]
+        conns = count_connections(logs, offsets)
+        body1 = tw_http.get("/metrics")[1]
+        records = driver_records(driver, spec)
+        tw_rss = vm_hwm_mib(tw.pid)
+        px_rss = [vm_hwm_mib(p.pid) for p, _ in exporters]
+        stop_load.set()
+        load.join(10)
+
+    scrapes = [s for s in records["scrapes"] if window_start <= s[0] < window_end]
+    px_cpu_scrapes = sum(1 for s in scrapes if t_cpu0 <= s[0] < t_cpu1)
+    tw_probes = metric_sum(body1, "tierwatch_probes_total") - metric_sum(body0, "tierwatch_probes_total")
+    tw_fail = metric_sum(body1, "tierwatch_probe_failures_total") - metric_sum(
+        body0, "tierwatch_probe_failures_total"
+    )
+    tw_series = series_per_target(body1, names)
+    px_series = exposition_series(records["sample_body"])
+    tools = {
         "tierwatch": {
-            "target_probes": tw_probes,
-            "cpu_ms_total": round(tw_cpu, 1),
-            "cpu_ms_per_target_probe": round(tw_cpu / tw_probes, 3),
-            "peak_rss_mib": round(tw_rss / 1024, 1),
-            "new_connections": sum(c.get("tierwatch", 0) for c in connections.values()),
+            "probes": int(tw_probes),
+            "cpu_seconds": round(tw_cpu1 - tw_cpu0, 3),
+            "cpu_ms_per_probe": round(1000 * (tw_cpu1 - tw_cpu0) / tw_probes, 3),
+            "cores": round((tw_cpu1 - tw_cpu0) / (t_cpu1 - t_cpu0), 3),
+            "peak_rss_mib": round(tw_rss, 1),
+            "probes_failed": int(tw_fail),
+            "round_overruns": int(
+                metric_sum(body1, "tierwatch_probe_round_overruns_total")
+                - metric_sum(body0, "tierwatch_probe_round_overruns_total")
+            ),
+            "targets_up_at_end": int(metric_sum(body1, "tierwatch_up")),
+            "new_connections": conns.get("tierwatch", 0),
+            "series_per_target": tw_series,
+            "metrics_bytes": len(body1.encode()),
+            "metrics_scrape_median_ms": round(
+                1000 * statistics.median(s[1] for s in records["tierwatch_scrapes"]), 2
+            ),
         },
         "postgres_exporter": {
             "processes": len(exporters),
-            "scrapes_per_process": scrapes,
-            "cpu_ms_total": round(sum(exporter_cpu.values()), 1),
-            "cpu_ms_per_scrape": round(sum(exporter_cpu.values()) / (scrapes * len(exporters)), 3),
-            "peak_rss_mib_per_process": round(max(exporter_rss.values()) / 1024, 1),
-            "peak_rss_mib_total": round(sum(exporter_rss.values()) / 1024, 1),
-            "new_connections": sum(c.get(EXPORTER_ROLE, 0) for c in connections.values()),
+            "scrapes": len(scrapes),
+            "cpu_seconds": round(px_cpu1 - px_cpu0, 3),
+            "cpu_ms_per_scrape": round(1000 * (px_cpu1 - px_cpu0) / px_cpu_scrapes, 3),
+            "cores": round((px_cpu1 - px_cpu0) / (t_cpu1 - t_cpu0), 3),
+            "peak_rss_mib_per_process": round(max(px_rss), 1),
+            "peak_rss_mib_total": round(sum(px_rss), 1),
+            "scrapes_failed": sum(1 for s in scrapes if not s[2]),
+            "scrape_latency_median_ms": round(1000 * statistics.median(s[1] for s in scrapes), 2),
+            "scrape_latency_p99_ms": round(1000 * percentile([s[1] for s in scrapes], 99), 2),
+            "driver_late_p50_p99_max_s": [round(x, 3) for x in records["driver_late_p50_p99_max_s"]],
+            "new_connections": conns.get(EXPORTER_ROLE, 0),
+            "series_per_target": px_series,
+            "bytes_per_target": len(records["sample_body"].encode()),
         },
-        "lag_end_of_load_phase": {
-            "tierwatch": closest(tw_records, mid - 0.05),
-            "postgres_exporter": closest(exporter_records, mid - 0.05),
+    }
+    tw_r, px_r = tools["tierwatch"], tools["postgres_exporter"]
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": "python " + shlex.join(["bench/postgres_bench.py", *sys.argv[1:]]),
+        "machine": machine(),
+        "setup": {
+            "targets": len(names),
+            "servers": len(servers),
+            "databases": databases,
+            "interval_s": interval,
+            "warmup_s": args.warmup * interval,
+            "window_s": rounds * interval,
+            "loadavg_1m_window_start_end": [load0, load1],
         },
-        "lag_end_of_idle_phase": {
-            "tierwatch": closest(tw_records, started + duration),
-            "postgres_exporter": closest(exporter_records, started + duration),
+        "results": tools,
+        "ratios_tierwatch_over_postgres_exporter": {
+            "cpu_per_probe": round(tw_r["cpu_ms_per_probe"] / px_r["cpu_ms_per_scrape"], 3),
+            "peak_rss_total": round(tw_r["peak_rss_mib"] / px_r["peak_rss_mib_total"], 3),
+            "series_per_target": round(tw_series["mean"] / px_series, 3) if px_series else None,
         },
     }
 
 
-def write_load(primary: Any, stop: threading.Event) -> None:
-    """Small write transactions on one connection until ``stop`` is set."""
-    with primary.connect() as conn:
-        while not stop.is_set():
-            conn.execute(
-                "INSERT INTO bench_load (payload) SELECT repeat('x', 100) FROM generate_series(1, 50)"
-            )
-            stop.wait(0.02)
+def print_table(result: dict[str, Any]) -> None:
+    """The results as a Markdown table on stdout."""
+    tw, px = result["results"]["tierwatch"], result["results"]["postgres_exporter"]
+    setup, ratio = result["setup"], result["ratios_tierwatch_over_postgres_exporter"]
+    print(
+        f"{setup['targets']} targets on {setup['servers']} servers, every {setup['interval_s']:g}s, "
+        f"window {setup['window_s']:g}s"
+    )
+    print("| | tierwatch | postgres_exporter | ratio |\n|---|---:|---:|---:|")
+    print(f"| probes / scrapes | {tw['probes']} | {px['scrapes']} | |")
+    cpu = f"{tw['cpu_ms_per_probe']} | {px['cpu_ms_per_scrape']} | {ratio['cpu_per_probe']}"
+    print(f"| CPU ms per target | {cpu} |")
+    print(f"| cores | {tw['cores']} | {px['cores']} | |")
+    print(
+        f"| peak RSS MiB | {tw['peak_rss_mib']} | {px['peak_rss_mib_per_process']} per process, "
+        f"{px['peak_rss_mib_total']} total | {ratio['peak_rss_total']} |"
+    )
+    print(f"| new connections | {tw['new_connections']} | {px['new_connections']} | |")
+    series = tw["series_per_target"]
+    theirs = px["series_per_target"]
+    print(f"| series per target | {series['mean']} | {theirs} | {ratio['series_per_target']} |")
+    print(f"| failed | {tw['probes_failed']} | {px['scrapes_failed']} | |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--databases", type=int, default=50, help="databases; targets = 4 x databases")
+    parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument("--duration", type=float, default=60.0, help="measured window, seconds")
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up, in intervals")
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = parser.parse_args()
+    result = bench(args)
+    print_table(result)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written to {args.output}")
 
 
 if __name__ == "__main__":
