@@ -144,7 +144,8 @@ def test_redirects_are_followed_with_a_limit(stack: Stack, make_config: Callable
 
 
 def test_recovery_reads_are_bounded_too(stack: Stack, make_config: Callable[..., LoadedConfig]) -> None:
-    """The live checks of the actions, the LB stats page and cache warm-up read the same bounded way."""
+    """The live checks of the actions, the LB stats page, the VIP probe and cache warm-up read the same
+    bounded way."""
     hostile = start_hostile_http(stack)
     app = {
         "name": "web",
@@ -155,9 +156,10 @@ def test_recovery_reads_are_bounded_too(stack: Stack, make_config: Callable[...,
             app_target(hostile, "es-ok", "/big-ok", expect_body="^healthy"),
         ],
     }
-    lb = {  # a healthy health URL, a stats page that never ends
+    lb = {  # a healthy health URL, a stats page and a VIP whose bodies never end
         "name": "edge",
         "tier": "lb",
+        "vip": hostile.url("/endless"),
         "targets": [
             {
                 "name": "lb-1",
@@ -196,5 +198,7 @@ def test_recovery_reads_are_bounded_too(stack: Stack, make_config: Callable[...,
     # the LB answers its health URL, but a stats page over max_stats_bytes is a protocol failure
     assert value(text, "tierwatch_up", target="lb-1") == 0
     assert value(text, "tierwatch_probe_failures_total", target="lb-1", reason="protocol") == 2
+    # the VIP answered 200 (its status is all it needs): up, its endless body left unread
+    assert value(text, "tierwatch_lb_vip_up", cluster="edge") == 1
     lb_state = next(s for s in monitor.states if s.info.name == "lb-1")
     assert lb_state.last_error == "protocol: stats page: body larger than 4194304 bytes"

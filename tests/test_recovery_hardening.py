@@ -15,6 +15,7 @@ import httpx
 import redis
 
 from tierwatch.lab.stack import Stack, free_port, wait_for
+from tierwatch.lab.stack.http import start_http_backend
 from tierwatch.lab.stack.redis import RedisServer, start_redis
 
 from helpers import metric_value
@@ -258,17 +259,19 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def hanging_setup(stack: Stack, **recovery: Any) -> tuple[RecoveryProcess, Path]:
+def hanging_setup(stack: Stack, **recovery: Any) -> tuple[RecoveryProcess, Path, int]:
+    """A service running a restart command that hangs (with a child) for es-1, whose port is returned."""
     marker = stack.path("hang.marker")
     script = stack.path("hang.py")
     script.write_text(HANGING_SCRIPT)
-    clusters = [app_cluster([("es-1", "primary", f"http://127.0.0.1:{free_port()}/health")])]
+    port = free_port()
+    clusters = [app_cluster([("es-1", "primary", f"http://127.0.0.1:{port}/health")])]
     command = [sys.executable, str(script), str(marker)]
     settings = {"allow": ALLOW, "clusters": {"web": {"restart_commands": {"es-1": command}}}, **recovery}
     service = start_recovery(stack, clusters, settings)
     assert service.post(payload(alert("AppInstanceDown", LABELS))).status_code == 200
     wait_for(lambda: marker.exists() and marker.read_text().endswith("\n"), 15, "command started")
-    return service, marker
+    return service, marker, port
 
 
 def pids(marker: Path) -> list[int]:
@@ -276,7 +279,7 @@ def pids(marker: Path) -> list[int]:
 
 
 def test_a_hanging_command_is_killed_with_its_children_on_timeout(stack: Stack) -> None:
-    service, marker = hanging_setup(stack, action_timeout="6s")
+    service, marker, _ = hanging_setup(stack, action_timeout="6s")
     [outcome] = service.wait_outcome(timeout=20)
     assert outcome["outcome"] == "failed", outcome
     [finished] = service.events("command_finished")
@@ -286,14 +289,47 @@ def test_a_hanging_command_is_killed_with_its_children_on_timeout(stack: Stack) 
 
 
 def test_sigterm_does_not_wait_for_a_hanging_command_and_kills_it(stack: Stack) -> None:
-    service, marker = hanging_setup(stack)  # default action_timeout: 60 s
+    """docs/operations.md, row "running a restart command": SIGTERM kills the command's process group
+    within the 5 s grace (not the 60 s default action timeout), and the restarted service resumes the
+    alert verify-only: it never runs the command again."""
+    service, marker, port = hanging_setup(stack)  # default action_timeout: 60 s
     wait_for(lambda: service.events("point_of_no_return"), 5, "past the point of no return")
     started = time.monotonic()
     service.proc.terminate()
     assert service.proc.wait(20) == 0
     assert time.monotonic() - started < 15
-    assert service.events("command_finished")
+    [finished] = service.events("command_finished")
+    assert finished["exit_code"] is None and finished["output"] == "killed", finished
+    [interrupted] = service.events("action_interrupted")
+    assert interrupted["then"] == "resume_verify_only", interrupted
+    assert not service.events("outcome")
     wait_for(lambda: not any(alive(p) for p in pids(marker)), 5, "command and child gone")
+    start_http_backend(stack, "es-1", port)  # the instance is back (as if the command had done it)
+    restarted = launch(stack, service.config, service.state_dir, "recover-again")
+    [outcome] = restarted.wait_outcome(timeout=30)
+    assert outcome["outcome"] == "succeeded", outcome
+    assert restarted.events("alert_resumed") and restarted.events("resumed_verify_only")
+    assert len(marker.read_text().splitlines()) == 1  # the command ran once, before the SIGTERM
+    restarted.stop()
+
+
+def test_resumed_after_sigterm_without_the_instance_times_out_and_never_reruns(stack: Stack) -> None:
+    """The same row when the instance never comes back: the resumed run only verifies, until
+    action_timeout, and ends timed_out (the command is not run again)."""
+    # 16 s: the command's own timeout (8 s) outlasts the 5 s shutdown grace, so SIGTERM interrupts it
+    service, marker, _ = hanging_setup(stack, action_timeout="16s")
+    wait_for(lambda: service.events("point_of_no_return"), 5, "past the point of no return")
+    service.proc.terminate()
+    assert service.proc.wait(20) == 0
+    assert [i["then"] for i in service.events("action_interrupted")] == ["resume_verify_only"]
+    restarted = launch(stack, service.config, service.state_dir, "recover-again")
+    [outcome] = restarted.wait_outcome(timeout=40)
+    assert outcome["outcome"] == "timed_out", outcome
+    assert restarted.events("resumed_verify_only")
+    # one audit trail across both lives: the only command_finished is the one SIGTERM killed
+    assert [f["exit_code"] for f in restarted.events("command_finished")] == [None]
+    assert len(marker.read_text().splitlines()) == 1
+    restarted.stop()
 
 
 # --- 7: hostile webhook bodies --------------------------------------------------------------------

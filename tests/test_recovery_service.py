@@ -4,6 +4,7 @@ resolved alerts, cancellation, crash and restart, safety limits, dry run, and it
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -158,6 +159,12 @@ def test_killed_mid_action_neither_loses_nor_repeats(stack: Stack) -> None:
     assert runs(marker) == 1
     assert restarted.events("alert_resumed") and restarted.events("resumed_verify_only")
     assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    # the run past its point of no return still counts: a new occurrence is in the default cooldown
+    again = alert("AppInstanceDown", LABELS, fingerprint="0000000000000004", starts_at=now_rfc3339())
+    assert restarted.post(payload(again)).json() == {"status": "recorded", "accepted": 1}
+    wait_for(lambda: restarted.events("blocked"), 10, "the new occurrence blocked")
+    assert [b["limit"] for b in restarted.events("blocked")] == ["cooldown"]
+    assert runs(marker) == 1
     restarted.stop()
 
 
@@ -186,8 +193,8 @@ def test_killed_before_the_point_of_no_return_runs_after_restart(stack: Stack) -
     restarted.stop()
 
 
-def test_allow_list_cooldown_rate_limit_and_lock(stack: Stack) -> None:
-    service, marker, _ = restart_setup(stack, cooldown="1h", rate_limit={"max_actions": 2, "per": "1h"})
+def test_allow_list_and_the_default_cooldown(stack: Stack) -> None:
+    service, marker, _ = restart_setup(stack)  # default cooldown (10 m) and rate limit (3 per hour)
     not_allowed = alert(
         "AppLatencyHigh", {**LABELS, "action": "restart_instance"}, fingerprint="0000000000000001"
     )
@@ -198,7 +205,8 @@ def test_allow_list_cooldown_rate_limit_and_lock(stack: Stack) -> None:
     wait_for(lambda: len(service.events("blocked")) == 2, 10, "two blocked")
     assert {b["limit"] for b in service.events("blocked")} == {"not_allowed"}
     service.post(payload(alert("AppInstanceDown", LABELS, fingerprint="0000000000000003")))
-    service.wait_outcome()
+    [outcome] = service.wait_outcome()
+    assert outcome["outcome"] == "succeeded", outcome
     # a new occurrence: it starts firing after the first one was handled (an earlier start would make
     # it another copy of the same incident, see test_recovery_hardening)
     again = alert("AppInstanceDown", LABELS, fingerprint="0000000000000004", starts_at=now_rfc3339())
@@ -210,20 +218,48 @@ def test_allow_list_cooldown_rate_limit_and_lock(stack: Stack) -> None:
         metric_value(metrics, "tierwatch_recovery_blocked_total", limit="cooldown", action="restart_instance")
         == 1
     )
+    assert metric_value(metrics, "tierwatch_recovery_blocked_total", limit="rate_limit") == 0
     assert metric_value(metrics, "tierwatch_recovery_blocked_total", limit="not_allowed") == 1
     service.stop()
 
 
+def age_runs(state_dir: Path, seconds: float) -> None:
+    """Move every recorded run ``seconds`` into the past, as that much time passing would (the service
+    reads the runs from its inbox at each check, so it sees the change at once)."""
+    db = sqlite3.connect(state_dir / "inbox.sqlite3", timeout=10)
+    try:
+        with db:
+            db.execute("UPDATE runs SET started_at = started_at - ?", (seconds,))
+    finally:
+        db.close()
+
+
 def test_rate_limit_counts_every_action_of_a_cluster(stack: Stack) -> None:
-    # cooldown off only here: it is per cluster and action, so with it on the second alert would be
-    # stopped by the cooldown before the rate limit could be seen (the default cooldown is tested above)
-    service, marker, _ = restart_setup(stack, cooldown="0s", rate_limit={"max_actions": 1, "per": "1h"})
-    service.post(payload(alert("AppInstanceDown", LABELS, fingerprint="0000000000000003")))
-    service.wait_outcome()
-    again = alert("AppInstanceDown", LABELS, fingerprint="0000000000000004", starts_at=now_rfc3339())
-    service.post(payload(again))
-    wait_for(lambda: any(b["limit"] == "rate_limit" for b in service.events("blocked")), 10, "rate limit")
-    assert runs(marker) == 1
+    """Default limits: the cooldown (10 m) is per cluster and action, the rate limit (3 per hour) per
+    cluster. Four instances of one cluster go down 11 minutes apart: three restarts, each out of the
+    previous one's cooldown; the fourth is refused by the rate limit alone."""
+    marker = stack.path("restart.marker")
+    stack.on_close(lambda: kill_started_backends(marker))
+    ports = {f"es-{n}": free_port() for n in range(1, 5)}
+    clusters = [app_cluster([(n, "primary", f"http://127.0.0.1:{p}/health") for n, p in ports.items()])]
+    commands = {n: restart_command(marker, p) for n, p in ports.items()}
+    settings = {"allow": ALLOW, "clusters": {"web": {"restart_commands": commands}}}
+    service = start_recovery(stack, clusters, settings)
+    for n in range(1, 4):
+        labels = {**LABELS, "target": f"es-{n}"}
+        service.post(payload(alert("AppInstanceDown", labels, fingerprint=f"{n:016x}")))
+        outcomes = service.wait_outcome(n)
+        assert [o["outcome"] for o in outcomes] == ["succeeded"] * n, outcomes
+        age_runs(service.state_dir, 11 * 60)  # 11 minutes pass: out of the cooldown, within the hour
+    service.post(payload(alert("AppInstanceDown", {**LABELS, "target": "es-4"}, fingerprint=f"{4:016x}")))
+    wait_for(lambda: service.events("blocked"), 10, "the fourth alert blocked")
+    assert [b["limit"] for b in service.events("blocked")] == ["rate_limit"]
+    assert [b["target"] for b in service.events("blocked")] == ["es-4"]
+    assert runs(marker) == 3
+    metrics = httpx.get(service.url + "/metrics").text
+    blocked = "tierwatch_recovery_blocked_total"
+    assert metric_value(metrics, blocked, action="restart_instance", limit="rate_limit") == 1
+    assert metric_value(metrics, blocked, action="restart_instance", limit="cooldown") == 0
     service.stop()
 
 
