@@ -60,6 +60,7 @@ class Writer(threading.Thread):
         self.pause = pause
         self.acked: list[tuple[int, float]] = []  # (write number, when its attempt started)
         self.failures = 0
+        self.failed: list[float] = []  # when each failed attempt started
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -75,6 +76,7 @@ class Writer(threading.Thread):
                 self.acked.append((n, started))
             else:
                 self.failures += 1
+                self.failed.append(started)
                 time.sleep(0.05)
             time.sleep(self.pause)
 
@@ -83,8 +85,12 @@ class Writer(threading.Thread):
         self.join(10)
 
     def first_ack_after(self, moment: float) -> float | None:
-        """Start time of the first acknowledged write attempted after ``moment``."""
-        return next((at for _, at in self.acked if at > moment), None)
+        """Start time of the first acknowledged write attempted after the outage that followed
+        ``moment`` (its first failed write), or after ``moment`` if no write failed. A dying primary
+        may still acknowledge a write or two (PostgreSQL backends outlive a killed postmaster for a
+        moment): that is not a recovery."""
+        outage = next((at for at in self.failed if at > moment), moment)
+        return next((at for _, at in self.acked if at > outage), None)
 
 
 def app_redis_client(port: int, password: str) -> redis.Redis:
