@@ -14,11 +14,12 @@ the primary with SIGKILL, and measures until a write is acknowledged again:
 The detection window is Sentinel's ``down-after-milliseconds`` and the alert's ``for`` in the chain.
 
 ``--fault pause`` (Redis only) SIGSTOPs the master instead, and SIGCONTs it once writes are
-acknowledged again: then also measured, how long until the old master is a replica of the new one
-(Sentinel's ``+convert-to-slave``; the chain's RedisSplitBrain -> ``redis_rejoin``) and how many masters
-are left.
+acknowledged again; ``--fault return`` kills it and starts it again (same config: it comes back as a
+master) once writes are acknowledged again. Then also measured: how long until the old master is a
+replica of the new one (Sentinel's ``+convert-to-slave``; the chain's RedisSplitBrain ->
+``redis_rejoin``) and how many masters are left.
 
-Run: ``python bench/failover_bench.py [--runs 3] [--windows 5,1] [--fault kill|pause]
+Run: ``python bench/failover_bench.py [--runs 3] [--windows 5,1] [--fault kill|pause|return]
 [--output bench/results/failover.json]``.
 """
 
@@ -126,17 +127,24 @@ def _measure(
 
 
 def _fault(servers: list[RedisServer], fault: str) -> Callable[[], None]:
-    return servers[0].process.kill if fault == "kill" else servers[0].process.pause
+    return servers[0].process.pause if fault == "pause" else servers[0].process.kill
+
+
+REJOIN_TIMEOUT = 90.0  # seconds (the chain's exporter re-tries a target its breaker opened every 30 s)
 
 
 def _rejoin(servers: list[RedisServer], fault: str, result: dict[str, Any]) -> None:
-    """After a pause: resume the old master and measure until it is a linked replica (60 s at most)."""
-    if fault != "pause":
+    """After a pause (a kill): resume (start again) the old master and measure until it is a linked
+    replica (``REJOIN_TIMEOUT`` at most)."""
+    if fault == "kill":
         return
     old = servers[0]
-    old.process.resume()
+    if fault == "pause":
+        old.process.resume()
+    else:
+        old.process.start()
     resumed = time.time()
-    deadline = resumed + 60
+    deadline = resumed + REJOIN_TIMEOUT
     while time.time() < deadline:
         try:
             info = old.client(socket_timeout=0.5).info("replication")
@@ -338,7 +346,7 @@ def main() -> int:
     parser.add_argument("--windows", default="5,1", help="detection windows in seconds, comma separated")
     parser.add_argument("--skip-pg", action="store_true")
     parser.add_argument(
-        "--fault", choices=("kill", "pause"), default="kill", help="what happens to the master"
+        "--fault", choices=("kill", "pause", "return"), default="kill", help="what happens to the master"
     )
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "failover.json")
     args = parser.parse_args()
