@@ -7,6 +7,7 @@ loads the lab wing lazily for `tierwatch demo` only (tests/test_imports.py check
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "exporter": {"foundation", "config", "clients", "probes", "discovery", "http"},
     "http": {"foundation"},
     "recovery": {"foundation", "config", "clients", "http"},
-    "cli": {"foundation", "config", "exporter", "discovery", "recovery", "http"},
+    "cli": {"foundation", "config", "clients", "probes", "discovery", "exporter", "recovery", "http"},
     "lab": {"foundation", "config", "clients", "probes", "discovery", "exporter", "recovery", "http", "cli"},
 }
 EXPORTER = {"monitor", "breaker", "metrics", "server", "status_page"}
@@ -97,7 +98,53 @@ def test_each_room_imports_only_what_it_may(path: Path) -> None:
     assert not wrong, f"{room} may import only {sorted(ALLOWED[room])}; found {wrong}"
 
 
+DOC = PACKAGE.parents[1] / "docs" / "architecture.md"
+
+
+def _rooms_section() -> str:
+    text = DOC.read_text(encoding="utf-8")
+    return text.split("## Rooms", 1)[1].split("\n## ", 1)[0]
+
+
+def _reachable(edges: dict[str, set[str]], room: str) -> set[str]:
+    found: set[str] = set()
+    todo = list(edges.get(room, ()))
+    while todo:
+        other = todo.pop()
+        if other not in found:
+            found.add(other)
+            todo += edges.get(other, ())
+    return found
+
+
 def test_every_room_is_in_the_architecture_doc() -> None:
-    doc = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    doc = DOC.read_text(encoding="utf-8")
     for room in ALLOWED:
         assert f"**{room}**" in doc, f"docs/architecture.md does not describe the {room} room"
+
+
+def test_the_rooms_picture_draws_exactly_these_rules() -> None:
+    """docs/architecture.md's picture: a room may import what it reaches along the arrows."""
+    picture = re.search(r"```mermaid\n(.*?)```", _rooms_section(), re.DOTALL)
+    assert picture, "the Rooms section has no mermaid picture"
+    edges: dict[str, set[str]] = {}
+    for source, target in re.findall(r"^\s*(\w+) --> (\w+)\s*$", picture.group(1), re.MULTILINE):
+        edges.setdefault(source, set()).add(target)
+    drawn = {room: _reachable(edges, room) for room in ALLOWED}
+    assert drawn == ALLOWED, {
+        r: (sorted(drawn[r]), sorted(ALLOWED[r])) for r in ALLOWED if drawn[r] != ALLOWED[r]
+    }
+
+
+def test_the_rooms_table_states_exactly_these_rules() -> None:
+    rows = re.findall(r"^\| \*\*(\w+)\*\* \|.*\| ([^|]+) \|$", _rooms_section(), re.MULTILINE)
+    stated: dict[str, set[str]] = {}
+    for room, rule in rows:
+        words = rule.split(";")[0].strip()
+        if words == "nothing of tierwatch":
+            stated[room] = set()
+        elif words == "everything":
+            stated[room] = set(ALLOWED) - {room}
+        else:
+            stated[room] = {w.strip() for w in words.split(",")}
+    assert stated == ALLOWED

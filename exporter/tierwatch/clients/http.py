@@ -319,11 +319,6 @@ async def answer_problem(target: TargetConfig, timeout: float) -> str | None:
     return None
 
 
-async def answers(target: TargetConfig, timeout: float) -> bool:
-    """True if the target's URL answers as its config expects (see ``answer_problem``)."""
-    return await answer_problem(target, timeout) is None
-
-
 class _NotHttp(ValueError):
     pass
 

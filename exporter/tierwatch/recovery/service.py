@@ -37,7 +37,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from ..action_catalog import INSTANCE_ACTIONS
+from ..action_catalog import ACTION_TIERS, INSTANCE_ACTIONS
 from ..config import ClusterConfig, ConfigError, LoadedConfig, RecoverySettings, load_config
 from ..events import EventLog
 from ..http_server import (
@@ -367,6 +367,9 @@ class RecoveryService:
             return
         if cluster is None:
             await finish("refused", "alert names no configured cluster")
+            return
+        if cluster.tier not in ACTION_TIERS[action_name]:  # a mislabelled alert: the catalogue's tiers
+            await refuse("not_allowed", f"{action_name} does not act on {cluster.tier} clusters", action_name)
             return
         try:
             if self.ha is not None and not resumed and (done := await self.ha.handled_elsewhere(alert)):
