@@ -2,15 +2,18 @@
 
 Run from the repository root: ``python -m dashboards.generate`` writes the JSON files;
 ``python -m dashboards.generate --check`` exits 1 when a committed file differs from what this code
-produces. Every panel says what it shows (title, description, unit), queries the templated
-``datasource``, filters on the ``cluster``/``region``/``target`` variables (``tier`` too on the
-overview), uses ``$__rate_interval`` in rate queries and links to the runbooks of the alerts it is
-about. tests/test_dashboards.py lints the result; docs/dashboards.md describes it.
+produces; ``--settings FILE --out DIR`` renders them with the ``runbook_url_base`` of a settings file
+of ``rules/generate.py --settings``, so that panel links follow the alerts' runbook links. Every panel
+says what it shows (title, description, unit), queries the templated ``datasource``, filters on the
+``cluster``/``region``/``target`` variables (``tier`` too on the overview), uses ``$__rate_interval``
+in rate queries and links to the runbooks of the alerts it is about. tests/test_dashboards.py lints the
+result; docs/dashboards.md describes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -39,6 +42,7 @@ except ImportError:  # python dashboards/generate.py
 OUT_DIR = Path(__file__).resolve().parent
 # Where panel links point: <base>/<AlertName>.md, the same absolute base as the alerts' runbook_url
 # (runbook_url_base of rules/src/settings.yml), so that a link from a panel and from an alert agree.
+RULES_GENERATOR = OUT_DIR.parent / "rules" / "generate.py"
 RUNBOOK_BASE_URL = yaml.safe_load((OUT_DIR.parent / "rules" / "src" / "settings.yml").read_text())[
     "runbook_url_base"
 ].rstrip("/")
@@ -1670,16 +1674,54 @@ def render(spec: Dashboard) -> str:
     return json.dumps(build_dashboard(spec), indent=2, sort_keys=True) + "\n"
 
 
+def settings_runbook_base(path: Path) -> str:
+    """``runbook_url_base`` of rules/src/settings.yml with the overrides in ``path`` (the file
+    ``rules/generate.py --settings`` takes, loaded and checked by that generator), without its '/'.
+    Raises ValueError naming the file and the problems."""
+    rules_gen = sys.modules.get("tierwatch_rules_generate")
+    if rules_gen is None:
+        spec = importlib.util.spec_from_file_location("tierwatch_rules_generate", RULES_GENERATOR)
+        assert spec is not None and spec.loader is not None
+        rules_gen = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = rules_gen
+        spec.loader.exec_module(rules_gen)
+    try:
+        settings = rules_gen.load_settings(path)
+    except rules_gen.SettingsError as exc:
+        raise ValueError(str(exc)) from exc
+    return str(settings["runbook_url_base"]).rstrip("/")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    global RUNBOOK_BASE_URL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if a committed file is out of date")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="directory to write (default: dashboards/)")
+    parser.add_argument(
+        "--settings",
+        type=Path,
+        help="the overrides file of rules/generate.py --settings (its runbook_url_base)",
+    )
     args = parser.parse_args(argv)
+    default_base = RUNBOOK_BASE_URL
+    if args.settings is not None:
+        try:
+            RUNBOOK_BASE_URL = settings_runbook_base(args.settings)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return _generate(args.out, args.check)
+    finally:
+        RUNBOOK_BASE_URL = default_base
+
+
+def _generate(out: Path, check: bool) -> int:
     stale = []
     for spec in DASHBOARDS:
-        path = args.out / spec.file
+        path = out / spec.file
         text = render(spec)
-        if args.check:
+        if check:
             if not path.exists() or path.read_text() != text:
                 stale.append(path.name)
         else:

@@ -26,6 +26,7 @@ rules modelled on grafana/dashboard-linter's (implemented here):
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import re
 import sys
@@ -110,6 +111,15 @@ def _load_generator() -> ModuleType:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     return importlib.import_module("dashboards.generate")
+
+
+def _load_module(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 GEN = _load_generator()
@@ -519,3 +529,47 @@ def test_lint_rules_catch_bad_queries() -> None:
         "target",
         "region",
     }
+
+
+def _links(data: dict[str, Any]) -> list[str]:
+    """Every runbook link of a dashboard: panel links and data links of table rows."""
+    found = [link["url"] for panel in panels(data) for link in panel.get("links", [])]
+    for panel in panels(data):
+        found += [link["url"] for link in panel.get("fieldConfig", {}).get("defaults", {}).get("links", [])]
+    return found
+
+
+def test_a_rules_settings_file_moves_the_dashboards_runbook_links_too(tmp_path: Path) -> None:
+    """The settings file that moves the alerts' runbook_url (rules/generate.py --settings) moves the
+    dashboards' runbook links with it: a panel's link and its alert's link stay the same URL."""
+    base = "https://wiki.example.com/ops/tierwatch-runbooks/"
+    settings = tmp_path / "my-settings.yml"
+    settings.write_text(f"runbook_url_base: {base}\nthresholds: {{queue_backlog_jobs: 5000}}\n")
+    out, rules_out = tmp_path / "dashboards", tmp_path / "rules"
+    out.mkdir()
+    assert GEN.main(["--settings", str(settings), "--out", str(out)]) == 0
+    rules_gen = _load_module("rules_generate_for_dashboards", ROOT / "rules" / "generate.py")
+    assert rules_gen.main(["--settings", str(settings), "--out", str(rules_out)]) == 0
+    alert_urls = {
+        rule["alert"]: rule["annotations"]["runbook_url"]
+        for path in rules_out.glob("*.rules.yml")
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    moved = 0
+    for file in FILES:
+        committed, generated = load(file), json.loads((out / file).read_text())
+        links = _links(generated)
+        assert len(links) == len(_links(committed)), file
+        for url in links:
+            assert url.startswith(base), (file, url)
+            alert = url[len(base) :].removesuffix(".md")
+            assert "{" in alert or url == alert_urls[alert], (file, url)
+            moved += 1
+    assert moved > len(FILES)
+    assert GEN.main(["--check"]) == 0  # the committed dashboards are untouched, the default base back
+
+    bad = tmp_path / "bad.yml"
+    bad.write_text("runbook_url_base: docs/runbooks/\n")
+    assert GEN.main(["--settings", str(bad), "--out", str(out)]) == 2

@@ -1,6 +1,7 @@
 """Target discovery in the real ``tierwatch serve`` process: a file_sd file's targets are probed and
 exported, disappear cleanly when the file drops them, and keep their connection and counters across a
-reload (SIGHUP) of the config."""
+reload (SIGHUP) of the config; DNS A records (a real dnsmasq) likewise, a vanished name's target
+dropped with its series and its connection."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+from test_discovery import Dnsmasq
 from test_reload import backend_stats, events, exporter_config, probes_of, scrape, sighup, write_atomically
 
 from tierwatch.lab.stack import Stack, wait_for
 from tierwatch.lab.stack.http import start_http_backend
-from tierwatch.lab.stack.tierwatch import start_exporter
+from tierwatch.lab.stack.tierwatch import TierwatchProcess, start_exporter
 
 from helpers import metric_value
 
@@ -60,3 +63,71 @@ def test_file_sd_targets_are_probed_dropped_and_kept_across_a_reload(stack: Stac
     text = scrape(exporter)
     assert metric_value(text, "tierwatch_up", target="es-static") == 1
     assert metric_value(text, "tierwatch_discovery_targets", cluster="web", source="file_sd") == 0
+
+
+def connections_of(process: TierwatchProcess, port: int) -> int:
+    """Established TCP connections ``process`` holds to 127.0.0.1:``port`` (its fds' socket inodes)."""
+    assert process.process.popen is not None
+    fd_dir = f"/proc/{process.process.popen.pid}/fd"
+    inodes = set()
+    for fd in os.listdir(fd_dir):
+        try:
+            link = os.readlink(f"{fd_dir}/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    peer = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if row[2] == peer and row[3] == "01" and row[9] in inodes)
+
+
+@pytest.fixture
+def dnsmasq(stack: Stack) -> Dnsmasq:
+    return Dnsmasq(stack)
+
+
+def test_dns_a_records_are_probed_and_a_vanished_name_is_dropped_cleanly(
+    stack: Stack, tmp_path: Path, dnsmasq: Dnsmasq
+) -> None:
+    a, b = start_http_backend(stack, "dns-a"), start_http_backend(stack, "dns-b")
+    dnsmasq.start("host-record=a.web.test,127.0.0.1", "host-record=b.web.test,127.0.0.1")
+
+    def entry(name: str, port: int) -> dict[str, object]:
+        return {
+            "dns_sd": {
+                "names": [name],
+                "type": "A",
+                "port": port,
+                "region": "primary",
+                "path": "/health",
+                "refresh_interval": "200ms",
+                "nameservers": [f"127.0.0.1:{dnsmasq.port}"],
+            }
+        }
+
+    cluster = {
+        "name": "web",
+        "tier": "app",
+        "discovery": [entry("a.web.test", a.port), entry("b.web.test", b.port)],
+    }
+    config = tmp_path / "tierwatch.yml"
+    write_atomically(config, exporter_config(cluster))
+    exporter = start_exporter(stack, config)
+    name_a, name_b = f"web-127.0.0.1-{a.port}", f"web-127.0.0.1-{b.port}"
+    wait_for(lambda: probes_of(exporter, name_b) >= 2 and probes_of(exporter, name_a) >= 2, 20, "both probed")
+    text = scrape(exporter)
+    assert metric_value(text, "tierwatch_up", target=name_b, cluster="web", region="primary") == 1
+    assert metric_value(text, "tierwatch_discovery_targets", cluster="web", source="dns_sd") == 2
+    assert connections_of(exporter, b.port) == 1  # one kept-alive connection per target
+
+    dnsmasq.restart("host-record=a.web.test,127.0.0.1")  # b.web.test is gone: NXDOMAIN
+    wait_for(lambda: name_b not in scrape(exporter), 20, "the vanished name's series to go")
+    wait_for(lambda: connections_of(exporter, b.port) == 0, 10, "its connection to be closed")
+    before = probes_of(exporter, name_a)
+    wait_for(lambda: probes_of(exporter, name_a) >= before + 2, 10, "the other target still probed")
+    assert metric_value(scrape(exporter), "tierwatch_discovery_targets", cluster="web", source="dns_sd") == 1
+    assert connections_of(exporter, b.port) == 0
+    assert not events(exporter, "probe_close_failed")
+    exporter.process.check_alive()

@@ -162,6 +162,56 @@ def test_sighup_adds_removes_and_changes_targets_and_keeps_the_unchanged_ones(
     exporter.process.check_alive()
 
 
+def test_an_open_circuit_stays_open_across_a_reload_and_a_moved_target_starts_closed(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Default breaker (5 failures, 30 s): a reload must not give an unchanged target's open circuit a
+    fresh start (it would probe again at once); a target whose URL changed starts closed."""
+    live, fixed = start_http_backend(stack, "live"), start_http_backend(stack, "fixed")
+    dead = f"http://127.0.0.1:{free_port()}/health"  # nothing listens: refused
+    config = tmp_path / "tierwatch.yml"
+    dead_kept = {"name": "es-dead", "region": "primary", "url": dead}
+    moved_dead = {"name": "es-moved", "region": "primary", "url": dead}
+    cluster = {"name": "web", "tier": "app", "targets": [dead_kept, moved_dead]}
+    write_atomically(config, exporter_config(web(("es-live", live)), {**cluster, "name": "broken"}))
+    exporter = start_exporter(stack, config)
+
+    def circuit(target: str) -> str | None:
+        text = scrape(exporter)
+        for state in ("closed", "open", "half_open"):
+            if metric_value(text, "tierwatch_circuit_state", target=target, state=state) == 1:
+                return state
+        return None
+
+    def failures(target: str) -> float:
+        return value(exporter, "tierwatch_probe_failures_total", target=target, reason="refused") or 0.0
+
+    wait_for(lambda: circuit("es-dead") == "open" and circuit("es-moved") == "open", 20, "both circuits open")
+    assert failures("es-dead") == 5  # the default failure_threshold, then no more probes
+
+    moved = {**moved_dead, "url": fixed.url}
+    write_atomically(
+        config,
+        exporter_config(
+            web(("es-live", live), ("es-new", live)),
+            {**cluster, "name": "broken", "targets": [dead_kept, moved]},
+        ),
+    )
+    sighup(exporter)
+    wait_for(lambda: events(exporter, "config_reloaded"), 10, "the reload")
+    [reloaded] = events(exporter, "config_reloaded")
+    assert (reloaded["added"], reloaded["changed"], reloaded["removed"]) == (1, 1, 0)
+    wait_for(lambda: value(exporter, "tierwatch_up", target="es-moved") == 1, 10, "es-moved probed at once")
+    assert circuit("es-moved") == "closed"
+    rounds = value(exporter, "tierwatch_probe_rounds_total") or 0
+    wait_for(lambda: (value(exporter, "tierwatch_probe_rounds_total") or 0) >= rounds + 3, 10, "3 rounds")
+    # es-dead: still open, not probed once since (its 30 s reset_timeout has not passed)
+    assert circuit("es-dead") == "open"
+    assert failures("es-dead") == 5
+    assert not events(exporter, "circuit_half_open")
+    exporter.process.check_alive()
+
+
 def test_invalid_config_is_refused_and_the_old_one_keeps_running(stack: Stack, tmp_path: Path) -> None:
     first, second = start_http_backend(stack, "first"), start_http_backend(stack, "second")
     config = tmp_path / "tierwatch.yml"
@@ -230,7 +280,7 @@ def test_scrapes_answer_and_no_probe_round_is_lost_during_reloads(stack: Stack, 
 
     thread = threading.Thread(target=scraper)
     rounds_before = value(exporter, "tierwatch_probe_rounds_total") or 0
-    probes_before = probes_of(exporter, "es-0")
+    probes_before = {name: probes_of(exporter, name) for name, _ in base}
     started = time.monotonic()
     thread.start()
     try:
@@ -254,7 +304,8 @@ def test_scrapes_answer_and_no_probe_round_is_lost_during_reloads(stack: Stack, 
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert max(gaps) < 1.5 * INTERVAL, gaps  # a lost round would leave a gap of two intervals
     whole_intervals = int(elapsed // INTERVAL)
-    assert probes_of(exporter, "es-0") - probes_before >= whole_intervals - 1
+    for name, _ in base:  # every kept target, not only the one whose timestamps were followed
+        assert probes_of(exporter, name) - probes_before[name] >= whole_intervals - 1, name
     assert (value(exporter, "tierwatch_probe_rounds_total") or 0) - rounds_before >= whole_intervals - 1
     assert 'target="es-extra"' not in scrape(exporter)  # the last config has no es-extra
     exporter.process.check_alive()

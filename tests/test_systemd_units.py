@@ -35,8 +35,13 @@ HARDENING = {
 
 def directives(path: Path) -> dict[str, list[str]]:
     """Every ``Key=value`` of a unit file, values in order (a key may repeat)."""
+    return directives_of(path.read_text())
+
+
+def directives_of(text: str) -> dict[str, list[str]]:
+    """``directives`` of unit text."""
     found: dict[str, list[str]] = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if line and not line.startswith(("#", ";", "[")) and "=" in line:
             key, value = line.split("=", 1)
             found.setdefault(key.strip(), []).append(value.strip())
@@ -110,3 +115,50 @@ def test_recovery_state_directory_is_the_examples_state_dir() -> None:
     assert found["StateDirectory"] == [Path(state_dir).relative_to("/var/lib").as_posix()]
     assert found["StateDirectoryMode"] == ["0700"]
     assert "StateDirectory" not in directives(UNITS / "tierwatch-exporter.service")
+
+
+def documented_drop_in() -> str:
+    """The ``ini`` drop-in of deploy/systemd/README.md (TLS and basic auth), unindented."""
+    text = (UNITS / "README.md").read_text()
+    match = re.search(r"```ini\n(.*?)\n\s*```", text, re.S)
+    assert match, "deploy/systemd/README.md: no ```ini drop-in"
+    return "\n".join(line.strip() for line in match.group(1).splitlines())
+
+
+def test_the_documented_web_config_drop_in_verifies_and_parses(tmp_path: Path) -> None:
+    """The drop-in adds credentials and --web.config.file: merged into the exporter unit it passes
+    `systemd-analyze verify` with no warning, and its command line is one `tierwatch serve` accepts."""
+    drop_in = documented_drop_in()
+    found = directives_of(drop_in)
+    assert found["ExecStart"][0] == "" and len(found["ExecStart"]) == 2  # reset, then the new command
+    assert sorted(v.split(":", 1)[0] for v in found["LoadCredential"]) == ["tls.crt", "tls.key", "web.yml"]
+    argv = shlex.split(found["ExecStart"][1])
+    base = shlex.split(directives(UNITS / "tierwatch-exporter.service")["ExecStart"][0])
+    assert argv[: len(base)] == base and argv[len(base) :] == ["--web.config.file", "%d/web.yml"]
+
+    # verify: the unit with the drop-in's lines at the end of its [Service] section
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    lines = []
+    for line in drop_in.splitlines()[1:]:  # without the [Service] header
+        if line.startswith("LoadCredential="):  # sources that exist on this machine
+            name, _ = line.split("=", 1)[1].split(":", 1)
+            (credentials / name).write_text("x\n")
+            line = f"LoadCredential={name}:{credentials / name}"
+        lines.append(line)
+    unit = (UNITS / "tierwatch-exporter.service").read_text()
+    merged = unit.replace("\n[Install]", "\n" + "\n".join(lines) + "\n\n[Install]")
+    assert merged != unit
+    done = analyze("verify", str(installable_copy("tierwatch-exporter.service", tmp_path, merged)))
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stdout + done.stderr
+
+    # the command line: `serve` takes --web.config.file (a missing file is its error, not the option's)
+    missing = tmp_path / "web.yml"
+    run = subprocess.run(
+        [sys.executable, "-m", "tierwatch", *argv[1:-1], str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 1 and str(missing) in run.stderr and "unrecognized" not in run.stderr, run.stderr

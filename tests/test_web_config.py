@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tierwatch.lab.stack import Stack, wait_for
+from tierwatch.lab.stack.alertmanager import start_alertmanager
 from tierwatch.lab.stack.http import start_http_backend
 from tierwatch.lab.stack.prometheus import ScrapeJob, start_prometheus
 from tierwatch.lab.stack.tierwatch import TierwatchProcess, start_exporter, start_recovery
@@ -575,3 +576,62 @@ def test_prometheus_scrapes_the_exporter_over_tls_with_basic_auth(
 
     target = wait_for(wrong_password_target, 30, "the wrong-password job to fail")
     assert "401" in target["lastError"]
+
+
+def test_alertmanager_and_prometheus_reach_the_recovery_service_over_tls_with_basic_auth(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The recovery service's two real clients: Alertmanager posts to /webhook and Prometheus scrapes
+    /metrics, each over TLS (trusting only the CA) with basic auth from a password file."""
+    pki = make_pki(tmp_path / "pki")
+    password_file = tmp_path / "webhook-password"
+    password_file.write_text(PASSWORD + "\n")
+    config = recovery_config(tmp_path, {"basic": {"username": USER, "password_file": str(password_file)}})
+    web = write_web_config(
+        tmp_path / "web.yml",
+        {
+            "tls_server_config": {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key)},
+            "basic_auth_users": {USER: HASH},
+        },
+    )
+    service = start_recovery(
+        stack,
+        config,
+        extra_args=["--web.config.file", str(web)],
+        ready_check=ready_over_tls(tls_client(pki), (USER, PASSWORD)),
+    )
+    client_settings = {
+        "tls_config": {"ca_file": str(pki.ca)},
+        "basic_auth": {"username": USER, "password_file": str(password_file)},
+    }
+    manager = start_alertmanager(
+        stack,
+        yaml.safe_dump(
+            {
+                "route": {"receiver": "recovery", "group_by": ["alertname", "cluster"], "group_wait": "1s"},
+                "receivers": [
+                    {
+                        "name": "recovery",
+                        "webhook_configs": [
+                            {"url": https(service) + "/webhook", "http_config": client_settings}
+                        ],
+                    }
+                ],
+            }
+        ),
+    )
+    manager.post_alerts(
+        [{"labels": {"alertname": "AppInstanceDown", "tier": "app", "cluster": "web", "target": "es-1"}}]
+    )
+    prometheus = start_prometheus(
+        stack,
+        [ScrapeJob("tierwatch-recovery", [service.address], options={"scheme": "https", **client_settings})],
+    )
+    accepted = 'tierwatch_recovery_notifications_total{job="tierwatch-recovery",result="accepted"}'
+    wait_for(lambda: (prometheus.value(accepted) or 0) >= 1, 60, "Alertmanager's post, scraped by Prometheus")
+    assert prometheus.value('up{job="tierwatch-recovery"}') == 1
+    assert (prometheus.value('process_open_fds{job="tierwatch-recovery"}') or 0) > 0
+    assert not prometheus.value('tierwatch_recovery_notifications_total{result="unauthorized"}')
+    audit = httpx.get(https(service) + "/audit", verify=tls_client(pki), auth=(USER, PASSWORD), timeout=10)
+    [received] = [e for e in audit.json() if e["event"] == "alert_accepted"]
+    assert received["alert"] == "AppInstanceDown"
