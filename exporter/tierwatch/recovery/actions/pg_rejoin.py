@@ -26,7 +26,7 @@ from ...config.recovery import RejoinCommands
 from .base import Action, ActionContext, Outcome, refuse
 from .failover import POLL
 from .pg_promote import PgDriver, follow_check
-from .rejoin import Plan, nothing_to_do, plan
+from .rejoin import Plan, nothing_to_do, observe_and_plan
 from .restart import run_command
 
 VERIFY_TIMEOUT = 60.0
@@ -43,11 +43,10 @@ class PgRejoin(Action):
 
     async def run(self, ctx: ActionContext) -> Outcome:
         driver = PgDriver(ctx)
-        seen = list(await asyncio.gather(*(driver.observe(t) for t in ctx.cluster.targets)))
-        ctx.audit("observed", targets={s.name: s.summary() for s in seen})
-        checked = await plan(ctx, seen, "primary")
-        if isinstance(checked, Outcome):
-            return checked
+        observed = await observe_and_plan(ctx, driver, "primary")
+        if isinstance(observed, Outcome):
+            return observed
+        seen, checked = observed
         old_name = str(checked.facts.get("old_primary") or "")
         if checked.old is None:
             if not ctx.resumed:

@@ -13,7 +13,7 @@ from ...clients.addresses import show, target_address
 from .base import Action, ActionContext, Outcome
 from .failover import POLL
 from .redis_failover import RedisDriver, RedisSeen
-from .rejoin import Plan, nothing_to_do, plan
+from .rejoin import Plan, nothing_to_do, observe_and_plan
 
 VERIFY_TIMEOUT = 30.0
 
@@ -23,11 +23,10 @@ class RedisRejoin(Action):
 
     async def run(self, ctx: ActionContext) -> Outcome:
         driver = RedisDriver(ctx)
-        seen = list(await asyncio.gather(*(driver.observe(t) for t in ctx.cluster.targets)))
-        ctx.audit("observed", targets={s.name: s.summary() for s in seen})
-        checked = await plan(ctx, seen, "master")
-        if isinstance(checked, Outcome):
-            return checked
+        observed = await observe_and_plan(ctx, driver, "master")
+        if isinstance(observed, Outcome):
+            return observed
+        seen, checked = observed
         old = checked.old
         if old is None:
             if not ctx.resumed:

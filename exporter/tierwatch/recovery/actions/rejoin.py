@@ -15,11 +15,13 @@ synchronous commit) keeps those writes unacknowledged.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ...clients.addresses import Address, target_address
+from ...config import TargetConfig
 from .base import ActionContext, Outcome, refuse
 from .failover import Seen
 
@@ -33,6 +35,20 @@ class Plan:
     where: Address
     old: Seen | None
     facts: dict[str, Any]
+
+
+class Observer(Protocol):
+    async def observe(self, target: TargetConfig) -> Any: ...
+
+
+async def observe_and_plan(
+    ctx: ActionContext, driver: Observer, word: str
+) -> tuple[list[Any], Plan] | Outcome:
+    """Observe every target of the cluster (audited), then check the topology (``plan``)."""
+    seen = list(await asyncio.gather(*(driver.observe(t) for t in ctx.cluster.targets)))
+    ctx.audit("observed", targets={s.name: s.summary() for s in seen})
+    checked = await plan(ctx, seen, word)
+    return checked if isinstance(checked, Outcome) else (seen, checked)
 
 
 async def plan(ctx: ActionContext, seen: Sequence[Seen], word: str) -> Plan | Outcome:
