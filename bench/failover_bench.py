@@ -15,11 +15,13 @@ The detection window is Sentinel's ``down-after-milliseconds`` and the alert's `
 
 ``--fault pause`` (Redis only) SIGSTOPs the master instead, and SIGCONTs it once writes are
 acknowledged again; ``--fault return`` kills it and starts it again (same config: it comes back as a
-master) once writes are acknowledged again. Then also measured: how long until the old master is a
+master) once writes are acknowledged again; ``--fault partition`` runs the master in a network
+namespace of its own and cuts it off (silent drops both ways), then heals the cut once writes are
+acknowledged again. Then also measured: how long until the old master is a
 replica of the new one (Sentinel's ``+convert-to-slave``; the chain's RedisSplitBrain ->
 ``redis_rejoin``) and how many masters are left.
 
-Run: ``python bench/failover_bench.py [--runs 3] [--windows 5,1] [--fault kill|pause|return]
+Run: ``python bench/failover_bench.py [--runs 3] [--windows 5,1] [--fault kill|pause|return|partition]
 [--output bench/results/failover.json]``.
 """
 
@@ -42,6 +44,7 @@ from tierwatch.lab.stack.chain import ChainTiming, audit, redis_cluster, start_c
 from tierwatch.lab.stack.haproxy import start_write_lb
 from tierwatch.lab.stack.postgres import create_admin_role, create_app_role, start_primary, start_replica
 from tierwatch.lab.stack.redis import RedisServer, start_redis, start_sentinels
+from tierwatch.lab.stack.servernet import ServerNet, create_server_net
 
 PASSWORD = "bench-redis-pw"
 
@@ -89,6 +92,7 @@ class SentinelWrites:
 
 def _timing(window: float) -> ChainTiming:
     cadence = "500ms" if window >= 2 else "250ms"
+    breaker_reset = "3s" if window >= 2 else "1500ms"  # six probe intervals, the default's ratio
     value = f"{int(window * 1000)}ms"
     alerts = (
         "RedisMasterDown",
@@ -103,6 +107,7 @@ def _timing(window: float) -> ChainTiming:
         scrape_interval=cadence,
         evaluation_interval=cadence,
         for_values=tuple((a, value) for a in alerts),
+        breaker_reset=breaker_reset,
     )
 
 
@@ -126,21 +131,27 @@ def _measure(
     return {"recovered": ok, "seconds": round(first - killed, 3) if first else None, "killed_at": killed}
 
 
-def _fault(servers: list[RedisServer], fault: str) -> Callable[[], None]:
+def _fault(servers: list[RedisServer], fault: str, net: ServerNet | None) -> Callable[[], None]:
+    if fault == "partition":
+        assert net is not None
+        return net.cut
     return servers[0].process.pause if fault == "pause" else servers[0].process.kill
 
 
 REJOIN_TIMEOUT = 90.0  # seconds (the chain's exporter re-tries a target its breaker opened every 30 s)
 
 
-def _rejoin(servers: list[RedisServer], fault: str, result: dict[str, Any]) -> None:
-    """After a pause (a kill): resume (start again) the old master and measure until it is a linked
-    replica (``REJOIN_TIMEOUT`` at most)."""
+def _rejoin(servers: list[RedisServer], fault: str, result: dict[str, Any], net: ServerNet | None) -> None:
+    """After a pause (a kill, a partition): resume (start again, heal) the old master and measure until
+    it is a linked replica (``REJOIN_TIMEOUT`` at most)."""
     if fault == "kill":
         return
     old = servers[0]
     if fault == "pause":
         old.process.resume()
+    elif fault == "partition":
+        assert net is not None
+        net.heal()
     else:
         old.process.start()
     resumed = time.time()
@@ -157,12 +168,31 @@ def _rejoin(servers: list[RedisServer], fault: str, result: dict[str, Any]) -> N
     result["rejoined_s"] = None
 
 
-def redis_servers(stack: Stack) -> list[RedisServer]:
-    master = start_redis(stack, "redis-a", password=PASSWORD)
-    return [
-        master,
-        *(start_redis(stack, n, password=PASSWORD, replica_of=master) for n in ("redis-b", "redis-c")),
+def redis_servers(stack: Stack, fault: str = "kill") -> tuple[list[RedisServer], ServerNet | None]:
+    """A master and two replicas; for ``partition`` the master runs in a network namespace of its own
+    (stack/servernet.py: still at 127.0.0.1:<port> for everyone, and it reaches the replicas there)."""
+    if fault != "partition":
+        master = start_redis(stack, "redis-a", password=PASSWORD)
+        replicas = [
+            start_redis(stack, n, password=PASSWORD, replica_of=master) for n in ("redis-b", "redis-c")
+        ]
+        return [master, *replicas], None
+    net = create_server_net(stack)
+    master = start_redis(
+        stack,
+        "redis-a",
+        password=PASSWORD,
+        port=net.expose(),
+        launcher=net.launcher,
+        extra_config=(f"bind {' '.join(net.listen)}",),
+    )
+    announce = ("replica-announce-ip 127.0.0.1",)  # the master sees them come from the veth's address
+    replicas = [
+        start_redis(stack, n, password=PASSWORD, replica_of=master, extra_config=announce)
+        for n in ("redis-b", "redis-c")
     ]
+    net.reach([r.port for r in replicas])
+    return [master, *replicas], net
 
 
 def masters(servers: list[RedisServer]) -> list[str]:
@@ -185,7 +215,7 @@ def lost_keys(server: RedisServer, acked: list[tuple[int, float]], prefix: str) 
 
 def run_chain_redis(window: float, fault: str = "kill") -> dict[str, Any]:
     with Stack() as stack:
-        servers = redis_servers(stack)
+        servers, net = redis_servers(stack, fault)
         lb = start_write_lb(
             stack, "lb-write", "be_redis_write", [(s.name, s.port) for s in servers], primary="redis-a"
         )
@@ -206,9 +236,11 @@ def run_chain_redis(window: float, fault: str = "kill") -> dict[str, Any]:
         wait_for(lambda: chain.prometheus.value('min(tierwatch_up{tier="redis"})') == 1, 30, "targets up")
         writer = Writer(RedisWrites(lb.port, PASSWORD))
         result = _measure(
-            writer, _fault(servers, fault), lambda _t: bool([m for m in masters(servers) if m != "redis-a"])
+            writer,
+            _fault(servers, fault, net),
+            lambda _t: bool([m for m in masters(servers) if m != "redis-a"]),
         )
-        _rejoin(servers, fault, result)
+        _rejoin(servers, fault, result, net)
         live = masters(servers)
         result["primaries"] = len(live)
         result["lost"] = (
@@ -223,7 +255,7 @@ def run_chain_redis(window: float, fault: str = "kill") -> dict[str, Any]:
 
 def run_sentinel(window: float, fault: str = "kill") -> dict[str, Any]:
     with Stack() as stack:
-        servers = redis_servers(stack)
+        servers, net = redis_servers(stack, fault)
         sentinels = start_sentinels(
             stack,
             servers[0],
@@ -235,9 +267,11 @@ def run_sentinel(window: float, fault: str = "kill") -> dict[str, Any]:
         )
         writer = Writer(SentinelWrites(sentinels))
         result = _measure(
-            writer, _fault(servers, fault), lambda _t: bool([m for m in masters(servers) if m != "redis-a"])
+            writer,
+            _fault(servers, fault, net),
+            lambda _t: bool([m for m in masters(servers) if m != "redis-a"]),
         )
-        _rejoin(servers, fault, result)
+        _rejoin(servers, fault, result, net)
         result.pop("killed_at")
         live = masters(servers)
         result["primaries"] = len(live)
@@ -346,7 +380,10 @@ def main() -> int:
     parser.add_argument("--windows", default="5,1", help="detection windows in seconds, comma separated")
     parser.add_argument("--skip-pg", action="store_true")
     parser.add_argument(
-        "--fault", choices=("kill", "pause", "return"), default="kill", help="what happens to the master"
+        "--fault",
+        choices=("kill", "pause", "return", "partition"),
+        default="kill",
+        help="what happens to the master",
     )
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "failover.json")
     args = parser.parse_args()

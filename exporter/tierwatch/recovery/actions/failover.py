@@ -17,11 +17,22 @@ Safety rules:
   replica X").
 - Never two primaries: another target that is a live primary (the driver says what counts) → refuse.
 - Region: a candidate must be in the old primary's region unless ``ctx.regional`` (the service
-  decides; a regional failover accepts the loss of what the other region had not received yet).
+  decides, from an allow-list entry ``regional: true``; a regional failover accepts the loss of what
+  the other region had not received yet). A regional failover keeps every other rule: it refuses
+  while the old primary answers or a replica still sees it, and it never jumps regions while a
+  replica of the old primary's region is eligible: that one is chosen (even if a replica of the
+  other region is further ahead), since a live, eligible replica means the region is not gone and
+  in-region promotion is what the plain alert would do. Only when none is eligible does the
+  regional scope apply (docs/failover.md, "Region loss").
+- Cascades are kept: only replicas that follow the old primary (or an unreachable server, or
+  nothing) are re-pointed at the new primary; a replica that follows another live replica (the
+  backup master → backup replica pair) keeps its upstream, and verification checks it follows that
+  upstream (``plan_repoint``). A cascade whose head is promoted keeps its replicas as they are.
 - A candidate needs a TCP address in its URL: the other replicas are re-pointed at that address.
 - The driver's own rules (Redis replica-priority 0 or a sync in progress, PostgreSQL max lag).
 - A resumed run (a restart past the point of no return) never promotes again: with exactly one
-  primary it re-points the replicas that follow another server, moves the backend and verifies.
+  primary it re-points the replicas that neither follow it nor cascade from one that does, moves
+  the backend and verifies.
 
 Nobody fences the old primary here: before it rejoins it must become a replica of the new one;
 Outcome.facts says so (``old_primary_fencing``).
@@ -32,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -267,14 +278,19 @@ async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
     replicas = [s for s in seen if s.is_replica and s.name != best.name]
     where = target_address(best.target)
     assert where is not None  # a candidate without a TCP address is not eligible
-    failed = await _repoint_all(ctx, driver, best, where, replicas)
+    stray, cascade = plan_repoint(ctx, replicas, best, where)
+    failed = await _repoint_all(ctx, driver, best, where, stray)
     await point_write_backend(ctx, best.name)
     facts = {"new_primary": best.name, "old_primary": old, **driver.position(best)}
+    if best.target.region != old_target.region:
+        facts["regional"] = {"from": old_target.region, "to": best.target.region}
     facts["old_primary_fencing"] = "required"
     if failed:
         facts["not_repointed"] = sorted(failed)
+    if cascade:
+        facts["cascaded"] = {name: up.name for name, up in cascade.items()}
     followers = [s.target for s in replicas if s.name not in failed]
-    return await verify(ctx, driver, best.target, followers, facts, started)
+    return await verify(ctx, driver, best.target, followers, facts, started, cascade)
 
 
 def old_primary(ctx: ActionContext, seen: Sequence[Seen]) -> str | None:
@@ -303,17 +319,26 @@ def _witnesses(ctx: ActionContext, seen: Sequence[Seen], old: TargetConfig) -> d
 def choose(ctx: ActionContext, driver: Driver[S], seen: Sequence[S], old: TargetConfig) -> S | Outcome:
     """The eligible replica the driver ranks highest (config order breaks ties), or the refusal
     (with ``facts["limit"]`` when one safety limit stopped every candidate). Every candidate is
-    audited with why it is (not) eligible."""
+    audited with why it is (not) eligible. A regional failover prefers the old primary's region:
+    while one of its replicas is eligible, no replica of another region is."""
     replicas = [s for s in seen if s.is_replica and s.name != old.name]
     ranked: list[tuple[tuple[int, ...], int, S]] = []
     in_scope: list[tuple[str, Ineligible]] = []
-    for index, s in enumerate(replicas):
+    reasons: list[Ineligible | None] = []
+    for s in replicas:
         if s.target.region != old.region and not ctx.regional:
             reason: Ineligible | None = Ineligible(f"region {s.target.region} (needs a regional failover)")
         else:
             reason = _ineligible(driver, s, replicas)
             if reason is not None:
                 in_scope.append((s.name, reason))
+        reasons.append(reason)
+    home = any(r is None and s.target.region == old.region for s, r in zip(replicas, reasons, strict=True))
+    for index, (s, reason) in enumerate(zip(replicas, reasons, strict=True)):
+        if reason is None and home and s.target.region != old.region:
+            reason = Ineligible(
+                f"region {s.target.region} (an eligible replica of region {old.region} is preferred)"
+            )
         why = reason.why if reason else "ok"
         ctx.audit("candidate", target=s.name, region=s.target.region, eligible=why, **driver.position(s))
         if reason is None:
@@ -337,6 +362,35 @@ def _ineligible(driver: Driver[S], s: S, replicas: Sequence[S]) -> Ineligible | 
     if target_address(s.target) is None:
         return Ineligible("no TCP address in its URL (the other replicas could not follow it)")
     return driver.ineligible(s, replicas)
+
+
+def plan_repoint(
+    ctx: ActionContext, replicas: Sequence[S], new: S, where: Address
+) -> tuple[list[S], dict[str, TargetConfig]]:
+    """Which of ``replicas`` (every replica but ``new``, listening at ``where``) to re-point at
+    ``new``, and the cascade kept (replica name → the replica it keeps following).
+
+    A replica that already follows ``new`` is left alone. One that follows another live replica (a
+    cascade, like the backup master → backup replica pair) keeps its upstream, provided that chain
+    reaches ``new`` once the others are re-pointed. Every other replica (following the old primary,
+    an unreachable server or nothing) is re-pointed at ``new``. Cascades kept are audited."""
+    by_address = {target_address(s.target): s for s in replicas}
+    by_address.pop(None, None)
+    stray = [s for s in replicas if s.upstream != where and by_address.get(s.upstream) is None]
+    reach = {new.name} | {s.name for s in replicas if s.upstream == where} | {s.name for s in stray}
+    pending = [s for s in replicas if s.name not in reach]
+    kept: dict[str, TargetConfig] = {}
+    while True:  # at most len(pending) rounds: each round keeps at least one more
+        ready = [s for s in pending if by_address[s.upstream].name in reach]  # type: ignore[index]
+        if not ready:
+            break
+        for s in ready:
+            upstream = by_address[s.upstream].target  # type: ignore[index]
+            kept[s.name] = upstream
+            reach.add(s.name)
+            ctx.audit("cascade_kept", target=s.name, upstream=upstream.name, primary=new.name)
+        pending = [s for s in pending if s.name not in reach]
+    return stray + pending, kept  # pending: a loop of replicas following each other
 
 
 async def _repoint_all(
@@ -370,21 +424,24 @@ async def _resume(ctx: ActionContext, driver: Driver[S], seen: Sequence[S], old:
     ctx.audit("resumed", primary=new.name)
     replicas = [s for s in seen if s.is_replica]
     failed: set[str] = set()
+    cascade: dict[str, TargetConfig] = {}
     if driver.repoints:
         where = target_address(new.target)
         if where is None:
             why = f"cannot re-point the replicas at {new.name}: no TCP address in its URL"
             ctx.audit("resume_failed", reason=why)
             return Outcome("failed", why)
-        stray = [s for s in replicas if s.upstream != where]
+        stray, cascade = plan_repoint(ctx, replicas, new, where)
         failed = await _repoint_all(ctx, driver, new, where, stray)
     await point_write_backend(ctx, new.name)
     facts: dict[str, Any] = {"new_primary": new.name, "old_primary": old, "resumed": True}
     facts["old_primary_fencing"] = "required"
     if failed:
         facts["not_repointed"] = sorted(failed)
+    if cascade:
+        facts["cascaded"] = {name: up.name for name, up in cascade.items()}
     followers = [s.target for s in replicas if s.name not in failed]
-    return await verify(ctx, driver, new.target, followers, facts, time.monotonic())
+    return await verify(ctx, driver, new.target, followers, facts, time.monotonic(), cascade)
 
 
 async def verify(
@@ -394,10 +451,13 @@ async def verify(
     replicas: Sequence[TargetConfig],
     facts: dict[str, Any],
     started: float,
+    cascade: Mapping[str, TargetConfig] | None = None,
 ) -> Outcome:
-    """Poll until ``new`` is a primary and took a write, each replica follows it (or will once its
-    replay is resumed) and the write backend points at it; succeeded with ``facts``, or failed with
-    what is missing after ``driver.verify_timeout``."""
+    """Poll until ``new`` is a primary and took a write, each replica follows it (those in
+    ``cascade``: the replica they kept following instead) or will once its replay is resumed, and
+    the write backend points at it; succeeded with ``facts``, or failed with what is missing after
+    ``driver.verify_timeout``."""
+    cascade = cascade or {}
     word = driver.primary_word
     where = target_address(new)
     deadline = time.monotonic() + driver.verify_timeout
@@ -410,6 +470,14 @@ async def verify(
             ctx.audit("write_checked", target=new.name, after_s=round(written_at - started, 3))
         pending: list[str] = []
         for replica in replicas:
+            upstream = cascade.get(replica.name)
+            if upstream is not None:
+                problem, paused = await _follows_upstream(driver, replica, upstream)
+                if problem:
+                    problems.append(problem)
+                elif paused:
+                    pending.append(replica.name)
+                continue
             if replica.name in state.followers:
                 continue
             if where is None:
@@ -436,6 +504,16 @@ async def verify(
     if pending:
         detail += f" ({', '.join(pending)} once replay is resumed)"
     return Outcome("succeeded", detail, failover=True, facts=facts)
+
+
+async def _follows_upstream(
+    driver: Driver[S], replica: TargetConfig, upstream: TargetConfig
+) -> tuple[str | None, bool]:
+    """(problem, paused) for a replica kept in a cascade under ``upstream``."""
+    address = target_address(upstream)
+    if address is None:  # plan_repoint found it by its address: cannot happen
+        return f"{upstream.name} has no TCP address in its URL", False
+    return await driver.follows(replica, upstream, address)
 
 
 def _target(ctx: ActionContext, name: str) -> TargetConfig:
