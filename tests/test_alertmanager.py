@@ -202,6 +202,26 @@ def fire(name: str, **labels: str) -> dict[str, Any]:
             ),
             True,
         ),
+        (  # the primary region lost: the backup replica's link to the dead master follows from it
+            fire(
+                "RedisPrimaryRegionDown",
+                cluster="cache-main",
+                target="redis-a",
+                region="primary",
+                severity="critical",
+                tier="redis",
+                action="redis_failover",
+            ),
+            fire(
+                "RedisReplicaLinkDown",
+                cluster="cache-main",
+                target="redis-d",
+                region="failover",
+                severity="warning",
+                tier="redis",
+            ),
+            True,
+        ),
         (
             fire(
                 "RedisMemoryNearMax",
