@@ -17,10 +17,16 @@ pytestmark = pytest.mark.slow
 # their own checker's assertions: tests/test_drills_faults.py; the watcher-loss drills share stacks in
 # tests/test_drills_ha.py
 HA_SHARED = ("etcd-member-loss", "kill-prometheus-replica", "kill-exporter-vantage")
+OWN_CHECKER = ("region-loss", "primary-partition")  # tests/test_drills_region.py, test_drills_partition.py
 
 
 @pytest.mark.parametrize(
-    "scenario", [s for s in SCENARIOS if s != "slow-app" and s not in FAULT_DRILLS and s not in HA_SHARED]
+    "scenario",
+    [
+        s
+        for s in SCENARIOS
+        if s != "slow-app" and s not in FAULT_DRILLS and s not in HA_SHARED and s not in OWN_CHECKER
+    ],
 )
 def test_drill_recovers_by_itself(stack: Stack, scenario: str) -> None:
     result = run_drill(scenario, stack=stack, timeout=90)

@@ -117,7 +117,7 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
     from .lab.demo import run
 
-    return run(sentinel=args.sentinel)
+    return run(sentinel=args.sentinel, profile=args.profile)
 
 
 def _drill(args: argparse.Namespace) -> int:
@@ -258,6 +258,13 @@ def build_parser(with_drills: bool = True) -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--sentinel", action="store_true", help="also run 3 Redis Sentinels in charge of failover"
+    )
+    demo.add_argument(
+        "--profile",
+        choices=["default", "scale"],
+        default="default",
+        help="scale: the HA chain (Prometheus pair, Alertmanager peers, recovery replicas with etcd) "
+        "remote-writing to VictoriaMetrics, with vmalert running the rules on it (docs/ha.md)",
     )
     demo.set_defaults(func=_demo)
     if with_drills:

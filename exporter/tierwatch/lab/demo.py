@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ from .stack.postgres import (
 )
 from .stack.redis import WRITE_FENCING, RedisServer, start_redis, start_sentinels, wait_writes_accepted
 from .stack.scrape_targets import traffic_jobs
+from .stack.servernet import ServerNet, create_server_net
 from .stack.vrrp import VrrpPair, create_vrrp_network, start_vrrp_pair, vrrp_available
 from .traffic import TrafficGenerator, demo_traffic
 
@@ -65,6 +67,9 @@ PG_REGIONS = {"pg-1": "primary", "pg-2": "primary", "pg-3": "primary", "pg-dr": 
 APP_ENV = ("HOST", "PORT", "APP_NAME", "REGION", "REDIS_URL", "REDIS_PASSWORD", "NODE_ENV")
 REDIS_WRITE, PG_WRITE, APP_BACKEND = "be_redis_write", "be_pg_write", "be_app"
 WINDOW = "5s"  # the detection window: `for` of every alert that triggers an action
+# the exporter's breaker re-tries a dead target after six probe intervals, the default's ratio (30 s at
+# 5 s): a returning old primary is seen within seconds (docs/failover.md, "Returning primaries")
+BREAKER_RESET = "6s"
 ACTION_ALERTS = (
     "RedisMasterDown",
     "RedisNoMaster",
@@ -76,6 +81,8 @@ ACTION_ALERTS = (
     "LBStandbyDown",
     "RedisSplitBrain",
     "PostgresSplitBrain",
+    "RedisPrimaryRegionDown",
+    "PostgresPrimaryRegionDown",
 )
 # The real-traffic alerts get the same short `for`, so the slow-app drill shows them in seconds (the
 # drill checks their probe-based counterparts are never even pending, whatever their `for`).
@@ -92,7 +99,10 @@ ALLOW = {"RedisMasterDown": "redis_failover", "RedisNoMaster": "redis_failover",
          "PostgresPrimaryDown": "pg_promote", "PostgresNoPrimary": "pg_promote",
          "AppInstanceDown": "restart_instance", "AppRegionDown": "regional_failover",
          "LBActiveDown": "restart_instance", "LBStandbyDown": "restart_instance",
-         "RedisSplitBrain": "redis_rejoin", "PostgresSplitBrain": "pg_rejoin"}  # fmt: skip
+         "RedisSplitBrain": "redis_rejoin", "PostgresSplitBrain": "pg_rejoin",
+         # regional data failover is opt-in (examples/recovery.yml); the region-loss drill needs it
+         "RedisPrimaryRegionDown": {"action": "redis_failover", "regional": True},
+         "PostgresPrimaryRegionDown": {"action": "pg_promote", "regional": True}}  # fmt: skip
 
 
 @dataclass
@@ -114,6 +124,7 @@ class DemoStack:
     vrrp: VrrpPair | None = None
     summary: list[str] = field(default_factory=list)
     watchers: list[NetnsExporter] = field(default_factory=list)  # build(netns_watchers=N)
+    server_nets: dict[str, ServerNet] = field(default_factory=dict)  # build(isolable_primaries=True)
 
 
 def missing_packages() -> list[str]:
@@ -157,6 +168,9 @@ def build(
     prometheus_replicas: int = 1,
     vantages: tuple[str, ...] = (),
     netns_watchers: int = 0,
+    isolable_primaries: bool = False,
+    remote_write: Sequence[str | dict[str, Any]] = (),
+    replica_labels: Sequence[str] = (),
 ) -> DemoStack:
     """Start every server of the demo and the chain around them.
 
@@ -166,14 +180,26 @@ def build(
     stands in). ``recovery_replicas`` > 1: that many recovery services sharing a lease in etcd;
     ``prometheus_replicas`` 2: a Prometheus pair; ``vantages``: one exporter per vantage point;
     ``netns_watchers``: that many more exporters (vantage ``watcher-N``) watching the data tier, each
-    from a network namespace of its own (stack/netns.py; needs root)."""
+    from a network namespace of its own (stack/netns.py; needs root). ``remote_write``: where every
+    Prometheus also sends its samples (URLs or remote_write entries); ``replica_labels``: the
+    recovery service's (default: its own)."""
     stack.on_close(lambda: kill_launched(stack.root / "launched"))
     use_vrrp = vrrp_available() if vrrp is None else vrrp
     use_express = bool(shutil.which("node") and shutil.which("npm")) if express is None else express
     redis_password = secrets.token_urlsafe(16)
     # every server fences writes (WRITE_FENCING): the master accepts writes once a replica has ACKed
+    # isolable_primaries (the primary-partition drill): redis-a and pg-1 each run in a network
+    # namespace of its own (stack/servernet.py), still at 127.0.0.1:<port> for everyone; replicas
+    # announce 127.0.0.1 (their master sees them arrive from the namespace's veth address)
+    nets = {n: create_server_net(stack) for n in ("redis-a", "pg-1")} if isolable_primaries else {}
+    server_net = nets.get("redis-a")
+    fencing = WRITE_FENCING + (("replica-announce-ip 127.0.0.1",) if server_net else ())
+    first: dict[str, Any] = {"extra_config": fencing}
+    if server_net is not None:
+        first.update(port=server_net.expose(), launcher=server_net.launcher)
+        first["extra_config"] = (*fencing, f"bind {' '.join(server_net.listen)}")
     redis: dict[str, RedisServer] = {
-        "redis-a": start_redis(stack, "redis-a", password=redis_password, extra_config=WRITE_FENCING)
+        "redis-a": start_redis(stack, "redis-a", password=redis_password, **first)
     }
     for name, upstream in (
         ("redis-b", "redis-a"),
@@ -182,7 +208,7 @@ def build(
         ("redis-e", "redis-d"),
     ):
         redis[name] = start_redis(
-            stack, name, password=redis_password, replica_of=redis[upstream], extra_config=WRITE_FENCING
+            stack, name, password=redis_password, replica_of=redis[upstream], extra_config=fencing
         )
     wait_writes_accepted(redis["redis-a"])
     redis_write = start_write_lb(
@@ -224,7 +250,12 @@ def build(
     # acknowledged write survives the primary's loss; set once the standbys stream, or creating the
     # roles would wait for a standby that does not exist yet
     sync = {"synchronous_standby_names": 'ANY 1 ("pg-1", "pg-2", "pg-3")'}
-    pg: dict[str, PgServer] = {"pg-1": start_primary(stack, "pg-1", archive=True)}
+    pg_first: dict[str, Any] = {}
+    if "pg-1" in nets:  # its clients arrive from the veth network
+        pg_net = nets["pg-1"]
+        pg_first = {"port": pg_net.expose(), "launcher": pg_net.launcher, "hba_networks": [pg_net.network],
+                    "settings": {"listen_addresses": ",".join(pg_net.listen)}}  # fmt: skip
+    pg: dict[str, PgServer] = {"pg-1": start_primary(stack, "pg-1", archive=True, **pg_first)}
     admin_password = create_admin_role(pg["pg-1"])
     app_password = create_app_role(pg["pg-1"], "app")
     for name in ("pg-2", "pg-3", "pg-dr"):
@@ -302,13 +333,17 @@ def build(
             "edge": {"restart_commands": {lb.name: restart[lb.name] for lb in lbs}},
         },
     }  # fmt: skip
-    timing = timing or ChainTiming(for_values=tuple((n, WINDOW) for n in (*ACTION_ALERTS, *TRAFFIC_ALERTS)))
+    if replica_labels:
+        recovery["replica_labels"] = list(replica_labels)
+    timing = timing or ChainTiming(
+        for_values=tuple((n, WINDOW) for n in (*ACTION_ALERTS, *TRAFFIC_ALERTS)), breaker_reset=BREAKER_RESET
+    )
     jobs = traffic_jobs(lbs, [a for a in apps.values() if isinstance(a, ExpressApp)])
     node = start_node_exporter(stack)  # this host, for the host rules and the hosts dashboard
     jobs.append(node_job(node))
     ports = {n: s.port for n, s in [*redis.items(), *pg.items()]}
-    monitor = {"interval": timing.probe_interval, "timeout": timing.probe_timeout}
-    watchers = start_data_watchers(stack, clusters, ports, netns_watchers, monitor) if netns_watchers else []
+    sections = timing.exporter_sections()
+    watchers = start_data_watchers(stack, clusters, ports, netns_watchers, sections) if netns_watchers else []
     chain = start_chain(
         stack,
         clusters,
@@ -321,6 +356,7 @@ def build(
         prometheus_replicas=prometheus_replicas,
         vantages=vantages,
         vantage_exporters=[(f"watcher-{i}", w.address) for i, w in enumerate(watchers, start=1)],
+        remote_write=remote_write,
     )  # an Alertmanager cluster of two gossiping peers, Prometheus sending to both (docs/ha.md)
     demo = DemoStack(
         stack,
@@ -338,6 +374,10 @@ def build(
         pair,
     )
     demo.watchers = watchers
+    for ns_net in nets.values():  # each namespace reaches every other server and the write LBs
+        others = [s.port for s in [*redis.values(), *pg.values()]] + [redis_write.port, pg_write.port]
+        ns_net.reach([p for p in others if p not in ns_net.exposed])
+    demo.server_nets = nets
     vip_kind = (
         f"keepalived VRRP in network namespaces {', '.join(pair.network.namespaces)}"
         if pair
@@ -362,9 +402,11 @@ def build(
     return demo
 
 
-def run(sentinel: bool = False) -> int:
-    """Start the demo; block until Ctrl-C; stop everything."""
-    missing = missing_packages()
+def run(sentinel: bool = False, profile: str = "default") -> int:
+    """Start the demo (``profile`` ``scale``: lab/demo_scale.py); block until Ctrl-C; stop everything."""
+    from .demo_scale import build_scale, missing_scale_packages
+
+    missing = missing_packages() + (missing_scale_packages() if profile == "scale" else [])
     if missing:
         print(
             f"tierwatch demo: missing Debian packages: {' '.join(missing)}\n"
@@ -377,7 +419,8 @@ def run(sentinel: bool = False) -> int:
     traffic: TrafficGenerator | None = None
     try:
         print("tierwatch demo: starting the stack and the chain (takes ~20 s)...", flush=True)
-        demo = build(stack, sentinel=sentinel)
+        scale = build_scale(stack, sentinel=sentinel) if profile == "scale" else None
+        demo = scale.demo if scale else build(stack, sentinel=sentinel)
         traffic = demo_traffic(demo, TRAFFIC_RATE).start()
         stack.on_close(traffic.stop)  # also stopped first in `finally`, before the servers
         demo.summary.append(

@@ -532,6 +532,36 @@ BUILD_OPTIONS: dict[str, dict[str, Any]] = {
 BUILD_OPTIONS["kill-prometheus-replica"] = {"prometheus_replicas": 2}
 BUILD_OPTIONS["kill-exporter-vantage"] = {"vantages": ("a", "b")}
 BUILD_OPTIONS["watcher-partition"] = {"netns_watchers": 2}  # three vantage points, one cut off
+SCENARIOS["region-loss"] = (
+    "lose the whole primary region with its data tier: SIGKILL of es-1, es-2, redis-a/b/c, pg-1/2/3 "
+    "and the primary vantage's exporter; the LB pair, the write LBs and the chain stay (drills_region.py)"
+)
+
+
+def _drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
+    """The region-loss drill (drills_region.py, imported when it runs: it imports this module)."""
+    from .drills_region import drill_region_loss
+
+    return drill_region_loss(demo, deadline)
+
+
+DRILLS["region-loss"] = _drill_region_loss
+BUILD_OPTIONS["region-loss"] = {"vantages": ("primary", "failover")}  # one exporter per region
+
+SCENARIOS["primary-partition"] = (
+    "cut the Redis master, then the PostgreSQL primary, off with some of their clients (network namespaces)"
+)
+
+
+def _partition_drill(demo: DemoStack, deadline: float) -> DrillResult:
+    """The primary-partition drill of drills_partition.py (imported when it runs: it imports this module)."""
+    from .drills_partition import drill_primary_partition
+
+    return drill_primary_partition(demo, deadline)
+
+
+DRILLS["primary-partition"] = _partition_drill
+BUILD_OPTIONS["primary-partition"] = {"isolable_primaries": True}  # the primaries in a namespace
 
 
 def wait_until_watched(demo: DemoStack, timeout: float = 60) -> None:

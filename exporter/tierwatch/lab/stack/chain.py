@@ -46,6 +46,18 @@ class ChainTiming:
     scrape_interval: str = "1s"
     evaluation_interval: str = "1s"
     for_values: tuple[tuple[str, str], ...] = ()
+    # the exporter's circuit breaker re-tries a target this long after it opened; None: the default
+    # (30 s, six 5 s intervals). The demo keeps that ratio at its 1 s interval, so a returning old
+    # primary is seen (and demoted) within seconds, as Sentinel's 1 s pings see it.
+    breaker_reset: str | None = None
+
+    def exporter_sections(self) -> dict[str, Any]:
+        """The ``monitor`` (and ``circuit_breaker``) sections of an exporter config."""
+        monitor = {"interval": self.probe_interval, "timeout": self.probe_timeout}
+        sections: dict[str, Any] = {"monitor": monitor}
+        if self.breaker_reset is not None:
+            sections["circuit_breaker"] = {"reset_timeout": self.breaker_reset}
+        return sections
 
 
 @dataclass
@@ -77,6 +89,7 @@ def start_chain(
     prometheus_replicas: int = 1,
     vantages: Sequence[str] = (),
     vantage_exporters: Sequence[tuple[str, str]] = (),
+    remote_write: Sequence[str | dict[str, Any]] = (),
 ) -> Chain:
     """Start exporter, recovery service, Alertmanager and Prometheus for ``clusters``.
 
@@ -87,7 +100,8 @@ def start_chain(
     ``prometheus_replicas`` 2: an HA pair (external label ``replica`` a/b); ``vantages``: one exporter
     per name, scraped with that ``vantage`` label (docs/ha.md); ``vantage_exporters``: (vantage,
     host:port) of more exporters the caller started (e.g. in a network namespace), scraped the same
-    way (the chain's own exporter is then ``primary`` unless ``vantages`` names it)."""
+    way (the chain's own exporter is then ``primary`` unless ``vantages`` names it); ``remote_write``:
+    remote_write entries (or URLs) of every Prometheus (e.g. VictoriaMetrics: lab/demo_scale.py)."""
     token = secrets.token_urlsafe(24)
     secrets_dir = stack.directory("chain-secrets")
     token_file = secrets_dir / "recovery-token"
@@ -95,15 +109,15 @@ def start_chain(
     os.chmod(token_file, 0o600)
     state_dir = stack.directory("recovery-state")
 
-    monitor = {"interval": timing.probe_interval, "timeout": timing.probe_timeout}
+    sections = timing.exporter_sections()
     exporter_config = stack.path("chain", "exporter.yml")
     exporter_config.write_text(
-        yaml.safe_dump({"monitor": monitor, "log": {"format": "json"}, "clusters": clusters}, sort_keys=False)
+        yaml.safe_dump({**sections, "log": {"format": "json"}, "clusters": clusters}, sort_keys=False)
     )
     settings = {"state_dir": str(state_dir), "auth": {"bearer_token_file": str(token_file)}, **recovery}
     recovery_config = stack.path("chain", "recovery.yml")
     recovery_config.write_text(yaml.safe_dump(
-        {"monitor": monitor, "log": {"format": "json"}, "clusters": [*clusters, *recovery_only],
+        {**sections, "log": {"format": "json"}, "clusters": [*clusters, *recovery_only],
          "recovery": settings},
         sort_keys=False))  # fmt: skip
 
@@ -129,7 +143,7 @@ def start_chain(
             }
             path = stack.path("chain", f"recovery-{i}.yml")
             path.write_text(yaml.safe_dump(
-                {"monitor": monitor, "log": {"format": "json"}, "clusters": [*clusters, *recovery_only],
+                {**sections, "log": {"format": "json"}, "clusters": [*clusters, *recovery_only],
                  "recovery": replica}, sort_keys=False))  # fmt: skip
             recoveries.append(start_recovery(stack, path, name=f"recovery-{i}"))
     recoverer = recoveries[0]
@@ -159,6 +173,7 @@ def start_chain(
         "scrape_interval": timing.scrape_interval,
         "evaluation_interval": timing.evaluation_interval,
         "alertmanagers": [f"127.0.0.1:{peer.port}" for peer in peers],
+        "remote_write": remote_write,
     }
     prometheuses = (
         start_prometheus_pair(stack, [*jobs, *extra_jobs], rules, **options)

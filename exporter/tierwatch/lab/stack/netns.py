@@ -194,10 +194,11 @@ def start_data_watchers(
     clusters: list[dict[str, Any]],
     ports: Mapping[str, int],
     count: int,
-    monitor: Mapping[str, str],
+    sections: Mapping[str, Any],
 ) -> list[NetnsExporter]:
     """``count`` exporters, each in a WatcherNet of its own, watching the Redis and PostgreSQL
-    clusters of ``clusters`` (``ports``: each target's port on 127.0.0.1) through its forwarders."""
+    clusters of ``clusters`` (``ports``: each target's port on 127.0.0.1) through its forwarders;
+    ``sections``: their ``monitor`` and ``circuit_breaker`` config (ChainTiming.exporter_sections)."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         raise StackError("watchers in network namespaces need root and ip (apt-get install iproute2)")
     watchers = []
@@ -214,7 +215,7 @@ def start_data_watchers(
             ]
             data.append(copy)
         config = stack.path("chain", f"watcher-{index}.yml")
-        body = {"monitor": dict(monitor), "log": {"format": "json"}, "clusters": data}
+        body = {**sections, "log": {"format": "json"}, "clusters": data}
         config.write_text(yaml.safe_dump(body, sort_keys=False))
         watchers.append(start_netns_exporter(stack, net, config, f"exporter-watcher-{index}"))
     return watchers

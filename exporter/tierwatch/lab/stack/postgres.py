@@ -152,6 +152,7 @@ class PgServer:
     primary: PgServer | None = None
     archive: ArchiveControl | None = None
     settings: dict[str, str] = field(default_factory=dict)
+    launcher: list[str] = field(default_factory=list)  # argv prefix it runs under (start_primary)
 
     @property
     def socket_dir(self) -> Path:
@@ -245,8 +246,13 @@ def start_primary(
     archive: bool = False,
     settings: Mapping[str, str] | None = None,
     timeout: float = 60.0,
+    launcher: Sequence[str] = (),
+    hba_networks: Sequence[str] = (),
 ) -> PgServer:
-    """initdb and start a primary with the monitor and replication roles; ready when it returns."""
+    """initdb and start a primary with the monitor and replication roles; ready when it returns.
+    ``launcher``: an argv prefix it runs under (e.g. ``ip netns exec NS``: stack/servernet.py; as
+    root); ``hba_networks``: more networks (CIDR) whose password logins and replication it accepts
+    (its replicas and a pg_rewind copy them)."""
     base = _server_dir(stack, name)
     data_dir = base / "data"
     _check_socket_path(data_dir)
@@ -256,7 +262,12 @@ def start_primary(
         cwd=base,
         timeout=timeout,
     )  # fmt: skip
-    (data_dir / "pg_hba.conf").write_text(HBA)
+    extra = "".join(
+        f"host    all          all                 {net}  scram-sha-256\n"
+        f"host    replication  {REPLICATION_ROLE}    {net}  scram-sha-256\n"
+        for net in hba_networks
+    )
+    (data_dir / "pg_hba.conf").write_text(HBA + extra)
     with open(data_dir / "postgresql.conf", "a") as conf:
         conf.write("\ninclude_if_exists = 'tierwatch.conf'\n")
     archive_control = _archive_control(stack, base) if archive else None
@@ -267,10 +278,11 @@ def start_primary(
         name=name,
         port=port or free_port(),
         data_dir=data_dir,
-        process=_new_process(stack, name, data_dir, base),
+        process=_new_process(stack, name, data_dir, base, launcher),
         monitor_password=monitor_password or secrets.token_urlsafe(18),
         archive=archive_control,
         settings=merged,
+        launcher=list(launcher),
     )
     _write_settings(server)
     server.process.start()
@@ -337,13 +349,15 @@ def _check_socket_path(data_dir: Path) -> None:
         raise StackError(f"stack path too long for a unix socket: {data_dir}; use a shorter Stack base")
 
 
-def _new_process(stack: Stack, name: str, data_dir: Path, cwd: Path) -> PgProcess:
+def _new_process(
+    stack: Stack, name: str, data_dir: Path, cwd: Path, launcher: Sequence[str] = ()
+) -> PgProcess:
+    argv = [str(pg_bin_dir() / "postgres"), "-D", str(data_dir)]
+    if launcher:  # the launcher needs root: setpriv switches to postgres after it (and execs: same pid)
+        as_postgres = ["setpriv", f"--reuid={OS_USER}", f"--regid={OS_USER}", "--init-groups"]
+        argv = [*launcher, *as_postgres, *argv]
     proc = PgProcess(
-        name,
-        [str(pg_bin_dir() / "postgres"), "-D", str(data_dir)],
-        log_path=stack.path("logs", f"{name}.log"),
-        cwd=cwd,
-        user=OS_USER,
+        name, argv, log_path=stack.path("logs", f"{name}.log"), cwd=cwd, user=None if launcher else OS_USER
     )
     stack.processes.append(proc)
     return proc
@@ -402,7 +416,8 @@ REWIND_FUNCTIONS = (
 def rejoin_commands(server: PgServer, stack: Stack) -> dict[str, list[str]]:
     """The pg_rejoin commands of a lab server (config ``rejoin_commands.<name>``): pg_ctl stop,
     pg_rewind from the new primary as the replication role (``-R``: start as its standby), pg_ctl
-    start with this server's port and socket directory (pg_rewind copied the source's settings file)."""
+    start with this server's port and socket directory (pg_rewind copied the source's settings file),
+    listen addresses if it has its own, under its launcher (e.g. in its network namespace)."""
     as_postgres = ["runuser", "-u", OS_USER, "--"] if os.geteuid() == 0 else []
     pg_ctl = [*as_postgres, str(pg_bin_dir() / "pg_ctl"), "-D", str(server.data_dir)]
     source = (
@@ -410,12 +425,15 @@ def rejoin_commands(server: PgServer, stack: Stack) -> dict[str, list[str]]:
         f"dbname=postgres application_name={server.name}"
     )
     options = f"-c port={server.port} -c unix_socket_directories={server.socket_dir}"
+    if "listen_addresses" in server.settings:  # pg_rewind brought the source's
+        options += f" -c listen_addresses={server.settings['listen_addresses']}"
     stack.on_close(lambda: _stop_rejoined(pg_ctl, server))
     return {
         "stop": [*pg_ctl, "stop", "-m", "fast", "-w"],
         "rewind": [*as_postgres, str(pg_bin_dir() / "pg_rewind"), "-D", str(server.data_dir),
                    "--source-server", source, "-R"],
-        "start": [*pg_ctl, "start", "-w", "-l", str(server.socket_dir / "rejoined.log"), "-o", options],
+        "start": [*server.launcher, *pg_ctl, "start", "-w", "-l", str(server.socket_dir / "rejoined.log"),
+                  "-o", options],
     }  # fmt: skip
 
 

@@ -116,10 +116,10 @@ def prometheus_config(
     evaluation_interval: str = "1s",
     alertmanagers: Sequence[str] = (),
     external_labels: Mapping[str, str] | None = None,
-    remote_write: Sequence[str] = (),
+    remote_write: Sequence[str | Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The prometheus.yml content as a dict (``alertmanagers``: ``host:port`` to send alerts to, every
-    peer of a cluster; ``remote_write``: URLs to send every sample to)."""
+    peer of a cluster; ``remote_write``: URLs to send every sample to, or whole remote_write entries)."""
     config: dict[str, Any] = {
         "global": {
             "scrape_interval": scrape_interval,
@@ -139,7 +139,7 @@ def prometheus_config(
         ],
     }
     if remote_write:
-        config["remote_write"] = [{"url": url} for url in remote_write]
+        config["remote_write"] = [{"url": url} if isinstance(url, str) else dict(url) for url in remote_write]
     if alertmanagers:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
     return config
@@ -175,7 +175,7 @@ def start_prometheus(
     alertmanagers: Sequence[str] = (),
     ready_timeout: float = 30.0,
     external_labels: Mapping[str, str] | None = None,
-    remote_write: Sequence[str] = (),
+    remote_write: Sequence[str | Mapping[str, Any]] = (),
 ) -> PrometheusServer:
     """Write a config, start Prometheus on a free port with its own data dir, wait until it is ready."""
     binary = shutil.which("prometheus")

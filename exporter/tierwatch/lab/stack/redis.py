@@ -101,9 +101,11 @@ def start_redis(
     username: str | None = None,
     extra_config: Sequence[str] = (),
     extra_args: Sequence[str] = (),
+    launcher: Sequence[str] = (),
     ready_timeout: float = 15.0,
 ) -> RedisServer:
     """Start redis-server as ``name``; a replica of ``replica_of`` when given (waits for the link).
+    ``launcher``: an argv prefix it runs under (e.g. ``ip netns exec NS``: stack/servernet.py).
 
     ``password`` sets ``requirepass`` (or, with ``username``, an ACL user with every permission and
     the default user disabled); replicas use the same credentials towards their master.
@@ -119,7 +121,7 @@ def start_redis(
     conf = directory / "redis.conf"
     conf.write_text("\n".join(lines) + "\n")
     conf.chmod(0o600)
-    proc = stack.spawn(name, ["redis-server", str(conf), *extra_args], cwd=directory)
+    proc = stack.spawn(name, [*launcher, "redis-server", str(conf), *extra_args], cwd=directory)
     server = RedisServer(name, port, proc, directory, password, username)
     stack.on_close(server.close_clients)
     _wait_ping(server, ready_timeout)

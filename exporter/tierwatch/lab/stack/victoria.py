@@ -85,6 +85,15 @@ class VmAlert:
         ]
         return groups
 
+    def rule_errors(self) -> list[tuple[str, str, str]]:
+        """``(group, rule, last error)`` of every rule whose last evaluation failed."""
+        return [
+            (group["name"], rule["name"], rule["lastError"])
+            for group in self.groups()
+            for rule in group["rules"]
+            if rule.get("lastError")
+        ]
+
     def alerts(self) -> list[dict[str, Any]]:
         """Active (pending or firing) alerts."""
         alerts: list[dict[str, Any]] = httpx.get(f"{self.url}/api/v1/alerts", timeout=10).json()["data"][
@@ -93,8 +102,12 @@ class VmAlert:
         return alerts
 
 
-def start_victoria_metrics(stack: Stack, name: str = "victoria-metrics") -> VictoriaMetrics:
-    """Start VictoriaMetrics with its own data dir; queries see samples 1 s old (not 30 s, the default)."""
+def start_victoria_metrics(
+    stack: Stack, name: str = "victoria-metrics", dedup_interval: str | None = None
+) -> VictoriaMetrics:
+    """Start VictoriaMetrics with its own data dir; queries see samples 1 s old (not 30 s, the default).
+    ``dedup_interval``: keep one sample per series per interval (``-dedup.minScrapeInterval``), for
+    writers that send the same series, such as a Prometheus HA pair (:func:`pair_remote_write`)."""
     port = free_port()
     process = stack.spawn(
         name,
@@ -105,6 +118,7 @@ def start_victoria_metrics(stack: Stack, name: str = "victoria-metrics") -> Vict
             "-retentionPeriod=1d",
             "-search.latencyOffset=1s",
             "-loggerLevel=WARN",
+            *([f"-dedup.minScrapeInterval={dedup_interval}"] if dedup_interval else []),
         ],
     )
     server = VictoriaMetrics(port, process)
@@ -116,6 +130,22 @@ def start_victoria_metrics(stack: Stack, name: str = "victoria-metrics") -> Vict
 
     wait_for(ready, 30, "victoria-metrics ready")
     return server
+
+
+def pair_remote_write(
+    victoria: VictoriaMetrics, replica_label: str = "replica", deadline: str = "1s"
+) -> dict[str, Any]:
+    """The ``remote_write`` entry for each Prometheus of an HA pair: without the external label that
+    tells the replicas apart, so both send the same series and VictoriaMetrics (started with a
+    ``dedup_interval``) keeps one copy that has no gap while either replica is up. With the label kept
+    the store holds two copies of every series, and rules that match series one-to-one
+    (``on (...)``, ``group_left``) fail there: "duplicate time series". Batches leave at least every
+    ``deadline`` (Prometheus' default is 5 s)."""
+    return {
+        "url": victoria.write_url,
+        "write_relabel_configs": [{"action": "labeldrop", "regex": replica_label}],
+        "queue_config": {"batch_send_deadline": deadline},
+    }
 
 
 def rules_for_vmalert(
@@ -156,9 +186,12 @@ def start_vmalert(
     alertmanagers: Sequence[str],
     name: str = "vmalert",
     evaluation_interval: str = "1s",
+    external_labels: Mapping[str, str] | None = None,
 ) -> VmAlert:
     """Start vmalert on ``rule_files`` against ``datasource``, writing recording rules and ALERTS back to
-    it, sending alerts to every ``host:port`` in ``alertmanagers`` (v1.79 needs at least one)."""
+    it, sending alerts to every ``host:port`` in ``alertmanagers`` (v1.79 needs at least one).
+    ``external_labels`` go on every alert and recorded series it makes (besides ``alertgroup``, the
+    rule group's name, which vmalert adds to every alert)."""
     port = free_port()
     notify = [f"-notifier.url=http://{address}" for address in alertmanagers]
     process = stack.spawn(
@@ -170,6 +203,7 @@ def start_vmalert(
             f"-remoteWrite.url={datasource.url}",
             f"-remoteRead.url={datasource.url}",
             *notify,
+            *(f"-external.label={key}={value}" for key, value in (external_labels or {}).items()),
             f"-httpListenAddr={HOST}:{port}",
             f"-evaluationInterval={evaluation_interval}",
             "-loggerLevel=WARN",
