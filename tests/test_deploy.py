@@ -7,6 +7,9 @@ compose stack reference only what exists."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import importlib.util
 import json
 import re
@@ -14,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,7 +34,7 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 COMPOSE = DEPLOY / "compose"
 VALIDATOR = K8S / "validate"
-OVERLAYS = ("base", "overlays/sharded")
+OVERLAYS = ("base", "overlays/sharded", "overlays/ha")
 K8S_VERSION = "1.35.0"
 SECRET = "tierwatch-secrets"
 SECRET_KEYS = {"redis", "pg", "pg-admin", "recovery-token", "slack-webhook-url"}
@@ -82,21 +86,42 @@ def rendered() -> dict[str, list[Obj]]:
     return out
 
 
+@contextlib.contextmanager
+def _validator_lock(exclusive: bool) -> Iterator[None]:
+    """Test files run in parallel (pytest-xdist): installing node_modules (exclusive) never overlaps a
+    validation reading it (shared)."""
+    with open(VALIDATOR / "node_modules.lock", "a") as lock:  # git-ignored with node_modules
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="module")
 def crd_validator() -> list[str]:
-    """The command that validates operator objects: node + the committed script, its packages installed."""
+    """The command that validates operator objects: node + the committed script, its packages installed
+    (``npm ci`` once per package-lock.json: a stamp in node_modules records which)."""
     node = _tool("node", "Node.js runs the prometheus-operator schema validators")
     npm = _tool("npm", "npm installs @kubernetes-models/prometheus-operator")
-    result = _run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=VALIDATOR)
-    if result.returncode != 0:
-        pytest.fail(f"npm ci in {VALIDATOR} failed (the npm registry must be reachable):\n{result.stderr}")
+    lock_hash = hashlib.sha256((VALIDATOR / "package-lock.json").read_bytes()).hexdigest()
+    stamp = VALIDATOR / "node_modules" / ".tierwatch-installed"
+    with _validator_lock(exclusive=True):
+        if not stamp.is_file() or stamp.read_text() != lock_hash:
+            result = _run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=VALIDATOR)
+            if result.returncode != 0:
+                pytest.fail(
+                    f"npm ci in {VALIDATOR} failed (the npm registry must be reachable):\n{result.stderr}"
+                )
+            stamp.write_text(lock_hash)
     return [node, str(VALIDATOR / "validate_crds.mjs")]
 
 
 def _validate_crds(command: list[str], objects: list[Obj], tmp_path: Path) -> tuple[int, list[Obj]]:
     path = tmp_path / "objects.json"
     path.write_text(json.dumps(objects))
-    result = _run([*command, str(path)])
+    with _validator_lock(exclusive=False):
+        result = _run([*command, str(path)])
     assert result.returncode in (0, 1), result.stderr
     return result.returncode, json.loads(result.stdout)
 
@@ -113,6 +138,11 @@ def _one(objects: list[Obj], kind: str, name: str) -> Obj:
 
 def _pod_specs(objects: list[Obj]) -> list[tuple[Obj, Obj]]:
     return [(o, o["spec"]["template"]["spec"]) for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+
+
+def _is_tierwatch(workload: Obj) -> bool:
+    """A workload running the tierwatch image (the HA overlay also runs etcd and VictoriaMetrics)."""
+    return workload["metadata"]["labels"].get("app.kubernetes.io/name") == "tierwatch"
 
 
 def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -290,7 +320,14 @@ def test_operator_objects_pass_the_operator_schemas(
     problems = [f"{r['kind']} {r['name']}: {e}" for r in report for e in r["errors"]]
     assert code == 0 and not problems, "\n".join(problems)
     assert len(report) == len(objects)
-    kinds = {"PrometheusRule", "ServiceMonitor", "PodMonitor", "AlertmanagerConfig"}
+    kinds = {
+        "PrometheusRule",
+        "ServiceMonitor",
+        "PodMonitor",
+        "AlertmanagerConfig",
+        "Prometheus",
+        "Alertmanager",
+    }
     assert {r["kind"] for r in report} == kinds
 
 
@@ -350,6 +387,13 @@ def test_workloads_are_safe_and_reference_what_exists(rendered: dict[str, list[O
             where = f"{overlay}: {workload['kind']} {workload['metadata']['name']}"
             assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
             assert pod["automountServiceAccountToken"] is False
+            if not _is_tierwatch(workload):  # another engine: pinned, unprivileged, probed
+                for container in pod["containers"]:
+                    assert re.fullmatch(r"[\w./-]+:v\d+\.\d+\.\d+", container["image"]), where
+                    ctx = container["securityContext"]
+                    assert ctx["allowPrivilegeEscalation"] is False and ctx["readOnlyRootFilesystem"] is True
+                    assert container["readinessProbe"] and container["livenessProbe"], where
+                continue
             volumes = {v["name"]: v for v in pod["volumes"]}
             for volume in volumes.values():
                 if "configMap" in volume:
@@ -361,6 +405,8 @@ def test_workloads_are_safe_and_reference_what_exists(rendered: dict[str, list[O
                     assert {i["key"] for i in volume["secret"]["items"]} <= SECRET_KEYS, where
                 if "persistentVolumeClaim" in volume:
                     assert volume["persistentVolumeClaim"]["claimName"] in claims, where
+            for template in workload["spec"].get("volumeClaimTemplates", []):  # a claim per pod
+                volumes[template["metadata"]["name"]] = {"persistentVolumeClaim": template}
             for container in pod["containers"]:
                 assert container["image"] == f"tierwatch:{__version__}", where
                 ctx = container["securityContext"]
@@ -370,17 +416,27 @@ def test_workloads_are_safe_and_reference_what_exists(rendered: dict[str, list[O
                 mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
                 _check_config_mounts(where, workload, container, mounts, configmaps)
 
-        recovery = _one(objects, "Deployment", "tierwatch-recovery")
-        assert recovery["spec"]["replicas"] == 1 and recovery["spec"]["strategy"]["type"] == "Recreate"
-        state_dir = yaml.safe_load(configmaps[_config_map_name(recovery)]["data"]["recovery.yml"])[
-            "recovery"
-        ]["state_dir"]
+        # The state_dir is on persistent storage: the one claim of the single process (Recreate: never
+        # two pods on one inbox), or a claim per replica of the HA StatefulSet.
+        (recovery,) = [
+            w
+            for w in _find(objects, "Deployment") + _find(objects, "StatefulSet")
+            if w["metadata"]["name"] == "tierwatch-recovery"
+        ]
+        config = yaml.safe_load(configmaps[_config_map_name(recovery)]["data"]["recovery.yml"])["recovery"]
         mounts = {
             m["mountPath"]: m["name"]
             for m in recovery["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
         }
         volumes = {v["name"]: v for v in recovery["spec"]["template"]["spec"]["volumes"]}
-        assert "persistentVolumeClaim" in volumes[mounts[state_dir]]
+        if recovery["kind"] == "Deployment":
+            assert recovery["spec"]["replicas"] == 1 and recovery["spec"]["strategy"]["type"] == "Recreate"
+            assert "ha" not in config
+            assert "persistentVolumeClaim" in volumes[mounts[config["state_dir"]]]
+        else:
+            assert recovery["spec"]["replicas"] >= 2 and config["ha"]["etcd"], overlay
+            claims_per_pod = {t["metadata"]["name"] for t in recovery["spec"]["volumeClaimTemplates"]}
+            assert mounts[config["state_dir"]] in claims_per_pod, overlay
 
 
 def _config_map_name(workload: Obj) -> str:
@@ -397,7 +453,7 @@ def _check_config_mounts(
     config_path = Path(args[args.index("--config") + 1])
     volume = mounts[str(config_path.parent)]
     data = configmaps[volume["configMap"]["name"]]["data"]
-    if workload["kind"] == "StatefulSet":
+    if "$(POD_NAME)" in str(config_path):  # a file per pod of the StatefulSet
         pods = [f"{workload['metadata']['name']}-{i}" for i in range(workload["spec"]["replicas"])]
         names = [config_path.name.replace("$(POD_NAME)", pod) for pod in pods]
         assert sorted(names) == sorted(data), f"{where}: pods {pods} vs ConfigMap keys {sorted(data)}"
@@ -540,6 +596,15 @@ def _compose() -> Obj:
 
 def test_compose_references_exist() -> None:
     compose = _compose()
+    check_compose_references(compose)
+    services = compose["services"]
+    mounts = {m.split(":")[0]: m.split(":")[1] for m in services["prometheus"]["volumes"]}
+    assert (COMPOSE / "../../rules").resolve() == ROOT / "rules" and "../../rules" in mounts
+    assert "../../dashboards" in [m.split(":")[0] for m in services["grafana"]["volumes"]]
+
+
+def check_compose_references(compose: Obj) -> None:
+    """Every dependency, mounted file, volume and secret a service names exists; built images are ours."""
     services = compose["services"]
     volumes = set(compose.get("volumes", {}))
     secrets = compose["secrets"]
@@ -560,9 +625,6 @@ def test_compose_references_exist() -> None:
             assert (COMPOSE / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
             assert service["image"] == f"tierwatch:{__version__}"
     assert {"tierwatch", "recover", "prometheus", "alertmanager", "grafana"} <= set(services)
-    mounts = {m.split(":")[0]: m.split(":")[1] for m in services["prometheus"]["volumes"]}
-    assert (COMPOSE / "../../rules").resolve() == ROOT / "rules" and "../../rules" in mounts
-    assert "../../dashboards" in [m.split(":")[0] for m in services["grafana"]["volumes"]]
 
 
 def test_compose_secrets_are_made_by_init_secrets_and_ignored_by_git(tmp_path: Path) -> None:

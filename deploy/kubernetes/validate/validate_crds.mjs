@@ -34,6 +34,22 @@ function childRoutes(route, path) {
   return found;
 }
 
+// The package types the operator's EmbeddedPersistentVolumeClaim (spec.storage.volumeClaimTemplate of a
+// Prometheus or an Alertmanager) as a model of its own, with apiVersion and kind required and fixed; the
+// operator's CRD has them as optional strings that nobody sets (the operator builds the claim). Give the
+// validated copy the package's constants where they are absent, so the rest of the template is checked.
+function withEmbeddedClaimTypes(obj) {
+  const template = obj.spec?.storage?.volumeClaimTemplate;
+  if (!["Prometheus", "Alertmanager", "ThanosRuler"].includes(obj.kind) || !template) return obj;
+  const copy = structuredClone(obj);
+  copy.spec.storage.volumeClaimTemplate = {
+    apiVersion: "monitoring.coreos.com/v1",
+    kind: "EmbeddedPersistentVolumeClaim",
+    ...template,
+  };
+  return copy;
+}
+
 function schemaErrors(Model, data, prefix = "") {
   try {
     new Model(data).validate();
@@ -48,7 +64,8 @@ async function main() {
   const objects = JSON.parse(readFileSync(process.argv[2], "utf8"));
   const report = [];
   const typed = [];
-  for (const [index, obj] of objects.entries()) {
+  for (const [index, given] of objects.entries()) {
+    const obj = withEmbeddedClaimTypes(given);
     const entry = { kind: obj.kind, name: obj.metadata?.name, errors: [] };
     report.push(entry);
     const found = obj.apiVersion?.startsWith("monitoring.coreos.com/") && (await model(obj.apiVersion, obj.kind));
