@@ -12,6 +12,7 @@ import contextlib
 import threading
 
 from tierwatch.lab.stack.ports import free_port
+from tierwatch.lab.stack.tcp_forwarder import pipe
 
 
 class Gate:
@@ -44,7 +45,7 @@ class Gate:
             writer.close()
             return
         self._writers |= {writer, up_writer}
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     def cut_new(self) -> None:
         """Stop accepting: new connections are refused, established ones keep flowing."""
@@ -82,15 +83,3 @@ class Gate:
             self._call(close_all())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
-            writer.close()

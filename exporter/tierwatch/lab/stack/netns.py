@@ -16,10 +16,7 @@ Everything created here is removed when the stack closes (``leftovers`` tells wh
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import re
-import secrets
 import shutil
 import sys
 import threading
@@ -27,44 +24,27 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from .ports import free_port
 from .process import ManagedProcess, Stack, StackError, wait_for
-from .vrrp import PREFIX, _free_subnet, _ip
-
-NS_IFACE = "eth0"
+from .tcp_forwarder import pipe
+from .veth import VethNet, create_veth_net
+from .vrrp import PREFIX, _ip
 
 
 @dataclass
-class WatcherNet:
+class WatcherNet(VethNet):
     """A namespace plugged into the root namespace by one veth, and the forwarders it reaches servers by."""
 
-    suffix: str
-    subnet: int
+    TAG: ClassVar[str] = "twv"
+
     backends: dict[int, str] = field(default_factory=dict)  # server port -> its address on the veth
     cut_ports: set[int] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
-
-    @property
-    def namespace(self) -> str:
-        return f"twv-{self.suffix}"
-
-    @property
-    def veth(self) -> str:
-        """The root-namespace end (the other end is ``eth0`` in the namespace)."""
-        return f"twv{self.suffix}h"
-
-    @property
-    def host_ip(self) -> str:
-        return f"{PREFIX}.{self.subnet}.1"
-
-    @property
-    def ns_ip(self) -> str:
-        return f"{PREFIX}.{self.subnet}.2"
 
     def url_for(self, url: str, port: int) -> str:
         """``url`` (a server on 127.0.0.1:``port``) as the watcher in the namespace reaches it."""
@@ -97,21 +77,12 @@ class WatcherNet:
             _ip("-n", self.namespace, "route", "del", "blackhole", f"{self.backends[port]}/32", check=False)
             self.cut_ports.discard(port)
 
-    def leftovers(self) -> list[str]:
-        """The namespace and the veth if they exist now."""
-        namespaces = set(_ip("netns", "list", check=False).split())
-        links = set(re.findall(r"^\d+: ([^:@]+)", _ip("-o", "link", "show", check=False), re.MULTILINE))
-        return [n for n in (self.namespace,) if n in namespaces] + [v for v in (self.veth,) if v in links]
-
-    def teardown(self, timeout: float = 10.0) -> None:
-        """Stop the forwarders, delete the veth and the namespace; wait until neither is left."""
+    def stop_forwarders(self) -> None:
+        """Stop the forwarders' loop (bounded)."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._thread is not None:
                 self._thread.join(5)
-        _ip("link", "del", self.veth, check=False)
-        _ip("netns", "del", self.namespace, check=False)
-        wait_for(lambda: not self.leftovers(), timeout, f"namespace {self.namespace} to be removed")
 
 
 def _forwarder(backend: int):  # type: ignore[no-untyped-def]
@@ -121,41 +92,14 @@ def _forwarder(backend: int):  # type: ignore[no-untyped-def]
         except (OSError, TimeoutError):
             writer.close()
             return
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     return handle
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
-            writer.close()
-
-
 def create_watcher_net(stack: Stack, attempts: int = 3) -> WatcherNet:
     """Create the namespace and its veth (removed when ``stack`` closes)."""
-    for _ in range(attempts):
-        net = WatcherNet(secrets.token_hex(3), _free_subnet())
-        stack.on_close(net.teardown)
-        _ip("netns", "add", net.namespace)
-        _ip("link", "add", net.veth, "type", "veth", "peer", "name", NS_IFACE, "netns", net.namespace)
-        _ip("addr", "add", f"{net.host_ip}/24", "dev", net.veth)
-        _ip("link", "set", net.veth, "up")
-        owners = _ip("-4", "route", "show", f"{PREFIX}.{net.subnet}.0/24", "table", "all").strip()
-        if len(owners.splitlines()) > 1:  # another stack took the same subnet at the same moment
-            net.teardown()
-            continue
-        _ip("-n", net.namespace, "addr", "add", f"{net.ns_ip}/24", "dev", NS_IFACE)
-        _ip("-n", net.namespace, "link", "set", NS_IFACE, "up")
-        _ip("-n", net.namespace, "link", "set", "lo", "up")
-        return net
-    raise StackError(f"could not find a free {PREFIX}.X.0/24 subnet in {attempts} attempts")
+    return create_veth_net(stack, WatcherNet, attempts)
 
 
 @dataclass

@@ -28,19 +28,18 @@ import asyncio
 import contextlib
 import ctypes
 import os
-import re
-import secrets
 import shutil
 import threading
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .ports import free_port
-from .process import Stack, StackError, wait_for
-from .vrrp import PREFIX, _free_subnet, _ip
+from .process import Stack, StackError
+from .tcp_forwarder import pipe
+from .veth import NS_IFACE, VethNet, create_veth_net
+from .vrrp import PREFIX, _ip
 
-NS_IFACE = "eth0"
 NOBODY_MAC = "02:74:77:00:00:01"  # locally administered: no interface of a stack has it
 CONNECT_TIMEOUT = 30.0  # a forwarder's connect across a cut hangs (like the client's would) this long
 _CLONE_NEWNET = 0x40000000
@@ -98,7 +97,7 @@ class _LoopThread:
                 self.writers.discard(writer)
                 return
             self.writers.add(up_writer)
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
             self.writers.difference_update((writer, up_writer))
 
         self.servers.append(await asyncio.start_server(handle, host, port, reuse_address=True))
@@ -125,46 +124,17 @@ class _LoopThread:
             self.loop.close()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
-            writer.close()
-
-
 @dataclass
-class ServerNet:
+class ServerNet(VethNet):
     """A namespace for servers (and their isolated clients) plugged into the root namespace by one veth."""
 
-    suffix: str
-    subnet: int
+    TAG: ClassVar[str] = "tws"
+
     exposed: list[int] = field(default_factory=list)  # ports of servers in the namespace
     reached: list[int] = field(default_factory=list)  # root ports the namespace reaches
     is_cut: bool = False
     _root: _LoopThread | None = field(default=None, repr=False)
     _inside: _LoopThread | None = field(default=None, repr=False)
-
-    @property
-    def namespace(self) -> str:
-        return f"tws-{self.suffix}"
-
-    @property
-    def veth(self) -> str:
-        """The root-namespace end (the other end is ``eth0`` in the namespace)."""
-        return f"tws{self.suffix}h"
-
-    @property
-    def host_ip(self) -> str:
-        return f"{PREFIX}.{self.subnet}.1"
-
-    @property
-    def ns_ip(self) -> str:
-        return f"{PREFIX}.{self.subnet}.2"
 
     @property
     def network(self) -> str:
@@ -224,39 +194,15 @@ class ServerNet:
         _ip("-n", self.namespace, "neigh", "del", self.host_ip, "dev", NS_IFACE, check=False)
         self.is_cut = False
 
-    def leftovers(self) -> list[str]:
-        """The namespace and the veth if they exist now."""
-        namespaces = set(_ip("netns", "list", check=False).split())
-        links = set(re.findall(r"^\d+: ([^:@]+)", _ip("-o", "link", "show", check=False), re.MULTILINE))
-        return [n for n in (self.namespace,) if n in namespaces] + [v for v in (self.veth,) if v in links]
-
-    def teardown(self, timeout: float = 10.0) -> None:
-        """Stop the forwarders, delete the veth and the namespace; wait until neither is left."""
+    def stop_forwarders(self) -> None:
+        """Stop both forwarder loops (the one in the namespace first)."""
         for loop in (self._inside, self._root):
             if loop is not None:
                 loop.stop()
-        _ip("link", "del", self.veth, check=False)
-        _ip("netns", "del", self.namespace, check=False)
-        wait_for(lambda: not self.leftovers(), timeout, f"namespace {self.namespace} to be removed")
 
 
 def create_server_net(stack: Stack, attempts: int = 3) -> ServerNet:
     """Create the namespace and its veth (removed when ``stack`` closes, after its processes)."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         raise StackError("servers in network namespaces need root and ip (apt-get install iproute2)")
-    for _ in range(attempts):
-        net = ServerNet(secrets.token_hex(3), _free_subnet())
-        stack.on_close(net.teardown)
-        _ip("netns", "add", net.namespace)
-        _ip("link", "add", net.veth, "type", "veth", "peer", "name", NS_IFACE, "netns", net.namespace)
-        _ip("addr", "add", f"{net.host_ip}/24", "dev", net.veth)
-        _ip("link", "set", net.veth, "up")
-        owners = _ip("-4", "route", "show", f"{PREFIX}.{net.subnet}.0/24", "table", "all").strip()
-        if len(owners.splitlines()) > 1:  # another stack took the same subnet at the same moment
-            net.teardown()
-            continue
-        _ip("-n", net.namespace, "addr", "add", f"{net.ns_ip}/24", "dev", NS_IFACE)
-        _ip("-n", net.namespace, "link", "set", NS_IFACE, "up")
-        _ip("-n", net.namespace, "link", "set", "lo", "up")
-        return net
-    raise StackError(f"could not find a free {PREFIX}.X.0/24 subnet in {attempts} attempts")
+    return create_veth_net(stack, ServerNet, attempts)

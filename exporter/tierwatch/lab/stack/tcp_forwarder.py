@@ -35,18 +35,21 @@ class Forwarder:
             writer.close()
             return
         up_reader, up_writer = upstream
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy ``reader`` to ``writer`` until EOF or a connection error, then close ``writer``: one
+    direction of a forwarded connection (the forwarders of stack/netns.py, stack/servernet.py and the
+    tests' partition gate use it too)."""
     try:
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
     except (ConnectionError, OSError):
         pass
-    finally:
-        with contextlib.suppress(ConnectionError, OSError):
+    finally:  # RuntimeError: the loop is already closing (a forwarder stopped mid-connection)
+        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
             writer.close()
 
 

@@ -45,6 +45,13 @@ def _ip(*args: str, check: bool = True) -> str:
     return result.stdout
 
 
+def existing(namespaces: Sequence[str], links: Sequence[str]) -> list[str]:
+    """Those of ``namespaces`` and of ``links`` that exist now (what a teardown would leave)."""
+    present = set(_ip("netns", "list", check=False).split())
+    names = set(re.findall(r"^\d+: ([^:@]+)", _ip("-o", "link", "show", check=False), re.MULTILINE))
+    return [n for n in namespaces if n in present] + [link for link in links if link in names]
+
+
 def vrrp_missing() -> list[str]:
     """What keeps ``start_vrrp_pair`` from running here (empty when it can run)."""
     missing = []
@@ -82,6 +89,12 @@ def _free_subnet() -> int:
     if not candidates:
         raise StackError(f"every {PREFIX}.X.0/24 is in use")
     return random.choice(candidates)
+
+
+def _subnet_raced(subnet: int) -> bool:
+    """True when another network took ``subnet`` too (picked at the same moment as the caller's)."""
+    owners = _ip("-4", "route", "show", f"{PREFIX}.{subnet}.0/24", "table", "all").strip()
+    return len(owners.splitlines()) > 1
 
 
 @dataclass
@@ -123,11 +136,7 @@ class VrrpNetwork:
 
     def leftovers(self) -> list[str]:
         """Namespaces and links of this network that exist now."""
-        namespaces = set(_ip("netns", "list", check=False).split())
-        links = set(re.findall(r"^\d+: ([^:@]+)", _ip("-o", "link", "show", check=False), re.MULTILINE))
-        return [n for n in self.namespaces if n in namespaces] + [
-            link for link in (self.bridge, *self.veths) if link in links
-        ]
+        return existing(self.namespaces, (self.bridge, *self.veths))
 
     def teardown(self, timeout: float = 10.0) -> None:
         """Delete the veths, the namespaces and the bridge; wait until none is left."""
@@ -147,11 +156,7 @@ def create_vrrp_network(stack: Stack, attempts: int = 3) -> VrrpNetwork:
         _ip("link", "add", net.bridge, "type", "bridge")
         _ip("addr", "add", f"{net.host_ip}/24", "dev", net.bridge)
         _ip("link", "set", net.bridge, "up")
-        # another stack may have picked the same subnet at the same moment: then start over elsewhere
-        owners = (
-            _ip("-4", "route", "show", f"{PREFIX}.{net.subnet}.0/24", "table", "all").strip().splitlines()
-        )
-        if len(owners) > 1:
+        if _subnet_raced(net.subnet):  # then start over elsewhere
             net.teardown()
             continue
         for index, (ns, veth) in enumerate(zip(net.namespaces, net.veths, strict=True), start=1):
