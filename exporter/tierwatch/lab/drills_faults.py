@@ -60,6 +60,7 @@ class RedisAckWrites:
         self.port, self.password, self.prefix = port, password, prefix
         self.client: redis.Redis | None = None
         self.unacked: list[str] = []
+        self.unacked_at: list[float] = []  # when each of ``unacked`` was taken
 
     def __call__(self, n: int) -> bool:
         if self.client is None:
@@ -67,7 +68,8 @@ class RedisAckWrites:
         key = f"{self.prefix}:{n}"
         try:
             self.client.set(key, n)
-        except redis.RedisError:  # refused (NOREPLICAS, READONLY) or unreachable: nothing taken
+        except redis.RedisError as exc:  # refused (NOREPLICAS, READONLY) or unreachable: nothing taken
+            self._refused(exc)
             self._reset()
             return False
         try:
@@ -76,7 +78,11 @@ class RedisAckWrites:
         except redis.RedisError:
             self._reset()
         self.unacked.append(key)
+        self.unacked_at.append(time.time())
         return False
+
+    def _refused(self, exc: redis.RedisError) -> None:
+        """Called when the SET failed (a subclass may note why)."""
 
     def _reset(self) -> None:
         if self.client is not None:
@@ -94,6 +100,7 @@ class PgAckWrites:
         self.conn: psycopg.Connection[Any] | None = None
         self.notices: list[str] = []
         self.unacked: list[int] = []
+        self.unacked_at: list[float] = []  # when each of ``unacked`` was taken
 
     def __call__(self, n: int) -> bool:
         try:
@@ -112,6 +119,7 @@ class PgAckWrites:
                 self.conn.close()
             self.conn = None
         self.unacked.append(n)  # maybe committed locally: lost only if absent at the end
+        self.unacked_at.append(time.time())
         return False
 
 
@@ -199,6 +207,46 @@ class FaultCheck:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+Attempt = Callable[[int], bool]
+
+
+def _as_is(name: str, attempt: Attempt) -> Attempt:
+    return attempt
+
+
+def redis_probers(demo: DemoStack, wrap: Callable[[str, Attempt], Attempt] = _as_is) -> list[Prober]:
+    """A prober per Redis server of ``demo`` (``wrap(name, attempt)``: how the attempt is run)."""
+    return [
+        Prober(n, wrap(n, RedisAckWrites(s.port, demo.redis_password, f"drill:probe:{n}")))
+        for n, s in demo.redis.items()
+    ]
+
+
+def pg_probers(demo: DemoStack, wrap: Callable[[str, Attempt], Attempt] = _as_is) -> list[Prober]:
+    """A prober per PostgreSQL server of ``demo``, writing table drill_probe (see ``drill_tables``)."""
+    return [
+        Prober(n, wrap(n, _PgProbe(PgAckWrites(s.port, demo.pg_app_password, "drill_probe"), i)))
+        for i, (n, s) in enumerate(demo.pg.items())
+    ]
+
+
+def double_primary_checks(
+    probers: dict[str, list[Prober]], start: float, end: float
+) -> dict[str, FaultCheck]:
+    """A FaultCheck per engine of ``probers`` with its double-primary time in [start, end]."""
+    return {
+        engine: FaultCheck(double_primary_s=double_primary_seconds(group, start, end))
+        for engine, group in probers.items()
+    }
+
+
+def drill_tables(server: Any, tables: Sequence[str]) -> None:
+    """Create ``tables`` (id bigint) on the PostgreSQL ``server`` if missing; the app role may write them."""
+    for table in tables:
+        server.sql(f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY)")
+        server.sql(f"GRANT INSERT, SELECT ON {table} TO app")
+
+
 # --- Redis ---------------------------------------------------------------------------------------
 
 
@@ -213,10 +261,7 @@ def _redis_run(
     via_lb = RedisAckWrites(demo.redis_write.port, demo.redis_password, "drill:lb")
     direct = RedisAckWrites(demo.redis[old].port, demo.redis_password, "drill:direct")
     writers = [Writer(via_lb), Writer(direct)]
-    probers = [
-        Prober(n, RedisAckWrites(s.port, demo.redis_password, f"drill:probe:{n}"))
-        for n, s in demo.redis.items()
-    ]
+    probers = redis_probers(demo)
     for thread in (*writers, *probers):
         thread.start()
     _wait(lambda: len(writers[0].acked) > 20, time.time() + 20)
@@ -275,16 +320,11 @@ def _pg_run(
     deadline: float,
 ) -> FaultCheck:
     old = _pg_primaries(demo)[0]
-    for table in ("drill_lb", "drill_direct", "drill_probe"):
-        demo.pg[old].sql(f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY)")
-        demo.pg[old].sql(f"GRANT INSERT, SELECT ON {table} TO app")
+    drill_tables(demo.pg[old], ("drill_lb", "drill_direct", "drill_probe"))
     via_lb = PgAckWrites(demo.pg_write.port, demo.pg_app_password, "drill_lb")
     direct = PgAckWrites(demo.pg[old].port, demo.pg_app_password, "drill_direct")
     writers = [Writer(via_lb), Writer(direct)]
-    probers = [
-        Prober(n, _PgProbe(PgAckWrites(s.port, demo.pg_app_password, "drill_probe"), i))
-        for i, (n, s) in enumerate(demo.pg.items())
-    ]
+    probers = pg_probers(demo)
     for thread in (*writers, *probers):
         thread.start()
     _wait(lambda: len(writers[0].acked) > 20, time.time() + 30)
@@ -448,22 +488,11 @@ def watcher_partition(demo: DemoStack, deadline: float, cut: Sequence[str]) -> D
     nets = [demo.watchers[int(v.removeprefix("watcher-")) - 1].net for v in cut]
     vantages = "|".join(cut)
     redis_old, pg_old = _redis_masters(demo)[0], _pg_primaries(demo)[0]
-    for table in ("drill_lb", "drill_probe"):
-        demo.pg[pg_old].sql(f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY)")
-        demo.pg[pg_old].sql(f"GRANT INSERT, SELECT ON {table} TO app")
+    drill_tables(demo.pg[pg_old], ("drill_lb", "drill_probe"))
     redis_lb = RedisAckWrites(demo.redis_write.port, demo.redis_password, "drill:lb")
     pg_lb = PgAckWrites(demo.pg_write.port, demo.pg_app_password, "drill_lb")
     writers = {"redis": Writer(redis_lb), "postgres": Writer(pg_lb)}
-    probers = {
-        "redis": [
-            Prober(n, RedisAckWrites(s.port, demo.redis_password, f"drill:probe:{n}"))
-            for n, s in demo.redis.items()
-        ],
-        "postgres": [
-            Prober(n, _PgProbe(PgAckWrites(s.port, demo.pg_app_password, "drill_probe"), i))
-            for i, (n, s) in enumerate(demo.pg.items())
-        ],
-    }
+    probers = {"redis": redis_probers(demo), "postgres": pg_probers(demo)}
     threads = [*writers.values(), *probers["redis"], *probers["postgres"]]
     for thread in threads:
         thread.start()
@@ -517,12 +546,7 @@ def watcher_partition(demo: DemoStack, deadline: float, cut: Sequence[str]) -> D
     outcomes = [e for e in entries if e["event"] == "outcome" and e.get("action")]
     for entry in started:
         result.add(entry["ts"], f"action: {entry.get('action')} started for {entry.get('target')}")
-    checks = {
-        "redis": FaultCheck(double_primary_s=double_primary_seconds(probers["redis"], result.failed_at, end)),
-        "postgres": FaultCheck(
-            double_primary_s=double_primary_seconds(probers["postgres"], result.failed_at, end)
-        ),
-    }
+    checks = double_primary_checks(probers, result.failed_at, end)
     masters, pg_primaries = _redis_masters(demo), _pg_primaries(demo)
     result.primaries = {"redis": len(masters), "postgres": len(pg_primaries)}
     client = demo.redis[redis_old].client()

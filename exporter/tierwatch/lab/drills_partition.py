@@ -39,18 +39,19 @@ from .drills import (
     _redis_masters,
     _role,
     _wait,
-    app_redis_client,
 )
 from .drills_faults import (
+    Attempt,
     FaultCheck,
     PgAckWrites,
-    Prober,
     RedisAckWrites,
     _finish,
     _in_recovery,
-    _PgProbe,
     _present,
     double_primary_seconds,
+    drill_tables,
+    pg_probers,
+    redis_probers,
 )
 from .stack import StackError
 from .stack.servernet import ServerNet
@@ -86,46 +87,10 @@ class FencedRedisWrites(RedisAckWrites):
     def __init__(self, port: int, password: str, prefix: str):
         super().__init__(port, password, prefix)
         self.refused_at: list[float] = []
-        self.unacked_at: list[float] = []  # when it took a write without a replica confirming it
 
-    def __call__(self, n: int) -> bool:
-        if self.client is None:
-            self.client = app_redis_client(self.port, self.password)
-        key = f"{self.prefix}:{n}"
-        try:
-            self.client.set(key, n)
-        except redis.ResponseError as exc:
-            if str(exc).startswith("NOREPLICAS"):
-                self.refused_at.append(time.time())
-            self._reset()
-            return False
-        except redis.RedisError:
-            self._reset()
-            return False
-        try:
-            if int(self.client.execute_command("WAIT", 1, 250)) >= 1:
-                return True
-        except redis.RedisError:
-            self._reset()
-        self.unacked.append(key)
-        self.unacked_at.append(time.time())
-        return False
-
-
-class FencedPgWrites(PgAckWrites):
-    """PgAckWrites that also remembers when a write was taken but not acknowledged (a commit left
-    waiting for a synchronous standby: the PostgreSQL fencing)."""
-
-    def __init__(self, port: int, password: str, table: str):
-        super().__init__(port, password, table)
-        self.unacked_at: list[float] = []
-
-    def __call__(self, n: int) -> bool:
-        before = len(self.unacked)
-        ok = super().__call__(n)
-        if len(self.unacked) > before:
-            self.unacked_at.append(time.time())
-        return ok
+    def _refused(self, exc: redis.RedisError) -> None:
+        if isinstance(exc, redis.ResponseError) and str(exc).startswith("NOREPLICAS"):
+            self.refused_at.append(time.time())
 
 
 def _net(demo: DemoStack, server: str) -> ServerNet:
@@ -134,6 +99,76 @@ def _net(demo: DemoStack, server: str) -> ServerNet:
             f"primary-partition needs {server} in a namespace: build the demo with isolable_primaries"
         )
     return demo.server_nets[server]
+
+
+def _inside_for(net: ServerNet, old: str) -> Callable[[str, Attempt], Attempt]:
+    """The probers' wrap: the old primary's prober runs inside the namespace (the isolated side)."""
+    return lambda name, attempt: InNamespace(net, attempt) if name == old else attempt
+
+
+def _start_and_cut(
+    net: ServerNet, old: str, writers: dict[str, Writer], threads: list[Any], result: DrillResult
+) -> tuple[float, float]:
+    """Start ``threads``; once writes flow through the write LB and inside the namespace, cut ``net``.
+    Returns when the cut began and when it was in place."""
+    for thread in threads:
+        thread.start()
+    flowing = _wait(
+        lambda: len(writers["lb"].acked) > 20 and len(writers["isolated-direct"].acked) > 20, time.time() + 30
+    )
+    if not flowing:
+        raise StackError("writes through the write LB and inside the namespace did not flow before the cut")
+    failed_at = time.time()
+    net.cut()
+    result.add(
+        failed_at,
+        f"failure: {old} cut off with its isolated clients (namespace {net.namespace}, silent drops)",
+    )
+    return failed_at, time.time()
+
+
+def _last_isolated_then_fenced(
+    old: str,
+    writers: dict[str, Writer],
+    result: DrillResult,
+    fenced_at: Callable[[], float | None],
+    fenced: str,
+) -> None:
+    """Record the old primary's last acknowledged isolated write, then (``fenced_at()``: may wait for
+    it) when it was fenced."""
+    last_isolated = max((at for _, at in writers["isolated-direct"].acked), default=None)
+    result.add(last_isolated, f"last write acknowledged by {old} (inside the namespace)")
+    result.add(fenced_at(), fenced)
+
+
+def _hold_and_heal(net: ServerNet, old: str, result: DrillResult) -> float:
+    """Hold the cut HOLD_AFTER_FENCE more seconds, heal it; returns when it was healed."""
+    time.sleep(HOLD_AFTER_FENCE)
+    net.heal()
+    healed = time.time()
+    result.add(healed, f"healed: {old} and its isolated clients reachable again")
+    return healed
+
+
+def _rejoin(
+    result: DrillResult,
+    new: str | None,
+    rejoined: Callable[[], bool],
+    settled: Callable[[], bool],
+    text: str,
+    threads: list[Any],
+    deadline: float,
+) -> float | None:
+    """Wait for the old primary to rejoin ``new`` (``settled``: ``new`` is the only primary), then
+    stop ``threads``. Returns when it rejoined, None if it did not."""
+    result.recovered = new is not None and _wait(rejoined, deadline) and settled()
+    rejoined_at = time.time()
+    if result.recovered:
+        result.add(rejoined_at, text)
+    time.sleep(1)
+    for thread in threads:
+        thread.stop()
+    return rejoined_at if result.recovered else None
 
 
 def _redis_partition(demo: DemoStack, result: DrillResult, deadline: float) -> FaultCheck:
@@ -153,25 +188,9 @@ def _redis_partition(demo: DemoStack, result: DrillResult, deadline: float) -> F
         name: Writer(InNamespace(net, a) if name.startswith("isolated") else a)
         for name, a in attempts.items()
     }
-    probers = []
-    for name, server in demo.redis.items():
-        probe = RedisAckWrites(server.port, password, f"drill:probe:{name}")
-        probers.append(Prober(name, InNamespace(net, probe) if name == old else probe))
+    probers = redis_probers(demo, _inside_for(net, old))
     threads = [*writers.values(), *probers]
-    for thread in threads:
-        thread.start()
-    flowing = _wait(
-        lambda: len(writers["lb"].acked) > 20 and len(writers["isolated-direct"].acked) > 20, time.time() + 30
-    )
-    if not flowing:
-        raise StackError("writes through the write LB and inside the namespace did not flow before the cut")
-    result.failed_at = time.time()
-    net.cut()
-    result.add(
-        result.failed_at,
-        f"failure: {old} cut off with its isolated clients (namespace {net.namespace}, silent drops)",
-    )
-    cut = time.time()
+    result.failed_at, cut = _start_and_cut(net, old, writers, threads, result)
 
     def promoted() -> str | None:  # the cut-off old master is not asked (it would time out)
         masters = [n for n, server in demo.redis.items() if n != old and _role(server) == "master"]
@@ -180,16 +199,14 @@ def _redis_partition(demo: DemoStack, result: DrillResult, deadline: float) -> F
     _wait(lambda: promoted() is not None, deadline)
     new = promoted()
     result.add(writers["lb"].first_ack_after(cut), "writes acknowledged again through the write LB")
-    last_isolated = max((at for _, at in writers["isolated-direct"].acked), default=None)
-    result.add(last_isolated, f"last write acknowledged by {old} (inside the namespace)")
-    if _wait(lambda: any(at > cut for at in fenced.refused_at), deadline):
-        result.add(
-            next(at for at in fenced.refused_at if at > cut), f"fenced: {old} refuses writes (NOREPLICAS)"
-        )
-    time.sleep(HOLD_AFTER_FENCE)
-    net.heal()
-    healed = time.time()
-    result.add(healed, f"healed: {old} and its isolated clients reachable again")
+
+    def refused_at() -> float | None:
+        if not _wait(lambda: any(at > cut for at in fenced.refused_at), deadline):
+            return None
+        return next(at for at in fenced.refused_at if at > cut)
+
+    _last_isolated_then_fenced(old, writers, result, refused_at, f"fenced: {old} refuses writes (NOREPLICAS)")
+    healed = _hold_and_heal(net, old, result)
 
     def rejoined() -> bool:
         assert new is not None
@@ -200,13 +217,15 @@ def _redis_partition(demo: DemoStack, result: DrillResult, deadline: float) -> F
             and info.get("master_link_status") == "up"
         )
 
-    result.recovered = new is not None and _wait(rejoined, deadline) and _redis_masters(demo) == [new]
-    rejoined_at = time.time()
-    if result.recovered:
-        result.add(rejoined_at, f"rejoined: {old} is a replica of {new}")
-    time.sleep(1)
-    for thread in threads:
-        thread.stop()
+    rejoined_at = _rejoin(
+        result,
+        new,
+        rejoined,
+        lambda: _redis_masters(demo) == [new],
+        f"rejoined: {old} is a replica of {new}",
+        threads,
+        deadline,
+    )
     check = FaultCheck(double_primary_s=double_primary_seconds(probers, result.failed_at, time.time()))
     masters = _redis_masters(demo)
     result.primaries["redis"] = len(masters)
@@ -217,7 +236,7 @@ def _redis_partition(demo: DemoStack, result: DrillResult, deadline: float) -> F
         check.acked_lost = len(acked) - _present(client, acked)
         unacked = [key for a in attempts.values() for key in a.unacked]
         check.unacked_lost = len(unacked) - _present(client, unacked)
-    check.extra = _figures(writers, fenced.unacked_at, cut, healed, rejoined_at if result.recovered else None)
+    check.extra = _figures(writers, fenced.unacked_at, cut, healed, rejoined_at)
     check.extra.update(old_primary=old, new_primary=new, namespace=net.namespace)
     _chain_timeline(demo, result, {old}, REDIS_ALERTS)
     return check
@@ -228,11 +247,9 @@ def _pg_partition(demo: DemoStack, result: DrillResult, deadline: float) -> Faul
     net = _net(demo, old)
     if demo.pg[old].port not in net.exposed:
         raise StackError(f"the PostgreSQL primary {old} is not the server in namespace {net.namespace}")
-    for table in (*PG_TABLES.values(), "drill_probe"):
-        demo.pg[old].sql(f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY)")
-        demo.pg[old].sql(f"GRANT INSERT, SELECT ON {table} TO app")
+    drill_tables(demo.pg[old], (*PG_TABLES.values(), "drill_probe"))
     password, lb_port, old_port = demo.pg_app_password, demo.pg_write.port, demo.pg[old].port
-    fenced = FencedPgWrites(old_port, password, PG_TABLES["isolated-direct"])
+    fenced = PgAckWrites(old_port, password, PG_TABLES["isolated-direct"])
     attempts: dict[str, PgAckWrites] = {
         "lb": PgAckWrites(lb_port, password, PG_TABLES["lb"]),
         "direct": PgAckWrites(old_port, password, PG_TABLES["direct"]),
@@ -241,25 +258,9 @@ def _pg_partition(demo: DemoStack, result: DrillResult, deadline: float) -> Faul
     }
     inside = {name: InNamespace(net, a) for name, a in attempts.items() if name.startswith("isolated")}
     writers = {name: Writer(inside.get(name, a)) for name, a in attempts.items()}
-    probers = []
-    for index, (name, server) in enumerate(demo.pg.items()):
-        probe = _PgProbe(PgAckWrites(server.port, password, "drill_probe"), index)
-        probers.append(Prober(name, InNamespace(net, probe) if name == old else probe))
+    probers = pg_probers(demo, _inside_for(net, old))
     threads = [*writers.values(), *probers]
-    for thread in threads:
-        thread.start()
-    flowing = _wait(
-        lambda: len(writers["lb"].acked) > 20 and len(writers["isolated-direct"].acked) > 20, time.time() + 30
-    )
-    if not flowing:
-        raise StackError("writes through the write LB and inside the namespace did not flow before the cut")
-    pg_failed_at = time.time()
-    net.cut()
-    result.add(
-        pg_failed_at,
-        f"failure: {old} cut off with its isolated clients (namespace {net.namespace}, silent drops)",
-    )
-    cut = time.time()
+    pg_failed_at, cut = _start_and_cut(net, old, writers, threads, result)
 
     def promoted() -> str | None:
         primaries = [n for n, server in demo.pg.items() if n != old and _in_recovery(server) is False]
@@ -268,14 +269,15 @@ def _pg_partition(demo: DemoStack, result: DrillResult, deadline: float) -> Faul
     _wait(lambda: promoted() is not None, deadline)
     new = promoted()
     result.add(writers["lb"].first_ack_after(cut), "writes committed again through the write LB")
-    last_isolated = max((at for _, at in writers["isolated-direct"].acked), default=None)
-    result.add(last_isolated, f"last write acknowledged by {old} (inside the namespace)")
-    waiting = next((at for at in fenced.unacked_at if at > cut), None)
-    result.add(waiting, f"fenced: {old} leaves commits waiting for a synchronous standby")
-    time.sleep(HOLD_AFTER_FENCE)
-    net.heal()
-    healed = time.time()
-    result.add(healed, f"healed: {old} and its isolated clients reachable again")
+    # the PostgreSQL fencing: a write taken but not acknowledged (its commit waits for a standby)
+    _last_isolated_then_fenced(
+        old,
+        writers,
+        result,
+        lambda: next((at for at in fenced.unacked_at if at > cut), None),
+        f"fenced: {old} leaves commits waiting for a synchronous standby",
+    )
+    healed = _hold_and_heal(net, old, result)
 
     def rejoined() -> bool:
         assert new is not None
@@ -283,13 +285,15 @@ def _pg_partition(demo: DemoStack, result: DrillResult, deadline: float) -> Faul
         port = server.scalar("SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'")
         return server.in_recovery() and port == demo.pg[new].port
 
-    result.recovered = new is not None and _wait(rejoined, deadline) and _pg_primaries(demo) == [new]
-    rejoined_at = time.time()
-    if result.recovered:
-        result.add(rejoined_at, f"rejoined: {old} streams from {new}")
-    time.sleep(1)
-    for thread in threads:
-        thread.stop()
+    rejoined_at = _rejoin(
+        result,
+        new,
+        rejoined,
+        lambda: _pg_primaries(demo) == [new],
+        f"rejoined: {old} streams from {new}",
+        threads,
+        deadline,
+    )
     check = FaultCheck(double_primary_s=double_primary_seconds(probers, pg_failed_at, time.time()))
     primaries = _pg_primaries(demo)
     result.primaries["postgres"] = len(primaries)
@@ -301,7 +305,7 @@ def _pg_partition(demo: DemoStack, result: DrillResult, deadline: float) -> Faul
             check.acked += len(acked)
             check.acked_lost += len(acked - ids)
             check.unacked_lost += len(set(attempts[name].unacked) - ids)
-    check.extra = _figures(writers, fenced.unacked_at, cut, healed, rejoined_at if result.recovered else None)
+    check.extra = _figures(writers, fenced.unacked_at, cut, healed, rejoined_at)
     check.extra.update(old_primary=old, new_primary=new, namespace=net.namespace)
     failed_at, result.failed_at = result.failed_at, pg_failed_at  # the timeline of this engine's cut
     _chain_timeline(demo, result, {old}, PG_ALERTS)

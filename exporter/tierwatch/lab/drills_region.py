@@ -46,12 +46,12 @@ from .drills_faults import (
     PG_WRITE_TIMEOUT,
     FaultCheck,
     PgAckWrites,
-    Prober,
-    RedisAckWrites,
-    _PgProbe,
     _present,
     _with_deadline,
-    double_primary_seconds,
+    double_primary_checks,
+    drill_tables,
+    pg_probers,
+    redis_probers,
 )
 from .stack import StackError
 from .stack.chain import audit
@@ -214,25 +214,14 @@ def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
     result = DrillResult("region-loss", time.time())
     redis_old, pg_old = _redis_masters(demo)[0], _pg_primaries(demo)[0]
     primary = demo.pg[pg_old]
-    for table in ("drill_lb", "drill_probe"):
-        primary.sql(f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY)")
-        primary.sql(f"GRANT INSERT, SELECT ON {table} TO app")
+    drill_tables(primary, ("drill_lb", "drill_probe"))
     primary.sql("GRANT pg_read_all_stats TO app")  # the writer reads the DR replica's flush_lsn
     demo.pg[PG_DR].wait_caught_up()
     failover_ports = {demo.redis[REDIS_HEAD].port, demo.redis[REDIS_TAIL].port}
     redis_w = RedisRegionWrites(demo.redis_write.port, demo.redis_password, "drill:lb", failover_ports)
     pg_w = PgRegionWrites(demo.pg_write.port, demo.pg_app_password, "drill_lb", demo.pg[PG_DR].port)
     writers = {"redis": Writer(redis_w), "postgres": Writer(pg_w)}
-    probers = {
-        "redis": [
-            Prober(n, RedisAckWrites(s.port, demo.redis_password, f"drill:probe:{n}"))
-            for n, s in demo.redis.items()
-        ],
-        "postgres": [
-            Prober(n, _PgProbe(PgAckWrites(s.port, demo.pg_app_password, "drill_probe"), i))
-            for i, (n, s) in enumerate(demo.pg.items())
-        ],
-    }
+    probers = {"redis": redis_probers(demo), "postgres": pg_probers(demo)}
     threads = [*writers.values(), *probers["redis"], *probers["postgres"]]
     for thread in threads:
         thread.start()
@@ -257,12 +246,7 @@ def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
     for thread in threads:
         thread.stop()
     end = time.time()
-    checks = {
-        "redis": FaultCheck(double_primary_s=double_primary_seconds(probers["redis"], result.failed_at, end)),
-        "postgres": FaultCheck(
-            double_primary_s=double_primary_seconds(probers["postgres"], result.failed_at, end)
-        ),
-    }
+    checks = double_primary_checks(probers, result.failed_at, end)
     masters, pg_primaries = _redis_masters(demo), _pg_primaries(demo)
     result.primaries = {"redis": len(masters), "postgres": len(pg_primaries)}
     if masters == [REDIS_HEAD]:
