@@ -24,12 +24,14 @@ class Recorder:
 
     events: list[dict[str, Any]] = field(default_factory=list)
     point_of_no_return_calls: int = 0
+    decisions: list[dict[str, Any] | None] = field(default_factory=list)  # recorded at each of them
 
     def audit(self, event: str, **fields: Any) -> None:
         self.events.append({"event": event, **fields, "at": time.monotonic()})
 
-    async def point_of_no_return(self) -> None:
+    async def point_of_no_return(self, decision: dict[str, Any] | None = None) -> None:
         self.point_of_no_return_calls += 1
+        self.decisions.append(decision)
 
     def named(self, event: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] == event]
@@ -47,6 +49,7 @@ def make_context(
     dry_run: bool = False,
     resumed: bool = False,
     regional: bool = False,
+    decision: dict[str, Any] | None = None,
 ) -> tuple[ActionContext, Recorder]:
     """An ActionContext for ``cluster`` as if ``labels`` had come in an alert (``regional``: as the
     service passes it for a failover allowed to leave the old primary's region)."""
@@ -69,6 +72,7 @@ def make_context(
         point_of_no_return=recorder.point_of_no_return,
         resumed=resumed,
         regional=regional,
+        decision=decision,
     )
     return ctx, recorder
 

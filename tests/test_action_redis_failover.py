@@ -239,6 +239,61 @@ def test_resumed_run_does_not_promote_again_but_finishes_the_job(
     assert_follows(other, fresh)
 
 
+def test_a_run_interrupted_between_its_point_of_no_return_and_the_promotion_is_finished(
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    """The leader died after recording its point of no return, before REPLICAOF NO ONE: no master is
+    left. The resumed run promotes the replica the interrupted one recorded (never another), once
+    the old master is still silent."""
+    servers = start_trio(stack)
+    master, fresh, other = servers
+    lb = start_tcp_lb(stack, "lb-1", BACKEND, [(s.name, s.port) for s in servers])
+    loaded = load(make_config, tmp_path, servers, lb=lb)
+    master.process.kill()
+
+    ctx, recorder = make_context(
+        loaded,
+        CLUSTER,
+        ALERT,
+        settings=ClusterRecovery(write_backend=BACKEND),
+        resumed=True,
+        decision={"promote": "redis-3"},  # not the one a new choice would take: the recorded one
+    )
+    outcome = run(ctx)
+
+    assert outcome.status == "succeeded", (outcome, recorder.text())
+    assert outcome.facts["new_primary"] == "redis-3" and outcome.facts["resumed"] is True
+    assert [e["target"] for e in recorder.named("promoted")] == ["redis-3"]
+    assert recorder.point_of_no_return_calls == 0  # a resumed run is past it already
+    assert_follows(fresh, other)
+
+
+def test_a_resumed_run_without_a_master_or_a_recorded_choice_promotes_nothing(
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    servers = start_trio(stack)
+    loaded = load(make_config, tmp_path, servers)
+    servers[0].process.kill()
+    ctx, recorder = make_context(loaded, CLUSTER, ALERT, resumed=True)
+    outcome = run(ctx)
+    assert outcome.status == "failed" and "0 masters" in outcome.detail, (outcome, recorder.text())
+    assert not recorder.named("promoted")
+    assert all(replication(s)["role"] == "slave" for s in servers[1:])
+
+
+def test_the_choice_is_recorded_at_the_point_of_no_return(
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    servers = start_trio(stack)
+    lb = start_tcp_lb(stack, "lb-1", BACKEND, [(s.name, s.port) for s in servers])
+    loaded = load(make_config, tmp_path, servers, lb=lb)
+    servers[0].process.kill()
+    ctx, recorder = make_context(loaded, CLUSTER, ALERT, settings=ClusterRecovery(write_backend=BACKEND))
+    outcome = run(ctx)
+    assert outcome.status == "succeeded", (outcome, recorder.text())
+    assert recorder.decisions == [{"promote": outcome.facts["new_primary"]}]
+
+
 def test_resumed_run_with_two_masters_fails_without_touching_them(
     stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path
 ) -> None:

@@ -64,3 +64,28 @@ def test_regional_failover_supersedes_instance_actions(tmp_path: Path) -> None:
     inbox.finish(claimed.key, "refused", "every server answers")
     assert not inbox.active_with("web", "regional_failover", "primary", since)
     inbox.close()
+
+
+def test_the_decision_at_the_point_of_no_return_survives_a_crash_and_a_takeover(tmp_path: Path) -> None:
+    """A failover records which server it promotes at its point of no return: the run resumed after
+    a crash (this inbox) or by a new leader (another replica's inbox, from the etcd ledger record)
+    finishes that promotion instead of choosing again."""
+    path = tmp_path / "inbox.sqlite3"
+    inbox = Inbox(path)
+    down = alert("RedisMasterDown", {"cluster": "cache", "target": "redis-a"}, fingerprint="00000000000000c3")
+    record(inbox, down)
+    claimed = inbox.claim_next()
+    assert claimed is not None and claimed.decision is None
+    inbox.mark_point_of_no_return(claimed.key, {"promote": "redis-c"})
+    inbox.close()
+    reopened = Inbox(path)
+    [resumed] = reopened.interrupted()
+    assert resumed.decision == {"promote": "redis-c"}
+    reopened.close()
+
+    other = Inbox(tmp_path / "replica-2.sqlite3")  # never saw the alert: adopts the ledger record
+    ledger = {"key": claimed.key, "alertname": "RedisMasterDown", "labels": claimed.labels,
+              "decision": {"promote": "redis-c"}}  # fmt: skip
+    [adopted] = other.reconcile({}, [ledger], set())
+    assert adopted.key == claimed.key and adopted.decision == {"promote": "redis-c"}
+    other.close()

@@ -56,6 +56,7 @@ MIGRATIONS = (
     ("alerts", "incident", "TEXT NOT NULL DEFAULT ''"),
     ("runs", "alert_key", "TEXT"),
     ("runs", "state", "TEXT NOT NULL DEFAULT 'counted'"),  # 'reserved' until the point of no return
+    ("alerts", "decision", "TEXT"),  # JSON: what the action decided at its point of no return
 )
 DEFAULT_REPLICA_LABELS = ("replica", "prometheus", "prometheus_replica")
 
@@ -74,6 +75,7 @@ class InboxAlert:
     past_ponr: bool
     outcome: str | None
     incident: str = ""
+    decision: dict[str, Any] | None = None  # recorded at the point of no return (a resumed run finishes it)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,17 @@ def starts_at_epoch(text: str) -> float | None:
         return datetime.fromisoformat(normal).timestamp()
     except ValueError:
         return None
+
+
+def _decision(text: str | None) -> dict[str, Any] | None:
+    """A stored decision (JSON object), or None (none stored, or unreadable)."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def alert_key(fingerprint: str, starts_at: str) -> str:
@@ -238,7 +251,7 @@ class Inbox:
         with self._lock:
             row = self._db.execute(
                 "SELECT key, alertname, fingerprint, starts_at, labels, state, resolved, past_ponr, outcome,"
-                " incident FROM alerts WHERE key = ?",
+                " incident, decision FROM alerts WHERE key = ?",
                 (key,),
             ).fetchone()
         if row is None:
@@ -254,13 +267,18 @@ class Inbox:
             bool(row[7]),
             row[8],
             row[9],
+            _decision(row[10]),
         )
 
-    def mark_point_of_no_return(self, key: str) -> None:
-        """From now on the alert's action is not cancelled and not repeated after a restart."""
+    def mark_point_of_no_return(self, key: str, decision: dict[str, Any] | None = None) -> None:
+        """From now on the alert's action is not cancelled and not repeated after a restart; a
+        resumed run finishes ``decision`` (which server a failover promotes) instead."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("UPDATE alerts SET past_ponr = 1 WHERE key = ?", (key,))
+            self._db.execute(
+                "UPDATE alerts SET past_ponr = 1, decision = ? WHERE key = ?",
+                (json.dumps(decision) if decision else None, key),
+            )
             self._db.execute("UPDATE runs SET state = 'counted' WHERE alert_key = ?", (key,))
             self._db.execute("COMMIT")
 
@@ -419,13 +437,15 @@ class Inbox:
                 key = record["key"]
                 if key in running:
                     continue
+                recorded = record.get("decision")
+                decision = json.dumps(recorded) if isinstance(recorded, dict) and recorded else None
                 row = self._db.execute("SELECT state FROM alerts WHERE key = ?", (key,)).fetchone()
                 if row is None:
                     labels = dict(record.get("labels", {}))
                     self._db.execute(
                         "INSERT INTO alerts (key, alertname, fingerprint, starts_at, labels, received_at,"
-                        " incident, state, past_ponr, started_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, 'running', 1, ?)",
+                        " incident, state, past_ponr, started_at, decision)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, 'running', 1, ?, ?)",
                         (
                             key,
                             record.get("alertname", ""),
@@ -435,12 +455,14 @@ class Inbox:
                             now,
                             incident_key(labels, self.replica_labels),
                             now,
+                            decision,
                         ),
                     )
                 elif row[0] in ("pending", "running"):
                     self._db.execute(
-                        "UPDATE alerts SET state = 'running', past_ponr = 1, started_at = ? WHERE key = ?",
-                        (now, key),
+                        "UPDATE alerts SET state = 'running', past_ponr = 1, started_at = ?,"
+                        " decision = COALESCE(?, decision) WHERE key = ?",
+                        (now, decision, key),
                     )
             keys = [
                 r[0]

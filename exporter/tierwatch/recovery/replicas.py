@@ -128,10 +128,16 @@ class Replicas:
         return None
 
     async def point_of_no_return(
-        self, alert: InboxAlert, cluster: str, action: str, token: int | None
+        self,
+        alert: InboxAlert,
+        cluster: str,
+        action: str,
+        token: int | None,
+        decision: dict[str, Any] | None = None,
     ) -> None:
-        """Record the run in the ledger, fenced by ``token`` (the lease the action started under);
-        raises LeaseLost, nothing written, unless this replica still holds that very lease."""
+        """Record the run (and its ``decision``, which a new leader's resumed run finishes) in the
+        ledger, fenced by ``token`` (the lease the action started under); raises LeaseLost, nothing
+        written, unless this replica still holds that very lease."""
         if token is None or token != self.lease.token:
             raise LeaseLost(self.lease.problem or f"the lease of token {token} is no longer held")
         record = {
@@ -146,6 +152,7 @@ class Replicas:
             "at": time.time(),
             "token": token,
             "replica": self.lease.identity,
+            **({"decision": decision} if decision else {}),
         }
         if not await self.lease.fenced(token, [(f"{self.ledger}ponr/{alert.key}", json.dumps(record))]):
             raise LeaseLost(f"the leader key no longer has revision {token}")

@@ -515,14 +515,15 @@ class RecoveryService:
     ) -> ActionContext:
         fencing = self.ha.token if self.ha is not None else None  # the lease this action runs under
 
-        async def point_of_no_return() -> None:
+        async def point_of_no_return(decision: dict[str, Any] | None = None) -> None:
             if self.ha is not None:  # fenced: raises LeaseLost (nothing done) unless still that lease
-                await self.ha.point_of_no_return(alert, cluster.name, action, fencing)
+                await self.ha.point_of_no_return(alert, cluster.name, action, fencing, decision)
             running = self._running.get(alert.key)
             if running is not None:
                 running.past_ponr = True
-            await asyncio.to_thread(self.inbox.mark_point_of_no_return, alert.key)
-            self.audit.record("point_of_no_return", **base, action=action)
+            await asyncio.to_thread(self.inbox.mark_point_of_no_return, alert.key, decision)
+            extra = {"decision": decision} if decision else {}
+            self.audit.record("point_of_no_return", **base, action=action, **extra)
             await self.audit.flush()  # on disk before anything irreversible
 
         def audit(event: str, **fields: Any) -> None:
@@ -538,6 +539,7 @@ class RecoveryService:
             audit,
             point_of_no_return,
             resumed,
+            decision=alert.decision if resumed else None,
             regional=self._regional(alert.alertname, settings),
             fencing_token=fencing,
             last_failover=lambda: asyncio.to_thread(last_failover, self.audit.path, cluster.name),

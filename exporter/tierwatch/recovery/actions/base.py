@@ -49,7 +49,9 @@ class Outcome:
 @dataclass
 class ActionContext:
     """Everything an action may use. ``audit`` records a step of the decision trail;
-    ``point_of_no_return`` must be awaited right before the first irreversible change."""
+    ``point_of_no_return`` must be awaited right before the first irreversible change, with the
+    ``decision`` a resumed run must finish rather than make again (a failover: which server it
+    promotes), recorded durably with it."""
 
     loaded: LoadedConfig
     settings: RecoverySettings
@@ -57,8 +59,10 @@ class ActionContext:
     alert: AlertRef
     dry_run: bool
     audit: Callable[..., None]
-    point_of_no_return: Callable[[], Awaitable[None]]
+    point_of_no_return: Callable[..., Awaitable[None]]
     resumed: bool = False  # True when re-run after a restart that happened past the point of no return
+    # resumed: the decision the interrupted run recorded at its point of no return (None: none was)
+    decision: dict[str, Any] | None = None
     # a failover may promote a server of another region than the old primary's (the service decides)
     regional: bool = False
     # recovery.ha: the leader's fencing token (etcd revision of its lease key) when the action started;

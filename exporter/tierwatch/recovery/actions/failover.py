@@ -266,7 +266,7 @@ async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
         ctx.audit("would_promote", target=best.name, **driver.position(best))
         return Outcome("succeeded", f"dry run: would promote {best.name}", facts={"would_promote": best.name})
 
-    await ctx.point_of_no_return()
+    await ctx.point_of_no_return(decision={"promote": best.name})
     started = time.monotonic()
     try:
         await driver.promote(best)
@@ -410,9 +410,17 @@ async def _repoint_all(
 
 
 async def _resume(ctx: ActionContext, driver: Driver[S], seen: Sequence[S], old: str | None) -> Outcome:
-    """After a restart past the point of no return: never promote again; with exactly one primary
-    reachable, re-point the replicas that follow another server, move the backend and verify."""
+    """After a restart past the point of no return: never promote another server; with exactly one
+    primary reachable, re-point the replicas that follow another server, move the backend and verify.
+    With none, the interrupted run died between its point of no return and its promotion: finish
+    the promotion it recorded (the same server, never a new choice), if the old primary is still
+    silent."""
     primaries = [s for s in seen if s.is_primary]
+    if not primaries:
+        finished = await _finish_recorded_promotion(ctx, driver, seen, old)
+        if isinstance(finished, Outcome):
+            return finished
+        primaries = [finished]
     if len(primaries) != 1:
         names = ", ".join(s.name for s in primaries) or "none"
         ctx.audit("resume_failed", **{driver.primary_words: names})
@@ -422,7 +430,7 @@ async def _resume(ctx: ActionContext, driver: Driver[S], seen: Sequence[S], old:
         )
     new = primaries[0]
     ctx.audit("resumed", primary=new.name)
-    replicas = [s for s in seen if s.is_replica]
+    replicas = [s for s in seen if s.is_replica and s.name != new.name]
     failed: set[str] = set()
     cascade: dict[str, TargetConfig] = {}
     if driver.repoints:
@@ -442,6 +450,34 @@ async def _resume(ctx: ActionContext, driver: Driver[S], seen: Sequence[S], old:
         facts["cascaded"] = {name: up.name for name, up in cascade.items()}
     followers = [s.target for s in replicas if s.name not in failed]
     return await verify(ctx, driver, new.target, followers, facts, time.monotonic(), cascade)
+
+
+async def _finish_recorded_promotion(
+    ctx: ActionContext, driver: Driver[S], seen: Sequence[S], old: str | None
+) -> S | Outcome:
+    """The server the interrupted run recorded at its point of no return, promoted now; or why not
+    (the failed Outcome: no record, that server is not a reachable replica, the old primary answers)."""
+    word = driver.primary_words
+    chosen = (ctx.decision or {}).get("promote")
+    best = next((s for s in seen if s.name == chosen), None)
+    if best is None or not best.is_replica:
+        state = "no promotion recorded" if chosen is None else f"{chosen}: {best.role if best else 'unknown'}"
+        ctx.audit("resume_failed", **{word: "none"}, recorded=chosen)
+        return Outcome("failed", f"resumed run found 0 {word} ({state}); not promoting again")
+    if old is not None and (old_target := ctx.target(old)) is not None:
+        alive, how = await driver.answers(old_target)
+        if alive:
+            ctx.audit("resume_failed", reason="old primary answers again", target=old, seen=how)
+            why = f"resumed run: the old {driver.primary_word} {old} answers again ({how})"
+            return Outcome("failed", why)
+    started = time.monotonic()
+    try:
+        await driver.promote(best)
+    except StepFailed as exc:
+        ctx.audit("promote_failed", target=best.name, error=exc.error, resumed=True)
+        return Outcome("failed", exc.detail)
+    ctx.audit("promoted", target=best.name, resumed=True, seconds=round(time.monotonic() - started, 3))
+    return best
 
 
 async def verify(
