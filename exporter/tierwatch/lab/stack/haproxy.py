@@ -195,7 +195,9 @@ def render_write_backend(
         f"  bind 127.0.0.1:{port}",
         f"  default_backend {backend}",
         f"backend {backend}",
-        "  option redispatch",
+        # no retry against a dead server (HAProxy waits up to a second between retries): a client's
+        # attempt fails at once and its next one reaches the server the recovery service made ready
+        "  retries 0",
     ]
     lines += [f"  server {name} 127.0.0.1:{sport}" for name, sport in servers]
     return "\n".join(lines) + "\n"
