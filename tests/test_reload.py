@@ -434,7 +434,6 @@ def test_recovery_reload_rotates_the_token_and_applies_the_allow_list(stack: Sta
         {
             "allow": {},
             "dry_run": True,
-            "cooldown": "0s",  # this test is about reloading the allow-list, not limits: one dry run each
             "clusters": {"web": {"restart_commands": {"es-1": ["true"]}}},
         },
     )

@@ -78,18 +78,7 @@ def drill_kill_recovery_leader(
         if engine == "redis"
         else demo.pg[_pg_primaries(demo)[0]].process
     )
-    killed: dict[str, float] = {}
-
-    def killer() -> None:
-        limit = time.time() + 60
-        while primary.running() and time.time() < limit:
-            time.sleep(0.02)
-        time.sleep(delay)
-        killed["at"] = time.time()
-        leader.process.kill()
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    thread, killed = _during_failure(primary, delay, leader.process.kill)
     result = (drill_redis_master if engine == "redis" else drill_pg_primary)(demo, deadline)
     thread.join(70)
     result.scenario = "kill-recovery-leader" if engine == "redis" else "kill-recovery-leader-pg"
