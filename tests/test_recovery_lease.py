@@ -5,7 +5,9 @@ lost before the point of no return stops the action."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -14,15 +16,19 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tierwatch.config import ConfigError, load_config
 from tierwatch.lab.stack import Stack, free_port, wait_for
 from tierwatch.lab.stack.etcd import EtcdCluster, start_etcd_cluster
 from tierwatch.lab.stack.http import start_http_backend
+from tierwatch.recovery.service import RecoveryService
+from tierwatch.recovery.webhook import parse_payload
 
 from helpers import metric_value
 from recovery_fixtures import (
     RESTART_LABELS,
+    TOKEN,
     RecoveryProcess,
     alert,
     app_cluster,
@@ -264,3 +270,64 @@ def test_a_paused_leader_wakes_up_as_a_follower_and_does_not_act(stack: Stack) -
     assert metric(b, "tierwatch_recovery_leader") == 1 and metric(a, "tierwatch_recovery_leader") == 0
     a.stop()
     b.stop()
+
+
+def test_a_lease_lost_at_the_point_of_no_return_requeues_the_alert_even_if_cancelled_meanwhile(
+    stack: Stack,
+) -> None:
+    """The race the paused-leader test found once in eight runs: the action reaches its point of no
+    return with a stale token (LeaseLost) and, while it backs off, the worker sees the lost lease and
+    cancels it. The alert must still go back to the inbox and the stop be audited."""
+    etcd = start_etcd_cluster(stack)
+    token_file = stack.path("secrets", "token")
+    token_file.write_text(TOKEN + "\n")
+    state = stack.directory("state-inproc")
+    dead = f"http://127.0.0.1:{free_port()}/health"  # refused at once: the live check is quick
+    settings = {
+        "state_dir": str(state),
+        "auth": {"bearer_token_file": str(token_file)},
+        "allow": ALLOW,
+        "clusters": {"web": {"restart_commands": {"es-1": restart_command(stack.path("m"), free_port())}}},
+        "ha": {"etcd": etcd.endpoints, "name": "inproc"},
+    }
+    config = stack.path("inproc.yml")
+    config.write_text(
+        yaml.safe_dump({"clusters": [app_cluster([("es-1", "primary", dead)])], "recovery": settings})
+    )
+    loaded = load_config(config)
+    assert loaded.config.recovery is not None
+
+    async def scenario() -> tuple[str, list[str]]:
+        service = RecoveryService(loaded, loaded.config.recovery)  # type: ignore[arg-type]
+        try:
+            body = json.dumps(payload(alert("AppInstanceDown", RESTART_LABELS))).encode()
+            service.inbox.record(parse_payload(body))
+            claimed = service.inbox.claim_next()
+            assert claimed is not None
+            service._start(claimed, resumed=False)  # never campaigned: no lease, LeaseLost at the PONR
+            task = service._running[claimed.key].task
+            for _ in range(100):  # bounded: the live check of a refused port takes milliseconds
+                await asyncio.sleep(0.05)
+                await service.audit.flush()
+                if any(e["event"] == "live_check" for e in _audit(state)):
+                    break
+            await asyncio.sleep(0.3)  # inside the 1 s back-off after LeaseLost
+            service.stop_before_point_of_no_return("lease_lost")
+            await asyncio.wait([task], timeout=5)
+            await service.audit.flush()
+            stored = service.inbox.get(claimed.key)
+            return (stored.state if stored else "gone"), [e["event"] for e in _audit(state)]
+        finally:
+            service.close()
+
+    state_after, events = asyncio.run(scenario())
+    assert "live_check" in events and "point_of_no_return" not in events, events
+    assert "action_stopped" in events or "action_interrupted" in events, events
+    assert state_after == "pending", (state_after, events)
+
+
+def _audit(state: Path) -> list[dict[str, Any]]:
+    path = state / "audit.jsonl"
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )

@@ -409,12 +409,16 @@ class RecoveryService:
                         return
                 await self._act(alert, cluster, tier, base, action_name, resumed, finish, settings, loaded)
         except LeaseLost as exc:  # stopped before its point of no return: the leader's to run
-            await asyncio.sleep(1.0)  # back off: etcd may be failing fast, this alert is claimed again
-            await asyncio.to_thread(self.inbox.requeue, alert.key)
-            self.audit.record(
-                "action_stopped", **base, action=action_name, reason="lease_lost", detail=str(exc)
-            )
-            self.events.emit("action_stopped", "warning", alert=alert.alertname, reason="lease_lost")
+            try:
+                await asyncio.sleep(1.0)  # back off: etcd may be failing fast, this alert is claimed again
+            finally:
+                # also when the worker, seeing the lost lease too, cancels this task meanwhile: an
+                # alert left "running" would be lost (synchronous, so a cancellation cannot skip it)
+                self.inbox.requeue(alert.key)
+                self.audit.record(
+                    "action_stopped", **base, action=action_name, reason="lease_lost", detail=str(exc)
+                )
+                self.events.emit("action_stopped", "warning", alert=alert.alertname, reason="lease_lost")
         except asyncio.CancelledError:
             running = self._running.get(alert.key)
             if running is not None and running.shutdown:
