@@ -89,3 +89,23 @@ def test_the_decision_at_the_point_of_no_return_survives_a_crash_and_a_takeover(
     [adopted] = other.reconcile({}, [ledger], set())
     assert adopted.key == claimed.key and adopted.decision == {"promote": "redis-c"}
     other.close()
+
+
+def test_a_takeover_resumes_a_ledger_run_even_if_its_alert_resolved_here_meanwhile(tmp_path: Path) -> None:
+    """The leader promoted and died before moving the write backend; the new primary made the alert
+    resolve, and the follower saw that before it took the lease. A run past its point of no return
+    with no done record is the new leader's to finish (verify-only), resolved or not: found by the
+    kill-recovery-leader-pg drill, where writes never came back."""
+    inbox = Inbox(tmp_path / "follower.sqlite3")
+    down = alert(
+        "PostgresPrimaryDown", {"cluster": "main-db", "target": "pg-1"}, fingerprint="00000000000000d4"
+    )
+    record(inbox, down)
+    record(inbox, {**down, "status": "resolved"})
+    assert inbox.claim_next() is None  # resolved while pending: nothing to run on its own
+    key = f"00000000000000d4@{down['startsAt']}"
+    ledger = {"key": key, "alertname": "PostgresPrimaryDown", "labels": down["labels"],
+              "decision": {"promote": "pg-2"}}  # fmt: skip
+    [adopted] = inbox.reconcile({}, [ledger], set())
+    assert adopted.key == key and adopted.decision == {"promote": "pg-2"}
+    inbox.close()

@@ -420,7 +420,8 @@ class Inbox:
     ) -> list[InboxAlert]:
         """A new leader's takeover: alerts in ``finished`` (key → detail) end as ``handled_by_peer``;
         the ledger records in ``adopt`` (another replica passed their point of no return and did not
-        finish) and this inbox's own leftovers past it become running, to be resumed verify-only.
+        finish) and this inbox's own leftovers past it become running, to be resumed verify-only, even
+        if the alert resolved here meanwhile (a promotion makes it resolve before the job is done).
         Keys in ``running`` (actions under way here) are left alone. Returns the alerts to resume."""
         now = time.time()
         with self._lock:
@@ -458,10 +459,10 @@ class Inbox:
                             decision,
                         ),
                     )
-                elif row[0] in ("pending", "running"):
+                else:  # whatever this inbox made of it (resolved, a duplicate): the run is under way
                     self._db.execute(
-                        "UPDATE alerts SET state = 'running', past_ponr = 1, started_at = ?,"
-                        " decision = COALESCE(?, decision) WHERE key = ?",
+                        "UPDATE alerts SET state = 'running', past_ponr = 1, started_at = ?, outcome = NULL,"
+                        " finished_at = NULL, decision = COALESCE(?, decision) WHERE key = ?",
                         (now, decision, key),
                     )
             keys = [
