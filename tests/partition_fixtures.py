@@ -2,6 +2,8 @@
 server's address. ``cut_new()`` stops it accepting connections while the ones already piped keep
 flowing, so a server's replicas (connected before the cut) still see it while any new client (the
 recovery service, an exporter) cannot reach it: a watcher cut off from the primary alone.
+``blackhole()`` is a full partition as a network makes it: nothing is refused or reset, bytes just stop
+(new connections are accepted and hear nothing) until ``heal()``, when the held bytes flow again.
 
 Imported explicitly: ``from partition_fixtures import Gate``."""
 
@@ -25,6 +27,7 @@ class Gate:
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._open = asyncio.Event()  # cleared while blackholed; used from the gate's own loop only
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._call(self._listen())
@@ -33,10 +36,13 @@ class Gate:
         asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)  # type: ignore[arg-type]
 
     async def _listen(self) -> None:
+        self._open.set()
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        self._writers.add(writer)
+        await self._open.wait()  # blackholed: the client's connection hears nothing
         try:
             up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", self.backend), 2.0
@@ -45,7 +51,23 @@ class Gate:
             writer.close()
             return
         self._writers |= {writer, up_writer}
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, self._open), pipe(up_reader, writer, self._open))
+
+    def blackhole(self) -> None:
+        """Partition: every byte through the gate, both ways and on new connections, stops."""
+
+        async def close() -> None:
+            self._open.clear()
+
+        self._call(close())
+
+    def heal(self) -> None:
+        """End a blackhole: the held bytes and the waiting connections go through."""
+
+        async def open_() -> None:
+            self._open.set()
+
+        self._call(open_())
 
     def cut_new(self) -> None:
         """Stop accepting: new connections are refused, established ones keep flowing."""

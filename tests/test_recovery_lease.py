@@ -26,6 +26,7 @@ from tierwatch.recovery.service import RecoveryService
 from tierwatch.recovery.webhook import parse_payload
 
 from helpers import metric_value
+from partition_fixtures import Gate
 from recovery_fixtures import (
     RESTART_LABELS,
     TOKEN,
@@ -49,14 +50,20 @@ def runs(marker: Path) -> int:
 
 
 def replica(
-    stack: Stack, etcd: EtcdCluster, name: str, target_url: str, command: list[str]
+    stack: Stack,
+    etcd: EtcdCluster,
+    name: str,
+    target_url: str,
+    command: list[str],
+    endpoints: list[str] | None = None,
 ) -> RecoveryProcess:
-    """One replica (its own state directory) of the recovery service, lease in ``etcd``."""
+    """One replica (its own state directory) of the recovery service, lease in ``etcd`` (reached
+    through ``endpoints`` when given)."""
     clusters = [app_cluster([("es-1", "primary", target_url)])]
     settings = {
         "allow": ALLOW,
         "clusters": {"web": {"restart_commands": {"es-1": command}}},
-        "ha": {"etcd": etcd.endpoints, "name": name},
+        "ha": {"etcd": endpoints or etcd.endpoints, "name": name},
     }
     state = stack.directory(f"state-{name}")
     return start_recovery(stack, clusters, settings, state_dir=state, name=f"recover-{name}")
@@ -268,6 +275,51 @@ def test_a_paused_leader_wakes_up_as_a_follower_and_does_not_act(stack: Stack) -
     assert not a.events("point_of_no_return") and runs(marker) == 0
     assert metric(a, "tierwatch_recovery_lease_lost_total") == 1
     assert metric(b, "tierwatch_recovery_leader") == 1 and metric(a, "tierwatch_recovery_leader") == 0
+    a.stop()
+    b.stop()
+
+
+def test_a_leader_partitioned_from_etcd_stops_acting_and_the_other_replica_acts_once(stack: Stack) -> None:
+    """A full partition between the leader and every etcd member (bytes stop, nothing is refused),
+    while Alertmanager still reaches both replicas: the cut-off leader's lease runs out locally before
+    etcd's, so it does not pass its point of no return; the other replica leads within the TTL and
+    restarts the instance once. After the heal the old leader follows."""
+    etcd = start_etcd_cluster(stack)
+    gates = [Gate(int(url.rsplit(":", 1)[1])) for url in etcd.endpoints]
+    for gate in gates:
+        stack.on_close(gate.close)
+    marker, port = stack.path("restart.marker"), free_port()
+    stack.on_close(lambda: kill_started_backends(marker))
+    command = restart_command(marker, port)
+    target = f"http://127.0.0.1:{port}/health"  # down until restarted
+    a = replica(stack, etcd, "a", target, command, [f"http://127.0.0.1:{g.port}" for g in gates])
+    wait_for(lambda: "leader (token" in status(a), 15, "replica a leads")
+    b = replica(stack, etcd, "b", target, command)
+    wait_for(lambda: "follower (leader: a)" in status(b), 10, "replica b follows a")
+
+    for gate in gates:
+        gate.blackhole()
+    cut = time.time()
+    body = payload(alert("AppInstanceDown", RESTART_LABELS))
+    for service in (a, b):
+        assert service.post(body).json() == {"status": "recorded", "accepted": 1}
+    [outcome] = b.wait_outcome(timeout=TTL + 20)
+    assert outcome["outcome"] == "succeeded", outcome
+    [acquired] = b.events("lease_acquired")
+    print(f"b led {acquired['ts'] - cut:.2f}s after the partition (lease_ttl {TTL:g}s)")
+    assert acquired["ts"] - cut <= TTL + RETRY + 1.5
+    [lost] = a.events("lease_lost")  # its own deadline (renewal sent + TTL) falls before etcd's expiry
+    print(f"a gave up the lease {lost['ts'] - cut:.2f}s after the partition: {lost['reason']}")
+    assert not a.events("point_of_no_return") and not a.events("outcome"), a.audit()
+    assert "leader (token" not in status(a)
+    assert runs(marker) == 1
+
+    for gate in gates:
+        gate.heal()
+    wait_for(lambda: "follower (leader: b)" in status(a), 15, "a follows b after the heal")
+    time.sleep(2)
+    assert runs(marker) == 1 and not a.events("point_of_no_return")
+    assert metric(a, "tierwatch_recovery_leader") == 0 and metric(b, "tierwatch_recovery_leader") == 1
     a.stop()
     b.stop()
 

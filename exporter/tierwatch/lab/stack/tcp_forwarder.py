@@ -38,12 +38,17 @@ class Forwarder:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
-async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, open_: asyncio.Event | None = None
+) -> None:
     """Copy ``reader`` to ``writer`` until EOF or a connection error, then close ``writer``: one
     direction of a forwarded connection (the forwarders of stack/netns.py, stack/servernet.py and the
-    tests' partition gate use it too)."""
+    tests' partition gate use it too). Bytes read while ``open_`` is clear are held until it is set
+    (a partition: TCP delivers them late)."""
     try:
         while data := await reader.read(65536):
+            if open_ is not None:
+                await open_.wait()
             writer.write(data)
             await writer.drain()
     except (ConnectionError, OSError):
