@@ -23,8 +23,13 @@ fails two masters, one per phase: two promotions).
 the window in which the action runs (the alert arrives about 6 s after the failure), so that kills
 land before and past the point of no return.
 
+``--kill-at EVENT,...`` kills the leader instead at each named step of the failover, as soon as its
+audit trail records it (``chosen``, ``point_of_no_return``, ``promoted``, ``repointed``,
+``write_backend_set``...): one run per step and engine per round, no single-process reference. A
+random moment rarely lands in the 30-100 ms between two steps; this lands in each of them.
+
 Run: ``python bench/ha_drills.py [--set leader|watchers] [--rounds 10] [--kill-window A,B]
-[--output FILE]``.
+[--kill-at EVENT,...] [--output FILE]``.
 """
 
 from __future__ import annotations
@@ -82,22 +87,27 @@ def leader_phase(chain: Chain, failed_at: float, killed_at: float, action: str) 
     return "acting, before its point of no return" if mine else "no action yet"
 
 
-def run_one(scenario: str, window: tuple[float, float] | None = None) -> dict[str, Any]:
-    """One drill on a fresh demo (the leader killed at a moment drawn from ``window``); its figures."""
+def run_one(
+    scenario: str, window: tuple[float, float] | None = None, at_event: str | None = None
+) -> dict[str, Any]:
+    """One drill on a fresh demo (the leader killed at a moment drawn from ``window``, or on its
+    ``at_event`` audit record); its figures."""
     stack = Stack()
     started = time.time()
     try:
         demo = build(stack, **BUILD_OPTIONS.get(scenario, {}))
         wait_until_watched(demo)
-        if window is not None and scenario.startswith("kill-recovery-leader"):
+        if (window is not None or at_event) and scenario.startswith("kill-recovery-leader"):
             engine = "postgres" if scenario in PG_DRILLS else "redis"
-            delay = random.uniform(*window)
-            result = drill_kill_recovery_leader(demo, time.time() + 90, delay=delay, engine=engine)
+            delay = random.uniform(*window) if window else None
+            result = drill_kill_recovery_leader(
+                demo, time.time() + 90, delay=delay, engine=engine, at_event=at_event
+            )
         else:
             result = DRILLS[scenario](demo, time.time() + 90)
         assert demo.chain is not None
         row: dict[str, Any] = {
-            "scenario": scenario,
+            "scenario": f"{scenario}@{at_event}" if at_event else scenario,
             "recovered": result.recovered,
             "promotions": _promotions(demo.chain, result.failed_at, action(scenario)),
             "acked": result.acked,
@@ -152,17 +162,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", choices=sorted(SETS), default="leader")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--kill-window", help="A,B: the leader's kill moment, seconds after the primary")
+    parser.add_argument("--kill-at", help="EVENT,...: kill the leader on each of these audit records")
     parser.add_argument("--output", type=Path, default=Path("bench/results/ha_drills.json"))
     args = parser.parse_args(argv)
     window = tuple(float(v) for v in args.kill_window.split(",")) if args.kill_window else None
     rows: list[dict[str, Any]] = []
     for round_ in range(1, args.rounds + 1):
         print(f"round {round_}/{args.rounds}", file=sys.stderr, flush=True)
-        for group in SETS[args.set]:
-            for scenario in group:
-                rows.append(run_one(scenario, window))  # type: ignore[arg-type]
-                args.output.parent.mkdir(parents=True, exist_ok=True)
-                args.output.write_text(json.dumps(rows, indent=1) + "\n")
+        runs = (
+            [(s, None) for group in SETS[args.set] for s in group]
+            if not args.kill_at
+            else [
+                (s, e)
+                for e in args.kill_at.split(",")
+                for s in ("kill-recovery-leader", "kill-recovery-leader-pg")
+            ]
+        )
+        for scenario, event in runs:
+            rows.append(run_one(scenario, window, event))  # type: ignore[arg-type]
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))
     bad = [
         r

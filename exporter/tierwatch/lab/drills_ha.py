@@ -20,11 +20,13 @@ failure, and the chain must still end in exactly one failover with no acknowledg
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -63,29 +65,37 @@ def _leader(recoveries: list[TierwatchProcess]) -> TierwatchProcess | None:
 
 
 def drill_kill_recovery_leader(
-    demo: DemoStack, deadline: float, delay: float | None = None, engine: str = "redis"
+    demo: DemoStack,
+    deadline: float,
+    delay: float | None = None,
+    engine: str = "redis",
+    at_event: str | None = None,
 ) -> DrillResult:
     """The Redis master (``engine`` postgres: PostgreSQL primary) drill, with the recovery leader killed
-    ``delay`` (default: random 0-8) seconds after the primary."""
+    ``delay`` (default: random 0-8) seconds after the primary, or, given ``at_event``, as soon as its
+    audit trail records that step of the failover (``promoted``, ``point_of_no_return``...)."""
     assert demo.chain is not None
     recoveries = demo.chain.recoveries
     if len(recoveries) < 2:
         raise RuntimeError("the demo runs a single recovery service: build it with recovery_replicas=2")
     leader = wait_for(lambda: _leader(recoveries), 30, "a recovery leader")
-    delay = random.uniform(0, 8) if delay is None else delay
     primary = (
         demo.redis[_redis_masters(demo)[0]].process
         if engine == "redis"
         else demo.pg[_pg_primaries(demo)[0]].process
     )
-    thread, killed = _during_failure(primary, delay, leader.process.kill)
+    if at_event is None:
+        delay = random.uniform(0, 8) if delay is None else delay
+        thread, killed = _during_failure(primary, delay, leader.process.kill)
+    else:
+        trail = demo.chain.state_dirs[recoveries.index(leader)] / "audit.jsonl"
+        thread, killed = _on_audit_event(trail, at_event, leader.process.kill)
     result = (drill_redis_master if engine == "redis" else drill_pg_primary)(demo, deadline)
     thread.join(70)
     result.scenario = "kill-recovery-leader" if engine == "redis" else "kill-recovery-leader-pg"
     at = killed.get("at")
-    result.add(
-        at, f"watcher: killed the recovery leader {leader.name} (kill -9), {delay:.1f}s after the primary"
-    )
+    when = f"on its '{at_event}' record" if at_event else f"{delay:.1f}s after the primary"
+    result.add(at, f"watcher: killed the recovery leader {leader.name} (kill -9), {when}")
     for entry in audit(demo.chain):
         if at is not None and entry["ts"] >= at and entry["event"] in ("lease_acquired", "takeover"):
             what = (
@@ -127,6 +137,33 @@ def _during_failure(
         time.sleep(delay)
         done["at"] = time.time()
         fault()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, done
+
+
+def _on_audit_event(
+    trail: Path, event: str, fault: Callable[[], None]
+) -> tuple[threading.Thread, dict[str, float]]:
+    """A thread that runs ``fault`` as soon as a record of ``event`` is appended to the audit trail
+    ``trail`` (polled every 2 ms, for at most 300 s)."""
+    done: dict[str, float] = {}
+    start = trail.stat().st_size if trail.exists() else 0
+
+    def run() -> None:
+        limit = time.time() + 300
+        while time.time() < limit:
+            if trail.exists():
+                with trail.open("rb") as handle:
+                    handle.seek(start)
+                    for line in handle.read().splitlines():
+                        with contextlib.suppress(ValueError):
+                            if json.loads(line).get("event") == event:
+                                done["at"] = time.time()
+                                fault()
+                                return
+            time.sleep(0.002)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
