@@ -108,12 +108,19 @@ def drill_kill_recovery_leader(
 
 
 def _promotions(chain: Chain, after: float, action: str = "redis_failover") -> int:
-    """Actions of ``action`` that passed their point of no return since ``after``, on every replica."""
-    return sum(
-        1
-        for entry in audit(chain)
-        if entry["ts"] >= after and entry["event"] == "point_of_no_return" and entry.get("action") == action
-    )
+    """Failovers of ``action`` since ``after``, from every replica's audit trail: one per alert that
+    passed its point of no return or promoted (a new leader's resumed run of that alert is the same
+    failover, and a leader killed -9 between its ledger record and its audit flush leaves no
+    ``point_of_no_return`` line of its own), plus one for each further server promoted for it."""
+    promoted: dict[str, set[str]] = {}
+    for entry in audit(chain):
+        if entry["ts"] < after or entry.get("action") != action:
+            continue
+        if entry["event"] in ("point_of_no_return", "promoted"):
+            servers = promoted.setdefault(str(entry.get("key")), set())
+            if entry["event"] == "promoted":
+                servers.add(str(entry.get("target")))
+    return sum(max(1, len(servers)) for servers in promoted.values())
 
 
 def recovered_after(result: DrillResult) -> float | None:
