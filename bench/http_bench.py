@@ -14,31 +14,48 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import http.client
-import json
-import math
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from tierwatch.lab.stack import ManagedProcess, Stack, free_port, wait_for
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from side_by_side import (
+    Http,
+    NewConnections,
+    Window,
+    argument_parser,
+    cpu_fields,
+    cpu_seconds,
+    driver_records,
+    metric_sum,
+    percentile,
+    run_driver,
+    run_fields,
+    run_schedule,
+    start_driver,
+    start_http_service,
+    tierwatch_config_head,
+    tierwatch_counters,
+    timed,
+    version,
+    vm_hwm_mib,
+    write_results,
+)
+
+from tierwatch.lab.stack import ManagedProcess, Stack
 from tierwatch.lab.stack.http import HttpBackend, start_http_backend
 from tierwatch.lab.stack.tierwatch import start_exporter
 
 BLACKBOX = "prometheus-blackbox-exporter"
 CLAIMED_BLACKBOX_CPU_MS = 2.9  # the figure quoted for blackbox_exporter per HTTP probe
 GOAL_FACTOR = 0.5  # tierwatch aims at half of it, with zero new connections in steady state
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 RESULTS = Path(__file__).resolve().parent / "results" / "http.json"
 
 
@@ -57,7 +74,6 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
     headers = {"X-Prometheus-Scrape-Timeout-Seconds": f"{min(10.0, interval):g}"}
     async with httpx.AsyncClient(timeout=10.0, limits=limits, trust_env=False, headers=headers) as client:
-        pending: set[asyncio.Task[None]] = set()
 
         async def probe(url: str, when: float) -> None:
             began = time.perf_counter()
@@ -74,135 +90,20 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
             response.raise_for_status()
             scrapes.append((when, time.perf_counter() - began))
 
+        def job(when: float, url: str | None) -> Coroutine[Any, Any, None]:
+            return scrape(when) if url is None else probe(url, when)
+
         # Like Prometheus, each target gets a fixed offset inside the interval (or all fire together).
         events: list[tuple[float, str | None]] = [(interval / 2, None)]
         for index, target in enumerate(targets):
             offset = interval / 2 if spec["burst"] else (index + 0.5) * interval / n
             url = f"{spec['blackbox']}/probe?module=http_2xx&target={quote(target, safe='')}"
             events.append((offset, url))
-        events.sort(key=lambda e: e[0])
-        round_start = start
-        while round_start < until:
-            for offset, url in events:
-                when = round_start + offset
-                if when >= until:
-                    break
-                await asyncio.sleep(max(0.0, when - time.time()))
-                job = asyncio.create_task(scrape(when) if url is None else probe(url, when))
-                pending.add(job)
-                job.add_done_callback(pending.discard)
-            round_start += interval
-        await asyncio.gather(*pending)
+        await run_schedule(events, start, until, interval, job)
     return {"probes": probes, "scrapes": scrapes}
 
 
-def run_driver(spec_path: Path) -> None:
-    """Entry point of the driver process: read the spec, drive, write the records next to it."""
-    spec = json.loads(spec_path.read_text())
-    records = asyncio.run(_drive(spec))
-    Path(spec["out"]).write_text(json.dumps(records))
-
-
 # --------------------------------------------------------------------------- measurements
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of a process (all threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def vm_hwm_mib(pid: int) -> float:
-    """Peak resident set size (VmHWM) in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
-
-
-def socket_inodes(pid: int) -> set[str]:
-    """Inodes of the sockets a process holds open."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            link = os.readlink(fd)
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[8:-1])
-    return inodes
-
-
-class NewConnections:
-    """Counts the TCP connections a process opens to ``server_ports`` after it is created.
-
-    Sockets are told apart by inode, read from /proc/<pid>/fd (a consistent view); /proc/net/tcp is
-    only used to tell which new sockets go to a server port, and a socket it misses (the table is read
-    in chunks while blackbox churns it) is looked up again at the next poll.
-    """
-
-    def __init__(self, pid: int, server_ports: set[int]):
-        self.pid = pid
-        self.server_ports = server_ports
-        self.known = socket_inodes(pid)
-        self.unclassified: set[str] = set()
-        self.count = 0
-
-    def poll(self) -> None:
-        """Look at the process's sockets once more."""
-        current = socket_inodes(self.pid)
-        fresh = current - self.known
-        self.known |= fresh
-        self.unclassified = (self.unclassified | fresh) & current
-        if not self.unclassified:
-            return
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            cols = line.split()
-            if cols[9] in self.unclassified:
-                self.unclassified.discard(cols[9])
-                self.count += int(cols[2].split(":")[1], 16) in self.server_ports
-
-
-def metric_sum(text: str, name: str) -> float:
-    """Sum of every sample of ``name`` in a Prometheus text exposition."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name)] in "{ ":
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def tierwatch_counters(conn: Http) -> tuple[float, float, float]:
-    """Probes performed, probes failed and late rounds so far, from tierwatch's /metrics."""
-    text = conn.get("/metrics")[1]
-    return (
-        metric_sum(text, "tierwatch_probes_total"),
-        metric_sum(text, "tierwatch_probe_failures_total"),
-        metric_sum(text, "tierwatch_probe_round_overruns_total"),
-    )
-
-
-@dataclass
-class Http:
-    """A kept-alive HTTP/1.1 connection to 127.0.0.1:port (so reading stats opens no new connection)."""
-
-    port: int
-
-    def __post_init__(self) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-
-    def get(self, path: str) -> tuple[int, str]:
-        """GET ``path``; reconnects once if the server closed the idle connection (uvicorn does)."""
-        for attempt in (1, 2):
-            try:
-                self.conn.request("GET", path)
-                response = self.conn.getresponse()
-                return response.status, response.read().decode()
-            except (http.client.HTTPException, ConnectionError):
-                self.conn.close()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
 
 
 def backend_stats(conns: list[Http]) -> tuple[int, int]:
@@ -215,41 +116,13 @@ def backend_stats(conns: list[Http]) -> tuple[int, int]:
     return requests, connections
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-def machine() -> dict[str, Any]:
-    """nproc, CPU model, kernel and Python of the machine running the bench."""
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown",
-    )
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
-
-
 # --------------------------------------------------------------------------- setup
 
 
 def tierwatch_config(targets: list[str], interval: float) -> str:
     """A tierwatch config with one app cluster holding every target."""
     lines = [
-        "monitor:",
-        f"  interval: {interval:g}s",
-        f"  timeout: {min(2.0, interval * 0.8):g}s",
-        "log: {level: warning}",
-        "clusters:",
+        *tierwatch_config_head(interval),
         "  - name: bench",
         "    tier: app",
         "    targets:",
@@ -279,16 +152,13 @@ def start_blackbox(stack: Stack) -> tuple[ManagedProcess, int]:
     """Start blackbox_exporter with an http_2xx module (2 s timeout) written to the stack's directory."""
     config = stack.path("blackbox.yml")
     config.write_text(BLACKBOX_CONFIG)
-    port = free_port()
-    argv = [BLACKBOX, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"]
-    proc = stack.spawn("blackbox", argv)
-
-    def healthy() -> bool:
-        proc.check_alive()
-        return httpx.get(f"http://127.0.0.1:{port}/-/healthy", timeout=2).status_code == 200
-
-    wait_for(healthy, 15, "blackbox_exporter /-/healthy")
-    return proc, port
+    return start_http_service(
+        stack,
+        "blackbox",
+        lambda port: [BLACKBOX, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"],
+        "/-/healthy",
+        "blackbox_exporter /-/healthy",
+    )
 
 
 # --------------------------------------------------------------------------- the bench
@@ -297,7 +167,6 @@ def start_blackbox(stack: Stack) -> tuple[ManagedProcess, int]:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run both exporters, measure over the window, stop everything; return the results."""
     interval: float = args.interval
-    rounds = max(1, round(args.duration / interval))
     with Stack(keep=args.keep) as stack:
         backends: list[HttpBackend] = [
             start_http_backend(stack, f"backend-{i}") for i in range(args.backends)
@@ -311,51 +180,32 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         tw_http = Http(tw_port)
         stats_conns = [Http(b.port) for b in backends]
 
-        start = time.time() + 0.5
-        window_start = start + args.warmup * interval
-        window_end = window_start + rounds * interval
-        spec = {
-            "interval": interval,
-            "start": start,
-            "until": window_end,
-            "targets": targets,
-            "burst": args.burst,
-            "blackbox": f"http://127.0.0.1:{bb_port}",
-            "tierwatch_metrics": f"http://127.0.0.1:{tw_port}/metrics",
-            "out": str(stack.path("driver-records.json")),
-        }
-        spec_path = stack.path("driver-spec.json")
-        spec_path.write_text(json.dumps(spec))
-        driver = stack.spawn(
-            "driver", [sys.executable, str(Path(__file__).resolve()), "--driver", str(spec_path)]
+        window = Window.from_now(interval, args.duration, args.warmup)
+        spec = window.driver_spec(
+            stack.path("driver-records.json"),
+            targets=targets,
+            burst=args.burst,
+            blackbox=f"http://127.0.0.1:{bb_port}",
+            tierwatch_metrics=f"http://127.0.0.1:{tw_port}/metrics",
         )
-        print(
-            f"{len(targets)} targets on {len(backends)} backends, interval {interval:g}s; warm-up "
-            f"{args.warmup * interval:g}s, window {rounds * interval:g}s",
-            file=sys.stderr,
-        )
+        driver = start_driver(stack, spec, Path(__file__))
+        window.announce(f"{len(targets)} targets on {len(backends)} backends")
 
-        time.sleep(max(0.0, window_start - time.time()))
+        window.sleep_until_first()
         # blackbox probes keep arriving while we sample: each counter is matched with the probes
         # the driver scheduled after the moment it was read.
         load0 = os.getloadavg()[0]
         t_cpu0 = time.time()
         tw_cpu0, bb_cpu0 = cpu_seconds(tw.pid), cpu_seconds(bb.pid)
-        t_stats0 = time.time()
-        req0, conn0 = backend_stats(stats_conns)
-        t_stats0 = (t_stats0 + time.time()) / 2
+        t_stats0, (req0, conn0) = timed(lambda: backend_stats(stats_conns))
         tw_conns = NewConnections(tw.pid, backend_ports)
-        tw_count0, tw_fail0, tw_late0 = tierwatch_counters(tw_http)
-        while time.time() < window_end + 0.25:  # tierwatch's sockets, to attribute connections
-            tw_conns.poll()
-            time.sleep(0.1)
+        tw_count0, tw_fail0, tw_late0 = tierwatch_counters(tw_http.get("/metrics")[1])
+        tw_conns.poll_until(window.end + 0.25, 0.1)  # tierwatch's sockets, to attribute connections
         tw_cpu1, bb_cpu1 = cpu_seconds(tw.pid), cpu_seconds(bb.pid)
         load1 = os.getloadavg()[0]
         req1, conn1 = backend_stats(stats_conns)
-        tw_count1, tw_fail1, tw_late1 = tierwatch_counters(tw_http)
-        if driver.popen is None or driver.popen.wait(60) != 0:
-            raise RuntimeError(f"driver failed:\n{driver.log_tail()}")
-        records = json.loads(Path(spec["out"]).read_text())
+        tw_count1, tw_fail1, tw_late1 = tierwatch_counters(tw_http.get("/metrics")[1])
+        records = driver_records(driver, spec, 60)
 
         # tierwatch /metrics latency, after the window (not counted in CPU), while it keeps probing.
         latencies = []
@@ -370,19 +220,17 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         metrics_bytes = len(body.encode())
         tw_rss, bb_rss = vm_hwm_mib(tw.pid), vm_hwm_mib(bb.pid)
 
-    bb_probes = [p for p in records["probes"] if window_start <= p[0] < window_end]
+    bb_probes = [p for p in records["probes"] if window.holds(p[0])]
     bb_latency = [p[1] for p in bb_probes]
     bb_cpu_probes = sum(1 for p in bb_probes if p[0] >= t_cpu0)
     bb_conn_probes = sum(1 for p in bb_probes if p[0] >= t_stats0)
     tw_probes = tw_count1 - tw_count0
     tw_new_conns = tw_conns.count
     new_conns = conn1 - conn0
-    window = rounds * interval
     tools = {
         "tierwatch": {
             "probes": int(tw_probes),
-            "cpu_seconds": round(tw_cpu1 - tw_cpu0, 3),
-            "cpu_ms_per_probe": round(1000 * (tw_cpu1 - tw_cpu0) / tw_probes, 3),
+            **cpu_fields(tw_cpu1 - tw_cpu0, tw_probes, "probe"),
             "latency_what": f"GET /metrics with {len(targets)} targets ({metrics_bytes} bytes), "
             f"{len(latencies)} sequential scrapes",
             "latency_median_ms": round(1000 * statistics.median(latencies), 2),
@@ -398,8 +246,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "blackbox": {
             "probes": len(bb_probes),
             "probes_failed": sum(1 for p in bb_probes if not p[2]),
-            "cpu_seconds": round(bb_cpu1 - bb_cpu0, 3),
-            "cpu_ms_per_probe": round(1000 * (bb_cpu1 - bb_cpu0) / bb_cpu_probes, 3),
+            **cpu_fields(bb_cpu1 - bb_cpu0, bb_cpu_probes, "probe"),
             "latency_what": f"GET /probe (synchronous probe), {len(bb_probes)} requests from the driver",
             "latency_median_ms": round(1000 * statistics.median(bb_latency), 2),
             "latency_p99_ms": round(1000 * percentile(bb_latency, 99), 2),
@@ -421,18 +268,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     goal_cpu = CLAIMED_BLACKBOX_CPU_MS * GOAL_FACTOR
     return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "python " + shlex.join(["bench/http_bench.py", *sys.argv[1:]]),
-        "machine": machine(),
+        **run_fields("bench/http_bench.py"),
         "setup": {
             "targets": len(targets),
             "backends": len(backends),
-            "interval_s": interval,
-            "warmup_s": args.warmup * interval,
-            "window_s": window,
+            **window.setup(),
             "burst": args.burst,
             "loadavg_1m_window_start_end": [load0, load1],
-            "blackbox_version": _blackbox_version(),
+            "blackbox_version": version([BLACKBOX, "--version"]),
         },
         "backends_during_window": {
             "requests": req1 - req0,
@@ -503,13 +346,6 @@ def client_cpu(args: argparse.Namespace) -> None:
             print(f"{kind:>10}: {1e6 * per_get:6.0f} µs CPU per GET, {len(urls)} concurrent kept-alive GETs")
 
 
-def _blackbox_version() -> str:
-    import subprocess
-
-    out = subprocess.run([BLACKBOX, "--version"], capture_output=True, text=True, check=False)
-    return (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else "unknown"
-
-
 def print_table(result: dict[str, Any]) -> None:
     """The results as a plain-text table on stdout."""
     tw, bb = result["results"]["tierwatch"], result["results"]["blackbox"]
@@ -537,9 +373,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argument_parser(__doc__)
     parser.add_argument("--targets", type=int, default=200, help="number of HTTP targets (default 200)")
     parser.add_argument(
         "--backends", type=int, default=10, help="backend processes serving them (default 10)"
@@ -566,7 +400,7 @@ def main() -> None:
     parser.add_argument("--driver", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.driver:
-        run_driver(args.driver)
+        run_driver(args.driver, _drive)
         return
     if args.client_cpu:
         client_cpu(args)
@@ -575,11 +409,7 @@ def main() -> None:
         args.interval, args.duration, args.warmup, args.scrapes = 2.0, 10.0, 1, 50
     result = bench(args)
     print_table(result)
-    output = args.output or (None if args.quick else RESULTS)
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"written to {output}")
+    write_results(result, args.output or (None if args.quick else RESULTS))
 
 
 if __name__ == "__main__":

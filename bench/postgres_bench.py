@@ -13,7 +13,7 @@ servers, pg-1 ... pg-dr, so the primary's standby rows are attributed to them; t
   one ``server`` label per host:port, so 50 databases of one server would collide): one process per
   target, as its Debian service sets it up (``DATA_SOURCE_NAME``, default collectors, plus the
   ``pg_replication`` query of its example queries.yaml), role ``pgexporter`` (pg_monitor).
-- A driver process (redis_bench.py's, CPU not counted) plays Prometheus: every interval one
+- A driver process (side_by_side.py's, CPU not counted) plays Prometheus: every interval one
   ``GET /metrics`` per exporter process at a fixed offset in the interval, one of tierwatch.
 - Load: 50 small rows inserted every 100 ms on the primary for the whole run.
 
@@ -28,12 +28,8 @@ Run: ``python bench/postgres_bench.py --databases 50 --output bench/results/post
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import re
-import shlex
-import statistics
 import sys
 import threading
 import time
@@ -43,8 +39,23 @@ from typing import Any
 from psycopg import sql as pgsql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from http_bench import Http, cpu_seconds, machine, metric_sum, percentile, vm_hwm_mib
-from redis_bench import driver_records, exposition_series, series_per_target, start_driver
+from side_by_side import (
+    Http,
+    Window,
+    argument_parser,
+    cpu_fields,
+    cpu_seconds,
+    driver_records,
+    run_fields,
+    sample_fields,
+    scrape_fields,
+    start_driver,
+    tierwatch_config_head,
+    tierwatch_fields,
+    vm_hwm_mib,
+    write_results,
+)
+from side_by_side import print_table as print_side_by_side
 
 from tierwatch.lab.stack import Stack, free_port
 from tierwatch.lab.stack.ports import port_open
@@ -89,13 +100,7 @@ def tierwatch_config(
     servers: dict[str, PgServer], databases: int, interval: float, password_file: Path
 ) -> str:
     """One postgres cluster per database, holding its four targets."""
-    lines = [
-        "monitor:",
-        f"  interval: {interval:g}s",
-        f"  timeout: {min(2.0, interval * 0.8):g}s",
-        "log: {level: warning}",
-        "clusters:",
-    ]
+    lines = tierwatch_config_head(interval)
     for k in range(databases):
         lines += [
             f"  - name: db-{k:03d}",
@@ -123,7 +128,6 @@ def write_load(primary: PgServer, stop: threading.Event) -> None:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run both sides at once, measure over the window; return the results."""
     interval: float = args.interval
-    rounds = max(1, round(args.duration / interval))
     databases: int = args.databases
     with Stack(keep=args.keep) as stack:
         settings = {"log_connections": "on", "max_connections": str(3 * databases + 40)}
@@ -177,33 +181,24 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         tw, tw_http = tw_proc.process, Http(tw_proc.port)
         names = [target_name(k, n) for k in range(databases) for n in servers]
 
-        start = time.time() + 0.5
-        window_start = start + args.warmup * interval
-        window_end = window_start + rounds * interval
-        spec = {
-            "interval": interval,
-            "start": start,
-            "until": window_end,
-            "urls": [f"http://127.0.0.1:{port}/metrics" for _, port in exporters],
-            "ok": "\npg_up 1",
-            "tierwatch_metrics": f"{tw_proc.url}/metrics",
-            "out": str(stack.path("driver-records.json")),
-        }
-        driver = start_driver(stack, spec)
-        print(
-            f"{len(names)} targets on {len(servers)} servers, interval {interval:g}s; warm-up "
-            f"{args.warmup * interval:g}s, window {rounds * interval:g}s",
-            file=sys.stderr,
+        window = Window.from_now(interval, args.duration, args.warmup)
+        spec = window.driver_spec(
+            stack.path("driver-records.json"),
+            urls=[f"http://127.0.0.1:{port}/metrics" for _, port in exporters],
+            ok="\npg_up 1",
+            tierwatch_metrics=f"{tw_proc.url}/metrics",
         )
+        driver = start_driver(stack, spec)
+        window.announce(f"{len(names)} targets on {len(servers)} servers")
         logs = [stack.path("logs", f"{n}.log") for n in servers]
-        time.sleep(max(0.0, window_start - time.time()))
+        window.sleep_until_first()
         load0 = os.getloadavg()[0]
         t_cpu0 = time.time()
         tw_cpu0 = cpu_seconds(tw.pid)
         px_cpu0 = sum(cpu_seconds(p.pid) for p, _ in exporters)
         offsets = {log: log.stat().st_size for log in logs}
         body0 = tw_http.get("/metrics")[1]
-        time.sleep(max(0.0, window_end - time.time()))
+        time.sleep(max(0.0, window.end - time.time()))
         tw_cpu1 = cpu_seconds(tw.pid)
         px_cpu1 = sum(cpu_seconds(p.pid) for p, _ in exporters)
         t_cpu1 = time.time()
@@ -216,66 +211,32 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         stop_load.set()
         load.join(10)
 
-    scrapes = [s for s in records["scrapes"] if window_start <= s[0] < window_end]
+    scrapes = [s for s in records["scrapes"] if window.holds(s[0])]
     px_cpu_scrapes = sum(1 for s in scrapes if t_cpu0 <= s[0] < t_cpu1)
-    tw_probes = metric_sum(body1, "tierwatch_probes_total") - metric_sum(body0, "tierwatch_probes_total")
-    tw_fail = metric_sum(body1, "tierwatch_probe_failures_total") - metric_sum(
-        body0, "tierwatch_probe_failures_total"
+    tw_r = tierwatch_fields(
+        (body0, body1), tw_cpu1 - tw_cpu0, t_cpu1 - t_cpu0, tw_rss, conns.get("tierwatch", 0), names, records
     )
-    tw_series = series_per_target(body1, names)
-    px_series = exposition_series(records["sample_body"])
-    tools = {
-        "tierwatch": {
-            "probes": int(tw_probes),
-            "cpu_seconds": round(tw_cpu1 - tw_cpu0, 3),
-            "cpu_ms_per_probe": round(1000 * (tw_cpu1 - tw_cpu0) / tw_probes, 3),
-            "cores": round((tw_cpu1 - tw_cpu0) / (t_cpu1 - t_cpu0), 3),
-            "peak_rss_mib": round(tw_rss, 1),
-            "probes_failed": int(tw_fail),
-            "round_overruns": int(
-                metric_sum(body1, "tierwatch_probe_round_overruns_total")
-                - metric_sum(body0, "tierwatch_probe_round_overruns_total")
-            ),
-            "targets_up_at_end": int(metric_sum(body1, "tierwatch_up")),
-            "new_connections": conns.get("tierwatch", 0),
-            "series_per_target": tw_series,
-            "metrics_bytes": len(body1.encode()),
-            "metrics_scrape_median_ms": round(
-                1000 * statistics.median(s[1] for s in records["tierwatch_scrapes"]), 2
-            ),
-        },
-        "postgres_exporter": {
-            "processes": len(exporters),
-            "scrapes": len(scrapes),
-            "cpu_seconds": round(px_cpu1 - px_cpu0, 3),
-            "cpu_ms_per_scrape": round(1000 * (px_cpu1 - px_cpu0) / px_cpu_scrapes, 3),
-            "cores": round((px_cpu1 - px_cpu0) / (t_cpu1 - t_cpu0), 3),
-            "peak_rss_mib_per_process": round(max(px_rss), 1),
-            "peak_rss_mib_total": round(sum(px_rss), 1),
-            "scrapes_failed": sum(1 for s in scrapes if not s[2]),
-            "scrape_latency_median_ms": round(1000 * statistics.median(s[1] for s in scrapes), 2),
-            "scrape_latency_p99_ms": round(1000 * percentile([s[1] for s in scrapes], 99), 2),
-            "driver_late_p50_p99_max_s": [round(x, 3) for x in records["driver_late_p50_p99_max_s"]],
-            "new_connections": conns.get(EXPORTER_ROLE, 0),
-            "series_per_target": px_series,
-            "bytes_per_target": len(records["sample_body"].encode()),
-        },
+    px_r = {
+        "processes": len(exporters),
+        "scrapes": len(scrapes),
+        **cpu_fields(px_cpu1 - px_cpu0, px_cpu_scrapes, "scrape", t_cpu1 - t_cpu0),
+        "peak_rss_mib_per_process": round(max(px_rss), 1),
+        "peak_rss_mib_total": round(sum(px_rss), 1),
+        **scrape_fields(scrapes, records),
+        "new_connections": conns.get(EXPORTER_ROLE, 0),
+        **sample_fields(records),
     }
-    tw_r, px_r = tools["tierwatch"], tools["postgres_exporter"]
+    tw_series, px_series = tw_r["series_per_target"], px_r["series_per_target"]
     return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "python " + shlex.join(["bench/postgres_bench.py", *sys.argv[1:]]),
-        "machine": machine(),
+        **run_fields("bench/postgres_bench.py"),
         "setup": {
             "targets": len(names),
             "servers": len(servers),
             "databases": databases,
-            "interval_s": interval,
-            "warmup_s": args.warmup * interval,
-            "window_s": rounds * interval,
+            **window.setup(),
             "loadavg_1m_window_start_end": [load0, load1],
         },
-        "results": tools,
+        "results": {"tierwatch": tw_r, "postgres_exporter": px_r},
         "ratios_tierwatch_over_postgres_exporter": {
             "cpu_per_probe": round(tw_r["cpu_ms_per_probe"] / px_r["cpu_ms_per_scrape"], 3),
             "peak_rss_total": round(tw_r["peak_rss_mib"] / px_r["peak_rss_mib_total"], 3),
@@ -286,32 +247,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     """The results as a Markdown table on stdout."""
-    tw, px = result["results"]["tierwatch"], result["results"]["postgres_exporter"]
-    setup, ratio = result["setup"], result["ratios_tierwatch_over_postgres_exporter"]
-    print(
-        f"{setup['targets']} targets on {setup['servers']} servers, every {setup['interval_s']:g}s, "
-        f"window {setup['window_s']:g}s"
-    )
-    print("| | tierwatch | postgres_exporter | ratio |\n|---|---:|---:|---:|")
-    print(f"| probes / scrapes | {tw['probes']} | {px['scrapes']} | |")
-    cpu = f"{tw['cpu_ms_per_probe']} | {px['cpu_ms_per_scrape']} | {ratio['cpu_per_probe']}"
-    print(f"| CPU ms per target | {cpu} |")
-    print(f"| cores | {tw['cores']} | {px['cores']} | |")
-    print(
-        f"| peak RSS MiB | {tw['peak_rss_mib']} | {px['peak_rss_mib_per_process']} per process, "
-        f"{px['peak_rss_mib_total']} total | {ratio['peak_rss_total']} |"
-    )
-    print(f"| new connections | {tw['new_connections']} | {px['new_connections']} | |")
-    series = tw["series_per_target"]
-    theirs = px["series_per_target"]
-    print(f"| series per target | {series['mean']} | {theirs} | {ratio['series_per_target']} |")
-    print(f"| failed | {tw['probes_failed']} | {px['scrapes_failed']} | |")
+    px = result["results"]["postgres_exporter"]
+    rss = f"{px['peak_rss_mib_per_process']} per process, {px['peak_rss_mib_total']} total"
+    print_side_by_side(result, "postgres_exporter", "servers", rss, "peak_rss_total")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argument_parser(__doc__)
     parser.add_argument("--databases", type=int, default=50, help="databases; targets = 4 x databases")
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=60.0, help="measured window, seconds")
@@ -321,10 +263,7 @@ def main() -> None:
     args = parser.parse_args()
     result = bench(args)
     print_table(result)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"written to {args.output}")
+    write_results(result, args.output)
 
 
 if __name__ == "__main__":
