@@ -18,6 +18,7 @@ from tierwatch.lab.stack.haproxy import HAProxy
 from tierwatch.lab.stack.redis import RedisServer, start_redis, start_sentinels
 from tierwatch.recovery.actions.base import Outcome
 from tierwatch.recovery.actions.redis_failover import CHECK_KEY, RedisFailover
+from tierwatch.recovery.lease import LeaseLost
 
 from action_fixtures import Recorder, lb_cluster, make_context, start_tcp_lb
 
@@ -390,3 +391,35 @@ def test_a_replica_of_another_region_is_promoted_only_in_a_regional_failover(
     assert outcome.status == "succeeded", (outcome, recorder.text())
     assert outcome.facts["new_primary"] == "redis-dr"
     assert replication(dr)["role"] == "master"
+
+
+def test_a_leader_that_lost_its_lease_past_the_point_of_no_return_stops_before_rerouting(
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    """A leader paused (or cut off) right after promoting wakes up with its lease gone: the new
+    leader has resumed the failover from the ledger. The stale run must not go on re-pointing replicas
+    and moving the write backend on what it saw before the pause (the world may have moved on): it
+    stops at its next step, and the alert is the new leader's. Found by pausing the leader 15 s on
+    its ``promoted`` record in the demo: it re-pointed and moved the backend 7 s after the new leader
+    had finished."""
+    servers = start_trio(stack)
+    master = servers[0]
+    lb = start_tcp_lb(stack, "lb-1", BACKEND, [(s.name, s.port) for s in servers])
+    loaded = load(make_config, tmp_path, servers, lb=lb)
+    master.process.kill()
+    ctx, recorder = make_context(loaded, CLUSTER, ALERT, settings=ClusterRecovery(write_backend=BACKEND))
+
+    def still_leading() -> None:  # the lease was held at the point of no return (the recorder's), then lost
+        raise LeaseLost("the lease expired in etcd")
+
+    ctx.still_leading = still_leading
+    try:
+        run(ctx)
+    except LeaseLost:
+        pass
+    else:
+        raise AssertionError(f"the stale run went on: {recorder.text()}")
+    [promoted] = [e["target"] for e in recorder.named("promoted")]
+    assert not recorder.named("repointed") and not recorder.named("write_backend_set"), recorder.text()
+    [other] = [s for s in servers[1:] if s.name != promoted]
+    assert replication(other)["master_port"] == master.port  # left for the new leader's resumed run

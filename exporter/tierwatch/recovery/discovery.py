@@ -126,10 +126,12 @@ async def backend_primary(loaded: LoadedConfig, backend: str) -> dict[str, list[
 
 
 async def point_write_backend(ctx: ActionContext, primary: str) -> dict[str, str] | None:
-    """Make ``primary`` the only ready server of the cluster's write backend (if one is configured)."""
+    """Make ``primary`` the only ready server of the cluster's write backend (if one is configured);
+    raises LeaseLost instead once this replica no longer leads (``ctx.still_leading``)."""
     backend = ctx.cluster_settings.write_backend
     if not backend:
         return None
+    ctx.still_leading()
     members = [t.name for t in ctx.cluster.targets]
     results = await point_backend_at(ctx.loaded, backend, primary, members)
     ctx.audit("write_backend_set", backend=backend, primary=primary, results=results)

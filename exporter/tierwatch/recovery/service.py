@@ -408,7 +408,8 @@ class RecoveryService:
                         await refuse(blocked, why, action_name)
                         return
                 await self._act(alert, cluster, tier, base, action_name, resumed, finish, settings, loaded)
-        except LeaseLost as exc:  # stopped before its point of no return: the leader's to run
+        except LeaseLost as exc:  # this replica no longer leads: the alert is the new leader's to run (from
+            # the start before the point of no return; past it, resumed from the ledger)
             try:
                 await asyncio.sleep(1.0)  # back off: etcd may be failing fast, this alert is claimed again
             finally:
@@ -519,6 +520,10 @@ class RecoveryService:
     ) -> ActionContext:
         fencing = self.ha.token if self.ha is not None else None  # the lease this action runs under
 
+        def still_leading() -> None:
+            if self.ha is not None and self.ha.token != fencing:
+                raise LeaseLost(self.ha.lease.problem or f"the lease of token {fencing} is no longer held")
+
         async def point_of_no_return(decision: dict[str, Any] | None = None) -> None:
             if self.ha is not None:  # fenced: raises LeaseLost (nothing done) unless still that lease
                 await self.ha.point_of_no_return(alert, cluster.name, action, fencing, decision)
@@ -546,6 +551,7 @@ class RecoveryService:
             decision=alert.decision if resumed else None,
             regional=self._regional(alert.alertname, settings),
             fencing_token=fencing,
+            still_leading=still_leading,
             last_failover=lambda: asyncio.to_thread(last_failover, self.audit.path, cluster.name),
         )
 

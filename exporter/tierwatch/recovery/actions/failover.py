@@ -396,9 +396,11 @@ def plan_repoint(
 async def _repoint_all(
     ctx: ActionContext, driver: Driver[S], new: S, where: Address, replicas: Sequence[S]
 ) -> set[str]:
-    """Point each replica at ``new`` (at ``where``); the names it failed on (audited)."""
+    """Point each replica at ``new`` (at ``where``); the names it failed on (audited). Stops with
+    LeaseLost before any replica once this replica no longer leads (``ctx.still_leading``)."""
     failed: set[str] = set()
     for replica in replicas:
+        ctx.still_leading()
         try:
             extra = await driver.repoint(new, where, replica)
         except driver.errors as exc:
