@@ -130,14 +130,17 @@ def test_host_rules_fire_on_real_node_exporter_series(live: Live) -> None:
     disks = prom.alerts("HostDiskSpaceLow")
     assert "/" in {a["labels"]["mountpoint"] for a in disks}, "the root filesystem is watched"
     assert all(a["labels"]["fstype"] not in ("tmpfs", "overlay") for a in disks)
-    assert prom.rule_health() == []  # HostDiskFillingUp included: it evaluates on the real series
-    assert "HostDiskFillingUp" not in firing()  # no shrinking filesystem here
+    # HostDiskFillingUp included: it evaluates on the real series. Whether it fires here depends on the
+    # machine (a root filesystem under 40% free that the suite's other tests are writing to does fill up),
+    # so its firing and not firing are tested on a tmpfs this test owns, below.
+    assert prom.rule_health() == []
 
 
 def test_disk_filling_up_fires_on_a_shrinking_filesystem(tmp_path: Path) -> None:
-    """A 8 MiB tmpfs that only node_exporter sees (its own mount namespace), filled to 75% and then
-    growing: the trend rule fires, the low-space rule (10%) does not. The filesystem selector is set to
-    that tmpfs; thresholds and horizon are the shipped ones."""
+    """A 8 MiB tmpfs that only node_exporter sees (its own mount namespace). Shrinking with most of it
+    free, the trend rule does not fire; filled to 75% and then growing, it fires and the low-space rule
+    (10%) does not. The filesystem selector is set to that tmpfs; thresholds and horizon are the shipped
+    ones."""
     settings = {
         "selectors": {"node_filesystem": 'fstype="tmpfs", mountpoint=~".*/tw-fill"'},
         "for": {"HostDiskFillingUp": "0s", "HostDiskSpaceLow": "0s"},
@@ -160,7 +163,10 @@ def test_disk_filling_up_fires_on_a_shrinking_filesystem(tmp_path: Path) -> None
 
         time.sleep(2)  # a few samples of an empty disk
         assert prom.alerts("HostDiskFillingUp") == []
-        write("base", 6 * 1024)  # 75% used
+        write("steady", 1024)  # shrinking, but with most of the space free: not yet a warning
+        time.sleep(2)
+        assert prom.alerts("HostDiskFillingUp") == []
+        write("base", 5 * 1024)  # 75% used, with "steady"
         deadline = time.monotonic() + 60
         grow = 0
         while prom.alert_state("HostDiskFillingUp", mountpoint=str(disk)) != "firing":
