@@ -27,6 +27,7 @@ from tierwatch.recovery.actions.redis_failover import RedisFailover
 from tierwatch.recovery.actions.redis_rejoin import RedisRejoin
 from tierwatch.recovery.audit import AuditTrail
 from tierwatch.recovery.history import last_failover
+from tierwatch.recovery.lease import LeaseLost
 
 from action_fixtures import ADMIN_ROLE, make_context, start_pg_cluster
 
@@ -130,6 +131,24 @@ def test_redis_returning_old_master_becomes_a_replica_of_the_promoted_one(
     again = asyncio.run(RedisRejoin().run(with_history(ctx, trail)))
     assert again.status == "refused" and "nothing to rejoin" in again.detail
     assert recorder.point_of_no_return_calls == 0
+
+
+def lease_lost() -> None:
+    """``ctx.still_leading`` of a leader whose lease expired after its point of no return."""
+    raise LeaseLost("the lease expired in etcd")
+
+
+def test_redis_rejoin_of_a_leader_that_lost_its_lease_changes_nothing_more(
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path, trail: AuditTrail
+) -> None:
+    servers, loaded = redis_trio(stack, make_config, tmp_path)
+    fail_over_and_return(servers, loaded, trail)
+    ctx, recorder = make_context(loaded, "cache", SPLIT)
+    ctx = dataclasses.replace(with_history(ctx, trail), still_leading=lease_lost)
+    with pytest.raises(LeaseLost):
+        asyncio.run(RedisRejoin().run(ctx))
+    assert recorder.point_of_no_return_calls == 1 and not recorder.named("repointed"), recorder.text()
+    assert role(servers[0]) == "master"  # left for the new leader, which resumes the run from the ledger
 
 
 def test_redis_rejoin_refuses_an_unexpected_topology(
@@ -278,3 +297,33 @@ def test_pg_rejoin_without_commands_is_refused(
     assert outcome.status == "refused" and outcome.detail == "no rejoin commands configured for pg-1"
     assert recorder.point_of_no_return_calls == 0
     assert not pg.servers["pg-1"].in_recovery()
+
+
+def test_pg_rejoin_of_a_leader_that_loses_its_lease_runs_no_further_step(
+    stack: Stack, make_config: Callable[..., LoadedConfig], trail: AuditTrail, tmp_path: Path
+) -> None:
+    """The lease is lost while the stop command runs: rewind and start are the new leader's (two
+    leaders rewinding one data directory at once would corrupt it)."""
+    pg = start_pg_cluster(stack, ("pg-2",))
+    pg.servers["pg-1"].sql(f"GRANT pg_checkpoint TO {ADMIN_ROLE}")
+    pg.servers["pg-2"].wait_caught_up()
+    pg.servers["pg-2"].promote()  # a second primary
+    trail.record("facts", cluster="main-db", new_primary="pg-2", old_primary="pg-1")
+    asyncio.run(trail.flush())
+    loaded = make_config([pg.cluster_entry("main-db")])
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    commands = RejoinCommands(**{step: ["touch", str(ran / step)] for step in ("stop", "rewind", "start")})
+    admin = {"admin_user": ADMIN_ROLE, "admin_password_file": str(pg.admin_password_file)}
+    settings = ClusterRecovery(**admin, rejoin_commands={"pg-1": commands})
+    ctx, recorder = make_context(loaded, "main-db", {"alertname": "PostgresSplitBrain"}, settings=settings)
+
+    def still_leading() -> None:
+        if (ran / "stop").exists():
+            lease_lost()
+
+    ctx = dataclasses.replace(with_history(ctx, trail), still_leading=still_leading)
+    with pytest.raises(LeaseLost):
+        asyncio.run(PgRejoin().run(ctx))
+    assert sorted(p.name for p in ran.iterdir()) == ["stop"], recorder.text()
+    assert [e["step"] for e in recorder.named("command_finished")] == ["stop"]

@@ -72,8 +72,9 @@ class ActionContext:
     # old_primary, ...), or None; read from the audit trail only when an action asks (rejoin)
     last_failover: Callable[[], Awaitable[dict[str, Any] | None]] | None = None
     # recovery.ha: raises LeaseLost once the lease this action started under is no longer held. A
-    # failover calls it past its point of no return before each further change: a leader that was
-    # paused or cut off meanwhile leaves the rest to the new leader, which resumes it from the ledger
+    # failover or a rejoin calls it past its point of no return before each further change (re-pointing
+    # a server, moving the write backend, each rejoin command): a leader that was paused or cut off
+    # meanwhile leaves the rest to the new leader, which resumes it from the ledger
     still_leading: Callable[[], None] = lambda: None
 
     @property

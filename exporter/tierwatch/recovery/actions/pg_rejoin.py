@@ -86,9 +86,12 @@ async def _checkpoint(driver: PgDriver, new: TargetConfig) -> str | None:
 async def _steps(
     ctx: ActionContext, commands: RejoinCommands, where: Address, name: str, *, tolerate_stop: bool
 ) -> Outcome | None:
-    """Stop, rewind, start; the failed Outcome of the first step that fails, else None."""
+    """Stop, rewind, start; the failed Outcome of the first step that fails, else None. Stops with
+    LeaseLost before a step once this replica no longer leads (``ctx.still_leading``): two leaders
+    rewinding one data directory at once would corrupt it."""
     timeout = max(1.0, ctx.settings.action_timeout / 3)
     for step, argv in (("stop", commands.stop), ("rewind", commands.rewind), ("start", commands.start)):
+        ctx.still_leading()
         started = time.monotonic()
         code, last_line = await run_command(fill(argv, where), timeout)
         seconds = round(time.monotonic() - started, 3)

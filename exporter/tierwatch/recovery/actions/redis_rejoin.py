@@ -41,6 +41,7 @@ class RedisRejoin(Action):
         await ctx.point_of_no_return()
         started = time.monotonic()
         for server in (old, *followers):
+            ctx.still_leading()  # a leader that lost its lease leaves the rest to the new one
             try:
                 await driver.repoint(checked.new, checked.where, server)  # type: ignore[arg-type]
             except driver.errors as exc:
