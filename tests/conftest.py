@@ -53,30 +53,3 @@ def make_config(write_config: Callable[[dict[str, Any]], Path]) -> Callable[...,
         return load_config(write_config(data))
 
     return make
-
-
-# The longest test files, longest first (pytest --durations, 2 cores). scripts/test hands whole files to
-# two workers in collection order, so starting with these lets both finish at about the same time instead
-# of one running a long file alone at the end. A stale entry only costs balance, never a test.
-LONGEST_FIRST = (
-    "test_drills.py",
-    "test_drills_faults.py",
-    "test_drills_ha.py",
-    "test_soak_hostile.py",
-    "test_rules.py",
-    "test_drills_partition.py",
-    "test_recovery_lease.py",
-    "test_demo_scale.py",
-    "test_recovery_hardening.py",
-    "test_drills_traffic.py",
-    "test_rules_live.py",
-    "test_drills_region.py",
-    "test_traffic_demo.py",
-    "test_alertmanager_cluster.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the longest files first; the rest, and the tests within each file, keep their order."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
