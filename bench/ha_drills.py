@@ -69,20 +69,34 @@ def action(scenario: str) -> str:
     return "pg_promote" if scenario in PG_DRILLS else "redis_failover"
 
 
+def _entries(state_dir: Path) -> list[dict[str, Any]]:
+    path = state_dir / "audit.jsonl"
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def leader_phase(chain: Chain, failed_at: float, killed_at: float, action: str) -> str:
     """Where the killed leader (the replica whose process is dead) was when it died, from the records
-    of ``action`` in its own audit trail since the failure."""
-    dead = [d for r, d in zip(chain.recoveries, chain.state_dirs, strict=True) if not r.process.running()]
+    of ``action`` in its own audit trail since the failure, and from the new leader's takeover: a run
+    it resumed was past its point of no return in the ledger even if the dead leader's audit trail
+    had not recorded that yet (it is flushed after the ledger write)."""
+    pairs = list(zip(chain.recoveries, chain.state_dirs, strict=True))
+    dead = [d for r, d in pairs if not r.process.running()]
     if len(dead) != 1:
         return "unknown"
-    path = dead[0] / "audit.jsonl"
-    text = path.read_text() if path.exists() else ""
-    entries = [json.loads(line) for line in text.splitlines() if line.strip()]
-    mine = [e for e in entries if failed_at <= e["ts"] <= killed_at and e.get("action") == action]
+    mine = [e for e in _entries(dead[0]) if failed_at <= e["ts"] <= killed_at and e.get("action") == action]
     events = {e["event"] for e in mine}
+    resumed = {
+        str(key)
+        for r, d in pairs
+        if r.process.running()
+        for e in _entries(d)
+        if e["event"] == "takeover" and e["ts"] >= killed_at
+        for key in e.get("resumed") or ()
+    }
     if "outcome" in events:
         return "done"
-    if "point_of_no_return" in events:
+    if "point_of_no_return" in events or resumed & {str(e.get("key")) for e in mine}:
         return "past its point of no return"
     return "acting, before its point of no return" if mine else "no action yet"
 
