@@ -19,6 +19,11 @@ done), read from its own audit trail.
 Alertmanager peer, a Prometheus replica, an exporter (vantage point) or etcd members (that drill
 fails two masters, one per phase: two promotions).
 
+``--set alertmanager``: each round runs ``redis-master`` (the reference), ``kill-alertmanager-peer``
+and ``pause-alertmanager-peer`` (this bench's own drill: SIGSTOP of the first peer, then the Redis
+master, SIGCONT once the drill ends; a paused peer still accepts TCP connections and answers nothing,
+where a killed one refuses them).
+
 ``--kill-window A,B`` draws the leader's kill moment from A-B s after the primary instead of 0-8 s:
 the window in which the action runs (the alert arrives about 6 s after the failure), so that kills
 land before and past the point of no return.
@@ -43,8 +48,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tierwatch.lab.demo import build
-from tierwatch.lab.drills import BUILD_OPTIONS, DRILLS, wait_until_watched
+from tierwatch.lab.demo import DemoStack, build
+from tierwatch.lab.drills import BUILD_OPTIONS, DRILLS, DrillResult, drill_redis_master, wait_until_watched
 from tierwatch.lab.drills_ha import _promotions, drill_kill_recovery_leader, recovered_after
 from tierwatch.lab.stack import Stack
 from tierwatch.lab.stack.chain import Chain
@@ -60,9 +65,28 @@ SETS = {
             "etcd-member-loss",
         ),
     ),
+    "alertmanager": (("redis-master", "kill-alertmanager-peer", "pause-alertmanager-peer"),),
 }
 PG_DRILLS = ("pg-primary", "kill-recovery-leader-pg")
 PROMOTIONS = {"etcd-member-loss": 2}  # each drill's expected promotions (default 1)
+
+
+def pause_alertmanager_peer(demo: DemoStack, deadline: float) -> DrillResult:
+    """SIGSTOP the first Alertmanager peer, run the Redis master drill, SIGCONT the peer."""
+    assert demo.chain is not None
+    peer = demo.chain.alertmanagers[0]
+    peer.process.pause()
+    paused = time.time()
+    try:
+        result = drill_redis_master(demo, deadline)
+    finally:
+        peer.process.resume()
+    result.scenario = "pause-alertmanager-peer"
+    result.add(paused, f"watcher: paused Alertmanager peer 1 of {len(demo.chain.alertmanagers)} (SIGSTOP)")
+    return result
+
+
+BENCH_DRILLS = {"pause-alertmanager-peer": pause_alertmanager_peer}
 
 
 def action(scenario: str) -> str:
@@ -118,7 +142,7 @@ def run_one(
                 demo, time.time() + 90, delay=delay, engine=engine, at_event=at_event
             )
         else:
-            result = DRILLS[scenario](demo, time.time() + 90)
+            result = (BENCH_DRILLS.get(scenario) or DRILLS[scenario])(demo, time.time() + 90)
         assert demo.chain is not None
         row: dict[str, Any] = {
             "scenario": f"{scenario}@{at_event}" if at_event else scenario,
