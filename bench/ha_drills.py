@@ -52,7 +52,7 @@ from tierwatch.lab.demo import DemoStack, build
 from tierwatch.lab.drills import BUILD_OPTIONS, DRILLS, DrillResult, drill_redis_master, wait_until_watched
 from tierwatch.lab.drills_ha import _promotions, drill_kill_recovery_leader, recovered_after
 from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.chain import Chain
+from tierwatch.lab.stack.chain import Chain, audit_trail
 
 SETS = {
     "leader": (("redis-master", "kill-recovery-leader"), ("pg-primary", "kill-recovery-leader-pg")),
@@ -93,12 +93,6 @@ def action(scenario: str) -> str:
     return "pg_promote" if scenario in PG_DRILLS else "redis_failover"
 
 
-def _entries(state_dir: Path) -> list[dict[str, Any]]:
-    path = state_dir / "audit.jsonl"
-    text = path.read_text() if path.exists() else ""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 def leader_phase(chain: Chain, failed_at: float, killed_at: float, action: str) -> str:
     """Where the killed leader (the replica whose process is dead) was when it died, from the records
     of ``action`` in its own audit trail since the failure, and from the new leader's takeover: a run
@@ -108,13 +102,14 @@ def leader_phase(chain: Chain, failed_at: float, killed_at: float, action: str) 
     dead = [d for r, d in pairs if not r.process.running()]
     if len(dead) != 1:
         return "unknown"
-    mine = [e for e in _entries(dead[0]) if failed_at <= e["ts"] <= killed_at and e.get("action") == action]
+    trail = audit_trail(dead[0])
+    mine = [e for e in trail if failed_at <= e["ts"] <= killed_at and e.get("action") == action]
     events = {e["event"] for e in mine}
     resumed = {
         str(key)
         for r, d in pairs
         if r.process.running()
-        for e in _entries(d)
+        for e in audit_trail(d)
         if e["event"] == "takeover" and e["ts"] >= killed_at
         for key in e.get("resumed") or ()
     }

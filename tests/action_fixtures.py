@@ -12,7 +12,7 @@ from typing import Any
 
 from tierwatch.config import LoadedConfig
 from tierwatch.config.recovery import ClusterRecovery, RecoverySettings
-from tierwatch.lab.stack import Stack
+from tierwatch.lab.stack import Stack, wait_for
 from tierwatch.lab.stack.haproxy import HAProxy, start_write_lb
 from tierwatch.lab.stack.postgres import ADMIN_ROLE, PgServer, create_admin_role, start_primary, start_replica
 from tierwatch.recovery.actions.base import ActionContext, AlertRef
@@ -133,3 +133,12 @@ def start_pg_cluster(stack: Stack, replicas: Sequence[str]) -> PgActionCluster:
     for secret in (admin_file, monitor_file):
         secret.chmod(0o600)
     return PgActionCluster(stack, servers, admin_file, monitor_file)
+
+
+def received(replica: PgServer, position: str) -> None:
+    """Wait until ``replica`` has received (not necessarily replayed) the WAL up to ``position``."""
+    wait_for(
+        lambda: replica.scalar("SELECT pg_last_wal_receive_lsn() >= %s::pg_lsn", (position,)),
+        30,
+        f"{replica.name} to receive {position}",
+    )

@@ -24,6 +24,7 @@ from action_fixtures import (
     PgActionCluster,
     lb_cluster,
     make_context,
+    received,
     start_pg_cluster,
     start_tcp_lb,
 )
@@ -59,14 +60,6 @@ def write_rows(server: PgServer, rows: int) -> str:
     server.sql("CREATE TABLE IF NOT EXISTS filler (id serial PRIMARY KEY, pad text)")
     server.sql("INSERT INTO filler (pad) SELECT repeat('x', 100) FROM generate_series(1, %s)", (rows,))
     return str(server.scalar("SELECT pg_current_wal_lsn()::text"))
-
-
-def received(replica: PgServer, position: str) -> None:
-    wait_for(
-        lambda: replica.scalar("SELECT pg_last_wal_receive_lsn() >= %s::pg_lsn", (position,)),
-        30,
-        f"{replica.name} to receive {position}",
-    )
 
 
 def streams_from(primary: PgServer, replica: PgServer, timeout: float = 30) -> None:

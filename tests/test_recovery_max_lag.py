@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import httpx
 
-from tierwatch.lab.stack import Stack, wait_for
+from tierwatch.lab.stack import Stack
 
-from action_fixtures import ADMIN_ROLE, start_pg_cluster
+from action_fixtures import ADMIN_ROLE, received, start_pg_cluster
 from helpers import metric_value
 from recovery_fixtures import alert, payload, start_recovery
 
@@ -27,11 +27,7 @@ def test_a_promotion_refused_by_max_lag_is_counted_as_blocked(stack: Stack) -> N
     primary.sql("INSERT INTO filler SELECT repeat(md5(i::text), 40) FROM generate_series(1, 20000) i")
     position = str(primary.scalar("SELECT pg_current_wal_lsn()::text"))
     for replica in replicas:
-        wait_for(
-            lambda r=replica: r.scalar("SELECT pg_last_wal_receive_lsn() >= %s::pg_lsn", (position,)),
-            30,
-            f"{replica.name} to receive the WAL",
-        )
+        received(replica, position)
     primary.process.kill()
 
     recovery = {

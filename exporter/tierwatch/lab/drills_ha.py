@@ -34,7 +34,7 @@ import httpx
 from .demo import DemoStack
 from .drills import DrillResult, _pg_primaries, _redis_masters, drill_pg_primary, drill_redis_master
 from .stack import wait_for
-from .stack.chain import Chain, audit
+from .stack.chain import Chain, audit, audit_trail
 from .stack.etcd import EtcdCluster
 from .stack.process import ManagedProcess
 from .stack.tierwatch import TierwatchProcess
@@ -233,13 +233,6 @@ def _leader_gauges(recoveries: list[TierwatchProcess]) -> list[float | None]:
     return values
 
 
-def _replica_audit(chain: Chain, index: int) -> list[dict[str, Any]]:
-    path = chain.state_dirs[index] / "audit.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def drill_etcd_one_member(demo: DemoStack, deadline: float, delay: float | None = None) -> DrillResult:
     """Kill -9 the etcd leader member ``delay`` (default random 0-6) s after the Redis master; the
     member is started again afterwards (same data) so the cluster is whole for what follows."""
@@ -291,7 +284,7 @@ def drill_etcd_quorum_loss(demo: DemoStack, deadline: float, hold: float = 10.0)
     _until(lambda: not primary.running(), 60)
     _until(
         lambda: all(
-            any(e["event"] == "not_acting" and e["ts"] >= lost_at for e in _replica_audit(chain, i))
+            any(e["event"] == "not_acting" and e["ts"] >= lost_at for e in audit_trail(chain.state_dirs[i]))
             for i in range(len(recoveries))
         ),
         60,
@@ -318,7 +311,7 @@ def drill_etcd_quorum_loss(demo: DemoStack, deadline: float, hold: float = 10.0)
         {
             str(e.get("reason"))[:80]
             for i in range(len(recoveries))
-            for e in _replica_audit(chain, i)
+            for e in audit_trail(chain.state_dirs[i])
             if e["event"] == "not_acting" and e["ts"] >= lost_at
         }
     )

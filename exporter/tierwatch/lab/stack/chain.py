@@ -186,15 +186,19 @@ def start_chain(
     )  # fmt: skip
 
 
-def audit(chain: Chain) -> list[dict[str, Any]]:
-    """The recovery service's audit trail so far (every replica's, in time order)."""
+def audit_trail(state_dir: Path) -> list[dict[str, Any]]:
+    """The audit trail so far of the recovery replica with this state directory (empty before any)."""
     import json
 
-    entries = []
-    for directory in chain.state_dirs or [chain.state_dir]:
-        path = directory / "audit.jsonl"
-        if path.exists():
-            entries += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    path = state_dir / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def audit(chain: Chain) -> list[dict[str, Any]]:
+    """The recovery service's audit trail so far (every replica's, in time order)."""
+    entries = [entry for d in chain.state_dirs or [chain.state_dir] for entry in audit_trail(d)]
     return sorted(entries, key=lambda entry: entry["ts"])
 
 
