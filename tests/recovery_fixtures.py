@@ -14,6 +14,7 @@ import httpx
 import yaml
 
 from tierwatch.lab.stack import Stack, free_port, wait_for
+from tierwatch.recovery.webhook import fingerprint_of
 
 TOKEN = "webhook-t0ken-Very-Secret"
 
@@ -48,18 +49,20 @@ def alert(
     name: str,
     labels: dict[str, str],
     status: str = "firing",
-    fingerprint: str = "a1b2c3d4e5f60718",
     starts_at: str = "2026-11-26T21:00:00Z",
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
-    """One alert as Alertmanager puts it in a webhook."""
+    """One alert as Alertmanager puts it in a webhook (its fingerprint computed from the labels as
+    Alertmanager does, unless a test forges one)."""
+    labels = {"alertname": name, **labels}
     return {
         "status": status,
-        "labels": {"alertname": name, **labels},
+        "labels": labels,
         "annotations": {"summary": name},
         "startsAt": starts_at,
         "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2026-11-26T21:05:00Z",
         "generatorURL": "http://prometheus/graph",
-        "fingerprint": fingerprint,
+        "fingerprint": fingerprint_of(labels) if fingerprint is None else fingerprint,
     }
 
 

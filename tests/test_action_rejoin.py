@@ -1,7 +1,7 @@
 """redis_rejoin and pg_rejoin against real servers: a failover (the real action), then the old primary
 comes back as a primary (restarted) and is demoted into a replica of the promoted one; refusals when
-the topology is not the one the last audited failover left. The last failover's facts come from a
-real audit trail (recovery/history.py reads it as the service does)."""
+the topology is not the one the last failover left. The last failover's facts come from a real inbox
+(Inbox.record_failover / last_failover, as the service keeps them)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ from tierwatch.recovery.actions.pg_promote import PgPromote
 from tierwatch.recovery.actions.pg_rejoin import PgRejoin
 from tierwatch.recovery.actions.redis_failover import RedisFailover
 from tierwatch.recovery.actions.redis_rejoin import RedisRejoin
-from tierwatch.recovery.audit import AuditTrail
-from tierwatch.recovery.history import last_failover
+from tierwatch.recovery.inbox import Inbox
 from tierwatch.recovery.lease import LeaseLost
 
 from action_fixtures import ADMIN_ROLE, make_context, start_pg_cluster
@@ -35,40 +34,38 @@ PASSWORD = "redis-rejoin-secret-9d1e"
 SPLIT = {"alertname": "RedisSplitBrain"}
 
 
-def with_history(ctx: ActionContext, trail: AuditTrail) -> ActionContext:
-    """``ctx`` reading the last failover from ``trail`` as the service does."""
+def with_history(ctx: ActionContext, trail: Inbox) -> ActionContext:
+    """``ctx`` reading the last failover from the inbox ``trail`` as the service does."""
     cluster = ctx.cluster.name
-    return dataclasses.replace(
-        ctx, last_failover=lambda: asyncio.to_thread(last_failover, trail.path, cluster)
-    )
+    return dataclasses.replace(ctx, last_failover=lambda: asyncio.to_thread(trail.last_failover, cluster))
 
 
-def record_facts(trail: AuditTrail, cluster: str, outcome: Outcome) -> None:
-    """What the service audits after a failover, flushed to disk."""
-    trail.record("facts", alert="X", key="k", cluster=cluster, action="failover", **outcome.facts)
+def record_failover(trail: Inbox, cluster: str, new_primary: str, old_primary: str | None) -> None:
+    """What the service keeps after a failover that promoted ``new_primary``."""
+    trail.record_failover(f"alert-{new_primary}-{old_primary}", cluster, new_primary, old_primary)
 
-    async def flush() -> None:
-        await trail.flush()
 
-    asyncio.run(flush())
+def record_facts(trail: Inbox, cluster: str, outcome: Outcome) -> None:
+    """What the service keeps of a real failover's outcome."""
+    record_failover(trail, cluster, str(outcome.facts["new_primary"]), outcome.facts.get("old_primary"))
 
 
 @pytest.fixture
 def trail(tmp_path: Path) -> Any:
-    audit = AuditTrail(tmp_path / "audit.jsonl")
-    yield audit
-    audit.close()
+    inbox = Inbox(tmp_path / "inbox.sqlite3")
+    yield inbox
+    inbox.close()
 
 
-def test_history_finds_the_last_promoting_failover_of_the_cluster(trail: AuditTrail) -> None:
-    trail.record("facts", cluster="a", new_primary="r-2", old_primary="r-1")
-    trail.record("facts", cluster="a", would_promote="r-3")  # a dry run: not a failover
-    trail.record("facts", cluster="b", new_primary="x-2", old_primary="x-1")
-    trail.record("outcome", cluster="a", outcome="succeeded")
-    asyncio.run(trail.flush())
-    found = last_failover(trail.path, "a")
+def test_history_finds_the_last_promoting_failover_of_the_cluster(trail: Inbox) -> None:
+    record_failover(trail, "a", "r-2", "r-1")
+    record_failover(trail, "b", "x-2", "x-1")
+    found = trail.last_failover("a")
     assert found is not None and (found["new_primary"], found["old_primary"]) == ("r-2", "r-1")
-    assert last_failover(trail.path, "c") is None
+    record_failover(trail, "a", "r-1", "r-2")  # failed back later: the newest counts
+    found = trail.last_failover("a")
+    assert found is not None and (found["new_primary"], found["old_primary"]) == ("r-1", "r-2")
+    assert trail.last_failover("c") is None
 
 
 # --- Redis --------------------------------------------------------------------------------------
@@ -89,7 +86,7 @@ def role(server: RedisServer) -> str:
     return str(server.info("replication")["role"])
 
 
-def fail_over_and_return(servers: list[RedisServer], loaded: LoadedConfig, trail: AuditTrail) -> None:
+def fail_over_and_return(servers: list[RedisServer], loaded: LoadedConfig, trail: Inbox) -> None:
     """Kill redis-1, let the real failover promote a replica (audited), restart redis-1: it comes
     back as a master of its own with a write the others never saw."""
     master = servers[0]
@@ -106,7 +103,7 @@ def fail_over_and_return(servers: list[RedisServer], loaded: LoadedConfig, trail
 
 
 def test_redis_returning_old_master_becomes_a_replica_of_the_promoted_one(
-    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path, trail: AuditTrail
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path, trail: Inbox
 ) -> None:
     servers, loaded = redis_trio(stack, make_config, tmp_path)
     fail_over_and_return(servers, loaded, trail)
@@ -139,7 +136,7 @@ def lease_lost() -> None:
 
 
 def test_redis_rejoin_of_a_leader_that_lost_its_lease_changes_nothing_more(
-    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path, trail: AuditTrail
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path, trail: Inbox
 ) -> None:
     servers, loaded = redis_trio(stack, make_config, tmp_path)
     fail_over_and_return(servers, loaded, trail)
@@ -152,26 +149,24 @@ def test_redis_rejoin_of_a_leader_that_lost_its_lease_changes_nothing_more(
 
 
 def test_redis_rejoin_refuses_an_unexpected_topology(
-    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path, trail: AuditTrail
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path, trail: Inbox
 ) -> None:
     servers, loaded = redis_trio(stack, make_config, tmp_path)
-    # no audited failover: nothing says which master is the right one
+    # no recorded failover: nothing says which master is the right one
     servers[2].client().execute_command("REPLICAOF", "NO", "ONE")
     ctx, recorder = make_context(loaded, "cache", SPLIT)
     outcome = asyncio.run(RedisRejoin().run(with_history(ctx, trail)))
-    assert outcome.status == "refused" and outcome.detail.startswith("no audited failover")
+    assert outcome.status == "refused" and outcome.detail.startswith("no recorded failover")
 
     # the last failover promoted redis-2, which is not a master: neither master is the promoted one
-    trail.record("facts", cluster="cache", new_primary="redis-2", old_primary="redis-1")
-    asyncio.run(trail.flush())
+    record_failover(trail, "cache", "redis-2", "redis-1")
     ctx, recorder = make_context(loaded, "cache", SPLIT)
     outcome = asyncio.run(RedisRejoin().run(with_history(ctx, trail)))
     assert outcome.status == "refused", outcome
     assert "redis-2, promoted by the last failover, is not a live master" in outcome.detail
 
     # it promoted redis-1 (a master) but the other master, redis-3, is not its old master
-    trail.record("facts", cluster="cache", new_primary="redis-1", old_primary="redis-2")
-    asyncio.run(trail.flush())
+    record_failover(trail, "cache", "redis-1", "redis-2")
     ctx, recorder = make_context(loaded, "cache", SPLIT)
     outcome = asyncio.run(RedisRejoin().run(with_history(ctx, trail)))
     assert outcome.status == "refused" and "redis-3 also a master, not redis-2" in outcome.detail
@@ -187,7 +182,7 @@ def pg_ctl(data_dir: Path, *args: str) -> list[str]:
 
 
 def test_pg_returning_old_primary_is_rewound_and_follows_the_promoted_one(
-    stack: Stack, make_config: Callable[..., LoadedConfig], trail: AuditTrail
+    stack: Stack, make_config: Callable[..., LoadedConfig], trail: Inbox
 ) -> None:
     pg = start_pg_cluster(stack, ("pg-2", "pg-3"))
     old = pg.servers["pg-1"]
@@ -285,12 +280,11 @@ def test_pg_returning_old_primary_is_rewound_and_follows_the_promoted_one(
 
 
 def test_pg_rejoin_without_commands_is_refused(
-    stack: Stack, make_config: Callable[..., LoadedConfig], trail: AuditTrail
+    stack: Stack, make_config: Callable[..., LoadedConfig], trail: Inbox
 ) -> None:
     pg = start_pg_cluster(stack, ("pg-2",))
     pg.servers["pg-2"].promote()  # a second primary
-    trail.record("facts", cluster="main-db", new_primary="pg-2", old_primary="pg-1")
-    asyncio.run(trail.flush())
+    record_failover(trail, "main-db", "pg-2", "pg-1")
     loaded = make_config([pg.cluster_entry("main-db")])
     ctx, recorder = make_context(loaded, "main-db", {"alertname": "PostgresSplitBrain"})
     outcome = asyncio.run(PgRejoin().run(with_history(ctx, trail)))
@@ -300,7 +294,7 @@ def test_pg_rejoin_without_commands_is_refused(
 
 
 def test_pg_rejoin_of_a_leader_that_loses_its_lease_runs_no_further_step(
-    stack: Stack, make_config: Callable[..., LoadedConfig], trail: AuditTrail, tmp_path: Path
+    stack: Stack, make_config: Callable[..., LoadedConfig], trail: Inbox, tmp_path: Path
 ) -> None:
     """The lease is lost while the stop command runs: rewind and start are the new leader's (two
     leaders rewinding one data directory at once would corrupt it)."""
@@ -308,8 +302,7 @@ def test_pg_rejoin_of_a_leader_that_loses_its_lease_runs_no_further_step(
     pg.servers["pg-1"].sql(f"GRANT pg_checkpoint TO {ADMIN_ROLE}")
     pg.servers["pg-2"].wait_caught_up()
     pg.servers["pg-2"].promote()  # a second primary
-    trail.record("facts", cluster="main-db", new_primary="pg-2", old_primary="pg-1")
-    asyncio.run(trail.flush())
+    record_failover(trail, "main-db", "pg-2", "pg-1")
     loaded = make_config([pg.cluster_entry("main-db")])
     ran = tmp_path / "ran"
     ran.mkdir()

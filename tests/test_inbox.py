@@ -31,8 +31,8 @@ def test_exactly_once_and_resolution(tmp_path: Path) -> None:
 def test_crash_recovery_rules(tmp_path: Path) -> None:
     path = tmp_path / "inbox.sqlite3"
     inbox = Inbox(path)
-    before = alert("A", {"cluster": "c"}, fingerprint="00000000000000a1")
-    past = alert("B", {"cluster": "c"}, fingerprint="00000000000000b2")
+    before = alert("A", {"cluster": "c"})
+    past = alert("B", {"cluster": "c"})
     record(inbox, before, past)
     first, second = inbox.claim_next(), inbox.claim_next()
     assert first is not None and second is not None
@@ -52,7 +52,6 @@ def test_regional_failover_supersedes_instance_actions(tmp_path: Path) -> None:
     region_down = alert(
         "AppRegionDown",
         {"cluster": "web", "region": "primary", "action": "regional_failover"},
-        fingerprint="00000000000000c3",
     )
     assert not inbox.active_with("web", "regional_failover", "primary", since)
     record(inbox, region_down)
@@ -72,7 +71,7 @@ def test_the_decision_at_the_point_of_no_return_survives_a_crash_and_a_takeover(
     finishes that promotion instead of choosing again."""
     path = tmp_path / "inbox.sqlite3"
     inbox = Inbox(path)
-    down = alert("RedisMasterDown", {"cluster": "cache", "target": "redis-a"}, fingerprint="00000000000000c3")
+    down = alert("RedisMasterDown", {"cluster": "cache", "target": "redis-a"})
     record(inbox, down)
     claimed = inbox.claim_next()
     assert claimed is not None and claimed.decision is None
@@ -97,9 +96,7 @@ def test_a_takeover_resumes_a_ledger_run_even_if_its_alert_resolved_here_meanwhi
     with no done record is the new leader's to finish (verify-only), resolved or not: found by the
     kill-recovery-leader-pg drill, where writes never came back."""
     inbox = Inbox(tmp_path / "follower.sqlite3")
-    down = alert(
-        "PostgresPrimaryDown", {"cluster": "main-db", "target": "pg-1"}, fingerprint="00000000000000d4"
-    )
+    down = alert("PostgresPrimaryDown", {"cluster": "main-db", "target": "pg-1"})
     record(inbox, down)
     record(inbox, {**down, "status": "resolved"})
     assert inbox.claim_next() is None  # resolved while pending: nothing to run on its own

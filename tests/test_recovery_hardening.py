@@ -136,16 +136,12 @@ def test_sigterm_before_the_point_of_no_return_runs_again_after_restart(stack: S
 
 def test_alerts_differing_only_by_replica_label_are_one_incident(stack: Stack) -> None:
     service, marker = app_setup(stack)
-    pair = [
-        alert("AppInstanceDown", {**LABELS, "replica": r}, fingerprint=f"{i + 1:016x}")
-        for i, r in enumerate(("prom-a", "prom-b"))
-    ]
+    pair = [alert("AppInstanceDown", {**LABELS, "replica": r}) for r in ("prom-a", "prom-b")]
     assert service.post(payload(*pair)).json() == {"status": "recorded", "accepted": 1, "duplicate": 1}
     more = [
         alert(
             "AppInstanceDown",
             {**LABELS, "prometheus": "ha", "replica": f"r{i}"},
-            fingerprint=f"{i + 16:016x}",
         )
         for i in range(8)
     ]
@@ -165,21 +161,19 @@ def test_a_replica_copy_arriving_after_the_incident_was_handled_is_still_the_sam
     group_interval after the first: by then the first copy's action is done. Still one incident; an
     occurrence that starts firing after that action finished is a new one."""
     service, marker = app_setup(stack)
-    first = alert("AppInstanceDown", {**LABELS, "replica": "a"}, fingerprint="00000000000000a1")
+    first = alert("AppInstanceDown", {**LABELS, "replica": "a"})
     assert service.post(payload(first)).json() == {"status": "recorded", "accepted": 1}
     [outcome] = service.wait_outcome()
     assert outcome["outcome"] == "succeeded", outcome
     late = alert(
-        "AppInstanceDown", {**LABELS, "replica": "b"}, fingerprint="00000000000000b1",
+        "AppInstanceDown", {**LABELS, "replica": "b"},
         starts_at="2026-11-26T21:00:01.5Z",
     )  # fmt: skip
     assert service.post(payload(late)).json() == {"status": "recorded", "duplicate": 1}
     for one in (first, late):
         assert service.post(payload(dict(one, status="resolved"))).status_code == 200
     later = time.strftime("%Y-%m-%dT%H:%M:%S.000000001Z", time.gmtime(time.time() + 5))
-    again = alert(
-        "AppInstanceDown", {**LABELS, "replica": "b"}, fingerprint="00000000000000b1", starts_at=later
-    )
+    again = alert("AppInstanceDown", {**LABELS, "replica": "b"}, starts_at=later)
     assert service.post(payload(again)).json() == {"status": "recorded", "accepted": 1}
     drained(service)
     assert runs(marker) == 1  # the new occurrence is in the default cooldown
@@ -189,8 +183,8 @@ def test_a_replica_copy_arriving_after_the_incident_was_handled_is_still_the_sam
 def test_concurrent_alerts_cannot_pass_the_cooldown_together(stack: Stack) -> None:
     # two different instances of one cluster, both down: cooldown is per cluster and action
     service, marker = app_setup(stack, ("es-1", "es-2"))
-    first = alert("AppInstanceDown", LABELS, fingerprint="00000000000000e1")
-    second = alert("AppInstanceDown", {**LABELS, "target": "es-2"}, fingerprint="00000000000000e2")
+    first = alert("AppInstanceDown", LABELS)
+    second = alert("AppInstanceDown", {**LABELS, "target": "es-2"})
     assert service.post(payload(first, second)).json() == {"status": "recorded", "accepted": 2}
     wait_for(lambda: service.events("blocked"), 20, "the second alert blocked")
     drained(service)
@@ -204,13 +198,11 @@ def test_concurrent_alerts_cannot_pass_the_cooldown_together(stack: Stack) -> No
 
 def test_refused_alerts_do_not_count_as_runs(stack: Stack) -> None:
     service, marker = app_setup(stack)
-    bogus = [
-        alert("AppInstanceDown", {**LABELS, "target": f"es-{n}"}, fingerprint=f"{n:016x}") for n in (7, 8, 9)
-    ]
+    bogus = [alert("AppInstanceDown", {**LABELS, "target": f"es-{n}"}) for n in (7, 8, 9)]
     service.post(payload(*bogus))
     outcomes = service.wait_outcome(3)
     assert [o["outcome"] for o in outcomes] == ["refused"] * 3
-    service.post(payload(alert("AppInstanceDown", LABELS, fingerprint="00000000000000f1")))
+    service.post(payload(alert("AppInstanceDown", LABELS)))
     outcomes = service.wait_outcome(4)
     assert outcomes[3]["outcome"] == "succeeded", outcomes[3]
     assert runs(marker) == 1
@@ -229,7 +221,7 @@ def test_resolved_before_firing_is_remembered(stack: Stack) -> None:
     }
     assert service.post(payload(firing)).json() == {"status": "recorded", "stale": 1}
     # a later alert the worker sees after the stale one: once it is done, the stale one was not run
-    service.post(payload(alert("AppLatencyHigh", LABELS, fingerprint="00000000000000d1")))
+    service.post(payload(alert("AppLatencyHigh", LABELS)))
     wait_for(lambda: service.events("blocked"), 10, "the later alert blocked")
     drained(service)
     assert runs(marker) == 0 and not service.events("action_started")
@@ -346,10 +338,7 @@ def test_deep_json_long_label_names_and_large_groups(stack: Stack) -> None:
     assert response.status_code == 422 and "LLLLLLLL" not in response.text, response.text[:300]
     assert "LLLLLLLL" not in (service.state_dir / "audit.jsonl").read_text()
     # a whole Alertmanager group: 1,500 alerts, the one that matters among them
-    others = [
-        alert("SomethingElse", {"cluster": "web", "n": str(i)}, fingerprint=f"{i + 4096:016x}")
-        for i in range(1499)
-    ]
+    others = [alert("SomethingElse", {"cluster": "web", "n": str(i)}) for i in range(1499)]
     group = payload(*others[:700], alert("AppInstanceDown", LABELS), *others[700:])
     group["truncatedAlerts"] = 7
     response = service.post(group, timeout=30)

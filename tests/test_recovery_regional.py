@@ -36,7 +36,7 @@ def test_only_an_allow_list_entry_marked_regional_reaches_the_dr_replica(stack: 
     assert first["outcome"] == "refused", (first["detail"], service.log.read_text()[-3000:])
     assert "no reachable replica in region main" in first["detail"]
 
-    regional = alert("PostgresRegionLost", labels, fingerprint="0badc0ffee000001")
+    regional = alert("PostgresRegionLost", labels)
     assert service.post(payload(regional)).status_code == 200
     second = service.wait_outcome(2, timeout=60)[1]
     assert second["outcome"] == "dry_run" and second["detail"] == "dry run: would promote pg-dr", second

@@ -71,9 +71,7 @@ def test_unauthenticated_malformed_and_oversized_requests_change_nothing(stack: 
         {k: v for k, v in alert("AppInstanceDown", LABELS).items() if k != "fingerprint"}
     )
     assert service.post(missing_fingerprint).status_code == 422
-    huge = payload(
-        *[alert("AppInstanceDown", {**LABELS, "pad": "x" * 500}, fingerprint=f"{i:016x}") for i in range(20)]
-    )
+    huge = payload(*[alert("AppInstanceDown", {**LABELS, "pad": "x" * 500, "n": str(i)}) for i in range(20)])
     assert service.post(huge).status_code == 413
     assert httpx.get(service.url + "/webhook").status_code == 405
     metrics = httpx.get(service.url + "/metrics").text
@@ -132,7 +130,7 @@ def test_resolved_never_acts_and_cancels_a_pending_action(stack: Stack) -> None:
     }
     service = start_recovery(stack, clusters, settings)
     resolved_only = payload(
-        alert("AppInstanceDown", LABELS, status="resolved", fingerprint="00000000000000aa")
+        alert("AppInstanceDown", LABELS, status="resolved", starts_at="2026-11-26T20:00:00Z")
     )
     assert service.post(resolved_only).json() == {"status": "recorded", "ignored": 1}
     firing = alert("AppInstanceDown", LABELS)
@@ -160,7 +158,7 @@ def test_killed_mid_action_neither_loses_nor_repeats(stack: Stack) -> None:
     assert restarted.events("alert_resumed") and restarted.events("resumed_verify_only")
     assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
     # the run past its point of no return still counts: a new occurrence is in the default cooldown
-    again = alert("AppInstanceDown", LABELS, fingerprint="0000000000000004", starts_at=now_rfc3339())
+    again = alert("AppInstanceDown", LABELS, starts_at=now_rfc3339())
     assert restarted.post(payload(again)).json() == {"status": "recorded", "accepted": 1}
     wait_for(lambda: restarted.events("blocked"), 10, "the new occurrence blocked")
     assert [b["limit"] for b in restarted.events("blocked")] == ["cooldown"]
@@ -195,21 +193,17 @@ def test_killed_before_the_point_of_no_return_runs_after_restart(stack: Stack) -
 
 def test_allow_list_and_the_default_cooldown(stack: Stack) -> None:
     service, marker, _ = restart_setup(stack)  # default cooldown (10 m) and rate limit (3 per hour)
-    not_allowed = alert(
-        "AppLatencyHigh", {**LABELS, "action": "restart_instance"}, fingerprint="0000000000000001"
-    )
-    wrong_action = alert(
-        "AppInstanceDown", {**LABELS, "action": "pg_promote"}, fingerprint="0000000000000002"
-    )
+    not_allowed = alert("AppLatencyHigh", {**LABELS, "action": "restart_instance"})
+    wrong_action = alert("AppInstanceDown", {**LABELS, "action": "pg_promote"})
     service.post(payload(not_allowed, wrong_action))
     wait_for(lambda: len(service.events("blocked")) == 2, 10, "two blocked")
     assert {b["limit"] for b in service.events("blocked")} == {"not_allowed"}
-    service.post(payload(alert("AppInstanceDown", LABELS, fingerprint="0000000000000003")))
+    service.post(payload(alert("AppInstanceDown", LABELS)))
     [outcome] = service.wait_outcome()
     assert outcome["outcome"] == "succeeded", outcome
     # a new occurrence: it starts firing after the first one was handled (an earlier start would make
     # it another copy of the same incident, see test_recovery_hardening)
-    again = alert("AppInstanceDown", LABELS, fingerprint="0000000000000004", starts_at=now_rfc3339())
+    again = alert("AppInstanceDown", LABELS, starts_at=now_rfc3339())
     service.post(payload(again))
     wait_for(lambda: any(b["limit"] == "cooldown" for b in service.events("blocked")), 10, "cooldown")
     assert runs(marker) == 1
@@ -229,7 +223,10 @@ def age_runs(state_dir: Path, seconds: float) -> None:
     db = sqlite3.connect(state_dir / "inbox.sqlite3", timeout=10)
     try:
         with db:
-            db.execute("UPDATE runs SET started_at = started_at - ?", (seconds,))
+            # on both clocks the windows read (inbox.py): the wall clock and the time since boot
+            db.execute(
+                "UPDATE runs SET started_at = started_at - ?, since_boot = since_boot - ?", (seconds, seconds)
+            )
     finally:
         db.close()
 
@@ -247,11 +244,11 @@ def test_rate_limit_counts_every_action_of_a_cluster(stack: Stack) -> None:
     service = start_recovery(stack, clusters, settings)
     for n in range(1, 4):
         labels = {**LABELS, "target": f"es-{n}"}
-        service.post(payload(alert("AppInstanceDown", labels, fingerprint=f"{n:016x}")))
+        service.post(payload(alert("AppInstanceDown", labels)))
         outcomes = service.wait_outcome(n)
         assert [o["outcome"] for o in outcomes] == ["succeeded"] * n, outcomes
         age_runs(service.state_dir, 11 * 60)  # 11 minutes pass: out of the cooldown, within the hour
-    service.post(payload(alert("AppInstanceDown", {**LABELS, "target": "es-4"}, fingerprint=f"{4:016x}")))
+    service.post(payload(alert("AppInstanceDown", {**LABELS, "target": "es-4"})))
     wait_for(lambda: service.events("blocked"), 10, "the fourth alert blocked")
     assert [b["limit"] for b in service.events("blocked")] == ["rate_limit"]
     assert [b["target"] for b in service.events("blocked")] == ["es-4"]

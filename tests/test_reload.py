@@ -440,7 +440,7 @@ def test_recovery_reload_rotates_the_token_and_applies_the_allow_list(stack: Sta
     metrics = httpx.get(service.url + "/metrics").text
     assert metric_value(metrics, "tierwatch_recovery_config_last_reload_successful") == 1
     loaded_at = metric_value(metrics, "tierwatch_recovery_config_last_reload_success_timestamp_seconds")
-    service.post(payload(alert("AppInstanceDown", LABELS, fingerprint="0000000000000001")))
+    service.post(payload(alert("AppInstanceDown", LABELS)))
     wait_for(lambda: service.events("blocked"), 10, "blocked: not in the allow-list")
 
     new_token = "rotated-t0ken-Also-Secret"
@@ -459,7 +459,7 @@ def test_recovery_reload_rotates_the_token_and_applies_the_allow_list(stack: Sta
     wait_for(reloaded, 10, "recovery reload")
     assert service.post(payload(alert("AppInstanceDown", LABELS))).status_code == 401  # the old token
     accepted = service.post(
-        payload(alert("AppInstanceDown", LABELS, fingerprint="0000000000000002")), token=new_token
+        payload(alert("AppInstanceDown", LABELS, starts_at="2026-11-26T21:01:00Z")), token=new_token
     )
     assert accepted.status_code == 200
     [outcome] = service.wait_outcome()

@@ -11,20 +11,33 @@ same checks again.
 Runs (for the rate limit and the cooldown) are reserved atomically with the check of both limits and
 kept only once the action passes its point of no return; an attempt that ends before it (refused,
 cancelled, interrupted by a crash or a shutdown) gives its reservation back.
+
+Windows are measured on a clock that does not step (clocks.py): a run records the boot it started in
+and the time since that boot as well as the wall time, so an NTP step or a corrected clock neither
+lets an action run twice inside its cooldown nor blocks the next one for hours.
+
+The last failover of each cluster (what the rejoin actions follow) is kept here too, not read back
+from the audit log, which an operator may rotate or delete.
+
+A write that fails (a full disk) rolls back and raises InboxUnavailable: the caller answers 503 or
+leaves the alert for later; nothing is half recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .clocks import Clock, SystemClock
 from .webhook import WebhookAlert, WebhookPayload
 
 SCHEMA = """
@@ -50,6 +63,13 @@ CREATE TABLE IF NOT EXISTS runs (
     action TEXT NOT NULL,
     started_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS failovers (
+    alert_key TEXT PRIMARY KEY,
+    cluster TEXT NOT NULL,
+    new_primary TEXT NOT NULL,
+    old_primary TEXT,
+    at REAL NOT NULL
+);
 """
 # columns added after the first release (ALTER TABLE keeps existing state directories usable)
 MIGRATIONS = (
@@ -57,6 +77,8 @@ MIGRATIONS = (
     ("runs", "alert_key", "TEXT"),
     ("runs", "state", "TEXT NOT NULL DEFAULT 'counted'"),  # 'reserved' until the point of no return
     ("alerts", "decision", "TEXT"),  # JSON: what the action decided at its point of no return
+    ("runs", "boot_id", "TEXT"),  # the boot the run started in (NULL: another replica's, or older)
+    ("runs", "since_boot", "REAL"),  # seconds since that boot when it started (a clock that never steps)
 )
 DEFAULT_REPLICA_LABELS = ("replica", "prometheus", "prometheus_replica")
 
@@ -114,6 +136,10 @@ def _decision(text: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+class InboxUnavailable(RuntimeError):
+    """The inbox could not be written (a full disk, an I/O error); nothing was recorded."""
+
+
 def alert_key(fingerprint: str, starts_at: str) -> str:
     """The identity of one alert occurrence: Alertmanager's fingerprint plus its start time."""
     return f"{fingerprint}@{starts_at}"
@@ -130,9 +156,15 @@ class Inbox:
     """SQLite-backed store; each call is one short transaction (callers on the event loop run the
     writing ones in a thread: they fsync)."""
 
-    def __init__(self, path: Path, replica_labels: tuple[str, ...] = DEFAULT_REPLICA_LABELS):
+    def __init__(
+        self,
+        path: Path,
+        replica_labels: tuple[str, ...] = DEFAULT_REPLICA_LABELS,
+        clock: Clock | None = None,
+    ):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.replica_labels = tuple(replica_labels)
+        self.clock = clock or SystemClock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -144,22 +176,42 @@ class Inbox:
         self._db.execute("CREATE INDEX IF NOT EXISTS alerts_incident ON alerts (incident, state)")
         self._lock = threading.Lock()
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction under the lock; on any failure it is rolled back (a rollback that
+        fails too, as on a full disk, is not a second error) and a database error is raised as
+        InboxUnavailable."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise InboxUnavailable(f"inbox not writable ({exc.sqlite_errorname})") from None
+
+    def probe_write(self) -> None:
+        """A real write (a new header in the write-ahead log): raises InboxUnavailable while the disk
+        refuses it."""
+        with self._transaction():
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+            self._db.execute(f"PRAGMA user_version = {(int(version) + 1) % 1_000_000}")
+
     def record(self, payload: WebhookPayload) -> list[Delivery]:
         """Record a notification atomically and durably; returns what happened to each alert."""
         now = time.time()
         deliveries = []
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for alert in payload.alerts:
-                    if alert.status == "firing":
-                        deliveries.append(self._fire(alert, now))
-                    else:
-                        deliveries.append(self._resolve(alert, now))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            for alert in payload.alerts:
+                if alert.status == "firing":
+                    deliveries.append(self._fire(alert, now))
+                else:
+                    deliveries.append(self._resolve(alert, now))
         return deliveries
 
     def _insert(
@@ -232,19 +284,15 @@ class Inbox:
 
     def claim_next(self) -> InboxAlert | None:
         """Take the oldest pending alert and mark it running."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             row = self._db.execute(
                 "SELECT key FROM alerts WHERE state = 'pending' AND resolved = 0 ORDER BY received_at LIMIT 1"
             ).fetchone()
-            if row is None:
-                self._db.execute("COMMIT")
-                return None
-            self._db.execute(
-                "UPDATE alerts SET state = 'running', started_at = ? WHERE key = ?", (time.time(), row[0])
-            )
-            self._db.execute("COMMIT")
-        return self.get(row[0])
+            if row is not None:
+                self._db.execute(
+                    "UPDATE alerts SET state = 'running', started_at = ? WHERE key = ?", (time.time(), row[0])
+                )
+        return None if row is None else self.get(row[0])
 
     def get(self, key: str) -> InboxAlert | None:
         """One alert by key."""
@@ -273,19 +321,17 @@ class Inbox:
     def mark_point_of_no_return(self, key: str, decision: dict[str, Any] | None = None) -> None:
         """From now on the alert's action is not cancelled and not repeated after a restart; a
         resumed run finishes ``decision`` (which server a failover promotes) instead."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             self._db.execute(
                 "UPDATE alerts SET past_ponr = 1, decision = ? WHERE key = ?",
                 (json.dumps(decision) if decision else None, key),
             )
             self._db.execute("UPDATE runs SET state = 'counted' WHERE alert_key = ?", (key,))
-            self._db.execute("COMMIT")
 
     def finish(self, key: str, outcome: str, detail: str) -> None:
         """Record the final outcome of an alert's action."""
         state = "cancelled" if outcome == "cancelled" else "done"
-        with self._lock:
+        with self._transaction():
             self._db.execute(
                 "UPDATE alerts SET state = ?, outcome = ?, detail = ?, finished_at = ? WHERE key = ?",
                 (state, outcome, detail, time.time(), key),
@@ -294,7 +340,7 @@ class Inbox:
     def interrupted(self) -> list[InboxAlert]:
         """Alerts left 'running' by a crash. Those before their point of no return go back to pending
         (nothing irreversible happened); those past it are returned to be resumed (verify, not redo)."""
-        with self._lock:
+        with self._transaction():
             # nothing runs yet: a reservation not counted is an attempt that never passed its point of
             # no return, so it gives back its place in the rate limit and the cooldown
             self._db.execute("DELETE FROM runs WHERE state = 'reserved'")
@@ -340,49 +386,52 @@ class Inbox:
     ) -> str | None:
         """Check the rate limit (``max_runs`` per ``per`` seconds on ``cluster``) and the cooldown of
         ``action`` on ``cluster`` and, if both allow it, reserve a run for alert ``key``, in one
-        transaction. Returns the limit that stops it ('rate_limit', 'cooldown'), or None if reserved."""
-        now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                (count,) = self._db.execute(
-                    "SELECT count(*) FROM runs WHERE cluster = ? AND started_at >= ?", (cluster, now - per)
-                ).fetchone()
-                (last,) = self._db.execute(
-                    "SELECT max(started_at) FROM runs WHERE cluster = ? AND action = ?", (cluster, action)
-                ).fetchone()
-                if count >= max_runs:
-                    blocked: str | None = "rate_limit"
-                elif last is not None and now - last < cooldown:
-                    blocked = "cooldown"
-                else:
-                    blocked = None
-                    self._db.execute(
-                        "INSERT INTO runs (cluster, action, started_at, alert_key, state)"
-                        " VALUES (?, ?, ?, ?, 'reserved')",
-                        (cluster, action, now, key),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        transaction. Returns the limit that stops it ('rate_limit', 'cooldown'), or None if reserved.
+        Ages are taken on this boot's clock: a run of another boot (or another replica) is first
+        placed on it by its wall-clock age, never below zero (a run dated in the future counts as
+        now), and from then on ages with the boot clock, whatever the wall clock does."""
+        wall, boot, since_boot = self.clock.now()
+        age = "max(0, :since - since_boot)"
+        now = {"boot": boot, "since": since_boot, "wall": wall, "cluster": cluster, "action": action}
+        with self._transaction():
+            self._db.execute(
+                "UPDATE runs SET since_boot = :since - max(0, :wall - started_at), boot_id = :boot"
+                " WHERE boot_id IS NOT :boot",
+                now,
+            )
+            (count,) = self._db.execute(
+                f"SELECT count(*) FROM runs WHERE cluster = :cluster AND {age} < :per", {**now, "per": per}
+            ).fetchone()
+            (youngest,) = self._db.execute(
+                f"SELECT min({age}) FROM runs WHERE cluster = :cluster AND action = :action", now
+            ).fetchone()
+            if count >= max_runs:
+                blocked: str | None = "rate_limit"
+            elif youngest is not None and youngest < cooldown:
+                blocked = "cooldown"
+            else:
+                blocked = None
+                self._db.execute(
+                    "INSERT INTO runs (cluster, action, started_at, alert_key, state, boot_id, since_boot)"
+                    " VALUES (:cluster, :action, :wall, :key, 'reserved', :boot, :since)",
+                    {**now, "key": key},
+                )
         return blocked
 
     def keep(self, key: str) -> None:
         """Count the reserved run of ``key`` (its action changed something, or would have in a dry run)."""
-        with self._lock:
+        with self._transaction():
             self._db.execute("UPDATE runs SET state = 'counted' WHERE alert_key = ?", (key,))
 
     def release(self, key: str) -> None:
         """Give back the reservation of ``key`` if it was never counted (nothing was changed)."""
-        with self._lock:
+        with self._transaction():
             self._db.execute("DELETE FROM runs WHERE alert_key = ? AND state = 'reserved'", (key,))
 
     def requeue(self, key: str) -> None:
         """Put an alert interrupted before its point of no return back in the queue (a shutdown, not
         a resolution), releasing its reservation."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             self._db.execute("DELETE FROM runs WHERE alert_key = ? AND state = 'reserved'", (key,))
             self._db.execute(
                 "UPDATE alerts SET state = CASE WHEN resolved = 1 THEN 'cancelled' ELSE 'pending' END,"
@@ -390,7 +439,6 @@ class Inbox:
                 " WHERE key = ? AND state = 'running' AND past_ponr = 0",
                 (key,),
             )
-            self._db.execute("COMMIT")
 
     def runs_since(self, cluster: str, since: float) -> int:
         """How many runs of actions on ``cluster`` (reserved or counted) started since ``since``."""
@@ -402,9 +450,9 @@ class Inbox:
 
     def import_runs(self, runs: list[tuple[str, str, str, float]]) -> None:
         """Count runs another replica started ((alert key, cluster, action, unix time)) in this inbox's
-        rate limit and cooldown; a run already known (by alert key) is not counted twice."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        rate limit and cooldown; a run already known (by alert key) is not counted twice. Another
+        replica's clock is only known by its wall time (no boot id)."""
+        with self._transaction():
             for key, cluster, action, started_at in runs:
                 known = self._db.execute("SELECT 1 FROM runs WHERE alert_key = ?", (key,)).fetchone()
                 if known is None:
@@ -413,7 +461,30 @@ class Inbox:
                         " VALUES (?, ?, ?, ?, 'counted')",
                         (cluster, action, started_at, key),
                     )
-            self._db.execute("COMMIT")
+
+    def record_failover(
+        self, key: str, cluster: str, new_primary: str, old_primary: str | None, at: float | None = None
+    ) -> None:
+        """Remember that alert ``key``'s action promoted ``new_primary`` of ``cluster`` (once per alert;
+        ``at``: when, if not now, as for another replica's failover read from the ledger)."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO failovers (alert_key, cluster, new_primary, old_primary, at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (key, cluster, new_primary, old_primary, time.time() if at is None else at),
+            )
+
+    def last_failover(self, cluster: str) -> dict[str, Any] | None:
+        """The newest recorded failover of ``cluster`` that promoted a server, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT new_primary, old_primary, alert_key, at FROM failovers WHERE cluster = ?"
+                " ORDER BY at DESC, rowid DESC LIMIT 1",
+                (cluster,),
+            ).fetchone()
+        if row is None:
+            return None
+        return {"cluster": cluster, "new_primary": row[0], "old_primary": row[1], "key": row[2], "at": row[3]}
 
     def reconcile(
         self, finished: dict[str, str], adopt: list[dict[str, Any]], running: set[str]
@@ -424,8 +495,7 @@ class Inbox:
         if the alert resolved here meanwhile (a promotion makes it resolve before the job is done).
         Keys in ``running`` (actions under way here) are left alone. Returns the alerts to resume."""
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             for key, detail in finished.items():
                 if key in running:
                     continue
@@ -472,7 +542,6 @@ class Inbox:
                 ).fetchall()
                 if r[0] not in running
             ]
-            self._db.execute("COMMIT")
         return [a for a in (self.get(k) for k in keys) if a is not None]
 
     def close(self) -> None:

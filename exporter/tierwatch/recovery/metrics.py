@@ -55,7 +55,8 @@ NOTIFICATIONS_TOTAL = metric(
     "counter",
     "Webhook alerts and requests received, by result: accepted, duplicate (the same alert again, or "
     "another copy of an incident being handled), stale (firing after its own resolution), resolved, "
-    "unauthorized, invalid, too_large, timed_out (body not received within read_timeout).",
+    "unauthorized, invalid, too_large, timed_out (body not received within read_timeout), unavailable "
+    "(answered 503: the audit trail or the inbox could not be written, Alertmanager retries).",
     ("result",),
     scope="exporter",
     section="recovery",
@@ -119,6 +120,25 @@ LEASE_LOST_TOTAL = metric(
     "counter",
     "Times this replica stopped being the leader: its lease expired, etcd refused the renewal, or etcd "
     "could not be reached (no quorum) before the lease's deadline.",
+    scope="exporter",
+    section="recovery",
+)
+STATE_WRITABLE = metric(
+    "tierwatch_recovery_state_writable",
+    "gauge",
+    "1 while the service's state can be written, by store: audit (the audit trail) and inbox (the durable "
+    "inbox); 0 while writes fail (a full disk, an I/O error): webhooks are answered 503 and no action "
+    "passes its point of no return until it can again.",
+    ("store",),
+    scope="exporter",
+    section="recovery",
+)
+STATE_FAILURES_TOTAL = metric(
+    "tierwatch_recovery_state_failures_total",
+    "counter",
+    "Times a store of the service's state (audit, inbox) stopped being writable; each recovers by itself "
+    "once a write succeeds.",
+    ("store",),
     scope="exporter",
     section="recovery",
 )

@@ -7,7 +7,8 @@ The ledger in etcd, next to the leader key (``<key>/ledger/``), is what the repl
   leader's token (so a replica that lost the lease cannot pass it), with the alert and the run, so a
   new leader can resume it verify-only and count it in its rate limit and cooldown;
 - ``done/<incident>/<alert key>``: written when an alert's action ends, so a new leader does not
-  run what another replica finished, nor another copy of the same incident (an HA Prometheus pair's).
+  run what another replica finished, nor another copy of the same incident (an HA Prometheus pair's);
+  with the server a failover promoted, so a rejoin on any replica follows it.
 
 A new leader first reads the ledger (takeover): it counts the runs, marks what others finished, and
 resumes verify-only what another replica left past its point of no return. Every other alert then runs
@@ -100,6 +101,18 @@ class Replicas:
         runs = [(rec["key"], rec["cluster"], rec["action"], float(rec["at"])) for _, rec in ponr]
         adopt = [rec for _, rec in ponr if rec["key"] not in finished]
         await asyncio.to_thread(self.inbox.import_runs, runs)
+        for _, rec in done:
+            promoted = rec.get("failover")
+            if isinstance(promoted, dict) and isinstance(promoted.get("new_primary"), str):
+                old = promoted.get("old_primary")
+                await asyncio.to_thread(
+                    self.inbox.record_failover,
+                    rec["key"],
+                    str(promoted.get("cluster", "")),
+                    promoted["new_primary"],
+                    old if isinstance(old, str) else None,
+                    float(rec["at"]),
+                )
         resumes = await asyncio.to_thread(self.inbox.reconcile, finished, adopt, running)
         self.audit.record(
             "takeover",
@@ -157,10 +170,17 @@ class Replicas:
         if not await self.lease.fenced(token, [(f"{self.ledger}ponr/{alert.key}", json.dumps(record))]):
             raise LeaseLost(f"the leader key no longer has revision {token}")
 
-    async def finished(self, alert: InboxAlert, outcome: str) -> None:
-        """Tell the other replicas this alert is done (best effort: without it a new leader
-        re-checks the live state and finds nothing to do)."""
-        record = {"key": alert.key, "outcome": outcome, "at": time.time(), "replica": self.lease.identity}
+    async def finished(self, alert: InboxAlert, outcome: str, failover: dict[str, Any] | None = None) -> None:
+        """Tell the other replicas this alert is done, and which server it promoted (best effort:
+        without it a new leader re-checks the live state and finds nothing to do)."""
+        record: dict[str, Any] = {
+            "key": alert.key,
+            "outcome": outcome,
+            "at": time.time(),
+            "replica": self.lease.identity,
+        }
+        if failover:
+            record["failover"] = {**failover, "cluster": alert.labels.get("cluster", "")}
         await self.lease.put(f"{self.ledger}done/{alert.incident}/{alert.key}", json.dumps(record))
 
     async def say_not_acting(self, pending: int) -> None:
@@ -215,7 +235,7 @@ async def run_replica_worker(service: RecoveryService, stop: asyncio.Event) -> N
                         service.audit.record("alert_resumed", alert=alert.alertname, key=alert.key)
                         service._start(alert, resumed=True)
             if leading is not None:
-                alert = await asyncio.to_thread(service.inbox.claim_next)
+                alert = await service.claim_next()
                 if alert is not None:
                     service._start(alert, resumed=False)
                     continue

@@ -10,6 +10,11 @@ the point of no return; an attempt that ends before it gives it back.
 Nothing here blocks the event loop on the disk: inbox writes run in a thread, audit records are
 written by the audit's own thread.
 
+Nothing runs without its audit record: while the trail (or the inbox) cannot be written (a full disk),
+the webhook answers 503 so that Alertmanager retries, /ready says why, no alert is claimed, and an
+action that reaches its point of no return goes back to the queue with its reservation released. All
+of it resumes by itself once the disk takes writes again.
+
 SIGHUP and ``POST /-/reload`` (authenticated like the webhook) re-read the config: clusters, allow-list,
 limits, per-cluster settings and secrets (a rotated token) apply to the next alert; an action under way
 keeps the settings it started with. ``state_dir``, ``listen`` and ``tls`` files cannot change live.
@@ -57,10 +62,9 @@ from ..metric_catalog import MetricSpec
 from ..web_config import BasicAuthChecker, TlsServerConfig, WebConfig, basic_credentials
 from . import metrics as m
 from .actions import ACTION_CLASSES, ActionContext, AlertRef, load_action
-from .audit import AuditTrail, RateLimitedAudit
+from .audit import AuditTrail, AuditUnavailable, RateLimitedAudit
 from .auth import Authenticator
-from .history import last_failover
-from .inbox import Inbox, InboxAlert
+from .inbox import Inbox, InboxAlert, InboxUnavailable
 from .lease import LeaseLost
 from .replicas import Replicas, ha_fields, replica_status, run_replica_worker
 from .webhook import PayloadError, parse_payload
@@ -96,6 +100,7 @@ NOTIFICATION_RESULTS = (
     "invalid",
     "too_large",
     "timed_out",
+    "unavailable",
 )
 
 
@@ -120,6 +125,11 @@ class RecoveryMetrics:
         self.dropped = _counter(m.CONNECTIONS_DROPPED, r)
         self.reload_ok = _gauge(m.CONFIG_RELOAD_SUCCESSFUL, r)
         self.reload_time = _gauge(m.CONFIG_RELOAD_TIME, r)
+        self.writable = _gauge(m.STATE_WRITABLE, r)
+        self.store_failures = _counter(m.STATE_FAILURES_TOTAL, r)
+        for store in ("audit", "inbox"):
+            self.writable.labels(store).set(1)
+            self.store_failures.labels(store)
         self.reload_ok.set(1)
         self.reload_time.set(time.time())
         for result in NOTIFICATION_RESULTS:
@@ -151,9 +161,9 @@ class RecoveryService:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.auth = Authenticator.from_settings(settings.auth, loaded.auth_secret())  # read at load time
         self.inbox = Inbox(state_dir / "inbox.sqlite3", tuple(settings.replica_labels))
-        self.audit = AuditTrail(state_dir / "audit.jsonl")
-        self.rejections = RateLimitedAudit(self.audit)
         self.metrics = RecoveryMetrics()
+        self.audit = AuditTrail(state_dir / "audit.jsonl", self._audit_health)
+        self.rejections = RateLimitedAudit(self.audit)
         self.metrics.create_series(loaded.config.clusters, settings.allowed_actions())
         self.ha = (
             Replicas(settings.ha, self.inbox, self.audit, self.events, self.metrics.registry)
@@ -164,6 +174,7 @@ class RecoveryService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._running: dict[str, _Running] = {}
         self._wake = asyncio.Event()
+        self.inbox_problem: str | None = None  # the inbox's last write failed (cleared by one that works)
         self.ready = False
         # what a reload may not change or must keep (set by run_recovery)
         self.listen: str | None = None  # the address served, unless --listen fixed it
@@ -171,6 +182,42 @@ class RecoveryService:
         self.web: WebConfig | None = None
         self.guard: ConnectionGuard | None = None
         self._reload_lock = asyncio.Lock()
+
+    def _audit_health(self, problem: str | None) -> None:
+        """The audit trail stopped (problem) or started again (None) being writable (called from the
+        audit's writer thread)."""
+        self._store_health("audit", problem)
+
+    def _store_health(self, store: str, problem: str | None) -> None:
+        """One log line and the metrics each way when a store stops or starts being writable."""
+        self.metrics.writable.labels(store).set(0 if problem else 1)
+        if problem:
+            self.metrics.store_failures.labels(store).inc()
+            self.events.emit(f"{store}_unwritable", "error", reason=problem, then="webhooks answered 503")
+        else:
+            self.events.emit(f"{store}_writable", "info")
+
+    def _inbox_failed(self, exc: InboxUnavailable) -> None:
+        if self.inbox_problem is None:
+            self.inbox_problem = str(exc)
+            self._store_health("inbox", self.inbox_problem)
+
+    def _inbox_ok(self) -> None:
+        if self.inbox_problem is not None:
+            self.inbox_problem = None
+            self._store_health("inbox", None)
+
+    @property
+    def state_problem(self) -> str | None:
+        """Why nothing may be recorded or run now (a store that cannot be written), or None."""
+        if self.audit.problem is not None:
+            return f"audit trail not writable ({self.audit.problem})"
+        return self.inbox_problem
+
+    def _unavailable(self, why: str) -> tuple[int, dict[str, Any]]:
+        """503: nothing recorded that could be acted on; Alertmanager retries."""
+        self.metrics.notifications.labels("unavailable").inc()
+        return 503, {"error": f"not recorded, try again: {why}"}
 
     # --- webhook -----------------------------------------------------------------------------------
 
@@ -189,13 +236,23 @@ class RecoveryService:
         elif path == "/health" and method == "GET":
             await respond(send, 200, "ok\n")
         elif path in ("/ready", "/-/ready") and method == "GET":
-            status = replica_status(self.ha) if self.ready else "starting\n"
-            await respond(send, 200 if self.ready else 503, status)
+            problem = self.state_problem
+            if problem is not None:
+                await respond(send, 503, f"not ready: {problem}\n")
+            else:
+                status = replica_status(self.ha) if self.ready else "starting\n"
+                await respond(send, 200 if self.ready else 503, status)
         elif path == "/audit" and method == "GET":
             if not self.auth.check(header(scope, "authorization")):
                 await respond(send, 401, '{"error": "unauthorized"}\n', "application/json")
                 return
-            entries = await asyncio.to_thread(self.audit.tail, AUDIT_ENTRIES)
+            try:
+                entries = await asyncio.to_thread(self.audit.tail, AUDIT_ENTRIES)
+            except OSError as exc:
+                await respond(
+                    send, 503, json.dumps({"error": f"audit trail unreadable ({exc.errno})"}) + "\n"
+                )
+                return
             await respond(send, 200, json.dumps(entries) + "\n", "application/json")
         elif path == "/-/reload" and method == "POST":
             if not self.auth.check(header(scope, "authorization")):
@@ -221,6 +278,8 @@ class RecoveryService:
             self.metrics.notifications.labels("unauthorized").inc()
             self.rejections.record("notification_rejected", "unauthorized")
             return 401, {"error": "unauthorized"}
+        if self.audit.problem is not None:  # at once: not after a stall, and before the inbox
+            return self._unavailable(f"audit trail not writable ({self.audit.problem})")
         limit = self.settings.max_body_bytes
         declared = header(scope, "content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -230,6 +289,8 @@ class RecoveryService:
             async with asyncio.timeout(self.settings.read_timeout):
                 while True:
                     message = await receive()
+                    if message["type"] == "http.disconnect":  # gone mid-body (or evicted): nothing to parse
+                        return 400, {"error": "connection closed before the body was complete"}
                     body += message.get("body", b"")
                     if len(body) > limit:
                         return self._too_large(limit)
@@ -242,10 +303,17 @@ class RecoveryService:
         try:
             payload = parse_payload(bytes(body))
         except PayloadError as exc:
+            # a valid token does not make a flood of bad bodies worth one record each
             self.metrics.notifications.labels("invalid").inc()
-            self.audit.record("notification_rejected", reason="invalid", detail=str(exc))
+            self.rejections.record("notification_rejected", "invalid", detail=str(exc))
             return exc.status, {"error": str(exc)}
-        deliveries = await asyncio.to_thread(self.inbox.record, payload)
+        try:
+            deliveries = await asyncio.to_thread(self.inbox.record, payload)
+        except InboxUnavailable as exc:
+            self._inbox_failed(exc)
+            self.rejections.record("notification_rejected", "unavailable", detail=str(exc))
+            return self._unavailable(str(exc))
+        self._inbox_ok()
         if payload.truncatedAlerts:
             self.metrics.truncated.inc(payload.truncatedAlerts)
             self.audit.record("alerts_truncated", count=payload.truncatedAlerts, receiver=payload.receiver)
@@ -267,7 +335,9 @@ class RecoveryService:
             if delivery.cancel_running and running is not None and not running.past_ponr:
                 running.task.cancel()
         self._wake.set()
-        await self.audit.flush()  # acknowledged means audited too
+        if not await self.audit.flush():  # acknowledged means audited too
+            # the inbox has it (a retry is a duplicate); no action is claimed until the trail is back
+            return self._unavailable(f"audit trail not writable ({self.audit.problem or 'flush timed out'})")
         counts: dict[str, int] = {}
         for delivery in deliveries:
             counts[delivery.result] = counts.get(delivery.result, 0) + 1
@@ -275,7 +345,7 @@ class RecoveryService:
 
     def _too_large(self, limit: int) -> tuple[int, dict[str, Any]]:
         self.metrics.notifications.labels("too_large").inc()
-        self.audit.record("notification_rejected", reason="too_large", limit_bytes=limit)
+        self.rejections.record("notification_rejected", "too_large", limit_bytes=limit)
         return 413, {"error": f"body larger than {limit} bytes"}
 
     # --- worker ------------------------------------------------------------------------------------
@@ -293,7 +363,7 @@ class RecoveryService:
             self._start(alert, resumed=True)
         self.ready = True
         while not stop.is_set():
-            alert = await asyncio.to_thread(self.inbox.claim_next)
+            alert = await self.claim_next()
             if alert is not None:
                 self._start(alert, resumed=False)
                 continue
@@ -301,6 +371,20 @@ class RecoveryService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.5)
         await self._stop_running()
+
+    async def claim_next(self) -> InboxAlert | None:
+        """The next pending alert to run, or None: none waits, or nothing may run now because the
+        audit trail or the inbox cannot be written (it stays pending)."""
+        if self.audit.problem is not None:
+            return None
+        try:
+            if self.inbox_problem is not None:  # nothing else writes it while webhooks are refused
+                await asyncio.to_thread(self.inbox.probe_write)
+                self._inbox_ok()
+            return await asyncio.to_thread(self.inbox.claim_next)
+        except InboxUnavailable as exc:
+            self._inbox_failed(exc)
+            return None
 
     def stop_before_point_of_no_return(self, reason: str) -> None:
         """Interrupt every action not past its point of no return (back to the inbox)."""
@@ -347,11 +431,16 @@ class RecoveryService:
             "target": labels.get("target"),
         }
 
-        async def finish(outcome: str, detail: str, action: str | None = action_name) -> None:
+        async def finish(
+            outcome: str,
+            detail: str,
+            action: str | None = action_name,
+            failover: dict[str, Any] | None = None,
+        ) -> None:
             await asyncio.to_thread(self.inbox.finish, alert.key, outcome, detail)
             self.audit.record("outcome", **base, action=action, outcome=outcome, detail=detail)
             if self.ha is not None:
-                await self.ha.finished(alert, outcome)
+                await self.ha.finished(alert, outcome, failover)
             if action is not None and cluster is not None:
                 self.metrics.actions.labels(tier, cluster_name, action, outcome).inc()
             await self.audit.flush()
@@ -408,6 +497,11 @@ class RecoveryService:
                         await refuse(blocked, why, action_name)
                         return
                 await self._act(alert, cluster, tier, base, action_name, resumed, finish, settings, loaded)
+        except (AuditUnavailable, InboxUnavailable) as exc:  # before the point of no return: nothing done
+            with contextlib.suppress(InboxUnavailable):
+                await asyncio.to_thread(self.inbox.requeue, alert.key)
+            self.audit.record("action_deferred", **base, action=action_name, reason=str(exc))
+            self.events.emit("action_deferred", "error", alert=alert.alertname, reason=str(exc))
         except LeaseLost as exc:  # this replica no longer leads: the alert is the new leader's to run (from
             # the start before the point of no return; past it, resumed from the ledger)
             try:
@@ -436,7 +530,7 @@ class RecoveryService:
         base: dict[str, Any],
         action_name: str,
         resumed: bool,
-        finish: Callable[[str, str], Awaitable[None]],
+        finish: Callable[..., Awaitable[None]],
         settings: RecoverySettings,
         loaded: LoadedConfig,
     ) -> None:
@@ -466,7 +560,17 @@ class RecoveryService:
             self.metrics.duration.labels(tier, cluster_name, action_name).set(time.monotonic() - started)
         result = "dry_run" if settings.dry_run and outcome.status == "succeeded" else outcome.status
         await self._settle_run(alert.key, changed=result == "dry_run")
-        await finish(result, outcome.detail)
+        promoted = outcome.facts.get("new_primary")
+        failover = {"new_primary": str(promoted), "old_primary": outcome.facts.get("old_primary")}
+        if promoted:  # what a later rejoin follows (the inbox keeps it; the audit log may be rotated)
+            await asyncio.to_thread(
+                self.inbox.record_failover,
+                alert.key,
+                cluster_name,
+                failover["new_primary"],
+                failover["old_primary"],
+            )
+        await finish(result, outcome.detail, failover=failover if promoted else None)
         limit = outcome.facts.get("limit")
         if outcome.status == "refused" and limit in m.LIMITS:
             self._blocked(tier, cluster_name, action_name, limit, base)
@@ -525,6 +629,8 @@ class RecoveryService:
                 raise LeaseLost(self.ha.lease.problem or f"the lease of token {fencing} is no longer held")
 
         async def point_of_no_return(decision: dict[str, Any] | None = None) -> None:
+            # every record so far on disk, or nothing irreversible: raises AuditUnavailable
+            await self.audit.require()
             if self.ha is not None:  # fenced: raises LeaseLost (nothing done) unless still that lease
                 await self.ha.point_of_no_return(alert, cluster.name, action, fencing, decision)
             running = self._running.get(alert.key)
@@ -552,7 +658,7 @@ class RecoveryService:
             regional=self._regional(alert.alertname, settings),
             fencing_token=fencing,
             still_leading=still_leading,
-            last_failover=lambda: asyncio.to_thread(last_failover, self.audit.path, cluster.name),
+            last_failover=lambda: asyncio.to_thread(self.inbox.last_failover, cluster.name),
         )
 
     @staticmethod
@@ -571,6 +677,7 @@ class RecoveryService:
         """Re-read the config file (``source``: sighup or http) with the same loader as at start and
         run it from the next alert on; returns the problems that refused it ([] on success). A refused
         reload changes nothing."""
+        self.audit.reopen()  # SIGHUP after a log rotation: write to the file the path names now
         async with self._reload_lock:
             path = self.loaded.path
             try:

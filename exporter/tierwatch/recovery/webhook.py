@@ -1,4 +1,10 @@
-"""Alertmanager webhook payloads (version 4), validated strictly enough to act on safely."""
+"""Alertmanager webhook payloads (version 4), validated strictly enough to act on safely.
+
+An alert's fingerprint is Alertmanager's hash of its labels (prometheus/common's
+``LabelSet.Fingerprint``: 64-bit FNV-1a over the sorted names and values, each followed by the byte
+0xff). The inbox keys alerts by it, so it is recomputed here: a notification whose fingerprint does not
+match its labels (a forged or corrupted one) could otherwise make one alert pass for another.
+"""
 
 from __future__ import annotations
 
@@ -45,6 +51,21 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "(body)"
 
 
+FNV64_OFFSET, FNV64_PRIME, SEPARATOR = 14695981039346656037, 1099511628211, 0xFF
+MASK64 = (1 << 64) - 1
+
+
+def fingerprint_of(labels: dict[str, str]) -> str:
+    """Alertmanager's fingerprint of a label set, as the 16 hex digits it sends."""
+    value = FNV64_OFFSET
+    for name in sorted(labels):  # code point order is UTF-8 byte order, as Go sorts
+        for part in (name, labels[name]):
+            for byte in part.encode():
+                value = ((value ^ byte) * FNV64_PRIME) & MASK64
+            value = ((value ^ SEPARATOR) * FNV64_PRIME) & MASK64
+    return f"{value:016x}"
+
+
 class PayloadError(ValueError):
     """The body is not a valid version 4 notification; ``status`` is the HTTP status to answer."""
 
@@ -64,9 +85,14 @@ def parse_payload(body: bytes) -> WebhookPayload:
     except RecursionError:
         raise PayloadError(400, "body is nested too deeply") from None
     try:
-        return WebhookPayload.model_validate(data)
+        payload = WebhookPayload.model_validate(data)
     except ValidationError as exc:
         fields = sorted({_location(err["loc"]) for err in exc.errors(include_input=False)})
         raise PayloadError(
             422, "not an Alertmanager version 4 notification; invalid: " + ", ".join(fields[:10])
         ) from None
+    wrong = [str(i) for i, a in enumerate(payload.alerts) if a.fingerprint != fingerprint_of(a.labels)]
+    if wrong:
+        shown = ", ".join(f"alerts.{i}.fingerprint" for i in wrong[:10])
+        raise PayloadError(422, f"fingerprint does not match the alert's labels: {shown}")
+    return payload

@@ -4,7 +4,8 @@ audited failover left, plus a server that came back as a primary.
 A rejoin (redis_rejoin, pg_rejoin; RedisSplitBrain, PostgresSplitBrain) demotes the *old* primary of
 the cluster's last audited failover when it returns as a primary (a restart, a resumed pause, a
 healed partition), so that it follows the server that failover promoted. It refuses unless:
-- the audit trail has a failover of the cluster (its ``new_primary`` and ``old_primary`` facts);
+- the service has recorded a failover of the cluster (its ``new_primary`` and ``old_primary``, kept in
+  the inbox and the etcd ledger, not read back from a log an operator may rotate);
 - the promoted server is a live primary now;
 - every other live primary is that failover's old primary (anything else, e.g. two primaries and
   neither the promoted one, is not what a rejoin repairs: an operator decides).
@@ -56,7 +57,7 @@ async def plan(ctx: ActionContext, seen: Sequence[Seen], word: str) -> Plan | Ou
     last = await ctx.last_failover() if ctx.last_failover is not None else None
     ctx.audit("last_failover", found=bool(last), **_named(last))
     if not last:
-        return refuse(ctx, f"no audited failover of cluster {ctx.cluster.name}: nothing to rejoin")
+        return refuse(ctx, f"no recorded failover of cluster {ctx.cluster.name}: nothing to rejoin")
     new_name, old_name = str(last["new_primary"]), last.get("old_primary")
     primaries = [s for s in seen if s.is_primary]
     names = ", ".join(s.name for s in primaries) or "none"
