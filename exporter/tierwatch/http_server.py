@@ -63,15 +63,29 @@ def parse_listen(listen: str) -> tuple[str, int]:
 RESERVED_FILES = 64
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 1024
+# seconds a head or body may take before its connection counts as slow (evictable at the limit)
+DEFAULT_GRACE = 1.0
 
 
 class ConnectionGuard:
     """Shared state of the guarded connections of one server.
 
     A connection must deliver a complete request head within ``read_timeout`` of being opened (or of
-    its previous response), else it is closed. At most ``limit`` connections are open: a new one past
-    the limit evicts the oldest connection still waiting for its request head, so a crowd of slow
-    clients cannot keep a real request out; only if none is waiting is the new one closed.
+    its previous response), else it is closed; its body is the application's to time. At most
+    ``limit`` connections are open: a new one past the limit takes the slot of a slow connection,
+    chosen in this order, so a crowd of slow clients cannot keep a real request out:
+
+    1. the oldest one that has been waiting for its request head for ``grace`` seconds or more;
+    2. the oldest one whose request body has been arriving for ``grace`` seconds or more (a client
+       that sent a valid head, then trickles the body), unless the server itself paused reading it;
+    3. the oldest one waiting for its request head, however briefly.
+
+    Only if none is left is the new connection closed. Alertmanager writes a webhook (a few KB) at
+    once, so its body is complete within milliseconds of its head and never reaches step 2; step 1
+    comes before step 3 so that, while slow clients remain, a real client that has just connected is
+    not evicted before it could send its head. Age, not a minimum byte rate (mod_reqtimeout's
+    MinRate), picks the body to evict: a trickle can choose any rate that lasts ``read_timeout``, and
+    the oldest entry is found in constant time however many connections are open.
     ``on_drop(reason)`` is told of each ('read_timeout', 'evicted', 'over_limit')."""
 
     def __init__(
@@ -89,7 +103,23 @@ class ConnectionGuard:
         self.limit = max(8, min(max_connections, files - self.backlog))
         self.on_drop = on_drop or (lambda _reason: None)
         self.open = 0
-        self.waiting: dict[GuardedH11Protocol, None] = {}  # waiting for a request head, oldest first
+        self.grace = DEFAULT_GRACE
+        # connections waiting for a request head, and those whose body is still arriving, oldest first
+        self.waiting: dict[GuardedH11Protocol, None] = {}
+        self.receiving: dict[GuardedH11Protocol, None] = {}
+
+    def victim(self) -> GuardedH11Protocol | None:
+        """The connection to close to make room for a new one (see the class), if any."""
+        head = next(iter(self.waiting), None)
+        now = asyncio.get_running_loop().time()
+        if head is not None and now - head.since >= self.grace:
+            return head
+        for conn in self.receiving:
+            if now - conn.since < self.grace:
+                break  # the later ones are younger still
+            if not conn.flow.read_paused:  # paused: the application is behind, not the client
+                return conn
+        return head
 
     def protocol_class(self) -> type[GuardedH11Protocol]:
         """An h11 protocol class bound to this guard (for uvicorn's ``http`` setting)."""
@@ -105,11 +135,12 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_made(transport)
         self._deadline: asyncio.TimerHandle | None = None
         self._armed_cycle: object = None
+        self.since = self.loop.time()  # when the current head or body phase began
         self._counted = True
         guard = self.guard
         guard.open += 1
         if guard.open > guard.limit:
-            victim = next(iter(guard.waiting), None)
+            victim = guard.victim()
             if victim is None:
                 guard.on_drop("over_limit")
                 transport.close()
@@ -122,6 +153,7 @@ class GuardedH11Protocol(H11Protocol):
         self._disarm()
         self._armed_cycle = self.cycle
         self._deadline = self.loop.call_later(self.guard.read_timeout, self._expired)
+        self.since = self.loop.time()
         self.guard.waiting[self] = None
 
     def _disarm(self) -> None:
@@ -130,8 +162,26 @@ class GuardedH11Protocol(H11Protocol):
             self._deadline = None
         self.guard.waiting.pop(self, None)
 
+    def _follow_body(self) -> None:
+        """Enter or leave the guard's ``receiving``: a request is being served whose body is still
+        arriving (neither complete nor answered)."""
+        cycle, receiving = self.cycle, self.guard.receiving
+        arriving = (
+            self not in self.guard.waiting
+            and cycle is not None
+            and cycle.more_body
+            and not cycle.response_complete
+            and not cycle.disconnected
+        )
+        if arriving and self not in receiving:
+            self.since = self.loop.time()
+            receiving[self] = None
+        elif not arriving:
+            receiving.pop(self, None)
+
     def _drop(self) -> None:
         self._disarm()
+        self.guard.receiving.pop(self, None)
         self.transport.abort()  # frees the descriptor now, even with unsent data
 
     def _expired(self) -> None:
@@ -143,15 +193,18 @@ class GuardedH11Protocol(H11Protocol):
         super().data_received(data)
         if self._deadline is not None and self.cycle is not self._armed_cycle:
             self._disarm()  # a request head arrived (its body is the application's to time)
+        self._follow_body()
 
     def on_response_complete(self) -> None:
         before = self.cycle
         super().on_response_complete()
         if not self.transport.is_closing() and self.cycle is before:
             self._arm()  # keep-alive: the next request head has a deadline too
+        self._follow_body()  # answered, or a pipelined request began
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self.guard.receiving.pop(self, None)
         if getattr(self, "_counted", False):
             self._counted = False
             self.guard.open -= 1
