@@ -1237,7 +1237,7 @@ RECOVERY = Dashboard(
                 ts(
                     "Blocked by safety limits",
                     "Actions not started because a limit stopped them (rate_limit, cooldown, max_lag, "
-                    "not_allowed, superseded).",
+                    "not_allowed, superseded, sentinel_unconfirmed).",
                     "short",
                     q(
                         "sum by (cluster, action, limit) ("

@@ -134,6 +134,30 @@ def elapsed(start: float) -> float:
     return time.monotonic() - start
 
 
+def write_keys(server: RedisServer, count: int, prefix: str = "key") -> None:
+    """SET ``count`` small keys on ``server`` in one pipeline."""
+    client = server.client()
+    try:
+        pipe = client.pipeline(transaction=False)
+        for i in range(count):
+            pipe.set(f"{prefix}:{i}", "v" * 40)
+        pipe.execute()
+    finally:
+        client.close()
+
+
+def empty_member(server: RedisServer, keys: int = 1) -> None:
+    """Make the replica ``server`` a member that lost its data: detached (REPLICAOF NO ONE), flushed,
+    then holding only ``keys`` keys."""
+    client = server.client()
+    try:
+        client.execute_command("REPLICAOF", "NO", "ONE")
+        client.flushall()
+    finally:
+        client.close()
+    write_keys(server, keys, prefix="empty")
+
+
 NODE_DIR = Path(__file__).parent / "node"
 
 

@@ -13,9 +13,10 @@ from ..metric_catalog import metric
 ACTION_TIERS = catalog.ACTION_TIERS
 OUTCOMES = ("succeeded", "failed", "refused", "cancelled", "timed_out", "dry_run")
 # what stopped an action: rate_limit, cooldown, not_allowed and superseded before it started;
-# max_lag when every candidate was too far behind (the action's Outcome.facts["limit"]). There is no
-# cluster_lock limit: a second action on a locked cluster waits for the lock, it is not stopped.
-LIMITS = ("rate_limit", "cooldown", "max_lag", "not_allowed", "superseded")
+# max_lag when every candidate was too far behind, sentinel_unconfirmed when Sentinel's choice was not
+# confirmed (the action's Outcome.facts["limit"]). There is no cluster_lock limit: a second action on
+# a locked cluster waits for the lock, it is not stopped.
+LIMITS = ("rate_limit", "cooldown", "max_lag", "not_allowed", "superseded", "sentinel_unconfirmed")
 
 ACTIONS_TOTAL = metric(
     "tierwatch_recovery_actions_total",
@@ -30,7 +31,8 @@ BLOCKED_TOTAL = metric(
     "tierwatch_recovery_blocked_total",
     "counter",
     "Recovery actions stopped by a safety limit (rate_limit, cooldown, not_allowed, superseded by a "
-    "regional failover; max_lag: every promotion candidate too far behind).",
+    "regional failover; max_lag: every promotion candidate too far behind; sentinel_unconfirmed: no "
+    "Sentinel majority, or the member it named is not a master the kit accepts).",
     ("action", "limit"),
     scope="cluster",
     section="recovery",

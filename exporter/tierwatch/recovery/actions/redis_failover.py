@@ -13,6 +13,11 @@ Redis rules on top of the sequence's:
 - With Sentinel the action never issues REPLICAOF: it waits (``sentinel_wait``) for Sentinel to elect
   a master among the targets, then only moves the write backend and verifies. Sentinel picks the
   region, not the action.
+- Sentinel's word is checked: its election counts only when a majority of the configured sentinels
+  (an unreachable one votes for nobody) name the same target and that target is a master the kit
+  accepts (linked replicas, or an offset at least the best replica's); else the action refuses
+  (limit ``sentinel_unconfirmed``). One lying or misconfigured Sentinel, or an elected member that
+  lost its data, does not move the writes.
 """
 
 from __future__ import annotations
@@ -29,13 +34,14 @@ from redis.exceptions import ResponseError
 from ...clients import redis as client
 from ...clients.addresses import Address, normal_host, show, target_address
 from ...config import TargetConfig
-from .base import Outcome
+from .base import Outcome, refuse
 from .failover import Driver, Elected, FailoverAction, Ineligible, PrimaryState, Seen, StepFailed
 from .liveness import still_answers
 
 CLIENT_NAME = "tierwatch-recovery"
 CHECK_KEY = "tierwatch:recovery:check"
 SENTINEL_POLL = 0.25  # seconds between asking the sentinels
+SENTINEL_UNCONFIRMED = "sentinel_unconfirmed"  # the blocked limit: Sentinel's choice not confirmed
 
 
 @dataclass
@@ -198,53 +204,108 @@ class RedisDriver(Driver[RedisSeen]):
         return f"{replica.name}: master {master} link {s.link}", False
 
     async def election(self, seen: list[RedisSeen], old: str) -> Elected | Outcome | None:
-        """With Sentinel in charge: wait for it to elect a master among the targets."""
+        """With Sentinel in charge: wait for it to elect a master among the targets. An election
+        counts only when a majority of the configured sentinels name the same target and that target
+        is a master the kit would accept (``_vouched``); else, once ``sentinel_wait`` is over, refuse
+        (limit ``sentinel_unconfirmed``): a human decides."""
         sentinel = self.ctx.cluster.sentinel
         if sentinel is None:
             return None
         old_address = target_address(self.ctx.target(old))  # type: ignore[arg-type]
         wait = self.ctx.cluster_settings.sentinel_wait
-        self.ctx.audit("waiting_for_sentinel", master_name=sentinel.master_name, wait_s=wait)
+        needed = len(sentinel.targets) // 2 + 1
+        self.ctx.audit("waiting_for_sentinel", master_name=sentinel.master_name, wait_s=wait, needed=needed)
         started = time.monotonic()
         deadline = started + (0 if self.ctx.dry_run else wait)
-        new: TargetConfig | None = None
-        reported: set[Address] = set()
-        while new is None:
-            reported = await self._sentinel_addresses()
-            for candidate in self.ctx.cluster.targets:
-                where = target_address(candidate)
-                if where in reported and where != old_address and (await self.observe(candidate)).is_primary:
-                    new = candidate
-                    break
-            if new is None:
-                if time.monotonic() >= deadline:
-                    break
-                await asyncio.sleep(SENTINEL_POLL)
+        while True:
+            answers = await self._sentinel_answers()
+            new, votes, doubts = await self._confirmed(answers, old_address, needed, seen)
+            if new is not None or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(SENTINEL_POLL)
         if self.ctx.dry_run:
-            now = new.name if new else "no new master yet"
-            self.ctx.audit("would_wait_for_sentinel", elected=now)
+            now = new[0].name if new else "no confirmed new master yet"
+            self.ctx.audit("would_wait_for_sentinel", elected=now, unconfirmed=doubts)
             return Outcome(
                 "succeeded", f"dry run: Sentinel is in charge ({now}); would move the write backend"
             )
         if new is None:
-            unknown = sorted(show(a) for a in reported if a != old_address)
-            why = f"Sentinel elected no new master within {wait:g}s"
-            if unknown:
-                why += f" (sentinels report {', '.join(unknown)}, not a master among the targets)"
-            self.ctx.audit("sentinel_timeout", reason=why)
-            return Outcome("failed", why)
-        self.ctx.audit("sentinel_elected", target=new.name, waited_s=round(time.monotonic() - started, 3))
-        replicas = [s.target for s in seen if s.name not in (old, new.name) and s.answered]
+            return self._not_elected(answers, old_address, wait, doubts)
+        target, evidence = new
+        self.ctx.audit(
+            "sentinel_elected",
+            target=target.name,
+            votes=votes,
+            of=len(sentinel.targets),
+            evidence=evidence,
+            waited_s=round(time.monotonic() - started, 3),
+        )
+        replicas = [s.target for s in seen if s.name not in (old, target.name) and s.answered]
         facts = {
-            "new_primary": new.name,
+            "new_primary": target.name,
             "old_primary": old,
             "via": "sentinel",
             "old_primary_fencing": "sentinel",
         }
-        return Elected(new, facts, replicas)
+        return Elected(target, facts, replicas)
 
-    async def _sentinel_addresses(self) -> set[Address]:
-        """The master addresses the reachable sentinels report."""
+    async def _confirmed(
+        self,
+        answers: dict[str, Address | None],
+        old_address: Address | None,
+        needed: int,
+        seen: Sequence[RedisSeen],
+    ) -> tuple[tuple[TargetConfig, str] | None, int, dict[str, str]]:
+        """The target a majority of sentinels name and the kit accepts, with the evidence; its votes;
+        and why each other target named (not the old master) does not count."""
+        doubts: dict[str, str] = {}
+        for candidate in self.ctx.cluster.targets:
+            where = target_address(candidate)
+            votes = sum(1 for a in answers.values() if a is not None and a == where)
+            if not votes or where == old_address:
+                continue
+            named = f"named by {votes} of {len(answers)} sentinels"
+            if votes < needed:
+                doubts[candidate.name] = f"{named} ({needed} needed)"
+                continue
+            # a majority names at most one target: observe only that one
+            s = await self.observe(candidate)
+            evidence, why = _vouched(s, seen) if s.is_primary else (None, f"reports role {s.role}")
+            if evidence is None:
+                doubts[candidate.name] = f"{named} but {why}"
+                continue
+            return (candidate, evidence), votes, doubts
+        return None, 0, doubts
+
+    def _not_elected(
+        self,
+        answers: dict[str, Address | None],
+        old_address: Address | None,
+        wait: float,
+        doubts: dict[str, str],
+    ) -> Outcome:
+        """No confirmed election within ``wait``: refuse if sentinels named a target the check did
+        not confirm (limit ``sentinel_unconfirmed``), else fail as Sentinel elected nobody."""
+        if doubts:
+            named = "; ".join(f"{name} {why}" for name, why in doubts.items())
+            detail = f"Sentinel's choice not confirmed within {wait:g}s: {named}"
+            self.ctx.audit(
+                "sentinel_unconfirmed",
+                answers={name: show(a) if a else "no answer" for name, a in answers.items()},
+                unconfirmed=doubts,
+            )
+            outcome = refuse(self.ctx, detail)
+            outcome.facts["limit"] = SENTINEL_UNCONFIRMED
+            return outcome
+        unknown = sorted({show(a) for a in answers.values() if a is not None and a != old_address})
+        why = f"Sentinel elected no new master within {wait:g}s"
+        if unknown:
+            why += f" (sentinels report {', '.join(unknown)}, not a master among the targets)"
+        self.ctx.audit("sentinel_timeout", reason=why)
+        return Outcome("failed", why)
+
+    async def _sentinel_answers(self) -> dict[str, Address | None]:
+        """The master address each configured sentinel reports (None: no answer), asked at once."""
         sentinel = self.ctx.cluster.sentinel
         assert sentinel is not None
 
@@ -264,7 +325,20 @@ class RedisDriver(Driver[RedisSeen]):
             return (normal_host(str(reply[0])), int(reply[1])) if reply else None
 
         found = await asyncio.gather(*(ask(t) for t in sentinel.targets))
-        return {a for a in found if a is not None}
+        return {t.name: a for t, a in zip(sentinel.targets, found, strict=True)}
+
+
+def _vouched(s: RedisSeen, seen: Sequence[RedisSeen]) -> tuple[str | None, str]:
+    """(evidence, why not): a master the kit accepts has linked replicas, or a replication offset at
+    least that of the best replica observed before the election (a member that lost its data has
+    neither)."""
+    if s.linked_replicas:
+        return f"{s.linked_replicas} linked replicas", ""
+    replicas = [r for r in seen if r.is_replica and r.name != s.name]
+    best = max(replicas, key=lambda r: r.offset, default=None)
+    if best is None or s.offset >= best.offset:
+        return f"offset {s.offset} at least the best replica's", ""
+    return None, f"has no linked replica and offset {s.offset}, behind replica {best.name} ({best.offset})"
 
 
 async def _priority(conn: aioredis.Redis, info: dict[str, Any]) -> int | None:
