@@ -6,6 +6,10 @@ Each kind misbehaves the same way on every connection:
 - ``trickle_redis`` / ``trickle_http``: starts a reply, then sends one byte every 100 ms, forever.
 - ``garbage``: answers with bytes that are no protocol at all, then closes.
 - ``huge_bulk``: a Redis bulk string announced as 2 GB (``$2000000000``), then bytes as fast as read.
+- ``huge_array`` / ``huge_map``: a Redis array / map announced with 2^31 - 1 elements
+  (``*2147483647``, ``%2147483647``), then minimal elements (``+\\r\\n``) as fast as read.
+- ``partial_array``: a Redis array of 300,000 elements (it would fit in 1 MiB), of which it sends
+  1,000, then nothing.
 - ``endless_body``: an HTTP 200 without a length, then a body as fast as it is read, forever.
 - ``huge_length``: an HTTP 200 announcing a 2 GB Content-Length, then bytes as fast as read.
 - ``accept_close``: accepts and closes at once.
@@ -30,6 +34,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 
 CHUNK = b"a" * 65536
+MINIMAL_ELEMENTS = b"+\r\n" * 21845  # the smallest RESP element, 64 KiB of them
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 KINDS = (
     "silent",
@@ -37,6 +42,9 @@ KINDS = (
     "trickle_http",
     "garbage",
     "huge_bulk",
+    "huge_array",
+    "huge_map",
+    "partial_array",
     "endless_body",
     "huge_length",
     "accept_close",
@@ -78,14 +86,24 @@ async def _garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
         await writer.drain()
 
 
-def _endless(prelude: bytes) -> Handler:
+def _endless(prelude: bytes, chunk: bytes = CHUNK) -> Handler:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not await _request(reader):
             return
         writer.write(prelude)
         while True:
             await writer.drain()
-            writer.write(CHUNK)
+            writer.write(chunk)
+
+    return handle
+
+
+def _stall(reply: bytes) -> Handler:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not await _request(reader):
+            return
+        writer.write(reply)
+        await _drain_forever(reader)
 
     return handle
 
@@ -129,6 +147,9 @@ HANDLERS: dict[str, Handler] = {
     "trickle_http": _trickle(b"HTTP/1.1 200 OK\r\nX-Slow: "),
     "garbage": _garbage,
     "huge_bulk": _endless(b"$2000000000\r\n"),
+    "huge_array": _endless(b"*2147483647\r\n", MINIMAL_ELEMENTS),
+    "huge_map": _endless(b"%2147483647\r\n", MINIMAL_ELEMENTS),
+    "partial_array": _stall(b"*300000\r\n" + b"+\r\n" * 1000),
     "endless_body": _endless(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"),
     "huge_length": _endless(b"HTTP/1.1 200 OK\r\nContent-Length: 2000000000\r\n\r\n"),
     "accept_close": _accept_close,
