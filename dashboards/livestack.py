@@ -37,6 +37,7 @@ from tierwatch.lab.stack.postgres import start_primary, start_replica
 from tierwatch.lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
 from tierwatch.lab.stack.redis import WRITE_FENCING, start_redis, start_sentinels, wait_writes_accepted
 from tierwatch.lab.stack.scrape_targets import traffic_jobs
+from tierwatch.recovery.webhook import fingerprint_of
 
 ROOT = Path(__file__).resolve().parents[1]
 FOR_LINE = re.compile(r"^(\s+for:\s*)\S+\s*$", re.MULTILINE)
@@ -105,14 +106,17 @@ def _refused(recovery_url: str) -> bool:
 
 
 def _notify(recovery_url: str, name: str, labels: dict[str, str], starts_at: str) -> None:
+    labels = {"alertname": name, "severity": "critical", **labels}
     alert = {
         "status": "firing",
-        "labels": {"alertname": name, "severity": "critical", **labels},
+        "labels": labels,
         "annotations": {"summary": name},
         "startsAt": starts_at,
         "endsAt": "0001-01-01T00:00:00Z",
         "generatorURL": "http://prometheus/graph",
-        "fingerprint": name.encode().hex()[:16],  # one alert; a new incident is a new startsAt
+        "fingerprint": fingerprint_of(
+            labels
+        ),  # as Alertmanager computes it; a new incident is a new startsAt
     }
     body = {
         "version": "4",

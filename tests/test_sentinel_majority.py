@@ -21,6 +21,7 @@ from test_action_redis_failover import (
     load,
     replication,
     run,
+    server_states,
     start_trio,
 )
 
@@ -40,12 +41,7 @@ KEYS = 1000
 
 def admin_states(lb: HAProxy) -> dict[str, str]:
     """Each write backend server's admin state (ready or maint), from ``show servers state``."""
-    lines = lb.command(f"show servers state {BACKEND}").splitlines()
-    header = next(line for line in lines if line.startswith("# be_id")).split()[1:]
-    rows = [
-        dict(zip(header, line.split(), strict=True)) for line in lines if len(line.split()) == len(header)
-    ]
-    return {row["srv_name"]: row["srv_admin_state"] for row in rows}
+    return {row["srv_name"]: row["srv_admin_state"] for row in server_states(lb)}
 
 
 def start_with_empty_member(stack: Stack) -> list[RedisServer]:
