@@ -4,6 +4,7 @@ failover's records were rotated away, forged fingerprints and an authenticated f
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -15,9 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
+from tierwatch.config import load_config
 from tierwatch.lab.stack import Stack, free_port, wait_for
 from tierwatch.lab.stack.redis import start_redis
+from tierwatch.recovery.inbox import Inbox, InboxUnavailable
+from tierwatch.recovery.service import RecoveryService
+from tierwatch.recovery.webhook import parse_payload
 
 from helpers import metric_value
 from recovery_fixtures import (
@@ -264,3 +270,56 @@ def test_an_authenticated_flood_of_bad_bodies_is_counted_not_written(stack: Stac
     held_back = sum(e["suppressed_since_last"] for e in service.events("notification_rejected"))
     assert held_back + len(rejected) == 300  # the counts held back are written on stop
     assert os.path.getsize(path) > before
+
+
+def test_an_outcome_the_inbox_refuses_past_the_point_of_no_return_is_resumed_not_rerun(stack: Stack) -> None:
+    """In-process, the inbox refusing the outcome's write (as a full disk does; a tmpfs filled under the
+    real process kept taking this small write in its slack): the restart ran past its point of no
+    return, so the alert stays running there, audited as outcome_not_recorded (not 'deferred', which
+    says nothing was done), and the next start resumes it verify-only."""
+    marker = stack.path("restart.marker")
+    stack.on_close(lambda: kill_started_backends(marker))
+    port = free_port()
+    token_file = stack.path("secrets", "token")
+    token_file.write_text(TOKEN + "\n")
+    state = stack.directory("state-inproc")
+    target = {"name": "web-a-1", "region": "primary", "url": f"http://127.0.0.1:{port}/health"}
+    recovery = {
+        "state_dir": str(state),
+        "auth": {"bearer_token_file": str(token_file)},
+        "allow": {"AppInstanceDown": "restart_instance"},
+        "clusters": {"web-a": {"restart_commands": {"web-a-1": restart_command(marker, port)}}},
+    }
+    config = stack.path("inproc.yml")
+    cluster = {"name": "web-a", "tier": "app", "targets": [target]}
+    config.write_text(yaml.safe_dump({"clusters": [cluster], "recovery": recovery}))
+    loaded = load_config(config)
+    assert loaded.config.recovery is not None
+
+    async def scenario() -> tuple[list[str], str | None]:
+        service = RecoveryService(loaded, loaded.config.recovery)  # type: ignore[arg-type]
+        try:
+
+            def refuse(*_args: Any) -> None:
+                raise InboxUnavailable("inbox not writable (SQLITE_FULL)")
+
+            service.inbox.finish = refuse  # type: ignore[method-assign]
+            service.inbox.record(parse_payload(json.dumps(down("web-a")).encode()))
+            claimed = service.inbox.claim_next()
+            assert claimed is not None
+            service._start(claimed, resumed=False)
+            await asyncio.wait([service._running[claimed.key].task], timeout=30)
+            await service.audit.flush()
+            stored = service.inbox.get(claimed.key)
+            return [e["event"] for e in service.audit.read()], (stored.state if stored else None)
+        finally:
+            service.close()
+
+    events, stored = asyncio.run(scenario())
+    assert "point_of_no_return" in events and "outcome_not_recorded" in events, events
+    assert "action_deferred" not in events and stored == "running", (events, stored)
+    assert runs(marker) == 1
+    reopened = Inbox(state / "inbox.sqlite3")
+    [resumed] = reopened.interrupted()  # what the next start resumes, verify-only
+    assert resumed.past_ponr
+    reopened.close()

@@ -249,9 +249,8 @@ class RecoveryService:
             try:
                 entries = await asyncio.to_thread(self.audit.tail, AUDIT_ENTRIES)
             except OSError as exc:
-                await respond(
-                    send, 503, json.dumps({"error": f"audit trail unreadable ({exc.errno})"}) + "\n"
-                )
+                body = json.dumps({"error": f"audit trail unreadable ({exc.errno})"}) + "\n"
+                await respond(send, 503, body, "application/json")
                 return
             await respond(send, 200, json.dumps(entries) + "\n", "application/json")
         elif path == "/-/reload" and method == "POST":
@@ -301,7 +300,8 @@ class RecoveryService:
             self.rejections.record("notification_rejected", "timed_out")
             return 408, {"error": f"body not received within {self.settings.read_timeout:g}s"}
         try:
-            payload = parse_payload(bytes(body))
+            # in a thread: recomputing every fingerprint of a 1 MiB body takes about 0.1 s of CPU
+            payload = await asyncio.to_thread(parse_payload, bytes(body))
         except PayloadError as exc:
             # a valid token does not make a flood of bad bodies worth one record each
             self.metrics.notifications.labels("invalid").inc()
@@ -497,19 +497,28 @@ class RecoveryService:
                         await refuse(blocked, why, action_name)
                         return
                 await self._act(alert, cluster, tier, base, action_name, resumed, finish, settings, loaded)
-        except (AuditUnavailable, InboxUnavailable) as exc:  # before the point of no return: nothing done
-            with contextlib.suppress(InboxUnavailable):
-                await asyncio.to_thread(self.inbox.requeue, alert.key)
-            self.audit.record("action_deferred", **base, action=action_name, reason=str(exc))
-            self.events.emit("action_deferred", "error", alert=alert.alertname, reason=str(exc))
+        except (AuditUnavailable, InboxUnavailable) as exc:
+            running = self._running.get(alert.key)
+            if running is not None and running.past_ponr:
+                # acted, but its end could not be kept: the inbox still says running past the point of
+                # no return, so the next start (or leader) resumes it verify-only, never runs it again
+                self.audit.record("outcome_not_recorded", **base, action=action_name, reason=str(exc))
+                self.events.emit("outcome_not_recorded", "error", alert=alert.alertname, reason=str(exc))
+            else:  # before the point of no return: nothing was done, the alert waits for the disk
+                with contextlib.suppress(InboxUnavailable):
+                    await asyncio.to_thread(self.inbox.requeue, alert.key)
+                self.audit.record("action_deferred", **base, action=action_name, reason=str(exc))
+                self.events.emit("action_deferred", "error", alert=alert.alertname, reason=str(exc))
         except LeaseLost as exc:  # this replica no longer leads: the alert is the new leader's to run (from
             # the start before the point of no return; past it, resumed from the ledger)
             try:
                 await asyncio.sleep(1.0)  # back off: etcd may be failing fast, this alert is claimed again
             finally:
                 # also when the worker, seeing the lost lease too, cancels this task meanwhile: an
-                # alert left "running" would be lost (synchronous, so a cancellation cannot skip it)
-                self.inbox.requeue(alert.key)
+                # alert left "running" would be lost (synchronous, so a cancellation cannot skip it);
+                # on a refusing disk it stays running here, made pending again at the next start
+                with contextlib.suppress(InboxUnavailable):
+                    self.inbox.requeue(alert.key)
                 self.audit.record(
                     "action_stopped", **base, action=action_name, reason="lease_lost", detail=str(exc)
                 )
@@ -519,8 +528,9 @@ class RecoveryService:
             if running is not None and running.shutdown:
                 await self._interrupted(alert, base, action_name, running.past_ponr, running.reason)
             else:
-                await asyncio.to_thread(self.inbox.release, alert.key)
-                await finish("cancelled", "alert resolved before the point of no return")
+                with contextlib.suppress(InboxUnavailable):  # else left running: requeued at the next start
+                    await asyncio.to_thread(self.inbox.release, alert.key)
+                    await finish("cancelled", "alert resolved before the point of no return")
 
     async def _act(
         self,
@@ -560,17 +570,12 @@ class RecoveryService:
             self.metrics.duration.labels(tier, cluster_name, action_name).set(time.monotonic() - started)
         result = "dry_run" if settings.dry_run and outcome.status == "succeeded" else outcome.status
         await self._settle_run(alert.key, changed=result == "dry_run")
-        promoted = outcome.facts.get("new_primary")
-        failover = {"new_primary": str(promoted), "old_primary": outcome.facts.get("old_primary")}
-        if promoted:  # what a later rejoin follows (the inbox keeps it; the audit log may be rotated)
-            await asyncio.to_thread(
-                self.inbox.record_failover,
-                alert.key,
-                cluster_name,
-                failover["new_primary"],
-                failover["old_primary"],
-            )
-        await finish(result, outcome.detail, failover=failover if promoted else None)
+        failover: dict[str, Any] | None = None
+        if promoted := outcome.facts.get("new_primary"):  # what a later rejoin follows (kept in the
+            # inbox: the audit log may be rotated)
+            failover = {"new_primary": str(promoted), "old_primary": outcome.facts.get("old_primary")}
+            await asyncio.to_thread(self.inbox.record_failover, alert.key, cluster_name, **failover)
+        await finish(result, outcome.detail, failover=failover)
         limit = outcome.facts.get("limit")
         if outcome.status == "refused" and limit in m.LIMITS:
             self._blocked(tier, cluster_name, action_name, limit, base)
