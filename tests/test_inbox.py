@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from tierwatch.recovery.inbox import Inbox
@@ -48,7 +47,7 @@ def test_crash_recovery_rules(tmp_path: Path) -> None:
 
 def test_regional_failover_supersedes_instance_actions(tmp_path: Path) -> None:
     inbox = Inbox(tmp_path / "inbox.sqlite3")
-    since = time.time() - 60
+    since = 60.0  # received within the last minute
     region_down = alert(
         "AppRegionDown",
         {"cluster": "web", "region": "primary", "action": "regional_failover"},

@@ -5,11 +5,15 @@ fail with EINVAL once an offset is set, so the real process cannot run under it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from tierwatch.config.recovery import RecoverySettings
 from tierwatch.recovery.inbox import Inbox
+from tierwatch.recovery.webhook import parse_payload
+
+from recovery_fixtures import alert, payload
 
 HOUR = 3600.0
 DEFAULTS = RecoverySettings()  # the shipped cooldown and rate limit
@@ -106,3 +110,18 @@ def test_another_replicas_runs_count_by_their_wall_time(tmp_path: Path) -> None:
     assert reserve(inbox, 1) == "cooldown"
     clock.wait(COOLDOWN)
     assert reserve(inbox, 2) is None
+
+
+def test_a_regional_failover_still_supersedes_after_a_forward_step(tmp_path: Path) -> None:
+    """The service asks whether a regional failover of the region came in within max(cooldown, 10 m):
+    a +2 h step must not make one received 30 s ago look old (instance restarts would then run beside
+    the regional failover)."""
+    clock = FakeClock()
+    inbox = Inbox(tmp_path / "inbox.sqlite3", clock=clock)
+    labels = {"cluster": "web", "region": "primary", "action": "regional_failover"}
+    inbox.record(parse_payload(json.dumps(payload(alert("AppRegionDown", labels))).encode()))
+    clock.wait(30)
+    clock.wall += 2 * HOUR
+    assert inbox.active_with("web", "regional_failover", "primary", 600)
+    clock.wait(600)
+    assert not inbox.active_with("web", "regional_failover", "primary", 600)

@@ -79,6 +79,8 @@ MIGRATIONS = (
     ("alerts", "decision", "TEXT"),  # JSON: what the action decided at its point of no return
     ("runs", "boot_id", "TEXT"),  # the boot the run started in (NULL: another replica's, or older)
     ("runs", "since_boot", "REAL"),  # seconds since that boot when it started (a clock that never steps)
+    ("alerts", "boot_id", "TEXT"),  # likewise when the alert was received
+    ("alerts", "since_boot", "REAL"),
 )
 DEFAULT_REPLICA_LABELS = ("replica", "prometheus", "prometheus_replica")
 
@@ -224,9 +226,11 @@ class Inbox:
         resolved: bool = False,
     ) -> None:
         key = alert_key(alert.fingerprint, alert.startsAt)
+        _, boot, since_boot = self.clock.now()
         self._db.execute(
             "INSERT INTO alerts (key, alertname, fingerprint, starts_at, labels, received_at, incident,"
-            " state, outcome, detail, resolved, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " state, outcome, detail, resolved, finished_at, boot_id, since_boot)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 alert.labels.get("alertname", ""),
@@ -240,6 +244,8 @@ class Inbox:
                 detail,
                 int(resolved),
                 None if state == "pending" else now,
+                boot,
+                since_boot,
             ),
         )
 
@@ -357,14 +363,17 @@ class Inbox:
             ]
         return [a for a in (self.get(k) for k in keys) if a is not None]
 
-    def active_with(self, cluster: str, action: str, region: str | None, since: float) -> bool:
+    def active_with(self, cluster: str, action: str, region: str | None, within: float) -> bool:
         """True if an unresolved alert for ``cluster`` asking for ``action`` (in ``region``, when given)
-        was received since ``since`` and did not end refused or cancelled."""
+        was received in the last ``within`` seconds (on the boot clock within this boot, as reserve
+        measures) and did not end refused or cancelled."""
+        wall, boot, since_boot = self.clock.now()
+        age = "CASE WHEN boot_id = :boot THEN :since - since_boot ELSE max(0, :wall - received_at) END"
         with self._lock:
             rows = self._db.execute(
-                "SELECT labels FROM alerts WHERE received_at >= ? AND resolved = 0"
+                f"SELECT labels FROM alerts WHERE {age} < :within AND resolved = 0"
                 " AND coalesce(outcome, '') NOT IN ('refused', 'cancelled')",
-                (since,),
+                {"boot": boot, "since": since_boot, "wall": wall, "within": within},
             ).fetchall()
         for (text,) in rows:
             labels = json.loads(text)

@@ -615,7 +615,7 @@ class RecoveryService:
             await asyncio.sleep(settings.settle)
         window = max(settings.cooldown, 600.0)
         region = alert.labels.get("region")
-        return self.inbox.active_with(cluster, "regional_failover", region, time.time() - window)
+        return self.inbox.active_with(cluster, "regional_failover", region, window)
 
     def _context(
         self,
