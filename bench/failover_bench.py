@@ -38,13 +38,13 @@ from typing import Any
 
 import redis
 
-from tierwatch.lab.drills import NO_RETRY, PgWrites, RedisWrites, Writer
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.chain import ChainTiming, audit, redis_cluster, start_chain, write_lb_cluster
-from tierwatch.lab.stack.haproxy import start_write_lb
-from tierwatch.lab.stack.postgres import create_admin_role, create_app_role, start_primary, start_replica
-from tierwatch.lab.stack.redis import RedisServer, start_redis, start_sentinels
-from tierwatch.lab.stack.servernet import ServerNet, create_server_net
+from tierwatch_lab.drills import NO_RETRY, PgWrites, RedisWrites, Writer
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.chain import ChainTiming, audit, redis_cluster, start_chain, write_lb_cluster
+from tierwatch_lab.stack.haproxy import start_write_lb
+from tierwatch_lab.stack.postgres import create_admin_role, create_app_role, start_primary, start_replica
+from tierwatch_lab.stack.redis import RedisServer, start_redis, start_sentinels
+from tierwatch_lab.stack.servernet import ServerNet, create_server_net
 
 PASSWORD = "bench-redis-pw"
 

@@ -2,7 +2,7 @@
 run (issue 14: the recovery leader at random moments, ten runs per engine).
 
 ``--set leader`` (default): each round runs four drills, each on a fresh demo stack
-(``tierwatch.lab.drills``), interleaved so both kinds see the same machine load:
+(``tierwatch_lab.drills``), interleaved so both kinds see the same machine load:
 
 - ``redis-master``: the Redis master is killed; one recovery process (the reference).
 - ``kill-recovery-leader``: the same on a demo with two recovery replicas and a lease in a 3-member
@@ -48,11 +48,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tierwatch.lab.demo import DemoStack, build
-from tierwatch.lab.drills import BUILD_OPTIONS, DRILLS, DrillResult, drill_redis_master, wait_until_watched
-from tierwatch.lab.drills_ha import _promotions, drill_kill_recovery_leader, recovered_after
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.chain import Chain, audit_trail
+from tierwatch_lab.demo import DemoStack, build
+from tierwatch_lab.drills import BUILD_OPTIONS, DRILLS, DrillResult, drill_redis_master, wait_until_watched
+from tierwatch_lab.drills_ha import _promotions, drill_kill_recovery_leader, recovered_after
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.chain import Chain, audit_trail
 
 SETS = {
     "leader": (("redis-master", "kill-recovery-leader"), ("pg-primary", "kill-recovery-leader-pg")),

@@ -1,6 +1,6 @@
 """Benchmark tierwatch against Debian's blackbox_exporter on the same HTTP targets, side by side.
 
-Both exporters run at once against the same targets (URLs on a few ``tierwatch.lab.stack.http_backend``
+Both exporters run at once against the same targets (URLs on a few ``tierwatch_lab.stack.http_backend``
 processes) at the same interval. tierwatch probes in the background; a driver process plays
 Prometheus: it scrapes tierwatch's /metrics once per interval and sends blackbox one
 ``/probe?module=http_2xx&target=...`` per target per interval. After a warm-up, over a window of whole
@@ -49,9 +49,9 @@ from side_by_side import (
     write_results,
 )
 
-from tierwatch.lab.stack import ManagedProcess, Stack
-from tierwatch.lab.stack.http import HttpBackend, start_http_backend
-from tierwatch.lab.stack.tierwatch import start_exporter
+from tierwatch_lab.stack import ManagedProcess, Stack
+from tierwatch_lab.stack.http import HttpBackend, start_http_backend
+from tierwatch_lab.stack.tierwatch import start_exporter
 
 BLACKBOX = "prometheus-blackbox-exporter"
 CLAIMED_BLACKBOX_CPU_MS = 2.9  # the figure quoted for blackbox_exporter per HTTP probe

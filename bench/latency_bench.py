@@ -1,7 +1,7 @@
 """Are recorded probe latencies the targets' own, at scale? (issue 17)
 
 Starts the real ``tierwatch serve`` watching N fast HTTP targets (``/health`` on a few
-``tierwatch.lab.stack.http_backend`` processes, answering in well under a millisecond) plus one target
+``tierwatch_lab.stack.http_backend`` processes, answering in well under a millisecond) plus one target
 that answers in 300 ms, scrapes ``/metrics`` once per interval like Prometheus, and after a warm-up reads
 the exporter's own ``tierwatch_cluster_probe_duration_seconds`` histograms (one per cluster and region;
 the fast targets and the slow one are separate clusters) over a window of whole intervals:
@@ -34,10 +34,10 @@ from typing import Any
 
 import yaml
 
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.http import start_http_backend
-from tierwatch.lab.stack.tierwatch import start_exporter
 from tierwatch.metric_catalog import PROBE_BUCKETS
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.http import start_http_backend
+from tierwatch_lab.stack.tierwatch import start_exporter
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency.json"
 SAMPLE = re.compile(r"^(\w+)\{(.*)\} (\S+)$")

@@ -1,7 +1,7 @@
 """Side by side, in one run: ``tierwatch serve`` probing PostgreSQL targets vs Debian's
 prometheus-postgres-exporter, one exporter process per target, at the same interval.
 
-Servers: a primary (archiving on), two streaming replicas and a DR replica (tierwatch.lab.stack.postgres),
+Servers: a primary (archiving on), two streaming replicas and a DR replica (tierwatch_lab.stack.postgres),
 PostgreSQL 15, ``log_connections=on``, ``max_connections`` raised for the bench. The primary gets
 ``--databases`` databases ``bench_000``...; target ``(k, server)`` is database ``bench_k`` on that
 server, so there are 4 x databases targets, each its own connection and probe query. Cluster k of the
@@ -57,10 +57,10 @@ from side_by_side import (
 )
 from side_by_side import print_table as print_side_by_side
 
-from tierwatch.lab.stack import Stack, free_port
-from tierwatch.lab.stack.ports import port_open
-from tierwatch.lab.stack.postgres import PgServer, start_primary, start_replica
-from tierwatch.lab.stack.tierwatch import start_exporter
+from tierwatch_lab.stack import Stack, free_port
+from tierwatch_lab.stack.ports import port_open
+from tierwatch_lab.stack.postgres import PgServer, start_primary, start_replica
+from tierwatch_lab.stack.tierwatch import start_exporter
 
 EXPORTER = "prometheus-postgres-exporter"
 EXPORTER_ROLE = "pgexporter"

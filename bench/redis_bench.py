@@ -53,9 +53,9 @@ from side_by_side import (
 )
 from side_by_side import print_table as print_side_by_side
 
-from tierwatch.lab.stack import ManagedProcess, Stack
-from tierwatch.lab.stack.redis import RedisServer, start_redis
-from tierwatch.lab.stack.tierwatch import start_exporter
+from tierwatch_lab.stack import ManagedProcess, Stack
+from tierwatch_lab.stack.redis import RedisServer, start_redis
+from tierwatch_lab.stack.tierwatch import start_exporter
 
 EXPORTER = "prometheus-redis-exporter"
 

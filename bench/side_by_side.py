@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from tierwatch.lab.stack import ManagedProcess, Stack, free_port, wait_for
+from tierwatch_lab.stack import ManagedProcess, Stack, free_port, wait_for
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")

@@ -29,15 +29,15 @@ from typing import Any
 import httpx
 import yaml
 
-from tierwatch.lab.stack import Stack, free_port, wait_for
-from tierwatch.lab.stack.express import start_express
-from tierwatch.lab.stack.haproxy import start_haproxy, start_vip
-from tierwatch.lab.stack.node_exporter import node_job, start_node_exporter
-from tierwatch.lab.stack.postgres import start_primary, start_replica
-from tierwatch.lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
-from tierwatch.lab.stack.redis import WRITE_FENCING, start_redis, start_sentinels, wait_writes_accepted
-from tierwatch.lab.stack.scrape_targets import traffic_jobs
 from tierwatch.recovery.webhook import fingerprint_of
+from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.express import start_express
+from tierwatch_lab.stack.haproxy import start_haproxy, start_vip
+from tierwatch_lab.stack.node_exporter import node_job, start_node_exporter
+from tierwatch_lab.stack.postgres import start_primary, start_replica
+from tierwatch_lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
+from tierwatch_lab.stack.redis import WRITE_FENCING, start_redis, start_sentinels, wait_writes_accepted
+from tierwatch_lab.stack.scrape_targets import traffic_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 FOR_LINE = re.compile(r"^(\s+for:\s*)\S+\s*$", re.MULTILINE)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tierwatch.lab.stack.prometheus import PrometheusServer
+from tierwatch_lab.stack.prometheus import PrometheusServer
 
 from .generate import OVERVIEW, build_dashboard
 from .livestack import live_stack

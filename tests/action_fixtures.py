@@ -12,10 +12,10 @@ from typing import Any
 
 from tierwatch.config import LoadedConfig
 from tierwatch.config.recovery import ClusterRecovery, RecoverySettings
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.haproxy import HAProxy, start_write_lb
-from tierwatch.lab.stack.postgres import ADMIN_ROLE, PgServer, create_admin_role, start_primary, start_replica
 from tierwatch.recovery.actions.base import ActionContext, AlertRef
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.haproxy import HAProxy, start_write_lb
+from tierwatch_lab.stack.postgres import ADMIN_ROLE, PgServer, create_admin_role, start_primary, start_replica
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tierwatch.config import LoadedConfig, load_config
-from tierwatch.lab.stack import Stack
+from tierwatch_lab.stack import Stack
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from tierwatch.lab.stack import ManagedProcess
+from tierwatch_lab.stack import ManagedProcess
 
 
 def open_fds() -> int:

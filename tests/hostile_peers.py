@@ -33,8 +33,8 @@ class HostileHttp:
 
 def start_hostile_http(stack: object) -> HostileHttp:
     """Start the hostile HTTP server as a process of ``stack`` and wait until it listens."""
-    from tierwatch.lab.stack import Stack, free_port, wait_for
-    from tierwatch.lab.stack.ports import port_open
+    from tierwatch_lab.stack import Stack, free_port, wait_for
+    from tierwatch_lab.stack.ports import port_open
 
     assert isinstance(stack, Stack)
     port = free_port()

@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import threading
 
-from tierwatch.lab.stack.ports import free_port
-from tierwatch.lab.stack.tcp_forwarder import pipe
+from tierwatch_lab.stack.ports import free_port
+from tierwatch_lab.stack.tcp_forwarder import pipe
 
 
 class Gate:

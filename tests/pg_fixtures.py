@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import pytest
 
 from tierwatch.config import ClusterConfig, Secret, TargetConfig
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.postgres import PgServer, start_primary, start_replica
 from tierwatch.probes.base import Observation, TargetInfo
 from tierwatch.probes.postgres import PostgresProbe
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.postgres import PgServer, start_primary, start_replica
 
 
 @dataclass

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import yaml
 
-from tierwatch.lab.stack import Stack, free_port, wait_for
 from tierwatch.recovery.webhook import fingerprint_of
+from tierwatch_lab.stack import Stack, free_port, wait_for
 
 TOKEN = "webhook-t0ken-Very-Secret"
 
@@ -25,7 +25,7 @@ marker, port, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
 with open(marker, "a") as handle:
     handle.write("restart\\n")
 time.sleep(delay)
-backend = "tierwatch.lab.stack.http_backend"
+backend = "tierwatch_lab.stack.http_backend"
 proc = subprocess.Popen([sys.executable, "-m", backend, "--port", port, "--name", "r"],
                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                         start_new_session=True)

@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 import pytest
 
 from tierwatch.config import ClusterConfig, QueueConfig, Secret, SentinelConfig, TargetConfig
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.redis import RedisServer
 from tierwatch.probes.base import Observation, Probe, ProbeFailure, TargetInfo
 from tierwatch.probes.redis import RedisProbe
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.redis import RedisServer
 
 T = TypeVar("T")
 

@@ -12,12 +12,12 @@ import pytest
 
 from tierwatch.config import LoadedConfig
 from tierwatch.config.recovery import ClusterRecovery
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.haproxy import HAProxy
-from tierwatch.lab.stack.postgres import PgServer
 from tierwatch.recovery.actions.base import Outcome
 from tierwatch.recovery.actions.pg_promote import CHECK_TABLE, PgPromote
 from tierwatch.recovery.discovery import backend_primary
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.haproxy import HAProxy
+from tierwatch_lab.stack.postgres import PgServer
 
 from action_fixtures import (
     ADMIN_ROLE,

@@ -13,12 +13,12 @@ import redis
 
 from tierwatch.config import LoadedConfig
 from tierwatch.config.recovery import ClusterRecovery
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.haproxy import HAProxy
-from tierwatch.lab.stack.redis import RedisServer, start_redis, start_sentinels
 from tierwatch.recovery.actions.base import Outcome
 from tierwatch.recovery.actions.redis_failover import CHECK_KEY, RedisFailover
 from tierwatch.recovery.lease import LeaseLost
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.haproxy import HAProxy
+from tierwatch_lab.stack.redis import RedisServer, start_redis, start_sentinels
 
 from action_fixtures import Recorder, lb_cluster, make_context, start_tcp_lb
 

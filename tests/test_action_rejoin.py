@@ -17,9 +17,6 @@ from psycopg.conninfo import conninfo_to_dict
 
 from tierwatch.config import LoadedConfig
 from tierwatch.config.recovery import ClusterRecovery, RejoinCommands
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.postgres import OS_USER, REPLICATION_ROLE, pg_bin_dir
-from tierwatch.lab.stack.redis import RedisServer, start_redis
 from tierwatch.recovery.actions.base import ActionContext, Outcome
 from tierwatch.recovery.actions.pg_promote import PgPromote
 from tierwatch.recovery.actions.pg_rejoin import PgRejoin
@@ -27,6 +24,9 @@ from tierwatch.recovery.actions.redis_failover import RedisFailover
 from tierwatch.recovery.actions.redis_rejoin import RedisRejoin
 from tierwatch.recovery.inbox import Inbox
 from tierwatch.recovery.lease import LeaseLost
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.postgres import OS_USER, REPLICATION_ROLE, pg_bin_dir
+from tierwatch_lab.stack.redis import RedisServer, start_redis
 
 from action_fixtures import ADMIN_ROLE, make_context, start_pg_cluster
 

@@ -19,11 +19,11 @@ from hostile_peers import garbage_runtime_api
 from tierwatch.clients.haproxy import parse_show_stat
 from tierwatch.config import load_config
 from tierwatch.config.recovery import RecoverySettings
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.chain import write_lb_cluster
-from tierwatch.lab.stack.haproxy import HAProxy, start_haproxy, start_write_lb
-from tierwatch.lab.stack.http import HttpBackend, start_http_backend
 from tierwatch.recovery.actions import ActionContext, AlertRef, Outcome, load_action
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.chain import write_lb_cluster
+from tierwatch_lab.stack.haproxy import HAProxy, start_haproxy, start_write_lb
+from tierwatch_lab.stack.http import HttpBackend, start_http_backend
 
 REGIONS = {"es-1": "primary", "es-2": "primary", "es-3": "failover", "es-4": "failover"}
 

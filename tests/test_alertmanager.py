@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.alertmanager import rewrite_for_test, start_alertmanager
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.alertmanager import rewrite_for_test, start_alertmanager
 
 from webhook_sink import Sink, webhook_sink
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tierwatch.lab.kit import kit_dir
-from tierwatch.lab.stack import Stack, free_port, wait_for
-from tierwatch.lab.stack.alertmanager import rewrite_for_test, start_alertmanager_cluster
-from tierwatch.lab.stack.http import start_http_backend
-from tierwatch.lab.stack.prometheus import ScrapeJob, rules_with_for, start_prometheus_pair
-from tierwatch.lab.stack.tierwatch import start_exporter
+from tierwatch_lab.kit import kit_dir
+from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.alertmanager import rewrite_for_test, start_alertmanager_cluster
+from tierwatch_lab.stack.http import start_http_backend
+from tierwatch_lab.stack.prometheus import ScrapeJob, rules_with_for, start_prometheus_pair
+from tierwatch_lab.stack.tierwatch import start_exporter
 
 from recovery_fixtures import TOKEN, app_cluster, kill_started_backends, restart_command, start_recovery
 

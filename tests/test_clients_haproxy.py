@@ -14,12 +14,12 @@ from hostile_peers import garbage_runtime_api
 from tierwatch.clients.haproxy import HAProxyError, RuntimeApi, parse_show_stat
 from tierwatch.config import LoadedConfig
 from tierwatch.config.recovery import ClusterRecovery
-from tierwatch.lab.stack import Stack, free_port, wait_for
-from tierwatch.lab.stack.haproxy import start_haproxy
-from tierwatch.lab.stack.http import start_http_backend
 from tierwatch.probes.base import ProbeFailure, TargetInfo, classify_failure
 from tierwatch.probes.haproxy import HAProxyProbe
 from tierwatch.recovery.discovery import point_write_backend, write_backend_problems
+from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.haproxy import start_haproxy
+from tierwatch_lab.stack.http import start_http_backend
 
 from action_fixtures import make_context, start_tcp_lb
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tierwatch.lab.stack.prometheus import PrometheusServer
+from tierwatch_lab.stack.prometheus import PrometheusServer
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE_INTERVAL, RANGE = "5s", "5m"

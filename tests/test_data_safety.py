@@ -23,16 +23,16 @@ from redis.exceptions import ResponseError
 
 from tierwatch.config import ConfigError, load_config
 from tierwatch.config.exporter import BackupConfig, ClusterConfig
-from tierwatch.lab.stack import Stack, free_port, wait_for
-from tierwatch.lab.stack.ports import port_open
-from tierwatch.lab.stack.postgres import start_primary
-from tierwatch.lab.stack.prometheus import ScrapeJob, rules_with_for, start_prometheus
-from tierwatch.lab.stack.redis import RedisServer, start_redis
-from tierwatch.lab.stack.tierwatch import start_exporter
 from tierwatch.probes.base import Observation, TargetInfo
 from tierwatch.probes.pg_backup import backup_time
 from tierwatch.probes.postgres import PostgresProbe
 from tierwatch.probes.redis_persistence import save_configured
+from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.ports import port_open
+from tierwatch_lab.stack.postgres import start_primary
+from tierwatch_lab.stack.prometheus import ScrapeJob, rules_with_for, start_prometheus
+from tierwatch_lab.stack.redis import RedisServer, start_redis
+from tierwatch_lab.stack.tierwatch import start_exporter
 
 from pg_fixtures import PgCluster, pg_pair
 from redis_fixtures import make_cluster, probe_once, redis_stack, target_info, value

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tierwatch.lab.stack import wait_for
+from tierwatch_lab.stack import wait_for
 
 from helpers import metric_value
 

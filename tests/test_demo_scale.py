@@ -19,9 +19,9 @@ import pytest
 import yaml
 from test_demo import processes_mentioning
 
-from tierwatch.lab.demo_scale import REPLICA_LABELS
-from tierwatch.lab.stack import wait_for
 from tierwatch.recovery.inbox import incident_key
+from tierwatch_lab.demo_scale import REPLICA_LABELS
+from tierwatch_lab.stack import wait_for
 
 pytestmark = pytest.mark.slow
 

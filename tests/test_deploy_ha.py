@@ -36,9 +36,9 @@ from test_deploy import (
 
 from tierwatch.cli import main as tierwatch_cli
 from tierwatch.config.shard import shard_of
-from tierwatch.lab.stack import etcd as lab_etcd
-from tierwatch.lab.stack.ports import free_port
-from tierwatch.lab.stack.process import Stack, StackError, wait_for
+from tierwatch_lab.stack import etcd as lab_etcd
+from tierwatch_lab.stack.ports import free_port
+from tierwatch_lab.stack.process import Stack, StackError, wait_for
 
 HA = K8S / "overlays" / "ha"
 Obj = dict[str, Any]

@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from tierwatch.config import ConfigError, LoadedConfig, TargetConfig, load_config
 from tierwatch.discovery import Discovery, DiscoveryCollector
 from tierwatch.events import EventLog
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.ports import free_port
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 REFRESH = "200ms"
@@ -629,8 +629,8 @@ def test_a_refused_change_is_offered_again(tmp_path: Path) -> None:
 def test_discovered_targets_are_probed_by_the_monitor_and_dropped_cleanly(
     tmp_path: Path, stack: Stack
 ) -> None:
-    from tierwatch.lab.stack.http import start_http_backend
     from tierwatch.monitor import Monitor
+    from tierwatch_lab.stack.http import start_http_backend
 
     a = start_http_backend(stack, "app-a")
     b = start_http_backend(stack, "app-b")

@@ -13,9 +13,9 @@ import pytest
 from test_discovery import Dnsmasq
 from test_reload import backend_stats, events, exporter_config, probes_of, scrape, sighup, write_atomically
 
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.http import start_http_backend
-from tierwatch.lab.stack.tierwatch import TierwatchProcess, start_exporter
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.http import start_http_backend
+from tierwatch_lab.stack.tierwatch import TierwatchProcess, start_exporter
 
 from helpers import metric_value
 

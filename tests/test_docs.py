@@ -6,15 +6,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tierwatch.lab.docs_gen import render
 from tierwatch.metric_catalog import CATALOG, TARGET_LABELS
+from tierwatch_lab.docs_gen import render
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_metrics_reference_is_generated_from_the_code() -> None:
     committed = (ROOT / "docs" / "metrics.md").read_text()
-    assert committed == render(), "docs/metrics.md is stale: run python -m tierwatch.lab.docs_gen"
+    assert committed == render(), "docs/metrics.md is stale: run python -m tierwatch_lab.docs_gen"
 
 
 def test_every_metric_follows_naming_conventions() -> None:

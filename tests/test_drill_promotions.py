@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from tierwatch.lab.drills_ha import _promotions
+from tierwatch_lab.drills_ha import _promotions
 
 
 def trails(tmp_path: Path, *replicas: list[dict[str, Any]]) -> Any:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from tierwatch.lab.drills import SCENARIOS, run_drill
-from tierwatch.lab.drills_faults import FAULT_DRILLS
-from tierwatch.lab.stack import Stack
+from tierwatch_lab.drills import SCENARIOS, run_drill
+from tierwatch_lab.drills_faults import FAULT_DRILLS
+from tierwatch_lab.stack import Stack
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The fault drills (lab/drills_faults.py) against the demo stack with its 5 s detection window: a
+"""The fault drills (tierwatch_lab/drills_faults.py) against the demo stack with its 5 s detection window: a
 paused or returning old primary ends as a replica of the promoted server, no acknowledged write is
 lost and no two servers ever acknowledged writes at the same time (the drills' own checker). A
 watcher cut off from both primaries in its network namespace promotes nothing."""
@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from tierwatch.lab.demo import build
-from tierwatch.lab.drills import BUILD_OPTIONS, run_drill, wait_until_watched
-from tierwatch.lab.drills_faults import FAULT_DRILLS, PARTITION_DRILLS, watcher_partition
-from tierwatch.lab.stack import Stack
+from tierwatch_lab.demo import build
+from tierwatch_lab.drills import BUILD_OPTIONS, run_drill, wait_until_watched
+from tierwatch_lab.drills_faults import FAULT_DRILLS, PARTITION_DRILLS, watcher_partition
+from tierwatch_lab.stack import Stack
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The HA drills of lab/drills_ha.py that lose a watcher's redundancy during a Redis master failure: an
+"""The HA drills of tierwatch_lab.drills_ha that lose a watcher's redundancy during a Redis master failure: an
 etcd member, etcd's quorum, a Prometheus replica, an exporter (vantage point). Each must end with exactly
 one promotion (point of no return of ``redis_failover``, counted over every recovery replica), one
 master and no acknowledged write lost. To keep the suite short, one demo stack serves several drills
@@ -11,15 +11,15 @@ import time
 
 import pytest
 
-from tierwatch.lab.demo import build
-from tierwatch.lab.drills import DrillResult, wait_until_watched
-from tierwatch.lab.drills_ha import (
+from tierwatch_lab.demo import build
+from tierwatch_lab.drills import DrillResult, wait_until_watched
+from tierwatch_lab.drills_ha import (
     drill_etcd_one_member,
     drill_etcd_quorum_loss,
     drill_kill_exporter_vantage,
     drill_kill_prometheus_replica,
 )
-from tierwatch.lab.stack import Stack
+from tierwatch_lab.stack import Stack
 
 pytestmark = pytest.mark.slow
 

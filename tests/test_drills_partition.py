@@ -1,4 +1,4 @@
-"""The primary-partition drill (lab/drills_partition.py) against the demo stack with its 5 s detection
+"""The primary-partition drill (tierwatch_lab.drills_partition) against the demo stack with its 5 s detection
 window: the Redis master, then the PostgreSQL primary, cut off (network namespace, silent drops) with
 some of their clients. The kit promotes a replica, the isolated old primary never acknowledges a write
 (write fencing), rejoins as a replica once healed, no acknowledged write is lost, and nothing of the
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tierwatch.lab.demo import build
-from tierwatch.lab.drills import BUILD_OPTIONS, wait_until_watched
-from tierwatch.lab.drills_partition import drill_primary_partition
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.servernet import create_server_net
+from tierwatch_lab.demo import build
+from tierwatch_lab.drills import BUILD_OPTIONS, wait_until_watched
+from tierwatch_lab.drills_partition import drill_primary_partition
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.servernet import create_server_net
 
 
 class _Echo(socketserver.StreamRequestHandler):

@@ -1,4 +1,4 @@
-"""The region-loss drill (lab/drills_region.py) against the demo stack with its 5 s detection window:
+"""The region-loss drill (tierwatch_lab.drills_region) against the demo stack with its 5 s detection window:
 the whole primary region (app servers, Redis a/b/c, PostgreSQL pg-1/2/3, the primary vantage's
 exporter) dies at once; the regional alerts promote, exactly once per engine, the Redis backup
 master (its replica kept under it) and the PostgreSQL DR replica. Writes acknowledged region-safe
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from tierwatch.lab.drills import run_drill
-from tierwatch.lab.drills_region import PG_DR, PgRegionWrites, RedisRegionWrites
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.postgres import create_app_role, start_primary, start_replica
-from tierwatch.lab.stack.redis import start_redis
+from tierwatch_lab.drills import run_drill
+from tierwatch_lab.drills_region import PG_DR, PgRegionWrites, RedisRegionWrites
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.postgres import create_app_role, start_primary, start_replica
+from tierwatch_lab.stack.redis import start_redis
 
 PASSWORD = "region-writes-secret-3e1d"
 

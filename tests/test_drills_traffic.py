@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from tierwatch.lab.drills import run_drill
-from tierwatch.lab.drills_traffic import EXPECTED, TrafficDrillResult
-from tierwatch.lab.stack import Stack
+from tierwatch_lab.drills import run_drill
+from tierwatch_lab.drills_traffic import EXPECTED, TrafficDrillResult
+from tierwatch_lab.stack import Stack
 
 pytestmark = pytest.mark.slow
 

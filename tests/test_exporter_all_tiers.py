@@ -13,12 +13,12 @@ from typing import Any
 
 import httpx
 
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.haproxy import start_haproxy, start_vip
-from tierwatch.lab.stack.http import start_http_backend
-from tierwatch.lab.stack.postgres import start_primary, start_replica
-from tierwatch.lab.stack.redis import start_redis, start_sentinels
-from tierwatch.lab.stack.tierwatch import start_exporter
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.haproxy import start_haproxy, start_vip
+from tierwatch_lab.stack.http import start_http_backend
+from tierwatch_lab.stack.postgres import start_primary, start_replica
+from tierwatch_lab.stack.redis import start_redis, start_sentinels
+from tierwatch_lab.stack.tierwatch import start_exporter
 
 from helpers import metric_value as value
 from helpers import terminate

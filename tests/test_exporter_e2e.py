@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tierwatch.lab.stack import ManagedProcess, Stack, free_port, wait_for
-from tierwatch.lab.stack.haproxy import start_haproxy, start_vip
-from tierwatch.lab.stack.http import start_http_backend
-from tierwatch.lab.stack.tierwatch import start_exporter
+from tierwatch_lab.stack import ManagedProcess, Stack, free_port, wait_for
+from tierwatch_lab.stack.haproxy import start_haproxy, start_vip
+from tierwatch_lab.stack.http import start_http_backend
+from tierwatch_lab.stack.tierwatch import start_exporter
 
 from helpers import metric_value as value
 from helpers import terminate

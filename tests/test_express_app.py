@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tierwatch.lab.stack import Stack, StackError, wait_for
-from tierwatch.lab.stack.express import ExpressApp, ensure_app_installed, start_express
-from tierwatch.lab.stack.ports import port_open
-from tierwatch.lab.stack.redis import RedisServer, start_redis
+from tierwatch_lab.stack import Stack, StackError, wait_for
+from tierwatch_lab.stack.express import ExpressApp, ensure_app_installed, start_express
+from tierwatch_lab.stack.ports import port_open
+from tierwatch_lab.stack.redis import RedisServer, start_redis
 
 PASSWORD = "s3cret-for-the-app"
 

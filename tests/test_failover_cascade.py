@@ -22,12 +22,12 @@ from typing import Any
 
 from tierwatch.config import LoadedConfig
 from tierwatch.config.recovery import ClusterRecovery
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.postgres import PgServer, start_replica
-from tierwatch.lab.stack.redis import RedisServer, start_redis
 from tierwatch.recovery.actions.base import Outcome
 from tierwatch.recovery.actions.pg_promote import PgPromote
 from tierwatch.recovery.actions.redis_failover import RedisFailover
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.postgres import PgServer, start_replica
+from tierwatch_lab.stack.redis import RedisServer, start_redis
 
 from action_fixtures import make_context, start_pg_cluster
 from partition_fixtures import Gate

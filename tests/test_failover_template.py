@@ -9,12 +9,12 @@ from collections.abc import Callable
 from tierwatch.clients.addresses import normal_host, target_at, url_address
 from tierwatch.clients.postgres import conninfo_address
 from tierwatch.config import LoadedConfig, TargetConfig
-from tierwatch.lab.stack import Stack
 from tierwatch.probes.base import TargetInfo
 from tierwatch.recovery.actions.base import Outcome
 from tierwatch.recovery.actions.failover import choose
 from tierwatch.recovery.actions.pg_promote import PgDriver, follow_check
 from tierwatch.recovery.actions.redis_failover import RedisDriver, RedisSeen
+from tierwatch_lab.stack import Stack
 
 from action_fixtures import make_context, start_pg_cluster
 

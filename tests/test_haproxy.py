@@ -14,11 +14,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from tierwatch.clients.haproxy import parse_show_stat, server_state
 from tierwatch.config import LoadedConfig
 from tierwatch.events import EventLog
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.haproxy import HAProxy, start_haproxy, start_vip
-from tierwatch.lab.stack.http import start_http_backend
 from tierwatch.metrics import TierwatchCollector
 from tierwatch.monitor import Monitor
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.haproxy import HAProxy, start_haproxy, start_vip
+from tierwatch_lab.stack.http import start_http_backend
 
 from helpers import metric_value as value
 
@@ -142,7 +142,7 @@ def test_stats_page_instead_of_socket(stack: Stack, make_config: Callable[..., L
 
 
 def start_haproxy_from(stack: Stack, lb: HAProxy) -> HAProxy:
-    from tierwatch.lab.stack.ports import port_open
+    from tierwatch_lab.stack.ports import port_open
 
     proc = stack.spawn(f"{lb.name}-restarted", ["haproxy", "-db", "-f", str(lb.config_path)])
     wait_for(lambda: proc.check_alive() or port_open(lb.port), 10, "haproxy restart")

@@ -23,9 +23,9 @@ import pytest
 import yaml
 from test_dashboards_live import GEN, run, substitute
 
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.node_exporter import NodeExporter, node_job, start_node_exporter
-from tierwatch.lab.stack.prometheus import PrometheusServer, start_prometheus
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.node_exporter import NodeExporter, node_job, start_node_exporter
+from tierwatch_lab.stack.prometheus import PrometheusServer, start_prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
 ALWAYS = {

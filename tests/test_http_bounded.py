@@ -17,10 +17,10 @@ from tierwatch.clients.http import answer_problem
 from tierwatch.config import LoadedConfig
 from tierwatch.config.recovery import ClusterRecovery
 from tierwatch.events import EventLog
-from tierwatch.lab.stack import Stack
 from tierwatch.metrics import TierwatchCollector
 from tierwatch.monitor import Monitor
 from tierwatch.recovery.actions import load_action
+from tierwatch_lab.stack import Stack
 
 from action_fixtures import make_context
 from helpers import metric_value as value

@@ -20,10 +20,10 @@ from test_http_tls import NOT_AFTER, self_signed
 from tierwatch.clients.http import HttpClient, HttpFailure, HttpRules, ssl_context
 from tierwatch.clients.http_wire import MAX_HEADER_BYTES
 from tierwatch.config import LoadedConfig
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.http import start_http_backend
 from tierwatch.probes.base import TargetInfo
 from tierwatch.probes.http import HttpProbe
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.http import start_http_backend
 
 from helpers import connections_to
 

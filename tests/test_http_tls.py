@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from tierwatch.config import LoadedConfig
 from tierwatch.config.recovery import ClusterRecovery
 from tierwatch.events import EventLog
-from tierwatch.lab.stack import Stack, free_port, wait_for
-from tierwatch.lab.stack.ports import port_open
 from tierwatch.metrics import TierwatchCollector
 from tierwatch.monitor import Monitor
 from tierwatch.recovery.actions import load_action
+from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.ports import port_open
 
 from action_fixtures import make_context
 from helpers import metric_value as value

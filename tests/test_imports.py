@@ -48,7 +48,7 @@ PROGRAM = textwrap.dedent(
     from tierwatch.monitor import Monitor
     from tierwatch.recovery.service import RecoveryService
 
-    build_parser(with_drills=False).parse_args(["serve", "--config", sys.argv[1]])
+    build_parser().parse_args(["serve", "--config", sys.argv[1]])
     loaded = load_config(sys.argv[1])
 
     async def build():
@@ -80,7 +80,7 @@ def _loaded(modules: set[str], prefix: str) -> list[str]:
 def test_product_imports_no_lab_and_no_unused_tier_client(tmp_path: Path) -> None:
     modules = _modules(tmp_path, HTTP_ONLY)
     assert "tierwatch.monitor" in modules and "tierwatch.recovery.service" in modules
-    assert _loaded(modules, "tierwatch.lab") == []
+    assert _loaded(modules, "tierwatch_lab") == []
     assert _loaded(modules, "psycopg") == []
     assert _loaded(modules, "redis") == []
 
@@ -89,7 +89,7 @@ def test_a_redis_config_loads_redis_but_not_psycopg(tmp_path: Path) -> None:
     modules = _modules(tmp_path, WITH_REDIS)
     assert _loaded(modules, "redis"), "the redis tier needs its client"
     assert _loaded(modules, "psycopg") == []
-    assert _loaded(modules, "tierwatch.lab") == []
+    assert _loaded(modules, "tierwatch_lab") == []
 
 
 @pytest.mark.parametrize("argv", [["serve", "--help"], ["recover", "--help"], ["check-config", "--help"]])
@@ -101,7 +101,7 @@ def test_cli_help_of_product_commands_loads_no_lab(argv: list[str]) -> None:
         f"    main({argv!r})\n"
         "except SystemExit:\n"
         "    pass\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('tierwatch.lab', 'psycopg')))))\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('tierwatch_lab', 'psycopg')))))\n"
     )
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -1,7 +1,9 @@
 """The package's rooms and what each may import (docs/architecture.md, "Rooms"), checked on the source.
 
-An import counts wherever it is written (module top or inside a function), except in the CLI, which
-loads the lab wing lazily for `tierwatch demo` only (tests/test_imports.py checks that at run time).
+An import counts wherever it is written (module top or inside a function). The lab is a package of its
+own outside the product (lab/tierwatch_lab, distribution tierwatch-lab): the product reaches it only
+through the entry point ``tierwatch.commands`` for ``tierwatch demo`` (tests/test_imports.py checks the
+product's commands load none of it at run time), and the product's wheel carries none of it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "exporter" / "tierwatch"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "exporter" / "tierwatch"
+LAB = REPO / "lab" / "tierwatch_lab"
 
 # room -> the rooms it may import (besides itself)
 FOUNDATION = {"durations", "metric_catalog", "action_catalog", "events", "__version__"}
@@ -33,6 +37,8 @@ EXPORTER = {"monitor", "breaker", "metrics", "server", "status_page"}
 
 def room_of(module: str) -> str:
     """The room of a dotted module name inside the package (``tierwatch.x.y``)."""
+    if module.split(".")[0] == "tierwatch_lab":
+        return "lab"
     parts = module.split(".")[1:]
     head = parts[0] if parts else "version"
     if head in ("__init__", "__main__", "version") or not parts:
@@ -43,13 +49,14 @@ def room_of(module: str) -> str:
         return "exporter"
     if head in ("http_server", "web_config"):
         return "http"
-    if head in ("config", "clients", "probes", "discovery", "recovery", "lab", "cli"):
+    if head in ("config", "clients", "probes", "discovery", "recovery", "cli"):
         return head
     raise AssertionError(f"module {module} is in no room: add it to tests/test_layout.py and the doc")
 
 
 def module_name(path: Path) -> str:
-    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    root = LAB.parent if path.is_relative_to(LAB) else PACKAGE.parent
+    rel = path.relative_to(root).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts.pop()
@@ -77,14 +84,14 @@ def imports_of(path: Path) -> list[tuple[str, bool]]:
                 names = [node.module or ""]
         else:
             continue
-        found += [(n, id(node) in top) for n in names if n == "tierwatch" or n.startswith("tierwatch.")]
+        found += [(n, id(node) in top) for n in names if n.split(".")[0] in ("tierwatch", "tierwatch_lab")]
     return found
 
 
-SOURCES = sorted(PACKAGE.rglob("*.py"))
+SOURCES = sorted(PACKAGE.rglob("*.py")) + sorted(LAB.rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
 def test_each_room_imports_only_what_it_may(path: Path) -> None:
     room = room_of(module_name(path))
     wrong = []
@@ -92,8 +99,6 @@ def test_each_room_imports_only_what_it_may(path: Path) -> None:
         other = room_of(imported)
         if other == room or other in ALLOWED[room]:
             continue
-        if room == "cli" and other == "lab" and not at_top:
-            continue  # `tierwatch demo` only
         wrong.append(f"{imported} ({other})")
     assert not wrong, f"{room} may import only {sorted(ALLOWED[room])}; found {wrong}"
 
@@ -148,3 +153,21 @@ def test_the_rooms_table_states_exactly_these_rules() -> None:
         else:
             stated[room] = {w.strip() for w in words.split(",")}
     assert stated == ALLOWED
+
+
+def test_the_wheel_carries_the_product_and_no_lab(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    (wheel,) = tmp_path.glob("tierwatch-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "tierwatch/monitor.py" in names and "tierwatch/recovery/service.py" in names
+    assert not [n for n in names if "lab" in n.split("/")[0] or "/lab/" in n or "tierwatch_lab" in n]

@@ -17,15 +17,15 @@ from prometheus_client.utils import floatToGoString
 from tierwatch import metrics
 from tierwatch.config import LoadedConfig
 from tierwatch.events import EventLog
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.http import start_http_backend
-from tierwatch.lab.stack.redis import start_redis
 from tierwatch.metric_catalog import QUEUE_LENGTH
 from tierwatch.metrics import ReadyExposition, TierwatchCollector
 from tierwatch.monitor import Monitor, TargetState
 from tierwatch.probes.base import Sample
 from tierwatch.probes.http import HTTP_CONTENT_LENGTH as HTTP_SIZE
 from tierwatch.probes.http import HTTP_STATUS
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.http import start_http_backend
+from tierwatch_lab.stack.redis import start_redis
 
 ACCEPTS = (
     "",

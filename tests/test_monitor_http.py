@@ -15,10 +15,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tierwatch.config import LoadedConfig
 from tierwatch.events import EventLog
-from tierwatch.lab.stack import Stack, free_port
-from tierwatch.lab.stack.http import HttpBackend, start_http_backend
 from tierwatch.metrics import TierwatchCollector
 from tierwatch.monitor import Monitor
+from tierwatch_lab.stack import Stack, free_port
+from tierwatch_lab.stack.http import HttpBackend, start_http_backend
 
 from helpers import connections_to, open_fds
 from helpers import metric_value as value

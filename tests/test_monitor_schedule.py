@@ -13,9 +13,9 @@ from typing import Any
 from tierwatch.config import LoadedConfig, load_config
 from tierwatch.config.exporter import LogSettings
 from tierwatch.events import EventLog
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.http import start_http_backend
 from tierwatch.monitor import PROBES_PER_WAKEUP, Monitor, batch_window, schedule_offset
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.http import start_http_backend
 
 
 def app_cluster(name: str, urls: list[tuple[str, str]]) -> dict[str, Any]:

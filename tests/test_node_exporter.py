@@ -11,9 +11,9 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.node_exporter import node_job, start_node_exporter
-from tierwatch.lab.stack.ports import port_open
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.node_exporter import node_job, start_node_exporter
+from tierwatch_lab.stack.ports import port_open
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_NAME = re.compile(r"\b(node_[a-zA-Z0-9_]+)\{")  # a selector, not prose

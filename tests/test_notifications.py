@@ -18,8 +18,8 @@ import pytest
 import yaml
 from aiosmtpd.controller import Controller
 
-from tierwatch.lab.stack import Stack, free_port, wait_for
-from tierwatch.lab.stack.alertmanager import Alertmanager, rewrite_for_test, start_alertmanager
+from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.alertmanager import Alertmanager, rewrite_for_test, start_alertmanager
 
 from webhook_sink import Sink, webhook_sink
 

@@ -12,10 +12,10 @@ import psycopg
 import pytest
 
 from tierwatch.config import ClusterConfig, Secret, TargetConfig
-from tierwatch.lab.stack.ports import free_port
 from tierwatch.probes import probe_class
 from tierwatch.probes.base import Observation, ProbeFailure, TargetInfo, classify_failure
 from tierwatch.probes.postgres import PostgresProbe, build_query, classify_pg_error
+from tierwatch_lab.stack.ports import free_port
 
 from pg_fixtures import PgCluster, pg_cluster, pg_pair, pg_single, probe_until, value
 

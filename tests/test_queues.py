@@ -21,10 +21,10 @@ from rq.registry import (
     StartedJobRegistry,
 )
 
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.redis import RedisServer, start_redis
 from tierwatch.probes.base import Observation
 from tierwatch.probes.queues import STATES
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.redis import RedisServer, start_redis
 
 from redis_fixtures import (
     bullmq_script,

@@ -19,11 +19,11 @@ import pytest
 import yaml
 
 from tierwatch.config import load_config
-from tierwatch.lab.stack import Stack, free_port, wait_for
-from tierwatch.lab.stack.redis import start_redis
 from tierwatch.recovery.inbox import Inbox, InboxUnavailable
 from tierwatch.recovery.service import RecoveryService
 from tierwatch.recovery.webhook import parse_payload
+from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.redis import start_redis
 
 from helpers import metric_value
 from recovery_fixtures import (

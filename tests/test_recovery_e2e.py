@@ -13,10 +13,10 @@ import time
 
 import redis
 
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.chain import ChainTiming, audit, redis_cluster, start_chain, write_lb_cluster
-from tierwatch.lab.stack.haproxy import start_write_lb
-from tierwatch.lab.stack.redis import start_redis
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.chain import ChainTiming, audit, redis_cluster, start_chain, write_lb_cluster
+from tierwatch_lab.stack.haproxy import start_write_lb
+from tierwatch_lab.stack.redis import start_redis
 
 PASSWORD = "chain-redis-pw-123"
 BACKEND = "be_redis_write"

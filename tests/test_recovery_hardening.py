@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import redis
 
-from tierwatch.lab.stack import Stack, free_port, wait_for
-from tierwatch.lab.stack.http import start_http_backend
-from tierwatch.lab.stack.redis import RedisServer, start_redis
+from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.http import start_http_backend
+from tierwatch_lab.stack.redis import RedisServer, start_redis
 
 from helpers import metric_value
 from recovery_fixtures import (

@@ -19,11 +19,11 @@ import pytest
 import yaml
 
 from tierwatch.config import ConfigError, load_config
-from tierwatch.lab.stack import Stack, free_port, wait_for
-from tierwatch.lab.stack.etcd import EtcdCluster, start_etcd_cluster
-from tierwatch.lab.stack.http import start_http_backend
 from tierwatch.recovery.service import RecoveryService
 from tierwatch.recovery.webhook import parse_payload
+from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.etcd import EtcdCluster, start_etcd_cluster
+from tierwatch_lab.stack.http import start_http_backend
 
 from helpers import metric_value
 from partition_fixtures import Gate

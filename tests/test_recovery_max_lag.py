@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import httpx
 
-from tierwatch.lab.stack import Stack
+from tierwatch_lab.stack import Stack
 
 from action_fixtures import ADMIN_ROLE, received, start_pg_cluster
 from helpers import metric_value

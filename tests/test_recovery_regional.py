@@ -5,7 +5,7 @@ whatever labels the alert carries. Real PostgreSQL (primary, a local replica, a 
 
 from __future__ import annotations
 
-from tierwatch.lab.stack import Stack
+from tierwatch_lab.stack import Stack
 
 from action_fixtures import ADMIN_ROLE, start_pg_cluster
 from recovery_fixtures import alert, payload, start_recovery

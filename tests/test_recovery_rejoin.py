@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.redis import RedisServer, start_redis
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.redis import RedisServer, start_redis
 
 from recovery_fixtures import alert, payload, start_recovery
 

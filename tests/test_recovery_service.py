@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from tierwatch.lab.stack import Stack, free_port, wait_for
-from tierwatch.lab.stack.http import start_http_backend
+from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.http import start_http_backend
 
 from helpers import metric_value
 from recovery_fixtures import (

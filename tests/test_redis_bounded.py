@@ -24,11 +24,11 @@ from redis.exceptions import RedisError
 from tierwatch.clients.redis import connection_options
 from tierwatch.clients.redis_bounded import MAX_REPLY_BYTES, BoundedHiredisParser, ReplyTooLarge
 from tierwatch.config import ClusterConfig, QueueConfig, TargetConfig
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.redis import start_redis
-from tierwatch.lab.stack.tierwatch import start_exporter
 from tierwatch.probes.base import ProbeFailure
 from tierwatch.probes.redis import RedisProbe
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.redis import start_redis
+from tierwatch_lab.stack.tierwatch import start_exporter
 
 from helpers import metric_value
 from redis_fixtures import make_cluster, target_info

@@ -8,10 +8,10 @@ import time
 import traceback
 
 from tierwatch.config import ClusterConfig, TargetConfig
-from tierwatch.lab.stack import Stack, free_port
-from tierwatch.lab.stack.redis import start_redis
 from tierwatch.probes.base import Observation, ProbeFailure
 from tierwatch.probes.redis import RedisProbe
+from tierwatch_lab.stack import Stack, free_port
+from tierwatch_lab.stack.redis import start_redis
 
 from redis_fixtures import (
     elapsed,

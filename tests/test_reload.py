@@ -28,12 +28,12 @@ from test_web_config import HASH, PASSWORD, USER, make_pki, ready_over_tls, tls_
 
 from tierwatch.config import LoadedConfig, TargetConfig
 from tierwatch.events import EventLog
-from tierwatch.lab.stack import Stack, free_port, wait_for
-from tierwatch.lab.stack.http import HttpBackend, start_http_backend
-from tierwatch.lab.stack.redis import start_redis
-from tierwatch.lab.stack.tierwatch import TierwatchProcess, start_exporter
 from tierwatch.metrics import ReadyExposition
 from tierwatch.monitor import Monitor
+from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.http import HttpBackend, start_http_backend
+from tierwatch_lab.stack.redis import start_redis
+from tierwatch_lab.stack.tierwatch import TierwatchProcess, start_exporter
 
 from helpers import connections_to, metric_value
 from recovery_fixtures import RESTART_LABELS, TOKEN, alert, app_cluster, payload, start_recovery

@@ -29,10 +29,10 @@ import httpx
 import pytest
 import yaml
 
-from tierwatch.lab.stack import Stack, free_port, wait_for
-from tierwatch.lab.stack.postgres import PgServer, start_primary, start_replica
-from tierwatch.lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
-from tierwatch.lab.stack.redis import RedisServer, start_redis, wait_replica_linked
+from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.postgres import PgServer, start_primary, start_replica
+from tierwatch_lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
+from tierwatch_lab.stack.redis import RedisServer, start_redis, wait_replica_linked
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "rules"

@@ -15,9 +15,9 @@ import httpx
 import pytest
 import yaml
 
-from tierwatch.lab.stack import Stack, free_port, wait_for
-from tierwatch.lab.stack.http import start_http_backend
-from tierwatch.lab.stack.tierwatch import TierwatchProcess, start_exporter, start_recovery
+from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.http import start_http_backend
+from tierwatch_lab.stack.tierwatch import TierwatchProcess, start_exporter, start_recovery
 
 from helpers import metric_value
 from recovery_fixtures import app_cluster

@@ -27,11 +27,11 @@ from test_action_redis_failover import (
 
 from tierwatch.config import LoadedConfig
 from tierwatch.config.recovery import ClusterRecovery
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.haproxy import HAProxy
-from tierwatch.lab.stack.redis import RedisServer, start_sentinels
 from tierwatch.recovery import metrics
 from tierwatch.recovery.actions.base import Outcome
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.haproxy import HAProxy
+from tierwatch_lab.stack.redis import RedisServer, start_sentinels
 
 from action_fixtures import Recorder, make_context, start_tcp_lb
 from redis_fixtures import empty_member, write_keys

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from tierwatch.config import ClusterConfig
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.redis import RedisServer, start_redis, start_sentinels
 from tierwatch.probes.base import Observation
 from tierwatch.probes.sentinel import SentinelProbe
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.redis import RedisServer, start_redis, start_sentinels
 
 from redis_fixtures import make_cluster, poll, probe_once, redis_stack, samples_named, target_info, value
 

@@ -16,14 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tierwatch.config import LoadedConfig
 from tierwatch.events import EventLog
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.haproxy import start_haproxy, start_vip
-from tierwatch.lab.stack.http import start_http_backend
-from tierwatch.lab.stack.postgres import start_primary, start_replica
-from tierwatch.lab.stack.redis import start_redis, start_sentinels
 from tierwatch.metric_catalog import CLUSTER_PROBE_DURATION, ROLES_BY_TIER
 from tierwatch.metrics import SERIES_PER_TARGET, ReadyExposition
 from tierwatch.monitor import Monitor
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.haproxy import start_haproxy, start_vip
+from tierwatch_lab.stack.http import start_http_backend
+from tierwatch_lab.stack.postgres import start_primary, start_replica
+from tierwatch_lab.stack.redis import start_redis, start_sentinels
 
 # kind (as SERIES_PER_TARGET names it) -> the lab target of that kind below
 TARGET_OF_KIND = {

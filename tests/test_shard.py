@@ -13,9 +13,9 @@ import yaml
 
 from tierwatch.config import load_config
 from tierwatch.config.shard import Shard, parse_shard, shard_of
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.http import start_http_backend
-from tierwatch.lab.stack.tierwatch import start_exporter
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.http import start_http_backend
+from tierwatch_lab.stack.tierwatch import start_exporter
 
 from helpers import metric_value
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tierwatch.lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack import Stack, free_port, wait_for
 
 from helpers import metric_value
 from recovery_fixtures import TOKEN, RecoveryProcess, alert, app_cluster, payload, start_recovery

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from hostile_servers import hostile_process
 
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.http import start_http_backend
-from tierwatch.lab.stack.postgres import start_primary
-from tierwatch.lab.stack.redis import start_redis
-from tierwatch.lab.stack.tierwatch import start_exporter
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.http import start_http_backend
+from tierwatch_lab.stack.postgres import start_primary
+from tierwatch_lab.stack.redis import start_redis
+from tierwatch_lab.stack.tierwatch import start_exporter
 
 from helpers import metric_value
 

@@ -21,6 +21,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,13 +35,13 @@ from tierwatch.action_catalog import ACTION_TIERS
 from tierwatch.config import LoadedConfig
 from tierwatch.config.recovery import ClusterRecovery
 from tierwatch.events import EventLog
-from tierwatch.lab.stack import Stack, free_port, wait_for
-from tierwatch.lab.stack.haproxy import start_haproxy
-from tierwatch.lab.stack.http import start_http_backend
 from tierwatch.monitor import Monitor
 from tierwatch.probes.base import TargetInfo
 from tierwatch.probes.haproxy import HAProxyProbe
 from tierwatch.recovery.actions import load_action
+from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.haproxy import start_haproxy
+from tierwatch_lab.stack.http import start_http_backend
 
 from action_fixtures import make_context
 from recovery_fixtures import RESTART_LABELS, alert, app_cluster, payload, start_recovery
@@ -101,7 +102,7 @@ def _imported(tmp_path: Path, command: str, stderr: str) -> set[str]:
 
 
 def _forbidden(modules: set[str]) -> list[str]:
-    heads = ("tierwatch.lab", "psycopg", "redis")
+    heads = ("tierwatch_lab", "psycopg", "redis")
     return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in heads))
 
 
@@ -167,12 +168,14 @@ def test_an_installed_copy_serves_the_product_and_the_demo_says_it_runs_from_a_c
     # what the wheel holds (pyproject: packages = ["exporter/tierwatch"]), without the repository around it
     shutil.copytree(PACKAGE, site / "tierwatch", ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in os.environ.items() if k != "TIERWATCH_KIT_DIR"}
-    env["PYTHONPATH"] = str(site)
+    # -S: no .pth file runs, so neither the clone's editable product nor its lab is importable; the
+    # dependencies still are, from the environment's site-packages
+    env["PYTHONPATH"] = os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]])
     config, _, _ = _config(tmp_path)
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, *argv],
+            [sys.executable, "-S", *argv],
             env=env,
             cwd=tmp_path,
             capture_output=True,

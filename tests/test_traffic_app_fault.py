@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.express import ExpressApp, start_express
-from tierwatch.lab.stack.redis import start_redis
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.express import ExpressApp, start_express
+from tierwatch_lab.stack.redis import start_redis
 
 
 @pytest.fixture

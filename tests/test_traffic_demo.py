@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tierwatch.lab.stack import wait_for
+from tierwatch_lab.stack import wait_for
 
 
 def test_demo_traffic_reaches_the_real_traffic_rules() -> None:

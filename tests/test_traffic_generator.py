@@ -1,4 +1,4 @@
-"""The demo's traffic generator (lab/traffic.py): loopback only, never faster than its rate, bounded
+"""The demo's traffic generator (tierwatch_lab/traffic.py): loopback only, never faster than its rate, bounded
 in flight against a slow server, and stops cleanly within its request timeout."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tierwatch.lab.traffic import TrafficError, TrafficGenerator, check_target
+from tierwatch_lab.traffic import TrafficError, TrafficGenerator, check_target
 
 
 class Server:

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from tierwatch.lab.stack.haproxy import render_config
+from tierwatch_lab.stack.haproxy import render_config
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "deploy" / "compose"

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.postgres import PgServer, start_primary, start_replica
-from tierwatch.lab.stack.prometheus import PrometheusServer, ScrapeJob, rules_with_for, start_prometheus
-from tierwatch.lab.stack.redis import RedisServer, start_redis
-from tierwatch.lab.stack.tierwatch import start_exporter
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.postgres import PgServer, start_primary, start_replica
+from tierwatch_lab.stack.prometheus import PrometheusServer, ScrapeJob, rules_with_for, start_prometheus
+from tierwatch_lab.stack.redis import RedisServer, start_redis
+from tierwatch_lab.stack.tierwatch import start_exporter
 
 from partition_fixtures import Gate
 

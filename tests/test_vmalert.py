@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tierwatch.lab.kit import kit_dir
-from tierwatch.lab.stack import Stack, free_port, wait_for
-from tierwatch.lab.stack.alertmanager import rewrite_for_test, start_alertmanager
-from tierwatch.lab.stack.http import start_http_backend
-from tierwatch.lab.stack.prometheus import ScrapeJob, start_prometheus
-from tierwatch.lab.stack.tierwatch import start_exporter
-from tierwatch.lab.stack.victoria import (
+from tierwatch_lab.kit import kit_dir
+from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.alertmanager import rewrite_for_test, start_alertmanager
+from tierwatch_lab.stack.http import start_http_backend
+from tierwatch_lab.stack.prometheus import ScrapeJob, start_prometheus
+from tierwatch_lab.stack.tierwatch import start_exporter
+from tierwatch_lab.stack.victoria import (
     UNKNOWN_TO_VMALERT,
     rules_for_vmalert,
     start_victoria_metrics,

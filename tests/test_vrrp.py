@@ -16,13 +16,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tierwatch.config import LoadedConfig
 from tierwatch.events import EventLog
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.express import start_express
-from tierwatch.lab.stack.redis import start_redis
-from tierwatch.lab.stack.vrrp import VrrpPair, create_vrrp_network, start_vrrp_pair, vrrp_missing
 from tierwatch.metrics import TierwatchCollector
 from tierwatch.monitor import Monitor
 from tierwatch.probes.haproxy import parse_show_stat
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.express import start_express
+from tierwatch_lab.stack.redis import start_redis
+from tierwatch_lab.stack.vrrp import VrrpPair, create_vrrp_network, start_vrrp_pair, vrrp_missing
 
 from helpers import metric_value as value
 

@@ -24,12 +24,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tierwatch.lab.stack import Stack, wait_for
-from tierwatch.lab.stack.alertmanager import start_alertmanager
-from tierwatch.lab.stack.http import start_http_backend
-from tierwatch.lab.stack.prometheus import ScrapeJob, start_prometheus
-from tierwatch.lab.stack.tierwatch import TierwatchProcess, start_exporter, start_recovery
 from tierwatch.web_config import BasicAuthChecker, WebConfigError, load_web_config
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.alertmanager import start_alertmanager
+from tierwatch_lab.stack.http import start_http_backend
+from tierwatch_lab.stack.prometheus import ScrapeJob, start_prometheus
+from tierwatch_lab.stack.tierwatch import TierwatchProcess, start_exporter, start_recovery
 
 from helpers import metric_value as value
 from recovery_fixtures import alert, app_cluster, payload

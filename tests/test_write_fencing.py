@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from tierwatch.lab.stack import Stack
-from tierwatch.lab.stack.redis import RedisServer, start_redis, wait_writes_accepted
 from tierwatch.probes.base import Observation, TargetInfo
 from tierwatch.probes.postgres import synchronous_standbys_required
 from tierwatch.probes.redis import RedisProbe
+from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.redis import RedisServer, start_redis, wait_writes_accepted
 
 from pg_fixtures import PgCluster, pg_pair, probe_until
 from redis_fixtures import make_cluster, poll, probe_once, redis_stack, target_info, value

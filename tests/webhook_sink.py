@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tierwatch.lab.stack import free_port
+from tierwatch_lab.stack import free_port
 
 MAX_BODY = 1 << 20
 

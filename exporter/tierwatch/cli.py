@@ -102,53 +102,6 @@ def _recover(args: argparse.Namespace) -> int:
     )
 
 
-def _kit_problem(command: str) -> bool:
-    """Print why the demo cannot run from here (not a clone of the repository); True if it cannot."""
-    from .lab.kit import kit_problem
-
-    problem = kit_problem()
-    if problem:
-        print(f"tierwatch {command}: {problem}", file=sys.stderr)
-    return problem is not None
-
-
-def _demo(args: argparse.Namespace) -> int:
-    if _kit_problem("demo"):
-        return 1
-    from .lab.demo import run
-
-    return run(sentinel=args.sentinel, profile=args.profile)
-
-
-def _drill(args: argparse.Namespace) -> int:
-    import json
-
-    if _kit_problem("demo drill"):
-        return 1
-    from .lab.demo import missing_packages
-    from .lab.drills import SCENARIOS, run_drill
-
-    missing = missing_packages()
-    if missing:
-        print(f"tierwatch demo drill: missing Debian packages: {' '.join(missing)}", file=sys.stderr)
-        return 1
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the stack on SIGTERM too
-    scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
-    results = []
-    for scenario in scenarios:
-        print(f"tierwatch demo drill {scenario}: starting a demo stack...", flush=True)
-        result = run_drill(scenario, timeout=args.timeout)
-        print(result.render(), flush=True)
-        results.append(result)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump([r.as_dict() for r in results], out, indent=2)
-    bad = [r for r in results if not r.recovered or r.lost or any(v != 1 for v in r.primaries.values())]
-    return 1 if bad else 0
-
-
 def _traffic(args: argparse.Namespace) -> int:
     from .recovery.actions.traffic import set_server_state
 
@@ -174,25 +127,6 @@ def _traffic(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _add_drill_parser(demo: argparse.ArgumentParser) -> None:
-    from .lab.drills import SCENARIOS
-
-    demo_sub = demo.add_subparsers(dest="demo_command", metavar="drill")
-    drill = demo_sub.add_parser(
-        "drill",
-        help="break a demo stack on purpose and time its recovery",
-        description="Start a demo stack, cause a failure, wait for the kit to repair it, and print the "
-        "timeline (failure, detection, alert, action, recovered) and the acknowledged writes lost. "
-        "Scenarios: " + "; ".join(f"{k}: {v}" for k, v in SCENARIOS.items()) + ".",
-    )
-    drill.add_argument("scenario", choices=[*SCENARIOS, "all"])
-    drill.add_argument(
-        "--timeout", type=float, default=90.0, help="seconds to wait for recovery (default 90)"
-    )
-    drill.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    drill.set_defaults(func=_drill)
-
-
 def _service_arguments(parser: argparse.ArgumentParser, config: str, listen: str, web: str) -> None:
     """--config, --listen and --web.config.file of a long-running service (serve, recover)."""
     parser.add_argument("--config", required=True, metavar="FILE", help=config)
@@ -205,9 +139,38 @@ def _service_arguments(parser: argparse.ArgumentParser, config: str, listen: str
     )
 
 
-def build_parser(with_drills: bool = True) -> argparse.ArgumentParser:
-    """The argument parser with every subcommand; ``demo drill`` (which imports the lab wing for its
-    scenario list) only ``with_drills``."""
+def _demo_from_a_clone(args: argparse.Namespace) -> int:
+    print(f"tierwatch demo: {NOT_A_CLONE}", file=sys.stderr)
+    return 1
+
+
+NOT_A_CLONE = (
+    "tierwatch demo runs from a clone of the tierwatch repository (it needs rules/, alertmanager/ and "
+    "demo/app/ from it, and the lab that ./scripts/setup installs from it): run it there"
+)
+
+
+def _add_demo(sub: Any, with_lab: bool) -> None:
+    """``demo``: the lab's command (entry point ``tierwatch.commands``/``demo`` of the tierwatch-lab
+    distribution, installed from a clone) when ``with_lab`` and installed; else a stub that says where
+    the demo runs. Only ``tierwatch demo ...`` looks the lab up, so the product's commands never load it."""
+    if with_lab:
+        from importlib.metadata import entry_points
+
+        for entry in entry_points(group="tierwatch.commands", name="demo"):
+            try:
+                add_command = entry.load()
+            except ImportError:  # its metadata is there, its package not (a clone since removed)
+                break
+            add_command(sub)
+            return
+    demo = sub.add_parser("demo", help="run the local demo stack (from a clone of the repository)")
+    demo.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    demo.set_defaults(func=_demo_from_a_clone)
+
+
+def build_parser(with_lab: bool = False) -> argparse.ArgumentParser:
+    """The argument parser with every subcommand; the lab's ``demo`` only ``with_lab``."""
     parser = argparse.ArgumentParser(
         prog="tierwatch", description="Prometheus exporter and recovery kit for an HA web stack."
     )
@@ -247,28 +210,7 @@ def build_parser(with_drills: bool = True) -> argparse.ArgumentParser:
     recover.add_argument("--dry-run", action="store_true", help="decide and audit, but change nothing")
     recover.set_defaults(func=_recover)
 
-    demo = sub.add_parser(
-        "demo",
-        help="run the local demo stack",
-        description="Start the architecture on 127.0.0.1 (HAProxy pair with a VIP, four app servers in two "
-        "regions, Redis master/replicas with a backup pair, PostgreSQL primary/replicas/DR replica, write "
-        "addresses) and the whole kit watching and repairing it: the exporter, Prometheus with the rules, "
-        "Alertmanager with the routes and the recovery service. Ctrl-C stops everything and removes its "
-        "data.",
-    )
-    demo.add_argument(
-        "--sentinel", action="store_true", help="also run 3 Redis Sentinels in charge of failover"
-    )
-    demo.add_argument(
-        "--profile",
-        choices=["default", "scale"],
-        default="default",
-        help="scale: the HA chain (Prometheus pair, Alertmanager peers, recovery replicas with etcd) "
-        "remote-writing to VictoriaMetrics, with vmalert running the rules on it (docs/ha.md)",
-    )
-    demo.set_defaults(func=_demo)
-    if with_drills:
-        _add_drill_parser(demo)
+    _add_demo(sub, with_lab)
 
     traffic = sub.add_parser(
         "traffic",
@@ -308,8 +250,7 @@ def build_parser(with_drills: bool = True) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tierwatch`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # the product's commands never import the lab wing: only `tierwatch demo ...` builds the drill parser
-    args = build_parser(with_drills=argv[:1] == ["demo"]).parse_args(argv)
+    args = build_parser(with_lab=argv[:1] == ["demo"]).parse_args(argv)
     code: int = args.func(args)
     return code
 

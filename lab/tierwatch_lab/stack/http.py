@@ -35,7 +35,7 @@ def start_http_backend(
 ) -> HttpBackend:
     """Start one backend on ``host:port`` (a free port by default) and wait until it accepts connections."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "tierwatch.lab.stack.http_backend", "--port", str(port), "--name", name]
+    argv = [sys.executable, "-m", "tierwatch_lab.stack.http_backend", "--port", str(port), "--name", name]
     proc = stack.spawn(name, [*argv, "--host", host])
     wait_for(lambda: proc.check_alive() or port_open(port, host), 10, f"{name} on port {port}")
     return HttpBackend(name, port, proc, host)

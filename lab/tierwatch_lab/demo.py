@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -143,7 +142,7 @@ def _launcher(stack: Stack, name: str, argv: list[str], env: dict[str, str] | No
     command = [
         sys.executable,
         "-m",
-        "tierwatch.lab.stack.launch",
+        "tierwatch_lab.stack.launch",
         "--pidfile",
         str(stack.path("launched", f"{name}.pid")),
         "--log",
@@ -414,7 +413,6 @@ def run(sentinel: bool = False, profile: str = "default") -> int:
             file=sys.stderr,
         )
         return 1
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     stack = Stack()
     traffic: TrafficGenerator | None = None
     try:
@@ -449,6 +447,5 @@ def run(sentinel: bool = False, profile: str = "default") -> int:
         if traffic is not None:
             traffic.stop()
         stack.close()
-        signal.signal(signal.SIGTERM, previous)
         print("tierwatch demo: stopped; every process and data directory removed.", flush=True)
     return 0

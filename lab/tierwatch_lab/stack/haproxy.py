@@ -168,7 +168,7 @@ def start_vip(stack: Stack, lbs: Sequence[HAProxy], port: int | None = None) -> 
     import sys
 
     port = port or free_port()
-    argv = [sys.executable, "-m", "tierwatch.lab.stack.tcp_forwarder", "--port", str(port)]
+    argv = [sys.executable, "-m", "tierwatch_lab.stack.tcp_forwarder", "--port", str(port)]
     for lb in lbs:
         argv += ["--backend", str(lb.port)]
     proc = stack.spawn("vip", argv)

@@ -22,7 +22,7 @@ class KitMissing(RuntimeError):
 
 def kit_root() -> Path:
     """The repository root: ``TIERWATCH_KIT_DIR``, else the clone this package was imported from."""
-    return Path(os.environ.get("TIERWATCH_KIT_DIR") or Path(__file__).resolve().parents[3])
+    return Path(os.environ.get("TIERWATCH_KIT_DIR") or Path(__file__).resolve().parents[2])
 
 
 def kit_dir(name: str) -> Path:

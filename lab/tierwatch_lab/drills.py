@@ -27,7 +27,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..clients.haproxy import HAProxyError, parse_show_stat
+from tierwatch.clients.haproxy import HAProxyError, parse_show_stat
+
 from .demo import APP_BACKEND, DemoStack, build
 from .stack import Stack, StackError, wait_for
 from .stack.chain import audit

@@ -38,7 +38,7 @@ REPLICATION_ROLE = "replicator"
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux, including ".s.PGSQL.<port>"
 
 HBA = f"""\
-# written by tierwatch.lab.stack.postgres
+# written by tierwatch_lab.stack.postgres
 local   all          {SUPERUSER}                         trust
 local   replication  {SUPERUSER}                         trust
 host    all          all                 127.0.0.1/32  scram-sha-256
@@ -372,7 +372,7 @@ def _write_settings(server: PgServer) -> None:
     }
     lines = [f"{key} = '{_conf_quote(value)}'" for key, value in values.items()]
     path = server.data_dir / "tierwatch.conf"
-    path.write_text("# written by tierwatch.lab.stack.postgres\n" + "\n".join(lines) + "\n")
+    path.write_text("# written by tierwatch_lab.stack.postgres\n" + "\n".join(lines) + "\n")
     _chown(path)
 
 

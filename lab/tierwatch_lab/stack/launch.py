@@ -1,7 +1,7 @@
 """Start a command detached and exit at once: the restart command the demo gives the recovery
 service (``restart_commands``), so a restarted server outlives the command that started it.
 
-``python -m tierwatch.lab.stack.launch --pidfile F --log L -- ARGV...``; ``kill_launched(dir)`` stops
+``python -m tierwatch_lab.stack.launch --pidfile F --log L -- ARGV...``; ``kill_launched(dir)`` stops
 every process whose pid file lies in ``dir`` (the demo registers it to run on exit).
 """
 

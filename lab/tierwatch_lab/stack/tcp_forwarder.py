@@ -2,7 +2,7 @@
 each new connection to whichever LB is currently "holding" the address.
 
 It is the documented fallback for keepalived/VRRP where network namespaces cannot be used (not root).
-Run as ``python -m tierwatch.lab.stack.tcp_forwarder --port P --backend 8081 --backend 8082``: it holds the
+Run as ``python -m tierwatch_lab.stack.tcp_forwarder --port P --backend 8081 --backend 8082``: it holds the
 first backend that accepts connections, in order, like VRRP priorities.
 """
 

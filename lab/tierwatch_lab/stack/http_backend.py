@@ -2,7 +2,7 @@
 at run time through /_control (healthy, slow, hang, error, fail_requests: health checks pass but
 every other request gets a 500) to play a sick app server.
 
-Run as ``python -m tierwatch.lab.stack.http_backend --port P --name N``.
+Run as ``python -m tierwatch_lab.stack.http_backend --port P --name N``.
 """
 
 from __future__ import annotations
