@@ -6,7 +6,7 @@ produces; ``--settings FILE --out DIR`` renders them with the ``runbook_url_base
 of ``rules/generate.py --settings``, so that panel links follow the alerts' runbook links. Every panel
 says what it shows (title, description, unit), queries the templated ``datasource``, filters on the
 ``cluster``/``region``/``target`` variables (``tier`` too on the overview), uses ``$__rate_interval``
-in rate queries and links to the runbooks of the alerts it is about. tests/test_dashboards.py lints the
+in rate queries and links to the runbooks of the alerts it is about. tests/unit/test_dashboards.py lints the
 result; docs/dashboards.md describes it.
 """
 
@@ -54,7 +54,7 @@ PANEL_NAMES = {"stat": "Stat", "table": "Table", "timeseries": "Time series"}
 TAGS = ["tierwatch"]
 DS = dash_m.DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
-RANGE = "$__range"  # only in instant "in the selected time range" totals (see tests/test_dashboards.py)
+RANGE = "$__range"  # only in instant "in the selected time range" totals (see tests/unit/test_dashboards.py)
 
 # Matchers for the template variables, by what the series is about.
 C = 'cluster=~"$cluster"'

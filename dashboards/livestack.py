@@ -1,4 +1,5 @@
-"""A small real stack that gives every dashboard panel data: used by tests/test_dashboards_live.py and by
+"""A small real stack that gives every dashboard panel data: used by
+tests/drills/test_dashboards_live.py and by
 dashboards/render_preview.py.
 
 From the machine's binaries, on free loopback ports: four Express app servers in two regions (one of them

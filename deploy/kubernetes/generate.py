@@ -51,7 +51,7 @@ COMPOSE_RECOVERY_URL = "http://recover:9490/webhook"
 
 # The HA picture (overlays/ha, compose/compose.ha.yaml, docs/ha.md): recovery replicas, each its own
 # webhook receiver, holding a lease in a 3-member etcd. The overlay's StatefulSets must have these many
-# replicas (tests/test_deploy_ha.py checks every list against them).
+# replicas (tests/integration/test_deploy_ha.py checks every list against them).
 RECOVERY_REPLICAS = 2
 ETCD_MEMBERS = 3
 K8S_RECOVERY_PEERS = "tierwatch-recovery-peers"  # headless Service of the recovery StatefulSet

@@ -80,7 +80,8 @@ class SeriesBudget:
     """How many series one target of a kind exports with the default settings, and the most it may."""
 
     kind: str
-    series: int  # seen in one run of tests/test_series_budget.py (some families follow server state)
+    # series: seen in one run of tests/integration/test_series_budget.py (some families follow server state)
+    series: int
     budget: int
     note: str = ""
 

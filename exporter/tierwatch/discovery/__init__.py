@@ -6,7 +6,7 @@ besides their static ``targets:``.
 - ``runner``: ``Discovery``, which refreshes every source and hands changed target lists to a callback;
 - ``metrics``: its metrics and their collector.
 
-The discovery room imports only foundation and config (tests/test_layout.py).
+The discovery room imports only foundation and config (tests/unit/test_layout.py).
 """
 
 from .metrics import DiscoveryCollector

@@ -25,7 +25,7 @@ from tierwatch_lab.stack import wait_for
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TARGETS = 4 + 2 + 5 + 4  # app servers, LBs, Redis, PostgreSQL
 # overview panels that show every demo stack something (the others, e.g. firing alerts, may be empty)
 WITH_DATA = (

@@ -46,7 +46,7 @@ from tierwatch_lab.stack.http import start_http_backend
 from action_fixtures import make_context
 from recovery_fixtures import RESTART_LABELS, alert, app_cluster, payload, start_recovery
 
-PACKAGE = Path(__file__).resolve().parents[1] / "exporter" / "tierwatch"
+PACKAGE = Path(__file__).resolve().parents[2] / "exporter" / "tierwatch"
 IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|( *)(\S+)$", re.MULTILINE)
 # -X importtime reports `import` statements only, not importlib.import_module (how probe modules and
 # actions are loaded on first use): the command also writes sys.modules at exit, and both are checked.

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "deploy" / "systemd"
 INSTALLED_BINARY = "/opt/tierwatch/bin/tierwatch"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")

@@ -9,7 +9,7 @@ from pathlib import Path
 from tierwatch.metric_catalog import CATALOG, TARGET_LABELS
 from tierwatch_lab.docs_gen import render
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_metrics_reference_is_generated_from_the_code() -> None:

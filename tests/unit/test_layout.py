@@ -2,7 +2,7 @@
 
 An import counts wherever it is written (module top or inside a function). The lab is a package of its
 own outside the product (lab/tierwatch_lab, distribution tierwatch-lab): the product reaches it only
-through the entry point ``tierwatch.commands`` for ``tierwatch demo`` (tests/test_imports.py checks the
+through the entry point ``tierwatch.commands`` for ``tierwatch demo`` (tests/unit/test_imports.py checks the
 product's commands load none of it at run time), and the product's wheel carries none of it.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "exporter" / "tierwatch"
 LAB = REPO / "lab" / "tierwatch_lab"
 
@@ -51,7 +51,7 @@ def room_of(module: str) -> str:
         return "http"
     if head in ("config", "clients", "probes", "discovery", "recovery", "cli"):
         return head
-    raise AssertionError(f"module {module} is in no room: add it to tests/test_layout.py and the doc")
+    raise AssertionError(f"module {module} is in no room: add it to tests/unit/test_layout.py and the doc")
 
 
 def module_name(path: Path) -> str:
@@ -95,7 +95,7 @@ SOURCES = sorted(PACKAGE.rglob("*.py")) + sorted(LAB.rglob("*.py"))
 def test_each_room_imports_only_what_it_may(path: Path) -> None:
     room = room_of(module_name(path))
     wrong = []
-    for imported, at_top in imports_of(path):
+    for imported, _at_top in imports_of(path):
         other = room_of(imported)
         if other == room or other in ALLOWED[room]:
             continue

@@ -27,7 +27,7 @@ from tierwatch_lab.stack import Stack, wait_for
 from tierwatch_lab.stack.node_exporter import NodeExporter, node_job, start_node_exporter
 from tierwatch_lab.stack.prometheus import PrometheusServer, start_prometheus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ALWAYS = {
     "thresholds": {
         "host_cpu_busy_ratio": -1,

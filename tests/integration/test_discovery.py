@@ -26,7 +26,7 @@ from tierwatch.events import EventLog
 from tierwatch_lab.stack import Stack
 from tierwatch_lab.stack.ports import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REFRESH = "200ms"
 
 

@@ -3,7 +3,8 @@ deploy/kubernetes/overlays/ha and deploy/compose/compose.ha.yaml. Each replica c
 follow it — recovery replicas and the recovery receiver's webhooks, etcd members and --initial-cluster and
 recovery.ha.etcd, Alertmanager peers and --cluster.peer and Prometheus' alertmanagers, shards and
 --shard I/N — and each check is shown to fail when a count changes alone. The overlay also passes
-Kubernetes' and the prometheus-operator's schemas in tests/test_deploy.py (OVERLAYS); here its etcd
+Kubernetes' and the prometheus-operator's schemas in tests/integration/test_deploy.py (OVERLAYS);
+here its etcd
 members are started from the StatefulSet's own arguments and form one cluster."""
 
 from __future__ import annotations

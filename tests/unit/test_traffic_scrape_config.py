@@ -12,7 +12,7 @@ import yaml
 
 from tierwatch_lab.stack.haproxy import render_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose"
 SELECTORS = yaml.safe_load((ROOT / "rules" / "src" / "settings.yml").read_text())["selectors"]
 

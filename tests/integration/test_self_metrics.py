@@ -22,7 +22,7 @@ from tierwatch_lab.stack.tierwatch import TierwatchProcess, start_exporter, star
 from helpers import metric_value
 from recovery_fixtures import app_cluster
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IDLE_CONNECTIONS = 20
 
 

@@ -29,7 +29,7 @@ import yaml
 from tierwatch import __version__
 from tierwatch.cli import main as tierwatch_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 COMPOSE = DEPLOY / "compose"

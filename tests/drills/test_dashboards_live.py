@@ -29,7 +29,7 @@ import pytest
 
 from tierwatch_lab.stack.prometheus import PrometheusServer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RATE_INTERVAL, RANGE = "5s", "5m"
 # (dashboard file, panel title): series that appear only after a completed failover
 AFTER_A_FAILOVER = {("recovery.json", "Last failover")}

@@ -18,7 +18,7 @@ from tierwatch_lab.stack.alertmanager import rewrite_for_test, start_alertmanage
 
 from webhook_sink import Sink, webhook_sink
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
 SEVERITY_RECEIVER = {"critical": "pager", "warning": "tickets", "info": "chat"}
 

@@ -17,7 +17,7 @@ from tierwatch.config.secrets import MAX_SECRET_BYTES
 from tierwatch.recovery.actions.base import ActionContext, AlertRef
 from tierwatch.recovery.auth import Authenticator
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SECRET = "s3cr3t-Hunter2-do-not-print"
 MIB = 1024 * 1024
 

@@ -30,7 +30,7 @@ from tierwatch_lab.stack.victoria import (
     vmalert_dry_run,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RULES = sorted((ROOT / "rules").glob("*.rules.yml"))
 VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 

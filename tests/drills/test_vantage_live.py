@@ -23,7 +23,7 @@ from tierwatch_lab.stack.tierwatch import start_exporter
 from partition_fixtures import Gate
 
 pytestmark = pytest.mark.slow
-RULES = Path(__file__).resolve().parents[1] / "rules"
+RULES = Path(__file__).resolve().parents[2] / "rules"
 ALERTS = ("RedisMasterDown", "PostgresPrimaryDown")
 
 

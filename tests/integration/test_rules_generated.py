@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"
 # keep_firing_slo.test.yml: the burn-rate alerts, whose day-long windows are slow to evaluate with every file
 KEEP_FIRING_TESTS = sorted((RULES / "tests").glob("keep_firing*.test.yml"))

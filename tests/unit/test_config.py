@@ -13,7 +13,7 @@ import pytest
 
 from tierwatch.config import ConfigError, load_config
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tierwatch.yml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tierwatch.yml"
 SECRET = "s3cr3t-Hunter2-do-not-print"
 
 

@@ -3,7 +3,7 @@ etcd member, etcd's quorum, a Prometheus replica, an exporter (vantage point). E
 one promotion (point of no return of ``redis_failover``, counted over every recovery replica), one
 master and no acknowledged write lost. To keep the suite short, one demo stack serves several drills
 (the demo's main region has three Redis servers: two failovers per stack; the single-process
-reference, `tierwatch demo drill redis-master`, is tests/test_drills.py's)."""
+reference, `tierwatch demo drill redis-master`, is tests/drills/test_drills.py's)."""
 
 from __future__ import annotations
 

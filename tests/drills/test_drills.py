@@ -13,11 +13,12 @@ from tierwatch_lab.stack import Stack
 pytestmark = pytest.mark.slow
 
 
-# slow-app repairs nothing (no recovery action): tests/test_drills_traffic.py; the fault drills have
-# their own checker's assertions: tests/test_drills_faults.py; the watcher-loss drills share stacks in
-# tests/test_drills_ha.py
+# slow-app repairs nothing (no recovery action): tests/drills/test_drills_traffic.py; the fault drills have
+# their own checker's assertions: tests/drills/test_drills_faults.py; the watcher-loss drills share stacks in
+# tests/drills/test_drills_ha.py
 HA_SHARED = ("etcd-member-loss", "kill-prometheus-replica", "kill-exporter-vantage")
-OWN_CHECKER = ("region-loss", "primary-partition")  # tests/test_drills_region.py, test_drills_partition.py
+# checked by tests/drills/test_drills_region.py and test_drills_partition.py
+OWN_CHECKER = ("region-loss", "primary-partition")
 
 
 @pytest.mark.parametrize(

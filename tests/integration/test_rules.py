@@ -18,7 +18,7 @@ from tierwatch.action_catalog import action_names
 from tierwatch.metric_catalog import CATALOG
 from tierwatch.probes import load_all_metric_modules
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "rules"
 TESTS_DIR = RULES_DIR / "tests"
 RUNBOOKS = ROOT / "docs" / "runbooks"

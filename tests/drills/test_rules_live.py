@@ -34,7 +34,7 @@ from tierwatch_lab.stack.postgres import PgServer, start_primary, start_replica
 from tierwatch_lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
 from tierwatch_lab.stack.redis import RedisServer, start_redis, wait_replica_linked
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"
 RUNBOOK_URL_BASE = yaml.safe_load((RULES / "src" / "settings.yml").read_text())["runbook_url_base"]
 FAST_FOR = "3s"

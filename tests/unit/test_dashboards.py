@@ -44,7 +44,7 @@ import yaml
 from tierwatch.metric_catalog import CATALOG
 from tierwatch.probes import load_all_metric_modules
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_DIR = ROOT / "dashboards"
 RUNBOOKS = ROOT / "docs" / "runbooks"
 DS = {"type": "prometheus", "uid": "${datasource}"}

@@ -23,7 +23,7 @@ from tierwatch_lab.stack.alertmanager import Alertmanager, rewrite_for_test, sta
 
 from webhook_sink import Sink, webhook_sink
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
 EXAMPLES = ROOT / "alertmanager" / "receivers"
 MAX_BODY = 1 << 20

@@ -15,7 +15,7 @@ from tierwatch_lab.stack import Stack
 from tierwatch_lab.stack.node_exporter import node_job, start_node_exporter
 from tierwatch_lab.stack.ports import port_open
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NODE_NAME = re.compile(r"\b(node_[a-zA-Z0-9_]+)\{")  # a selector, not prose
 
 

@@ -45,7 +45,7 @@ RDB_OK = "tierwatch_redis_rdb_last_bgsave_ok"
 AOF_WRITE_OK = "tierwatch_redis_aof_last_write_ok"
 AOF_REWRITE_OK = "tierwatch_redis_aof_last_rewrite_ok"
 BACKUP = "tierwatch_pg_base_backup_timestamp_seconds"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def probe(server: RedisServer) -> Observation:
