@@ -3,9 +3,80 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from tierwatch_lab.stack import ManagedProcess
+
+TIERWATCH = [sys.executable, "-m", "tierwatch"]
+
+
+def run_cli(*args: str, timeout: float = 60, **popen: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``tierwatch ARGS`` with this interpreter to its end, its output captured as text."""
+    return subprocess.run([*TIERWATCH, *args], capture_output=True, text=True, timeout=timeout, **popen)
+
+
+class CliProcess:
+    """``tierwatch ARGS`` (the demo, a service) running in a session of its own, every line it prints
+    collected. ``stop`` is Ctrl-C (SIGINT); if it has not exited after the grace period, the whole group
+    is killed (its servers die with it: PR_SET_PDEATHSIG), so a failing test leaves nothing running."""
+
+    def __init__(self, *args: str, before_exec: Callable[[], None] | None = None, **popen: Any):
+        self.proc = subprocess.Popen(
+            [*TIERWATCH, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            preexec_fn=before_exec,
+            **popen,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout or []), daemon=True)
+        self._reader.start()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def printed(self, pattern: str) -> str | None:
+        """Group 1 of the first printed line matching ``pattern``; fails at once if the process ended."""
+        assert self.proc.poll() is None, self.output
+        return next((m.group(1) for line in list(self.lines) if (m := re.match(pattern, line))), None)
+
+    def stop(self, grace: float = 60) -> int:
+        """Ctrl-C, wait up to ``grace`` seconds, else SIGKILL to the group and raise TimeoutExpired."""
+        try:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                return self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+                raise
+        finally:
+            self._reader.join(5)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """The pids whose command line contains ``text``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(pid))
+    return found
 
 
 def open_fds() -> int:

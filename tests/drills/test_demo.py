@@ -7,8 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import httpx
@@ -16,63 +14,24 @@ import pytest
 
 from tierwatch_lab.stack import wait_for
 
-from helpers import metric_value
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(int(pid))
-    return found
+from helpers import CliProcess, metric_value, processes_mentioning, run_cli
 
 
 def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def stop_group(proc: subprocess.Popen[str], grace: float) -> None:
-    """SIGINT (Ctrl-C); after ``grace`` seconds SIGKILL to the whole process group, so that a demo that
-    did not stop leaves nothing running (its servers are in its group)."""
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        raise
-
-
 # inherited_sigint_ignored: a background job of a non-interactive shell (`./scripts/test &`) starts with
 # SIGINT ignored, and Python keeps an inherited SIG_IGN; the demo must stop on Ctrl-C all the same
 @pytest.mark.parametrize(("sentinel", "inherited_sigint_ignored"), [(False, False), (True, True)])
 def test_demo_runs_everything_and_cleans_up(sentinel: bool, inherited_sigint_ignored: bool) -> None:
-    argv = [sys.executable, "-m", "tierwatch", "demo"]
-    proc = subprocess.Popen(
-        argv + (["--sentinel"] if sentinel else []),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        preexec_fn=_ignore_sigint if inherited_sigint_ignored else None,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
-    reader.start()
+    demo = CliProcess(
+        "demo", *(["--sentinel"] if sentinel else []),
+        before_exec=_ignore_sigint if inherited_sigint_ignored else None,
+    )  # fmt: skip
     try:
-
-        def printed(pattern: str) -> str | None:
-            assert proc.poll() is None, "".join(lines)
-            return next((m.group(1) for line in list(lines) if (m := re.match(pattern, line))), None)
-
-        config = wait_for(lambda: printed(r"Config\s+(\S+)"), 180, "demo config")
-        base = wait_for(lambda: printed(r"Exporter\s+(http://\S+?)/\s"), 5, "exporter address")
+        config = wait_for(lambda: demo.printed(r"Config\s+(\S+)"), 180, "demo config")
+        base = wait_for(lambda: demo.printed(r"Exporter\s+(http://\S+?)/\s"), 5, "exporter address")
         stack_dir = str(Path(config).parents[1])
         expected = 4 + 2 + 5 + 4 + (3 if sentinel else 0)
 
@@ -87,14 +46,12 @@ def test_demo_runs_everything_and_cleans_up(sentinel: bool, inherited_sigint_ign
         assert metric_value(text, "tierwatch_role", target="lb-1", role="active") == 1
         page = httpx.get(base + "/").text
         assert "VIP served by lb-1" in page
-        assert "Express" in "".join(lines) and "keepalived VRRP" in "".join(lines)
+        assert "Express" in demo.output and "keepalived VRRP" in demo.output
         assert processes_mentioning(stack_dir)
     finally:
-        try:
-            stop_group(proc, 60)
-        finally:
-            reader.join(5)
-    assert proc.returncode == 0, "".join(lines)
+        code = demo.stop(60)
+    lines = demo.lines
+    assert code == 0, "".join(lines)
     assert "stopped; every process and data directory removed" in "".join(lines)
     assert not Path(stack_dir).exists()
     assert not processes_mentioning(stack_dir)
@@ -108,9 +65,7 @@ def test_demo_runs_everything_and_cleans_up(sentinel: bool, inherited_sigint_ign
 @pytest.mark.parametrize("argv", [["demo"], ["demo", "drill", "redis-master"]])
 def test_demo_outside_a_clone_says_so_in_one_sentence(tmp_path: Path, argv: list[str]) -> None:
     env = {**os.environ, "TIERWATCH_KIT_DIR": str(tmp_path / "not-a-clone")}
-    out = subprocess.run(
-        [sys.executable, "-m", "tierwatch", *argv], env=env, capture_output=True, text=True, timeout=60
-    )
+    out = run_cli(*argv, env=env)
     assert out.returncode == 1
     assert "runs from a clone of the tierwatch repository" in out.stderr
     assert "Traceback" not in out.stderr

@@ -8,8 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +15,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from test_demo import processes_mentioning
 
 from tierwatch.recovery.inbox import incident_key
 from tierwatch_lab.demo_scale import REPLICA_LABELS
 from tierwatch_lab.stack import wait_for
+
+from helpers import CliProcess, processes_mentioning
 
 pytestmark = pytest.mark.slow
 
@@ -87,22 +86,10 @@ def remote_write_counts(prometheus: str) -> tuple[float, float]:
 
 
 def test_scale_profile_global_store_vmalert_and_clean_stop() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tierwatch", "demo", "--profile", "scale"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
-    reader.start()
+    demo = CliProcess("demo", "--profile", "scale")
+    printed, lines = demo.printed, demo.lines
     stack_dir = ""
     try:
-
-        def printed(pattern: str) -> str | None:
-            assert proc.poll() is None, "".join(lines)
-            return next((m.group(1) for line in list(lines) if (m := re.match(pattern, line))), None)
-
         config = wait_for(lambda: printed(r"Config\s+(\S+)"), 240, "demo config")
         stack_dir = str(Path(config).parents[1])
         vm = printed(r"VictoriaMetrics (http://\S+)\s")
@@ -198,10 +185,8 @@ def test_scale_profile_global_store_vmalert_and_clean_stop() -> None:
         )
         assert len(result(vm, "tierwatch_up")) == TARGETS
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(90)
-        reader.join(5)
-    assert proc.returncode == 0, "".join(lines)
+        code = demo.stop(90)
+    assert code == 0, "".join(lines)
     assert "stopped; every process and data directory removed" in "".join(lines)
     assert stack_dir and not Path(stack_dir).exists()
     assert not processes_mentioning(stack_dir)

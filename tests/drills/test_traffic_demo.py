@@ -4,34 +4,19 @@ recording rules measure it; Ctrl-C stops the generator with everything else."""
 
 from __future__ import annotations
 
-import re
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import httpx
 
 from tierwatch_lab.stack import wait_for
 
+from helpers import CliProcess
+
 
 def test_demo_traffic_reaches_the_real_traffic_rules() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tierwatch", "demo"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
-    reader.start()
+    demo = CliProcess("demo")
+    printed, lines = demo.printed, demo.lines
     try:
-
-        def printed(pattern: str) -> str | None:
-            assert proc.poll() is None, "".join(lines)
-            return next((m.group(1) for line in list(lines) if (m := re.match(pattern, line))), None)
-
         prometheus = wait_for(
             lambda: printed(r"Prometheus\s+(http://\S+?)/alerts"), 180, "Prometheus address"
         )
@@ -55,8 +40,6 @@ def test_demo_traffic_reaches_the_real_traffic_rules() -> None:
         assert value('cluster_region:tierwatch_app_http_5xx:ratio_rate5m{cluster="web"}') == 0
         stack_dir = Path(config).parents[1]
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(60)
-        reader.join(5)
-    assert proc.returncode == 0, "".join(lines)
+        code = demo.stop(60)
+    assert code == 0, "".join(lines)
     assert not stack_dir.exists()

@@ -48,13 +48,18 @@ def _child_setup(user: str | None) -> Callable[[], None]:
     servers behind), and switch to ``user`` when given."""
     entry = pwd.getpwnam(user) if user else None
     libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
 
     def setup() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if entry is not None:
             os.setgid(entry.pw_gid)
             os.initgroups(entry.pw_name, entry.pw_gid)
             os.setuid(entry.pw_uid)
+        # after the switch: changing credentials clears the parent-death signal (prctl(2)), which let
+        # a killed demo leave its PostgreSQL servers (run as postgres) behind
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
 
     return setup
 
