@@ -25,8 +25,9 @@ from typing import Any
 
 from tierwatch_lab.stack.prometheus import PrometheusServer
 
-from .generate import OVERVIEW, build_dashboard
 from .livestack import live_stack
+from .overview_dashboard import OVERVIEW
+from .render import build_dashboard
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH, ROW_PX, HEADER_PX = 1600, 30, 64

@@ -177,11 +177,11 @@ def test_overview_shows_where_the_problem_is(live: Any) -> None:
 
 
 def test_traffic_panels_show_the_requests_sent_through_the_lbs(live: Any) -> None:
-    """The real-traffic panels (dashboards/traffic_panels.py) on real HAProxy and Express app servers:
-    each returns data, and the request rates show the traffic the stack sends through the VIP, at
-    the LBs (backend be_app) and at the apps of both regions."""
-    traffic = _import("dashboards.traffic_panels")
-    rows = (*traffic.lb_rows(GEN), *traffic.app_rows(GEN))
+    """The real-traffic panels (TRAFFIC_ROWS of dashboards/lb_dashboard.py and app_dashboard.py) on real
+    HAProxy and Express app servers: each returns data, and the request rates show the traffic the stack
+    sends through the VIP, at the LBs (backend be_app) and at the apps of both regions."""
+    lb, app = _import("dashboards.lb_dashboard"), _import("dashboards.app_dashboard")
+    rows = (*lb.TRAFFIC_ROWS, *app.TRAFFIC_ROWS)
     titles = {panel.title for row in rows for panel in row.panels}
     queries = [(f, t, q, i) for f, t, _, q, i in panel_queries() if t in titles]
     assert len(titles) == 13 and len(queries) == 15
