@@ -38,7 +38,7 @@ from typing import Any
 
 import redis
 
-from tierwatch_lab.drills import NO_RETRY, PgWrites, RedisWrites, Writer
+from tierwatch_lab.drill_kit import NO_RETRY, PgWrites, RedisWrites, Writer
 from tierwatch_lab.stack import Stack, wait_for
 from tierwatch_lab.stack.chain import ChainTiming, audit, redis_cluster, start_chain, write_lb_cluster
 from tierwatch_lab.stack.haproxy import start_write_lb

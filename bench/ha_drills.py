@@ -49,8 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from tierwatch_lab.demo import DemoStack, build
-from tierwatch_lab.drills import BUILD_OPTIONS, DRILLS, DrillResult, drill_redis_master, wait_until_watched
-from tierwatch_lab.drills_ha import _promotions, drill_kill_recovery_leader, recovered_after
+from tierwatch_lab.drills import BUILD_OPTIONS, DRILLS, DrillResult, wait_until_watched
+from tierwatch_lab.drills_basic import drill_redis_master
+from tierwatch_lab.drills_ha import count_promotions, drill_kill_recovery_leader, recovered_after
 from tierwatch_lab.stack import Stack
 from tierwatch_lab.stack.chain import Chain, audit_trail
 
@@ -142,7 +143,7 @@ def run_one(
         row: dict[str, Any] = {
             "scenario": f"{scenario}@{at_event}" if at_event else scenario,
             "recovered": result.recovered,
-            "promotions": _promotions(demo.chain, result.failed_at, action(scenario)),
+            "promotions": count_promotions(demo.chain, result.failed_at, action(scenario)),
             "acked": result.acked,
             "lost": result.lost,
             "recovered_s": recovered_after(result),

@@ -1,6 +1,6 @@
 """``tierwatch demo --profile scale``: the demo with every watcher redundant and a global store.
 
-The default demo's servers (lab/demo.py), watched by the HA chain of docs/ha.md: a Prometheus pair
+The default demo's servers (demo_build.py), watched by the HA chain of docs/ha.md: a Prometheus pair
 (external label ``replica`` a/b) that remote-writes every sample to one VictoriaMetrics, the long-term
 and global store; two gossiping Alertmanager peers; two recovery replicas with a lease in a 3-member
 etcd; and vmalert evaluating the kit's rules against VictoriaMetrics, sending to both peers.
@@ -26,7 +26,8 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 
-from .demo import ACTION_ALERTS, TRAFFIC_ALERTS, WINDOW, DemoStack, build
+from .demo_build import DemoOptions, build
+from .demo_stack import ACTION_ALERTS, TRAFFIC_ALERTS, WINDOW, DemoStack
 from .kit import kit_dir
 from .stack import Stack
 from .stack.chain import ChainTiming
@@ -67,8 +68,7 @@ def build_scale(stack: Stack, *, sentinel: bool = False, recovery_replicas: int 
     """Start VictoriaMetrics, the demo with the HA chain remote-writing to it, then vmalert."""
     victoria = start_victoria_metrics(stack, dedup_interval="1s")
     timing = ChainTiming(for_values=tuple((n, WINDOW) for n in (*ACTION_ALERTS, *TRAFFIC_ALERTS)))
-    demo = build(
-        stack,
+    options = DemoOptions(
         sentinel=sentinel,
         timing=timing,
         recovery_replicas=recovery_replicas,
@@ -76,6 +76,7 @@ def build_scale(stack: Stack, *, sentinel: bool = False, recovery_replicas: int 
         remote_write=[pair_remote_write(victoria)],
         replica_labels=REPLICA_LABELS,
     )
+    demo = build(stack, options)
     assert demo.chain is not None
     chain = demo.chain
     rules = rules_for_vmalert(

@@ -3,249 +3,42 @@ than the detection window that wakes up still believing it is the primary, and a
 comes back after its replacement was promoted. The kit must fail over, then demote the returning
 server (redis_rejoin, pg_rejoin), and never let two primaries acknowledge writes.
 
-Each drill has a checker independent of the kit:
-- writers through the write LB and directly against the old primary (a client that still believes
-  in it) record every write *acknowledged* (Redis ``SET`` + ``WAIT 1``; PostgreSQL a commit that
-  returned without the "canceling wait for synchronous replication" warning) and every write the
-  server took without acknowledging it;
-- a prober per server tries an acknowledged write every PROBE_GAP seconds: the time during which
-  two servers acknowledged writes (within PROBE_WINDOW of each other) is the double-primary time;
-- at the end, on the one primary left: acknowledged writes missing (must be 0) and unacknowledged
-  writes lost (counted apart: the returning server's divergent writes are dropped by design).
+Each drill has a checker independent of the kit (drill_checker.py): writers through the write LB and
+directly against the old primary, a prober per server for the double-primary time, and the writes
+read back from the one primary left.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
-import socket
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
-import psycopg
-import redis
-
-from .demo import WINDOW, DemoStack
-from .drills import (
+from .demo_stack import WINDOW, DemoStack
+from .drill_checker import (
+    FaultCheck,
+    PgAckWrites,
+    RedisAckWrites,
+    apply_checks,
+    double_primary_checks,
+    double_primary_seconds,
+    drill_tables,
+    in_recovery,
+    pg_probers,
+    present,
+    redis_probers,
+)
+from .drill_kit import (
     DrillResult,
     Writer,
-    _chain_timeline,
-    _pg_primaries,
-    _redis_masters,
-    _role,
-    _wait,
-    app_pg_connection,
-    app_redis_client,
+    chain_timeline,
+    pg_primaries,
+    redis_masters,
+    redis_role,
+    wait_until,
 )
 from .stack import StackError
 from .stack.chain import audit
-
-PROBE_GAP = 0.1  # seconds between a prober's writes
-PROBE_WINDOW = 0.25  # a server "accepts writes" for this long after an acknowledged probe write
-PG_WRITE_TIMEOUT = 1.0  # seconds a PostgreSQL write may take before its socket is shut
-
-
-# --- writers -----------------------------------------------------------------------------------
-
-
-class RedisAckWrites:
-    """SET then WAIT 1 on one address: True once a replica has it; ``unacked`` the SETs it took
-    without a replica confirming."""
-
-    def __init__(self, port: int, password: str, prefix: str):
-        self.port, self.password, self.prefix = port, password, prefix
-        self.client: redis.Redis | None = None
-        self.unacked: list[str] = []
-        self.unacked_at: list[float] = []  # when each of ``unacked`` was taken
-
-    def __call__(self, n: int) -> bool:
-        if self.client is None:
-            self.client = app_redis_client(self.port, self.password)
-        key = f"{self.prefix}:{n}"
-        try:
-            self.client.set(key, n)
-        except redis.RedisError as exc:  # refused (NOREPLICAS, READONLY) or unreachable: nothing taken
-            self._refused(exc)
-            self._reset()
-            return False
-        try:
-            if int(self.client.execute_command("WAIT", 1, 250)) >= 1:
-                return True
-        except redis.RedisError:
-            self._reset()
-        self.unacked.append(key)
-        self.unacked_at.append(time.time())
-        return False
-
-    def _refused(self, exc: redis.RedisError) -> None:
-        """Called when the SET failed (a subclass may note why)."""
-
-    def _reset(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        self.client = None
-
-
-class PgAckWrites:
-    """INSERT (autocommit) on one address. Acknowledged when the commit returns without the warning
-    that the synchronous wait was cancelled (the commit is then only local). A commit that does not
-    return within PG_WRITE_TIMEOUT (a paused or fenced primary) has its socket shut: unacknowledged."""
-
-    def __init__(self, port: int, password: str, table: str):
-        self.port, self.password, self.table = port, password, table
-        self.conn: psycopg.Connection[Any] | None = None
-        self.notices: list[str] = []
-        self.unacked: list[int] = []
-        self.unacked_at: list[float] = []  # when each of ``unacked`` was taken
-
-    def __call__(self, n: int) -> bool:
-        try:
-            if self.conn is None:
-                self.conn = app_pg_connection(self.port, self.password)
-                self.conn.add_notice_handler(lambda d: self.notices.append(d.message_primary or ""))
-        except psycopg.Error:
-            return False
-        self.notices.clear()
-        query = f"INSERT INTO {self.table} (id) VALUES (%s)"
-        done = _with_deadline(self.conn, lambda conn: conn.execute(query, (n,)), PG_WRITE_TIMEOUT)
-        if done and not any("synchronous replication" in m for m in self.notices):
-            return True
-        if not done:
-            with contextlib.suppress(Exception):
-                self.conn.close()
-            self.conn = None
-        self.unacked.append(n)  # maybe committed locally: lost only if absent at the end
-        self.unacked_at.append(time.time())
-        return False
-
-
-def _with_deadline(
-    conn: psycopg.Connection[Any], call: Callable[[psycopg.Connection[Any]], Any], timeout: float
-) -> bool:
-    """Run ``call(conn)``; after ``timeout`` send a cancel request (from a thread of its own: a paused
-    server answers it only once resumed) and shut the connection's socket. The cancel frees the server
-    backend (one waiting for a synchronous standby would otherwise hold its connection slot for good).
-    True if it returned without error."""
-
-    def shut() -> None:
-        threading.Thread(target=_cancel, args=(conn,), daemon=True).start()
-        with contextlib.suppress(OSError):
-            dup = socket.socket(fileno=os.dup(conn.fileno()))
-            with dup:
-                dup.shutdown(socket.SHUT_RDWR)
-
-    timer = threading.Timer(timeout, shut)
-    timer.start()
-    try:
-        call(conn)
-        return True
-    except (psycopg.Error, OSError):
-        return False
-    finally:
-        timer.cancel()
-
-
-def _cancel(conn: psycopg.Connection[Any]) -> None:
-    """libpq's non-blocking cancel (its waits release the GIL; the blocking PQcancel would hold it
-    until a paused server answers, freezing every thread of the drill)."""
-    with contextlib.suppress(Exception):
-        conn.cancel_safe(timeout=60)
-
-
-# --- the double-primary checker -----------------------------------------------------------------
-
-
-class Prober(threading.Thread):
-    """Tries an acknowledged write on one server every PROBE_GAP; remembers when one succeeded."""
-
-    def __init__(self, name: str, attempt: Callable[[int], bool]):
-        super().__init__(daemon=True)
-        self.server, self.attempt = name, attempt
-        self.acked_at: list[float] = []
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        n = 0
-        while not self._halt.is_set():
-            n += 1
-            with contextlib.suppress(Exception):
-                if self.attempt(n):
-                    self.acked_at.append(time.time())
-            self._halt.wait(PROBE_GAP)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(10)
-
-
-def double_primary_seconds(probers: list[Prober], start: float, end: float) -> float:
-    """Time in [start, end] during which at least two servers acknowledged a write within PROBE_WINDOW."""
-    step = 0.05
-    total = 0.0
-    marks = [sorted(p.acked_at) for p in probers]
-    t = start
-    while t < end:
-        accepting = sum(1 for times in marks if any(t - PROBE_WINDOW <= a <= t for a in times))
-        if accepting >= 2:
-            total += step
-        t += step
-    return round(total, 2)
-
-
-@dataclass
-class FaultCheck:
-    """What the independent checker found for one engine."""
-
-    acked: int = 0
-    acked_lost: int = 0
-    unacked_lost: int = 0
-    double_primary_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-Attempt = Callable[[int], bool]
-
-
-def _as_is(name: str, attempt: Attempt) -> Attempt:
-    return attempt
-
-
-def redis_probers(demo: DemoStack, wrap: Callable[[str, Attempt], Attempt] = _as_is) -> list[Prober]:
-    """A prober per Redis server of ``demo`` (``wrap(name, attempt)``: how the attempt is run)."""
-    return [
-        Prober(n, wrap(n, RedisAckWrites(s.port, demo.redis_password, f"drill:probe:{n}")))
-        for n, s in demo.redis.items()
-    ]
-
-
-def pg_probers(demo: DemoStack, wrap: Callable[[str, Attempt], Attempt] = _as_is) -> list[Prober]:
-    """A prober per PostgreSQL server of ``demo``, writing table drill_probe (see ``drill_tables``)."""
-    return [
-        Prober(n, wrap(n, _PgProbe(PgAckWrites(s.port, demo.pg_app_password, "drill_probe"), i)))
-        for i, (n, s) in enumerate(demo.pg.items())
-    ]
-
-
-def double_primary_checks(
-    probers: dict[str, list[Prober]], start: float, end: float
-) -> dict[str, FaultCheck]:
-    """A FaultCheck per engine of ``probers`` with its double-primary time in [start, end]."""
-    return {
-        engine: FaultCheck(double_primary_s=double_primary_seconds(group, start, end))
-        for engine, group in probers.items()
-    }
-
-
-def drill_tables(server: Any, tables: Sequence[str]) -> None:
-    """Create ``tables`` (id bigint) on the PostgreSQL ``server`` if missing; the app role may write them."""
-    for table in tables:
-        server.sql(f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY)")
-        server.sql(f"GRANT INSERT, SELECT ON {table} TO app")
-
 
 # --- Redis ---------------------------------------------------------------------------------------
 
@@ -257,23 +50,23 @@ def _redis_run(
     heal: Callable[[str], None],
     deadline: float,
 ) -> FaultCheck:
-    old = _redis_masters(demo)[0]
+    old = redis_masters(demo)[0]
     via_lb = RedisAckWrites(demo.redis_write.port, demo.redis_password, "drill:lb")
     direct = RedisAckWrites(demo.redis[old].port, demo.redis_password, "drill:direct")
     writers = [Writer(via_lb), Writer(direct)]
     probers = redis_probers(demo)
     for thread in (*writers, *probers):
         thread.start()
-    _wait(lambda: len(writers[0].acked) > 20, time.time() + 20)
+    wait_until(lambda: len(writers[0].acked) > 20, time.time() + 20)
     result.failed_at = time.time()
     fault(old)
     done = time.time()  # writes started before the fault took hold (signalling takes a moment) do not count
 
     def promoted() -> str | None:  # the paused or dead old master is not asked (it would time out)
-        masters = [n for n, server in demo.redis.items() if n != old and _role(server) == "master"]
+        masters = [n for n, server in demo.redis.items() if n != old and redis_role(server) == "master"]
         return masters[0] if masters and writers[0].first_ack_after(done) else None
 
-    _wait(lambda: promoted() is not None, deadline)
+    wait_until(lambda: promoted() is not None, deadline)
     new = promoted()
     result.add(writers[0].first_ack_after(done), "writes acknowledged again through the write LB")
     heal(old)
@@ -283,14 +76,14 @@ def _redis_run(
         info = demo.redis[old].client(socket_timeout=1).info("replication")
         return info.get("role") == "slave" and info.get("master_link_status") == "up"
 
-    result.recovered = new is not None and _wait(rejoined, deadline) and _redis_masters(demo) == [new]
+    result.recovered = new is not None and wait_until(rejoined, deadline) and redis_masters(demo) == [new]
     if result.recovered:
         result.add(time.time(), f"rejoined: {old} is a replica of {new}")
     time.sleep(1)
     for thread in (*writers, *probers):
         thread.stop()
     check = FaultCheck(double_primary_s=double_primary_seconds(probers, result.failed_at, time.time()))
-    masters = _redis_masters(demo)
+    masters = redis_masters(demo)
     result.primaries["redis"] = len(masters)
     if len(masters) == 1:
         client = demo.redis[masters[0]].client()
@@ -298,15 +91,11 @@ def _redis_run(
             f"drill:direct:{n}" for n, _ in writers[1].acked
         ]
         check.acked = len(acked)
-        check.acked_lost = len(acked) - _present(client, acked)
+        check.acked_lost = len(acked) - present(client, acked)
         unacked = via_lb.unacked + direct.unacked
-        check.unacked_lost = len(unacked) - _present(client, unacked)
-    _chain_timeline(demo, result, {old}, {"RedisMasterDown", "RedisNoMaster", "RedisSplitBrain"})
+        check.unacked_lost = len(unacked) - present(client, unacked)
+    chain_timeline(demo, result, {old}, {"RedisMasterDown", "RedisNoMaster", "RedisSplitBrain"})
     return check
-
-
-def _present(client: redis.Redis, keys: list[str]) -> int:
-    return sum(int(client.exists(*keys[i : i + 500])) for i in range(0, len(keys), 500))
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------
@@ -319,7 +108,7 @@ def _pg_run(
     heal: Callable[[str], None],
     deadline: float,
 ) -> FaultCheck:
-    old = _pg_primaries(demo)[0]
+    old = pg_primaries(demo)[0]
     drill_tables(demo.pg[old], ("drill_lb", "drill_direct", "drill_probe"))
     via_lb = PgAckWrites(demo.pg_write.port, demo.pg_app_password, "drill_lb")
     direct = PgAckWrites(demo.pg[old].port, demo.pg_app_password, "drill_direct")
@@ -327,16 +116,16 @@ def _pg_run(
     probers = pg_probers(demo)
     for thread in (*writers, *probers):
         thread.start()
-    _wait(lambda: len(writers[0].acked) > 20, time.time() + 30)
+    wait_until(lambda: len(writers[0].acked) > 20, time.time() + 30)
     result.failed_at = time.time()
     fault(old)
     done = time.time()
 
     def promoted() -> str | None:
-        primaries = [n for n, server in demo.pg.items() if n != old and _in_recovery(server) is False]
+        primaries = [n for n, server in demo.pg.items() if n != old and in_recovery(server) is False]
         return primaries[0] if primaries and writers[0].first_ack_after(done) else None
 
-    _wait(lambda: promoted() is not None, deadline)
+    wait_until(lambda: promoted() is not None, deadline)
     new = promoted()
     result.add(writers[0].first_ack_after(done), "writes committed again through the write LB")
     heal(old)
@@ -348,14 +137,14 @@ def _pg_run(
             server.scalar("SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'")
         )
 
-    result.recovered = new is not None and _wait(rejoined, deadline) and _pg_primaries(demo) == [new]
+    result.recovered = new is not None and wait_until(rejoined, deadline) and pg_primaries(demo) == [new]
     if result.recovered:
         result.add(time.time(), f"rejoined: {old} streams from {new}")
     time.sleep(1)
     for thread in (*writers, *probers):
         thread.stop()
     check = FaultCheck(double_primary_s=double_primary_seconds(probers, result.failed_at, time.time()))
-    primaries = _pg_primaries(demo)
+    primaries = pg_primaries(demo)
     result.primaries["postgres"] = len(primaries)
     if len(primaries) == 1:
         server = demo.pg[primaries[0]]
@@ -365,41 +154,11 @@ def _pg_run(
             check.acked += len(acked)
             check.acked_lost += len(acked - ids)
             check.unacked_lost += len(set(ack.unacked) - ids)
-    _chain_timeline(demo, result, {old}, {"PostgresPrimaryDown", "PostgresNoPrimary", "PostgresSplitBrain"})
+    chain_timeline(demo, result, {old}, {"PostgresPrimaryDown", "PostgresNoPrimary", "PostgresSplitBrain"})
     return check
 
 
-def _in_recovery(server: Any) -> bool | None:
-    try:
-        return bool(server.in_recovery())
-    except Exception:  # noqa: BLE001 - a server may be down during a drill
-        return None
-
-
-class _PgProbe:
-    """Probe writes with ids unique per server (offset by its index)."""
-
-    def __init__(self, writes: PgAckWrites, index: int):
-        self.writes, self.offset = writes, (index + 1) * 10_000_000
-
-    def __call__(self, n: int) -> bool:
-        return self.writes(self.offset + n)
-
-
 # --- the drills ------------------------------------------------------------------------------------
-
-
-def _finish(result: DrillResult, checks: dict[str, FaultCheck]) -> DrillResult:
-    result.acked = sum(c.acked for c in checks.values())
-    result.lost = sum(c.acked_lost for c in checks.values())
-    result.faults = {name: vars(c) for name, c in checks.items()}
-    result.detail = "; ".join(
-        f"{name}: double-primary {c.double_primary_s:g}s, unacknowledged writes lost {c.unacked_lost}"
-        for name, c in checks.items()
-    )
-    if any(c.double_primary_s > 0 for c in checks.values()):
-        result.recovered = False
-    return result
 
 
 def drill_redis_pause(demo: DemoStack, deadline: float) -> DrillResult:
@@ -410,7 +169,7 @@ def drill_redis_pause(demo: DemoStack, deadline: float) -> DrillResult:
         result.add(time.time(), f"failure: paused Redis master {name} (SIGSTOP)")
 
     check = _redis_run(demo, result, fault, lambda name: demo.redis[name].process.resume(), deadline)
-    return _finish(result, {"redis": check})
+    return apply_checks(result, {"redis": check})
 
 
 def drill_pg_pause(demo: DemoStack, deadline: float) -> DrillResult:
@@ -421,7 +180,7 @@ def drill_pg_pause(demo: DemoStack, deadline: float) -> DrillResult:
         result.add(time.time(), f"failure: paused PostgreSQL primary {name} (SIGSTOP of every process)")
 
     check = _pg_run(demo, result, fault, lambda name: demo.pg[name].process.resume(), deadline)
-    return _finish(result, {"postgres": check})
+    return apply_checks(result, {"postgres": check})
 
 
 def drill_old_primary_return(demo: DemoStack, deadline: float) -> DrillResult:
@@ -448,7 +207,7 @@ def drill_old_primary_return(demo: DemoStack, deadline: float) -> DrillResult:
     pg_check = _pg_run(demo, result, kill_pg, restart_pg, deadline + 60)
     result.recovered = result.recovered and redis_recovered
     result.failed_at = first
-    return _finish(result, {"redis": redis_check, "postgres": pg_check})
+    return apply_checks(result, {"redis": redis_check, "postgres": pg_check})
 
 
 # --- a watcher cut off from the primaries ----------------------------------------------------------
@@ -487,7 +246,7 @@ def watcher_partition(demo: DemoStack, deadline: float, cut: Sequence[str]) -> D
     prom = demo.chain.prometheus
     nets = [demo.watchers[int(v.removeprefix("watcher-")) - 1].net for v in cut]
     vantages = "|".join(cut)
-    redis_old, pg_old = _redis_masters(demo)[0], _pg_primaries(demo)[0]
+    redis_old, pg_old = redis_masters(demo)[0], pg_primaries(demo)[0]
     drill_tables(demo.pg[pg_old], ("drill_lb", "drill_probe"))
     redis_lb = RedisAckWrites(demo.redis_write.port, demo.redis_password, "drill:lb")
     pg_lb = PgAckWrites(demo.pg_write.port, demo.pg_app_password, "drill_lb")
@@ -496,7 +255,7 @@ def watcher_partition(demo: DemoStack, deadline: float, cut: Sequence[str]) -> D
     threads = [*writers.values(), *probers["redis"], *probers["postgres"]]
     for thread in threads:
         thread.start()
-    _wait(lambda: all(len(w.acked) > 20 for w in writers.values()), time.time() + 30)
+    wait_until(lambda: all(len(w.acked) > 20 for w in writers.values()), time.time() + 30)
     primaries = f'target=~"{redis_old}|{pg_old}"'
     cut_down = f'count(tierwatch_up{{vantage=~"{vantages}", {primaries}}} == 0)'
     others_up = f'count(tierwatch_up{{vantage!~"{vantages}", {primaries}}} == 1)'
@@ -511,7 +270,7 @@ def watcher_partition(demo: DemoStack, deadline: float, cut: Sequence[str]) -> D
             f"failure: vantage {', '.join(cut)} cut off from {redis_old} and {pg_old} "
             f"(blackhole routes in namespace {', '.join(n.namespace for n in nets)})",
         )
-        detected = _wait(lambda: prom.value(cut_down) == 2 * len(cut), time.time() + 30)
+        detected = wait_until(lambda: prom.value(cut_down) == 2 * len(cut), time.time() + 30)
         if detected:  # without it the drill proves nothing
             result.add(time.time(), f"detected: {vantages} sees both primaries down (Prometheus)")
         hold_until = time.time() + _seconds(WINDOW) + HOLD_BEYOND
@@ -531,7 +290,7 @@ def watcher_partition(demo: DemoStack, deadline: float, cut: Sequence[str]) -> D
     back = time.time() + 60
     for vantage in cut:
         up = f'count(tierwatch_up{{vantage="{vantage}", {primaries}}} == 1)'
-        if _wait(lambda q=up: prom.value(q) == 2, back):
+        if wait_until(lambda q=up: prom.value(q) == 2, back):
             result.add(time.time(), f"{vantage} sees both primaries up again")
     time.sleep(1)
     for thread in threads:
@@ -547,19 +306,19 @@ def watcher_partition(demo: DemoStack, deadline: float, cut: Sequence[str]) -> D
     for entry in started:
         result.add(entry["ts"], f"action: {entry.get('action')} started for {entry.get('target')}")
     checks = double_primary_checks(probers, result.failed_at, end)
-    masters, pg_primaries = _redis_masters(demo), _pg_primaries(demo)
-    result.primaries = {"redis": len(masters), "postgres": len(pg_primaries)}
+    masters, pg_now = redis_masters(demo), pg_primaries(demo)
+    result.primaries = {"redis": len(masters), "postgres": len(pg_now)}
     client = demo.redis[redis_old].client()
     acked = [f"drill:lb:{n}" for n, _ in writers["redis"].acked]
     checks["redis"].acked = len(acked)
-    checks["redis"].acked_lost = len(acked) - _present(client, acked)
-    checks["redis"].unacked_lost = len(redis_lb.unacked) - _present(client, redis_lb.unacked)
+    checks["redis"].acked_lost = len(acked) - present(client, acked)
+    checks["redis"].unacked_lost = len(redis_lb.unacked) - present(client, redis_lb.unacked)
     ids = {row[0] for row in demo.pg[pg_old].sql("SELECT id FROM drill_lb")}
     pg_acked = {n for n, _ in writers["postgres"].acked}
     checks["postgres"].acked = len(pg_acked)
     checks["postgres"].acked_lost = len(pg_acked - ids)
     checks["postgres"].unacked_lost = len(set(pg_lb.unacked) - ids)
-    for engine, old, now in (("redis", redis_old, masters), ("postgres", pg_old, pg_primaries)):
+    for engine, old, now in (("redis", redis_old, masters), ("postgres", pg_old, pg_now)):
         check = checks[engine]
         check.extra = {
             "primary_kept": now == [old],
@@ -580,7 +339,7 @@ def watcher_partition(demo: DemoStack, deadline: float, cut: Sequence[str]) -> D
         and not any(state == "firing" for state in seen.values())
         and not started
     )
-    return _finish(result, checks)
+    return apply_checks(result, checks)
 
 
 def _clusters(engine: str) -> set[str]:

@@ -31,8 +31,9 @@ from typing import Any
 
 import httpx
 
-from .demo import DemoStack
-from .drills import DrillResult, _pg_primaries, _redis_masters, drill_pg_primary, drill_redis_master
+from .demo_stack import DemoStack
+from .drill_kit import DrillResult, pg_primaries, redis_masters
+from .drills_basic import drill_pg_primary, drill_redis_master
 from .stack import wait_for
 from .stack.chain import Chain, audit, audit_trail
 from .stack.etcd import EtcdCluster
@@ -80,9 +81,9 @@ def drill_kill_recovery_leader(
         raise RuntimeError("the demo runs a single recovery service: build it with recovery_replicas=2")
     leader = wait_for(lambda: _leader(recoveries), 30, "a recovery leader")
     primary = (
-        demo.redis[_redis_masters(demo)[0]].process
+        demo.redis[redis_masters(demo)[0]].process
         if engine == "redis"
-        else demo.pg[_pg_primaries(demo)[0]].process
+        else demo.pg[pg_primaries(demo)[0]].process
     )
     if at_event is None:
         delay = random.uniform(0, 8) if delay is None else delay
@@ -107,7 +108,7 @@ def drill_kill_recovery_leader(
     return result
 
 
-def _promotions(chain: Chain, after: float, action: str = "redis_failover") -> int:
+def count_promotions(chain: Chain, after: float, action: str = "redis_failover") -> int:
     """Failovers of ``action`` since ``after``, from every replica's audit trail: one per alert that
     passed its point of no return or promoted (a new leader's resumed run of that alert is the same
     failover, and a leader killed -9 between its ledger record and its audit flush leaves no
@@ -188,12 +189,12 @@ def _until(condition: Callable[[], bool], timeout: float) -> bool:
 
 
 def _redis_primary(demo: DemoStack) -> ManagedProcess:
-    return demo.redis[_redis_masters(demo)[0]].process
+    return demo.redis[redis_masters(demo)[0]].process
 
 
 def _finish_checks(result: DrillResult, chain: Chain, **figures: Any) -> DrillResult:
     """Record the promotions and recovery time in ``faults`` (the tests' and docs' figures)."""
-    promotions = _promotions(chain, result.failed_at)
+    promotions = count_promotions(chain, result.failed_at)
     result.faults["ha"] = {
         "promotions": promotions,
         "recovered_s": recovered_after(result),
@@ -292,7 +293,7 @@ def drill_etcd_quorum_loss(demo: DemoStack, deadline: float, hold: float = 10.0)
     seen["not_acting"] = time.time()
     time.sleep(hold)
     seen["leaders"] = _leader_gauges(recoveries)
-    seen["promotions"] = _promotions(chain, lost_at)
+    seen["promotions"] = count_promotions(chain, lost_at)
     for index in stopped:
         etcd.start_member(index)
     seen["restored"] = time.time()

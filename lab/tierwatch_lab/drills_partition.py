@@ -1,6 +1,6 @@
 """The primary-partition drill (issue 13): the primary cut off together with some of its clients.
 
-The demo is built with ``isolable_primaries`` (demo.build): the Redis master and the PostgreSQL
+The demo is built with ``isolable_primaries`` (demo_build.DemoOptions): the Redis master and the PostgreSQL
 primary each run in a network namespace of their own (stack/servernet.py), reached by everyone at
 their usual 127.0.0.1 address through the namespace's veth. The drill cuts the veth (silent drops
 both ways), so the vantage quorum, the replicas and the recovery service all lose the primary,
@@ -30,28 +30,28 @@ from typing import Any
 
 import redis
 
-from .demo import DemoStack
-from .drills import (
-    DrillResult,
-    Writer,
-    _chain_timeline,
-    _pg_primaries,
-    _redis_masters,
-    _role,
-    _wait,
-)
-from .drills_faults import (
+from .demo_stack import DemoStack
+from .drill_checker import (
     Attempt,
     FaultCheck,
     PgAckWrites,
     RedisAckWrites,
-    _finish,
-    _in_recovery,
-    _present,
+    apply_checks,
     double_primary_seconds,
     drill_tables,
+    in_recovery,
     pg_probers,
+    present,
     redis_probers,
+)
+from .drill_kit import (
+    DrillResult,
+    Writer,
+    chain_timeline,
+    pg_primaries,
+    redis_masters,
+    redis_role,
+    wait_until,
 )
 from .stack import StackError
 from .stack.servernet import ServerNet
@@ -113,7 +113,7 @@ def _start_and_cut(
     Returns when the cut began and when it was in place."""
     for thread in threads:
         thread.start()
-    flowing = _wait(
+    flowing = wait_until(
         lambda: len(writers["lb"].acked) > 20 and len(writers["isolated-direct"].acked) > 20, time.time() + 30
     )
     if not flowing:
@@ -161,7 +161,7 @@ def _rejoin(
 ) -> float | None:
     """Wait for the old primary to rejoin ``new`` (``settled``: ``new`` is the only primary), then
     stop ``threads``. Returns when it rejoined, None if it did not."""
-    result.recovered = new is not None and _wait(rejoined, deadline) and settled()
+    result.recovered = new is not None and wait_until(rejoined, deadline) and settled()
     rejoined_at = time.time()
     if result.recovered:
         result.add(rejoined_at, text)
@@ -172,7 +172,7 @@ def _rejoin(
 
 
 def _redis_partition(demo: DemoStack, result: DrillResult, deadline: float) -> FaultCheck:
-    old = _redis_masters(demo)[0]
+    old = redis_masters(demo)[0]
     net = _net(demo, old)
     if demo.redis[old].port not in net.exposed:
         raise StackError(f"the Redis master {old} is not the server in namespace {net.namespace}")
@@ -193,15 +193,15 @@ def _redis_partition(demo: DemoStack, result: DrillResult, deadline: float) -> F
     result.failed_at, cut = _start_and_cut(net, old, writers, threads, result)
 
     def promoted() -> str | None:  # the cut-off old master is not asked (it would time out)
-        masters = [n for n, server in demo.redis.items() if n != old and _role(server) == "master"]
+        masters = [n for n, server in demo.redis.items() if n != old and redis_role(server) == "master"]
         return masters[0] if masters and writers["lb"].first_ack_after(cut) else None
 
-    _wait(lambda: promoted() is not None, deadline)
+    wait_until(lambda: promoted() is not None, deadline)
     new = promoted()
     result.add(writers["lb"].first_ack_after(cut), "writes acknowledged again through the write LB")
 
     def refused_at() -> float | None:
-        if not _wait(lambda: any(at > cut for at in fenced.refused_at), deadline):
+        if not wait_until(lambda: any(at > cut for at in fenced.refused_at), deadline):
             return None
         return next(at for at in fenced.refused_at if at > cut)
 
@@ -221,29 +221,29 @@ def _redis_partition(demo: DemoStack, result: DrillResult, deadline: float) -> F
         result,
         new,
         rejoined,
-        lambda: _redis_masters(demo) == [new],
+        lambda: redis_masters(demo) == [new],
         f"rejoined: {old} is a replica of {new}",
         threads,
         deadline,
     )
     check = FaultCheck(double_primary_s=double_primary_seconds(probers, result.failed_at, time.time()))
-    masters = _redis_masters(demo)
+    masters = redis_masters(demo)
     result.primaries["redis"] = len(masters)
     if len(masters) == 1:
         client = demo.redis[masters[0]].client()
         acked = [f"{attempts[w].prefix}:{n}" for w, writer in writers.items() for n, _ in writer.acked]
         check.acked = len(acked)
-        check.acked_lost = len(acked) - _present(client, acked)
+        check.acked_lost = len(acked) - present(client, acked)
         unacked = [key for a in attempts.values() for key in a.unacked]
-        check.unacked_lost = len(unacked) - _present(client, unacked)
+        check.unacked_lost = len(unacked) - present(client, unacked)
     check.extra = _figures(writers, fenced.unacked_at, cut, healed, rejoined_at)
     check.extra.update(old_primary=old, new_primary=new, namespace=net.namespace)
-    _chain_timeline(demo, result, {old}, REDIS_ALERTS)
+    chain_timeline(demo, result, {old}, REDIS_ALERTS)
     return check
 
 
 def _pg_partition(demo: DemoStack, result: DrillResult, deadline: float) -> FaultCheck:
-    old = _pg_primaries(demo)[0]
+    old = pg_primaries(demo)[0]
     net = _net(demo, old)
     if demo.pg[old].port not in net.exposed:
         raise StackError(f"the PostgreSQL primary {old} is not the server in namespace {net.namespace}")
@@ -263,10 +263,10 @@ def _pg_partition(demo: DemoStack, result: DrillResult, deadline: float) -> Faul
     pg_failed_at, cut = _start_and_cut(net, old, writers, threads, result)
 
     def promoted() -> str | None:
-        primaries = [n for n, server in demo.pg.items() if n != old and _in_recovery(server) is False]
+        primaries = [n for n, server in demo.pg.items() if n != old and in_recovery(server) is False]
         return primaries[0] if primaries and writers["lb"].first_ack_after(cut) else None
 
-    _wait(lambda: promoted() is not None, deadline)
+    wait_until(lambda: promoted() is not None, deadline)
     new = promoted()
     result.add(writers["lb"].first_ack_after(cut), "writes committed again through the write LB")
     # the PostgreSQL fencing: a write taken but not acknowledged (its commit waits for a standby)
@@ -289,13 +289,13 @@ def _pg_partition(demo: DemoStack, result: DrillResult, deadline: float) -> Faul
         result,
         new,
         rejoined,
-        lambda: _pg_primaries(demo) == [new],
+        lambda: pg_primaries(demo) == [new],
         f"rejoined: {old} streams from {new}",
         threads,
         deadline,
     )
     check = FaultCheck(double_primary_s=double_primary_seconds(probers, pg_failed_at, time.time()))
-    primaries = _pg_primaries(demo)
+    primaries = pg_primaries(demo)
     result.primaries["postgres"] = len(primaries)
     if len(primaries) == 1:
         server = demo.pg[primaries[0]]
@@ -308,7 +308,7 @@ def _pg_partition(demo: DemoStack, result: DrillResult, deadline: float) -> Faul
     check.extra = _figures(writers, fenced.unacked_at, cut, healed, rejoined_at)
     check.extra.update(old_primary=old, new_primary=new, namespace=net.namespace)
     failed_at, result.failed_at = result.failed_at, pg_failed_at  # the timeline of this engine's cut
-    _chain_timeline(demo, result, {old}, PG_ALERTS)
+    chain_timeline(demo, result, {old}, PG_ALERTS)
     result.failed_at = failed_at
     return check
 
@@ -344,7 +344,7 @@ def drill_primary_partition(demo: DemoStack, deadline: float) -> DrillResult:
             if net.is_cut:
                 net.heal()
     result.recovered = result.recovered and redis_recovered
-    result = _finish(result, checks)
+    result = apply_checks(result, checks)
     for check in checks.values():
         isolated = check.extra["acked_after_cut"]
         if isolated["isolated-direct"] or isolated["direct"]:  # the old primary acknowledged after the cut

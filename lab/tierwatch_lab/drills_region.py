@@ -20,7 +20,7 @@ the write LBs sort each acknowledged write into one of two classes:
   failed.
 Plus: exactly one promotion per engine, the new Redis master is the backup master with the backup
 replica still under it, the DR replica is the PostgreSQL primary, writes acknowledged again, and
-no time during which two servers acknowledged writes (per-server probers, as drills_faults.py).
+no time during which two servers acknowledged writes (per-server probers, drill_checker.py).
 """
 
 from __future__ import annotations
@@ -33,25 +33,26 @@ from typing import Any
 import psycopg
 import redis
 
-from .demo import DemoStack
-from .drills import (
-    DrillResult,
-    Writer,
-    _pg_primaries,
-    _redis_masters,
-    _wait,
-    app_redis_client,
-)
-from .drills_faults import (
+from .demo_stack import DemoStack
+from .drill_checker import (
     PG_WRITE_TIMEOUT,
     FaultCheck,
     PgAckWrites,
-    _present,
-    _with_deadline,
     double_primary_checks,
     drill_tables,
     pg_probers,
+    present,
     redis_probers,
+    with_deadline,
+)
+from .drill_kit import (
+    DrillResult,
+    Writer,
+    app_redis_client,
+    exporter_events,
+    pg_primaries,
+    redis_masters,
+    wait_until,
 )
 from .stack import StackError
 from .stack.chain import audit
@@ -122,7 +123,7 @@ class RedisRegionWrites:
 
 class PgRegionWrites:
     """INSERT (autocommit) through one address; acknowledged when the synchronous commit returns
-    (as drills_faults.PgAckWrites); region-safe when the DR replica then reports flushing the
+    (as drill_checker.PgAckWrites); region-safe when the DR replica then reports flushing the
     primary's WAL position within DR_WAIT (or the server is the DR replica itself)."""
 
     def __init__(self, port: int, password: str, table: str, dr_port: int):
@@ -142,7 +143,7 @@ class PgRegionWrites:
         safe = False
         if conn is not None:
             safe_box: list[bool] = []
-            done = _with_deadline(conn, lambda c: safe_box.append(self._crossed(c)), PG_WRITE_TIMEOUT)
+            done = with_deadline(conn, lambda c: safe_box.append(self._crossed(c)), PG_WRITE_TIMEOUT)
             safe = done and bool(safe_box and safe_box[0])
             if not done:
                 with contextlib.suppress(Exception):
@@ -195,16 +196,8 @@ def _kill_region(demo: DemoStack, result: DrillResult) -> None:
 
 def _events(demo: DemoStack) -> list[dict[str, Any]]:
     """The surviving exporter's JSON log events (the last exporter: vantage failover)."""
-    import json
-
     assert demo.chain is not None
-    exporter = demo.chain.exporters[-1] if demo.chain.exporters else demo.chain.exporter
-    events = []
-    for line in exporter.process.log_path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            with contextlib.suppress(json.JSONDecodeError):
-                events.append(json.loads(line))
-    return events
+    return exporter_events(demo, demo.chain.exporters[-1] if demo.chain.exporters else None)
 
 
 def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
@@ -212,7 +205,7 @@ def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
     if demo.chain is None:
         raise StackError("region-loss needs the demo's chain")
     result = DrillResult("region-loss", time.time())
-    redis_old, pg_old = _redis_masters(demo)[0], _pg_primaries(demo)[0]
+    redis_old, pg_old = redis_masters(demo)[0], pg_primaries(demo)[0]
     primary = demo.pg[pg_old]
     drill_tables(primary, ("drill_lb", "drill_probe"))
     primary.sql("GRANT pg_read_all_stats TO app")  # the writer reads the DR replica's flush_lsn
@@ -225,7 +218,7 @@ def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
     threads = [*writers.values(), *probers["redis"], *probers["postgres"]]
     for thread in threads:
         thread.start()
-    _wait(
+    wait_until(
         lambda: len(redis_w.region_safe) > 20 and len(pg_w.region_safe) > 20,
         time.time() + 30,
     )
@@ -235,26 +228,26 @@ def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
 
     def settled() -> bool:
         return (
-            _redis_masters(demo) == [REDIS_HEAD]
-            and _pg_primaries(demo) == [PG_DR]
+            redis_masters(demo) == [REDIS_HEAD]
+            and pg_primaries(demo) == [PG_DR]
             and _follows(demo, REDIS_TAIL, REDIS_HEAD)
             and all(w.first_ack_after(done) is not None for w in writers.values())
         )
 
-    _wait(settled, deadline)
+    wait_until(settled, deadline)
     time.sleep(1)
     for thread in threads:
         thread.stop()
     end = time.time()
     checks = double_primary_checks(probers, result.failed_at, end)
-    masters, pg_primaries = _redis_masters(demo), _pg_primaries(demo)
-    result.primaries = {"redis": len(masters), "postgres": len(pg_primaries)}
+    masters, pg_now = redis_masters(demo), pg_primaries(demo)
+    result.primaries = {"redis": len(masters), "postgres": len(pg_now)}
     if masters == [REDIS_HEAD]:
         client = demo.redis[REDIS_HEAD].client()
         _classes(
             checks["redis"], redis_w.region_safe, redis_w.in_region, redis_w.unacked, _redis_lookup(client)
         )
-    if pg_primaries == [PG_DR]:
+    if pg_now == [PG_DR]:
         ids = {row[0] for row in demo.pg[PG_DR].sql("SELECT id FROM drill_lb")}
         _classes(
             checks["postgres"],
@@ -273,7 +266,7 @@ def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
             promotions=len(promoted),
             promoted=[e.get("target") for e in promoted],
             by_alert=[e.get("alert") for e in promoted],
-            new_primary=new if (masters if engine == "redis" else pg_primaries) == [new] else None,
+            new_primary=new if (masters if engine == "redis" else pg_now) == [new] else None,
             detection_s=_since(result.failed_at, detected.get(engine)),
             promotion_s=_since(result.failed_at, promoted[0]["ts"] if promoted else None),
             writes_again_s=_since(result.failed_at, again),
@@ -338,7 +331,7 @@ def _classes(
 
 
 def _redis_lookup(client: redis.Redis) -> Callable[[list[Any]], int]:
-    return lambda keys: _present(client, list(keys)) if keys else 0
+    return lambda keys: present(client, list(keys)) if keys else 0
 
 
 def _follows(demo: DemoStack, replica: str, master: str) -> bool:

@@ -13,14 +13,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .demo import DemoStack
-from .drills import DrillResult
+from .demo_stack import DemoStack
+from .drill_catalog import SCENARIOS
+from .drill_kit import DrillResult
 from .stack import StackError, wait_for
 from .stack.express import ExpressApp
 from .traffic import demo_traffic
 
 SCENARIO = "slow-app"
-DESCRIPTION = "app server es-1 passes its health checks but is slow and fails half the real requests"
+DESCRIPTION = SCENARIOS[SCENARIO]
 FAULTY = "es-1"
 DELAY_MS = 1000
 ERROR_RATIO = 0.5

@@ -14,13 +14,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
 
-if TYPE_CHECKING:
-    from .demo import DemoStack
+from .demo_stack import DemoStack
 
 MAX_RATE = 200.0  # requests/s: a demo load, not a benchmark
 MAX_IN_FLIGHT = 32

@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from tierwatch_lab.drills_ha import _promotions
+from tierwatch_lab.drills_ha import count_promotions
 
 
 def trails(tmp_path: Path, *replicas: list[dict[str, Any]]) -> Any:
@@ -34,7 +34,7 @@ def test_a_leader_killed_before_its_audit_flush_still_counts_its_failover_once(t
         [rec(10.0, "action_started"), rec(10.4, "chosen", target="pg-2")],
         [rec(19.0, "action_started", resumed=True), rec(19.5, "promoted", target="pg-2", resumed=True)],
     )
-    assert _promotions(chain, 0.0, "pg_promote") == 1
+    assert count_promotions(chain, 0.0, "pg_promote") == 1
 
 
 def test_a_resumed_run_that_finds_the_promotion_done_is_the_same_failover(tmp_path: Path) -> None:
@@ -43,7 +43,7 @@ def test_a_resumed_run_that_finds_the_promotion_done_is_the_same_failover(tmp_pa
         [rec(10.0, "point_of_no_return"), rec(10.1, "promoted", target="pg-2")],
         [rec(19.0, "resumed", primary="pg-2")],
     )
-    assert _promotions(chain, 0.0, "pg_promote") == 1
+    assert count_promotions(chain, 0.0, "pg_promote") == 1
 
 
 def test_two_servers_promoted_or_two_alerts_past_their_point_of_no_return_count_twice(tmp_path: Path) -> None:
@@ -57,7 +57,7 @@ def test_two_servers_promoted_or_two_alerts_past_their_point_of_no_return_count_
         [rec(10.0, "point_of_no_return", key="k1")],
         [rec(11.0, "point_of_no_return", key="k2")],
     )
-    assert _promotions(same_alert, 0.0, "pg_promote") == 2
-    assert _promotions(two_alerts, 0.0, "pg_promote") == 2
-    assert _promotions(two_alerts, 10.5, "pg_promote") == 1  # only since ``after``
-    assert _promotions(two_alerts, 0.0, "redis_failover") == 0
+    assert count_promotions(same_alert, 0.0, "pg_promote") == 2
+    assert count_promotions(two_alerts, 0.0, "pg_promote") == 2
+    assert count_promotions(two_alerts, 10.5, "pg_promote") == 1  # only since ``after``
+    assert count_promotions(two_alerts, 0.0, "redis_failover") == 0

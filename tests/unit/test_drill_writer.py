@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tierwatch_lab.drills import Writer
+from tierwatch_lab.drill_kit import Writer
 
 
 def test_writes_still_served_by_the_dying_primary_are_not_a_recovery() -> None:
