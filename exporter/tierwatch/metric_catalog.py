@@ -169,11 +169,7 @@ CONFIG_RELOAD_TIME = metric(
 
 FAILURE_REASONS: tuple[str, ...] = ("timeout", "refused", "auth", "protocol", "error")
 CIRCUIT_STATES: tuple[str, ...] = ("closed", "open", "half_open")
-ROLES_BY_TIER: dict[str, tuple[str, ...]] = {
-    "redis": ("primary", "replica"),
-    "postgres": ("primary", "replica"),
-    "lb": ("active", "standby"),
-}
+# each tier's roles and failure reasons: tier_catalog.py
 PROBE_BUCKETS: tuple[float, ...] = (
     0.001,
     0.0025,

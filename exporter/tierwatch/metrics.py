@@ -39,7 +39,6 @@ from .metric_catalog import (
     PROBE_LAST_DURATION,
     PROBES,
     ROLE,
-    ROLES_BY_TIER,
     ROUND_DURATION,
     ROUND_OVERRUNS,
     ROUNDS,
@@ -50,18 +49,12 @@ from .metric_catalog import (
 )
 from .monitor import TARGET_STATUSES, Monitor, TargetState
 from .probes.vip import VIP_DURATION, VIP_IDENTIFIED, VIP_UP
+from .tier_catalog import failure_reasons, roles
 
 BUCKET_LABELS = [f"{b:g}" for b in PROBE_BUCKETS]
 CORE_SPECS = (UP, PROBE_FAILURES, CIRCUIT_STATE, ROLE, LAST_PROBE, PROBES, PROBE_LAST_DURATION)
-# failure reasons a tier's probe can never give are not exported (a reason that does occur is)
-# (no credentials: app servers and HAProxy are probed over HTTP and the stats socket, without auth)
-_NO_AUTH = tuple(r for r in FAILURE_REASONS if r != "auth")
-REASONS_BY_TIER: dict[str, tuple[str, ...]] = {"app": _NO_AUTH, "lb": _NO_AUTH}
-
-
-def failure_reasons(tier: str) -> tuple[str, ...]:
-    """The ``reason`` values of ``tierwatch_probe_failures_total`` exported for a target of ``tier``."""
-    return REASONS_BY_TIER.get(tier, FAILURE_REASONS)
+# failure reasons a tier's probe can never give (tier_catalog.failure_reasons) are not exported, unless
+# one does occur; each tier's roles: tier_catalog.roles
 
 
 def enabled_options(monitor: Monitor) -> frozenset[str]:
@@ -181,7 +174,7 @@ class TierwatchCollector(Collector):
                 value = 1.0 if state.breaker.state == breaker_state else 0.0
                 _add(core[CIRCUIT_STATE.name], [*labels, breaker_state], value)
             if state.role is not None:
-                for role in ROLES_BY_TIER.get(info.tier, ()):
+                for role in roles(info.tier):
                     _add(core[ROLE.name], [*labels, role], 1.0 if role == state.role else 0.0)
             if state.last_probe is not None:
                 _add(core[LAST_PROBE.name], labels, state.last_probe)
@@ -332,7 +325,7 @@ class TargetPrefixes:
         self.reasons = failure_reasons(tier)
         self.failures = [(r, _prefix(PROBE_FAILURES.name, [*base, ("reason", r)])) for r in FAILURE_REASONS]
         self.circuit = [(s, _prefix(CIRCUIT_STATE.name, [*base, ("state", s)])) for s in CIRCUIT_STATES]
-        self.roles = [(r, _prefix(ROLE.name, [*base, ("role", r)])) for r in ROLES_BY_TIER.get(tier, ())]
+        self.roles = [(r, _prefix(ROLE.name, [*base, ("role", r)])) for r in roles(tier)]
         # the whole family's lines for each state and role: a render picks one
         self.circuit_lines = {s: _enum_lines(self.circuit, s) for s in CIRCUIT_STATES}
         self.role_lines = {r: _enum_lines(self.roles, r) for r, _ in self.roles}

@@ -32,6 +32,7 @@ from .metric_catalog import FAILURE_REASONS, PROBE_BUCKETS
 from .probes import Observation, Probe, Sample, TargetInfo, probe_class
 from .probes.base import ProbeFailure, classify_failure, describe_failure
 from .probes.vip import VipProbe, VipResult
+from .tier_catalog import MEMBERSHIP_TIERS
 
 RESET_TIMEOUT = 2.0  # seconds a probe may take to drop its connections after a failure
 # The loop wakes for a batch of about this many due probes, not for each one: every wake-up of a
@@ -107,11 +108,6 @@ def schedule_offset(name: str, interval: float) -> float:
     return int.from_bytes(digest, "big") / 2**64 * interval
 
 
-# tiers whose probes use the cluster's membership (a primary names its replicas by address, a
-# Sentinel its master): a change of the cluster's target list rebuilds their probes
-MEMBERSHIP_TIERS = frozenset({"redis", "sentinel", "postgres"})
-
-
 def cluster_members(cluster: ClusterConfig) -> Iterator[tuple[str, TargetConfig]]:
     """(tier, target) of every target of a cluster, its Sentinels included."""
     for target in cluster.targets:
@@ -123,7 +119,8 @@ def cluster_members(cluster: ClusterConfig) -> Iterator[tuple[str, TargetConfig]
 
 def probe_settings(info: TargetInfo) -> tuple[Any, ...]:
     """Everything a target's probe is built from. A reload keeps the probe (and its connections)
-    while this is equal; compared in memory only, never shown (it holds the password)."""
+    while this is equal; compared in memory only, never shown (it holds the password). For the
+    tiers whose probes use the cluster's membership (tier_catalog), that is the whole cluster."""
     cluster: Any = info.cluster if info.tier in MEMBERSHIP_TIERS else info.cluster.name
     password = info.password.reveal() if info.password is not None else None
     return (info.tier, info.target, password, info.timeout, cluster)
@@ -578,12 +575,15 @@ class Monitor:
             self._event("circuit_half_open", state)
         start = time.perf_counter()
         state.last_probe = self._wall()
+        # the one deadline of this run: the probe sizes its client calls from it, and the timeout
+        # here is only the backstop that cancels the probe at that same instant
+        deadline = asyncio.get_running_loop().time() + self.timeout
         try:
-            async with asyncio.timeout(self.timeout):
-                observation = await probe.probe()
+            async with asyncio.timeout_at(deadline):
+                observation = await probe.probe(deadline)
         except Exception as exc:  # noqa: BLE001 - every failure of a probe is data
             state.observe_duration(time.perf_counter() - start)
-            if type(exc) is TimeoutError:  # the deadline above (probes do not set their own)
+            if type(exc) is TimeoutError:  # the backstop: cancelled at the deadline, unclassified
                 exc = ProbeFailure("timeout", f"no complete answer within {self.timeout:g}s")
             await self._record_failure(target, probe, exc)
         else:
@@ -699,9 +699,10 @@ class Monitor:
             return
         names = {t.name for t in cluster.config.targets}
         start = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + self.timeout  # as for a target's probe
         try:
-            async with asyncio.timeout(self.timeout):
-                result = await probe.probe(names)
+            async with asyncio.timeout_at(deadline):
+                result = await probe.probe(names, deadline)
         except TimeoutError:
             await probe.close()
             result = VipResult(False, None, time.perf_counter() - start)

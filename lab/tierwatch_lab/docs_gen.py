@@ -26,7 +26,7 @@ from tierwatch.metric_catalog import (
     MetricSpec,
 )
 from tierwatch.metrics import HISTOGRAM_SERIES, SERIES_PER_TARGET
-from tierwatch.probes import load_all_metric_modules
+from tierwatch.probes import load_probe_modules
 
 SECTION_TITLES = {
     "core": "Core (every tier; the contract with rules, dashboards and recovery)",
@@ -95,6 +95,14 @@ def _series_table() -> list[str]:
     ]
     lines += [f"| {b.kind} | {b.series} | {b.budget} | {b.note or '-'} |" for b in SERIES_PER_TARGET]
     return lines
+
+
+def load_all_metric_modules() -> None:
+    """Import every module that declares metrics, so the catalogue is complete: every probe module,
+    and the recovery service's and target discovery's own (rooms the probes never import)."""
+    load_probe_modules()
+    import tierwatch.discovery.metrics
+    import tierwatch.recovery.metrics  # noqa: F401
 
 
 def render() -> str:

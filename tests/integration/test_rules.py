@@ -16,7 +16,7 @@ import yaml
 
 from tierwatch.action_catalog import action_names
 from tierwatch.metric_catalog import CATALOG
-from tierwatch.probes import load_all_metric_modules
+from tierwatch_lab.docs_gen import load_all_metric_modules
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "rules"

@@ -16,9 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tierwatch.config import LoadedConfig
 from tierwatch.events import EventLog
-from tierwatch.metric_catalog import CLUSTER_PROBE_DURATION, ROLES_BY_TIER
+from tierwatch.metric_catalog import CLUSTER_PROBE_DURATION
 from tierwatch.metrics import SERIES_PER_TARGET, ReadyExposition
 from tierwatch.monitor import Monitor
+from tierwatch.tier_catalog import ROLES_BY_TIER
 from tierwatch_lab.stack import Stack
 from tierwatch_lab.stack.haproxy import start_haproxy, start_vip
 from tierwatch_lab.stack.http import start_http_backend

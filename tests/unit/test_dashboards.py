@@ -42,7 +42,7 @@ import pytest
 import yaml
 
 from tierwatch.metric_catalog import CATALOG
-from tierwatch.probes import load_all_metric_modules
+from tierwatch_lab.docs_gen import load_all_metric_modules
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_DIR = ROOT / "dashboards"

@@ -19,7 +19,7 @@ PACKAGE = REPO / "exporter" / "tierwatch"
 LAB = REPO / "lab" / "tierwatch_lab"
 
 # room -> the rooms it may import (besides itself)
-FOUNDATION = {"durations", "metric_catalog", "action_catalog", "events", "__version__"}
+FOUNDATION = {"durations", "metric_catalog", "action_catalog", "tier_catalog", "events", "__version__"}
 ALLOWED: dict[str, set[str]] = {
     "foundation": set(),
     "config": {"foundation"},

@@ -145,9 +145,10 @@ def parse_show_stat(text: str) -> ShowStat:
 class RuntimeApi:
     """A kept-open, interactive ("prompt" mode) connection to HAProxy's runtime API on a unix socket.
 
-    One command at a time; an answer may be at most ``max_bytes`` long and must come within
-    ``timeout`` seconds. After any failure the connection is closed (the next command reconnects);
-    a kept-open connection HAProxy closed in the meantime (its ``stats timeout``) is reopened once.
+    One command at a time; an answer may be at most ``max_bytes`` long and must come by the caller's
+    deadline, or within ``timeout`` seconds. After any failure the connection is closed (the next
+    command reconnects); a kept-open connection HAProxy closed in the meantime (its ``stats
+    timeout``) is reopened once.
     """
 
     def __init__(
@@ -163,12 +164,14 @@ class RuntimeApi:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
-    async def command(self, line: str) -> str:
-        """Send one command and return its output (without the prompt)."""
+    async def command(self, line: str, *, deadline: float | None = None) -> str:
+        """Send one command and return its output (without the prompt), by ``deadline`` (an instant of
+        the event loop's clock), else within ``timeout`` from now."""
         if "\n" in line or "\r" in line:
             raise ValueError("a runtime API command is one line")
+        when = deadline if deadline is not None else asyncio.get_running_loop().time() + self.timeout
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout_at(when):
                 reused = self._writer is not None
                 try:
                     return await self._exchange(line)
@@ -187,9 +190,9 @@ class RuntimeApi:
             await self.close()
             raise
 
-    async def show_stat(self) -> ShowStat:
+    async def show_stat(self, *, deadline: float | None = None) -> ShowStat:
         """``show stat``, parsed."""
-        return parse_show_stat(await self.command("show stat"))
+        return parse_show_stat(await self.command("show stat", deadline=deadline))
 
     async def close(self) -> None:
         """Close the connection (the next command reconnects)."""
@@ -222,13 +225,15 @@ async def runtime_command(socket_path: str, line: str, timeout: float = DEFAULT_
         await api.close()
 
 
-async def stats_page(client: HttpClient, url: str, max_bytes: int) -> ShowStat:
+async def stats_page(
+    client: HttpClient, url: str, max_bytes: int, *, deadline: float | None = None
+) -> ShowStat:
     """The CSV stats page at ``url`` (``/;csv`` is appended), parsed; at most ``max_bytes`` are read.
 
     Raises HttpFailure for HTTP problems (a page over the cap included), HAProxyError if it is not CSV.
     """
     rules = HttpRules(accept=frozenset({200}), max_body_bytes=max_bytes, need_whole_body=True)
-    answer = await client.get(url.rstrip("/") + "/;csv", rules)
+    answer = await client.get(url.rstrip("/") + "/;csv", rules, deadline=deadline)
     if answer.status != 200:
         raise HttpFailure("protocol", f"answered {answer.status}")
     return parse_show_stat(answer.text)

@@ -151,10 +151,13 @@ class HttpClient:
         self._open: set[Connection] = set()
         self._urls: dict[str, _Url] = {}
 
-    async def get(self, url: str, rules: HttpRules, *, caller_deadline: bool = False) -> HttpAnswer:
-        """GET ``url`` (following redirects per ``rules``) within the client's deadline, or with
-        ``caller_deadline`` within the caller's own (a probe, which the monitor bounds: one timer
-        per probe instead of two).
+    async def get(
+        self, url: str, rules: HttpRules, *, deadline: float | None = None, caller_deadline: bool = False
+    ) -> HttpAnswer:
+        """GET ``url`` (following redirects per ``rules``) by ``deadline`` (an instant of the event
+        loop's clock), else within the client's ``timeout`` from now; with ``caller_deadline``, under
+        the caller's own cancellation and no timer here (a probe, which the monitor cancels at its
+        deadline: one timer per probe instead of two).
 
         Raises HttpFailure for transport errors, the deadline, redirect problems and, when the whole
         body is needed, a body over the cap; the status and body are not judged here (see ``check``).
@@ -162,6 +165,9 @@ class HttpClient:
         try:
             if caller_deadline:
                 return await self._get(url, rules)
+            if deadline is not None:
+                async with asyncio.timeout_at(deadline):
+                    return await self._get(url, rules)
             async with asyncio.timeout(self.timeout):
                 return await self._get(url, rules)
         except TimeoutError:
@@ -173,9 +179,9 @@ class HttpClient:
         except OSError as exc:
             raise HttpFailure(_os_reason(exc), type(exc).__name__) from exc
 
-    async def check(self, url: str, rules: HttpRules) -> HttpAnswer:
+    async def check(self, url: str, rules: HttpRules, *, deadline: float | None = None) -> HttpAnswer:
         """``get``, then judge the answer: raises HttpFailure("protocol") when ``rules`` are not met."""
-        answer = await self.get(url, rules)
+        answer = await self.get(url, rules, deadline=deadline)
         problem = rules.problem(answer)
         if problem is not None:
             raise HttpFailure("protocol", problem)

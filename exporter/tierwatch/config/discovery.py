@@ -17,12 +17,13 @@ import re
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BeforeValidator, Field, ValidationError
 
 from ..durations import parse_duration
+from ..tier_catalog import HTTP_TIERS, TIERS, URL_SCHEMES
+from .target import NAME_PATTERN, TargetConfig, _Strict
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 # Prometheus's own check of a file_sd path: a '*' only in the last path segment, a .json/.yml/.yaml name
 FILE_SD_PATTERN = re.compile(r"^[^*]*(\*[^/]*)?\.(json|yml|yaml|JSON|YML|YAML)$")
 _LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
@@ -34,18 +35,14 @@ PER_TARGET_KEYS = frozenset({"name", "region", "url", "stats_socket", "stats_url
 HTTP_ONLY_KEYS = frozenset(
     {"expect_status", "expect_body", "follow_redirects", "tls_skip_verify", "tls_ca_file"}
 )
-DEFAULT_SCHEME = {"lb": "http", "app": "http", "redis": "redis", "postgres": "postgresql"}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+_HTTP_TIERS_TEXT = " and ".join(HTTP_TIERS)  # "lb and app"
 
 
 class _TargetTemplate(_Strict):
     """How a discovered address becomes a target: ``scheme://[username@]address[path]``."""
 
     region: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
-    scheme: str | None = None  # default: http (lb, app), redis, postgresql
+    scheme: str | None = None  # default: the tier's discovery_scheme (tier_catalog)
     path: str = ""
     username: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$")] | None = None
     refresh_interval: Duration = DEFAULT_REFRESH
@@ -55,7 +52,7 @@ class _TargetTemplate(_Strict):
 
     def scheme_for(self, tier: str) -> str:
         """The URL scheme of the discovered targets of a cluster of ``tier``."""
-        return self.scheme or DEFAULT_SCHEME[tier]
+        return self.scheme or TIERS[tier].discovery_scheme
 
 
 class FileSDConfig(_TargetTemplate):
@@ -109,8 +106,6 @@ def discovery_problems(
 ) -> Iterable[tuple[tuple[Any, ...], str]]:
     """(key path, expectation) for every problem of a cluster's ``discovery`` list; values are never
     repeated (an option could hold something private)."""
-    from .exporter import URL_SCHEMES, TargetConfig
-
     for di, entry in enumerate(entries):
         where = (*prefix, di)
         if (entry.file_sd is None) == (entry.dns_sd is None):
@@ -128,8 +123,8 @@ def discovery_problems(
         for key in sorted(source.options):
             if key in PER_TARGET_KEYS:
                 yield (*where, "options", key), "is set per discovered target; not allowed in options"
-            elif key in HTTP_ONLY_KEYS and tier not in ("lb", "app"):
-                yield (*where, "options", key), "is only valid on HTTP targets (tiers lb and app)"
+            elif key in HTTP_ONLY_KEYS and tier not in HTTP_TIERS:
+                yield (*where, "options", key), f"is only valid on HTTP targets (tiers {_HTTP_TIERS_TEXT})"
         # the options must pass the static targets' own model (name, region and url are stand-ins)
         sample = {k: v for k, v in source.options.items() if k not in PER_TARGET_KEYS}
         try:

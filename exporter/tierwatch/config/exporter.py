@@ -19,7 +19,6 @@ import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -28,24 +27,17 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ..durations import parse_duration
+from ..tier_catalog import CLUSTER_KEY_TIER, CLUSTER_TIERS, HTTP_TIERS, TARGET_KEY_TIER, URL_SCHEMES
 from .discovery import DiscoveryConfig, discovery_problems
 from .recovery import RecoverySettings
 from .secrets import Secret, SecretError, read_secret_env, read_secret_file
+from .target import NAME_PATTERN, Name, TargetConfig, _Strict
 from .yaml_file import YamlFileError, read_yaml_file
 
-Tier = Literal["lb", "app", "redis", "postgres"]
+# the cluster tiers of the tier catalogue, as a Literal built at import time (pydantic checks it)
+Tier = Literal[CLUSTER_TIERS]  # type: ignore[valid-type]
 QueueKind = Literal["bullmq", "celery", "rq", "stream", "list"]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-
-URL_SCHEMES: dict[str, tuple[str, ...]] = {
-    "lb": ("http", "https"),
-    "app": ("http", "https"),
-    "redis": ("redis", "rediss", "unix"),
-    "sentinel": ("redis", "rediss"),
-    "postgres": ("postgresql", "postgres"),
-}
 
 
 class ConfigError(Exception):
@@ -54,10 +46,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]):
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MonitorSettings(_Strict):
@@ -76,34 +64,6 @@ class MetricsSettings(_Strict):
 class BreakerSettings(_Strict):
     failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 5
     reset_timeout: Duration = 30.0
-
-
-class TargetConfig(_Strict):
-    name: Name
-    region: Name
-    url: str
-    stats_socket: str | None = None
-    stats_url: str | None = None
-    expect_status: list[Annotated[int, Field(ge=100, le=599)]] | None = None
-    expect_body: str | None = None
-    tls_skip_verify: bool = False
-    tls_ca_file: str | None = None
-    # HTTP reads are bounded (see clients/http.py): body bytes read from the health URL, and from
-    # the stats page or runtime API (a CSV of every proxy and server, so a larger default)
-    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 64 * 1024
-    max_stats_bytes: Annotated[int, Field(ge=64 * 1024, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
-    # follow up to 10 redirects (a loop or more is a failure); false: a 3xx fails unless expect_status
-    follow_redirects: bool = True
-
-    @field_validator("expect_body")
-    @classmethod
-    def _regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"expected a valid regular expression ({exc.msg})") from None
-        return value
 
 
 class SentinelConfig(_Strict):
@@ -328,25 +288,23 @@ def _semantic_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...
         if cluster.password_file and cluster.password_env:
             yield ("clusters", ci, "password_env"), "expected only one of password_file and password_env"
         if cluster.vip is not None:
-            if cluster.tier != "lb":
-                yield ("clusters", ci, "vip"), "vip is only valid on a cluster of tier lb"
+            misplaced = _misplaced_cluster_key(cluster, "vip")
+            if misplaced:
+                yield ("clusters", ci, "vip"), misplaced
             else:
-                problem = _url_problem(cluster.vip, URL_SCHEMES["lb"])
+                problem = _url_problem(cluster.vip, URL_SCHEMES[cluster.tier])
                 if problem:
                     yield ("clusters", ci, "vip"), problem
         yield from discovery_problems(cluster.tier, ("clusters", ci, "discovery"), cluster.discovery)
-        if cluster.sentinel is not None and cluster.tier != "redis":
-            yield ("clusters", ci, "sentinel"), "sentinel is only valid on a cluster of tier redis"
-        if cluster.queues and cluster.tier != "redis":
-            yield ("clusters", ci, "queues"), "queues are only valid on a cluster of tier redis"
-        if cluster.backup is not None:
-            if cluster.tier != "postgres":
-                yield ("clusters", ci, "backup"), "backup is only valid on a cluster of tier postgres"
-            if not os.path.isabs(cluster.backup.last_backup_file):
-                yield (
-                    ("clusters", ci, "backup", "last_backup_file"),
-                    f"expected an absolute path, got {cluster.backup.last_backup_file!r}",
-                )
+        for key in ("sentinel", "queues", "backup"):
+            misplaced = _misplaced_cluster_key(cluster, key)
+            if misplaced:
+                yield ("clusters", ci, key), misplaced
+        if cluster.backup is not None and not os.path.isabs(cluster.backup.last_backup_file):
+            yield (
+                ("clusters", ci, "backup", "last_backup_file"),
+                f"expected an absolute path, got {cluster.backup.last_backup_file!r}",
+            )
         seen_queues: set[str] = set()
         for qi, queue in enumerate(cluster.queues):
             if queue.name in seen_queues:
@@ -375,17 +333,31 @@ def _semantic_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...
                 problem = _url_problem(target.url, URL_SCHEMES[tier])
                 if problem:
                     yield (*prefix, ti, "url"), problem
-                if tier != "lb" and (target.stats_socket or target.stats_url):
-                    yield (*prefix, ti, "stats_socket"), "stats_socket/stats_url are only valid on lb targets"
+                if tier != TARGET_KEY_TIER["stats_socket"] and (target.stats_socket or target.stats_url):
+                    yield (
+                        (*prefix, ti, "stats_socket"),
+                        f"stats_socket/stats_url are only valid on {TARGET_KEY_TIER['stats_socket']} targets",
+                    )
                 if target.stats_url:
                     problem = _url_problem(target.stats_url, ("http", "https"))
                     if problem:
                         yield (*prefix, ti, "stats_url"), problem
-                if tier not in ("lb", "app") and (target.expect_status or target.expect_body):
+                if tier not in HTTP_TIERS and (target.expect_status or target.expect_body):
                     yield (
                         (*prefix, ti, "expect_status"),
                         ("expect_status/expect_body are only valid on HTTP targets"),
                     )
+
+
+def _misplaced_cluster_key(cluster: ClusterConfig, key: str) -> str | None:
+    """The problem of a cluster setting ``key`` (vip, sentinel, queues, backup) that the tier
+    catalogue allows only on another tier's clusters."""
+    owner = CLUSTER_KEY_TIER[key]
+    value = getattr(cluster, key)
+    if value is None or value == [] or cluster.tier == owner:
+        return None
+    verb = "are" if key.endswith("s") else "is"
+    return f"{key} {verb} only valid on a cluster of tier {owner}"
 
 
 def _recovery_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...], str]]:

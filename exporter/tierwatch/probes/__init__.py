@@ -1,51 +1,83 @@
-"""Probe implementations, one module per kind of target (like blackbox_exporter's prober/)."""
+"""Probe implementations, one module per kind of target (like blackbox_exporter's prober/).
+
+A tier's probe module is imported on first use (``probe_class``), so the exporter only loads the client
+libraries (redis, psycopg) of the tiers its config names. Each loader is a plain import inside a
+function, so the layout test sees it like any other import.
+"""
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 
+from ..tier_catalog import CATALOG
 from .base import Observation, Probe, ProbeFailure, Sample, TargetInfo, classify_failure
 
-# tier -> "module:Class"; modules are imported on first use so the exporter only loads the client
-# libraries of the tiers a config names.
-PROBE_CLASSES: dict[str, str] = {
-    "app": "tierwatch.probes.http:HttpProbe",
-    "lb": "tierwatch.probes.haproxy:HAProxyProbe",
-    "redis": "tierwatch.probes.redis:RedisProbe",
-    "sentinel": "tierwatch.probes.sentinel:SentinelProbe",
-    "postgres": "tierwatch.probes.postgres:PostgresProbe",
+
+def _haproxy() -> type[Probe]:
+    from .haproxy import HAProxyProbe
+
+    return HAProxyProbe
+
+
+def _http() -> type[Probe]:
+    from .http import HttpProbe
+
+    return HttpProbe
+
+
+def _redis() -> type[Probe]:
+    from .redis import RedisProbe
+
+    return RedisProbe
+
+
+def _sentinel() -> type[Probe]:
+    from .sentinel import SentinelProbe
+
+    return SentinelProbe
+
+
+def _postgres() -> type[Probe]:
+    from .postgres import PostgresProbe
+
+    return PostgresProbe
+
+
+# probe module (the tier catalogue's ``probe``) -> its loader
+_LOADERS: dict[str, Callable[[], type[Probe]]] = {
+    "haproxy": _haproxy,
+    "http": _http,
+    "redis": _redis,
+    "sentinel": _sentinel,
+    "postgres": _postgres,
 }
-# Modules that declare metrics without being a per-tier probe class.
-EXTRA_METRIC_MODULES: tuple[str, ...] = (
-    "tierwatch.probes.vip",
-    "tierwatch.probes.queues",
-    "tierwatch.recovery.metrics",
-    "tierwatch.discovery.metrics",
-)
+# tier -> its loader, one per catalogued tier (a KeyError at import names a tier without a probe)
+PROBE_LOADERS: dict[str, Callable[[], type[Probe]]] = {spec.name: _LOADERS[spec.probe] for spec in CATALOG}
 
 
 def probe_class(tier: str) -> type[Probe]:
-    """The Probe subclass for a tier."""
-    module_name, _, class_name = PROBE_CLASSES[tier].partition(":")
-    cls: type[Probe] = getattr(importlib.import_module(module_name), class_name)
-    return cls
+    """The Probe subclass for a tier (its module imported now if it was not yet)."""
+    return PROBE_LOADERS[tier]()
 
 
-def load_all_metric_modules() -> None:
-    """Import every probe module so the metric catalogue is complete (docs, tests)."""
-    for path in PROBE_CLASSES.values():
-        importlib.import_module(path.partition(":")[0])
-    for module in EXTRA_METRIC_MODULES:
-        importlib.import_module(module)
+def load_probe_modules() -> None:
+    """Import every probe module, so the metric catalogue holds every probe's metrics (docs, tests).
+
+    The metrics of other rooms (the recovery service's, target discovery's) are declared in their own
+    modules; whoever needs the whole catalogue imports those too (``tierwatch_lab.docs_gen``)."""
+    for load in PROBE_LOADERS.values():
+        load()
+    from . import queues, vip  # noqa: F401 - their metric(...) declarations
 
 
 __all__ = [
+    "PROBE_LOADERS",
     "Observation",
     "Probe",
     "ProbeFailure",
     "Sample",
     "TargetInfo",
     "classify_failure",
-    "load_all_metric_modules",
+    "load_probe_modules",
     "probe_class",
 ]

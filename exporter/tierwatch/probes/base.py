@@ -3,10 +3,16 @@
 A probe object belongs to one target and lives as long as the exporter: it owns the target's
 connection(s), reuses them between probes, and drops them in ``reset`` after any failure (including
 a timeout that cancelled it mid-request), so a dead or hanging target never leaks a socket.
+
+The deadline has one owner, the caller (the monitor), as a blackbox_exporter prober gets its
+handler's context deadline: ``probe(deadline)`` is an instant of the event loop's clock
+(``loop.time()``), the caller cancels the probe at that instant if it still runs, and the probe sizes
+its client calls (connect, statement and command timeouts) and any earlier margin of its own from it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ssl
 from abc import ABC, abstractmethod
@@ -25,7 +31,7 @@ class TargetInfo:
     cluster: ClusterConfig
     target: TargetConfig
     password: Secret | None
-    timeout: float
+    timeout: float  # monitor.timeout: what the monitor gives each probe (its deadline is that far off)
 
     @property
     def name(self) -> str:
@@ -93,6 +99,11 @@ class ProbeFailure(Exception):
         self.reason = reason
 
 
+def remaining(deadline: float) -> float:
+    """Seconds left until ``deadline`` (an instant of the running loop's clock), never negative."""
+    return max(0.0, deadline - asyncio.get_running_loop().time())
+
+
 class Probe(ABC):
     """A prober for one target. Subclasses implement ``probe`` and, if they hold connections,
     ``close``; ``reset`` defaults to ``close`` (reconnect lazily on the next probe)."""
@@ -101,8 +112,16 @@ class Probe(ABC):
         self.info = info
 
     @abstractmethod
-    async def probe(self) -> Observation:
-        """Probe the target once; raise on failure (ProbeFailure for known reasons)."""
+    async def probe(self, deadline: float | None = None) -> Observation:
+        """Probe the target once, by ``deadline`` (``loop.time()`` clock; the caller cancels the probe
+        then if it still runs); raise on failure (ProbeFailure for known reasons). Without a
+        deadline (a probe run on its own) it is ``info.timeout`` from now: see ``deadline``."""
+
+    def deadline(self, deadline: float | None) -> float:
+        """``deadline``, or for a probe run on its own, ``info.timeout`` from now."""
+        if deadline is not None:
+            return deadline
+        return asyncio.get_running_loop().time() + self.info.timeout
 
     async def reset(self) -> None:
         """Drop connection state after a failure so the next probe starts clean."""

@@ -173,23 +173,25 @@ class HAProxyProbe(Probe):
         )
         self._stats_client: HttpClient | None = None
 
-    async def probe(self) -> Observation:
-        health, stats = await both(self._http.probe(), self._stats())
+    async def probe(self, deadline: float | None = None) -> Observation:
+        health, stats = await both(self._http.probe(deadline), self._stats(self.deadline(deadline)))
         if stats is not None:
             add_stats(health, stats)
             health.io_seconds = None  # the stats read is part of the probe: the monitor's timing
         return health
 
-    async def _stats(self) -> ShowStat | None:
+    async def _stats(self, deadline: float) -> ShowStat | None:
         try:
             if self._api is not None:
-                return await self._api.show_stat()
+                return await self._api.show_stat(deadline=deadline)
             url = self.info.target.stats_url
             if url is None:
                 return None
             if self._stats_client is None:
                 self._stats_client = HttpClient(self.info.timeout, tls_verify(self.info.target))
-            return await stats_page(self._stats_client, url, self.info.target.max_stats_bytes)
+            return await stats_page(
+                self._stats_client, url, self.info.target.max_stats_bytes, deadline=deadline
+            )
         except HAProxyError as exc:
             raise ProbeFailure(exc.reason, str(exc)) from exc
         except HttpFailure as exc:

@@ -40,12 +40,16 @@ class HttpProbe(Probe):
         self._client: HttpClient | None = None
         self._expiry: float | None = None
 
-    async def probe(self) -> Observation:
+    async def probe(self, deadline: float | None = None) -> Observation:
         if self._client is None:
             self._client = HttpClient(self.info.timeout, tls_verify(self.info.target))
         try:
-            # the monitor bounds the probe with the same timeout
-            answer = await self._client.get(self.info.target.url, self.rules, caller_deadline=True)
+            if deadline is not None:  # the caller cancels the GET at its deadline: no second timer
+                answer = await self._client.get(self.info.target.url, self.rules, caller_deadline=True)
+            else:
+                answer = await self._client.get(
+                    self.info.target.url, self.rules, deadline=self.deadline(None)
+                )
         except HttpFailure as exc:
             raise ProbeFailure(exc.reason, str(exc)) from exc
         observation = Observation(io_seconds=answer.elapsed)

@@ -30,12 +30,14 @@ from ..metric_catalog import (
     REPLICATION_LAG_SECONDS,
     metric,
 )
-from .base import Observation, Probe, ProbeFailure, TargetInfo
+from .base import Observation, Probe, ProbeFailure, TargetInfo, remaining
 from .pg_backup import observe_base_backup
 
 APPLICATION_NAME = "tierwatch"
-# Share of the probe deadline given to our own timeout, so the probe classifies and cleans up
-# before whoever set the deadline cancels it; the server-side statement_timeout is shorter still.
+# Shares of the time left until the probe's deadline (its budget, at the probe's start): our own
+# timeout ends at 95 % of it, so the probe classifies and cleans up before the caller cancels it at
+# the deadline; the server-side statement_timeout is 80 % of it, shorter still, and libpq's
+# connect_timeout is the budget in whole seconds (at least 2: libpq's own minimum).
 OWN_DEADLINE_SHARE = 0.95
 STATEMENT_TIMEOUT_SHARE = 0.8
 # Reply size: the query returns one row by construction; its only lists (standbys, slots) are cut at
@@ -337,13 +339,14 @@ class PostgresProbe(Probe):
         self._peers = tuple(t.name for t in info.cluster.targets if t.name != info.name)
         self._guard = ReplyGuard()  # a new one per probe: tripped when the reply passed the cap
 
-    async def probe(self) -> Observation:
-        """Run the probe query (connecting first if needed) within the probe deadline."""
+    async def probe(self, deadline: float | None = None) -> Observation:
+        """Run the probe query (connecting first if needed), ending a share of the way to ``deadline``."""
         reason = None
         self._guard = ReplyGuard()
+        budget = _budget(self.deadline(deadline))
         try:
-            async with asyncio.timeout(self.info.timeout * OWN_DEADLINE_SHARE):
-                row = await self._fetch()
+            async with asyncio.timeout(budget * OWN_DEADLINE_SHARE):
+                row = await self._fetch(budget)
         except TimeoutError as exc:
             release_frames(exc)
             reason = "timeout"
@@ -370,8 +373,8 @@ class PostgresProbe(Probe):
         if conn is not None and not conn.closed:
             await conn.close()
 
-    async def _fetch(self) -> dict[str, Any]:
-        conn = await self._connection()
+    async def _fetch(self, budget: float) -> dict[str, Any]:
+        conn = await self._connection(budget)
         task = asyncio.ensure_future(self._execute(conn))
         guard = asyncio.ensure_future(self._guard.watch(conn, task))
         try:
@@ -382,16 +385,18 @@ class PostgresProbe(Probe):
         finally:
             guard.cancel()
 
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+    async def _connection(self, budget: float) -> psycopg.AsyncConnection[Any]:
+        """The kept connection, or a new one whose timeouts are shares of ``budget`` (the probe that
+        opens it sets them: a connection's statement_timeout is fixed, and every probe's budget is the
+        same ``monitor.timeout``)."""
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
         await self.close()
-        timeout = self.info.timeout
         kwargs: dict[str, Any] = {
             "autocommit": True,
-            "connect_timeout": max(2, math.ceil(timeout)),
+            "connect_timeout": max(2, math.ceil(budget)),
             "application_name": APPLICATION_NAME,
-            "options": f"-c statement_timeout={max(1, int(timeout * STATEMENT_TIMEOUT_SHARE * 1000))}",
+            "options": f"-c statement_timeout={max(1, int(budget * STATEMENT_TIMEOUT_SHARE * 1000))}",
         }
         if self.info.password is not None:
             kwargs["password"] = self.info.password.reveal()
@@ -415,6 +420,12 @@ class PostgresProbe(Probe):
         query task fails at once, then drop the connection."""
         await abort(conn, task)
         await self.close()
+
+
+def _budget(deadline: float) -> float:
+    """The time left until ``deadline``, in whole milliseconds (the unit of statement_timeout): the
+    microseconds between the caller setting the deadline and the probe starting do not count."""
+    return round(remaining(deadline), 3)
 
 
 def release_frames(exc: BaseException) -> None:

@@ -26,7 +26,7 @@ from ..metric_catalog import (
     REPLICATION_LAG_SECONDS,
     metric,
 )
-from .base import Observation, Probe, ProbeFailure, TargetInfo, classify_failure
+from .base import Observation, Probe, ProbeFailure, TargetInfo, classify_failure, remaining
 from .redis_persistence import SAVE_CONFIG, observe_last_save, observe_persistence, save_configured
 
 CLIENT_NAME = "tierwatch"
@@ -37,6 +37,7 @@ Command = tuple[Any, ...]
 FENCING_CONFIG: Command = ("CONFIG", "GET", "min-replicas-*")
 FENCING_SETTINGS = {"min-replicas-to-write": "to_write", "min-replicas-max-lag": "max_lag"}
 MAX_ROUNDTRIP_BYTES = 4 * MAX_REPLY_BYTES  # all replies of one pipelined round trip together
+MIN_SOCKET_TIMEOUT = 0.001  # past the deadline: redis-py reads a socket timeout of 0 as "none" when sending
 
 CONNECTED_REPLICAS = metric(
     "tierwatch_redis_connected_replicas",
@@ -195,7 +196,9 @@ def redis_failure(exc: BaseException) -> ProbeFailure:
 class RedisLink:
     """One persistent connection to a Redis-protocol server, used for pipelined round trips.
 
-    Not safe for concurrent use; the monitor runs one probe of a target at a time.
+    ``timeout`` bounds connecting and each read of a connection; while a probe runs (``guarded``),
+    ``deadline`` is that probe's, and the round trips' connect and read timeouts are the time left
+    until it. Not safe for concurrent use; the monitor runs one probe of a target at a time.
     """
 
     def __init__(self, url: str, password: Secret | None, timeout: float, *, tls_skip_verify: bool = False):
@@ -209,6 +212,7 @@ class RedisLink:
         self._conn: AbstractConnection | None = None
         self._dirty = False
         self.connects = 0
+        self.deadline: float | None = None
 
     def _new_connection(self) -> AbstractConnection:
         options = connection_options(
@@ -232,6 +236,10 @@ class RedisLink:
         if self._conn is None:
             self._conn = self._new_connection()
         conn = self._conn
+        timeout = (
+            self._timeout if self.deadline is None else max(remaining(self.deadline), MIN_SOCKET_TIMEOUT)
+        )
+        conn.socket_timeout = conn.socket_connect_timeout = timeout
         if not conn.is_connected:
             self.connects += 1
             await conn.connect()
@@ -260,10 +268,12 @@ class RedisLink:
                 conn._close()
 
 
-async def guarded(link: RedisLink, timeout: float, work: Any) -> Any:
-    """Await ``work`` under ``timeout``; on any failure close ``link`` and raise a ProbeFailure."""
+async def guarded(link: RedisLink, deadline: float, work: Any) -> Any:
+    """Await ``work`` (round trips on ``link``) by ``deadline``, an instant of the event loop's clock;
+    on any failure close ``link`` and raise a ProbeFailure."""
+    link.deadline = deadline
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout_at(deadline):
             return await work
     except asyncio.CancelledError:
         await asyncio.shield(link.close())
@@ -271,6 +281,8 @@ async def guarded(link: RedisLink, timeout: float, work: Any) -> Any:
     except Exception as exc:  # noqa: BLE001 - every client error is a probe failure, classified
         await link.close()
         raise redis_failure(exc) from None
+    finally:
+        link.deadline = None
 
 
 class RedisProbe(Probe):
@@ -284,8 +296,8 @@ class RedisProbe(Probe):
         self._info_command: Command = ("INFO",)
         self.config_refused = False
 
-    async def probe(self) -> Observation:
-        return await guarded(self.link, self.info.timeout, self._probe())
+    async def probe(self, deadline: float | None = None) -> Observation:
+        return await guarded(self.link, self.deadline(deadline), self._probe())
 
     async def _probe(self) -> Observation:
         commands = [self._info_command]

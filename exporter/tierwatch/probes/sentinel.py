@@ -107,13 +107,14 @@ class SentinelProbe(Probe):
             tls_skip_verify=self.info.target.tls_skip_verify,
         )
 
-    async def probe(self) -> Observation:
+    async def probe(self, deadline: float | None = None) -> Observation:
+        deadline = self.deadline(deadline)
         try:
-            return await guarded(self.link, self.info.timeout, self._probe())
+            return await guarded(self.link, deadline, self._probe())
         except Exception as exc:
             if not self._fall_back_without_password(exc):
                 raise
-        return await guarded(self.link, self.info.timeout, self._probe())
+        return await guarded(self.link, deadline, self._probe())  # the same deadline: one probe
 
     def _fall_back_without_password(self, exc: Exception) -> bool:
         """A Sentinel without requirepass refuses AUTH; then probe it without the cluster's password."""

@@ -59,13 +59,13 @@ class VipProbe:
         self.timeout = timeout
         self._client: HttpClient | None = None
 
-    async def probe(self, names: set[str]) -> VipResult:
-        """Probe once; never raises."""
+    async def probe(self, names: set[str], deadline: float | None = None) -> VipResult:
+        """Probe once, by ``deadline`` (``loop.time()`` clock; else ``timeout`` from now); never raises."""
         if self._client is None:
             self._client = HttpClient(self.timeout, ssl_context(None, True), fresh_connections=True)
         start = time.perf_counter()
         try:
-            answer = await self._client.check(self.url, VIP_RULES)
+            answer = await self._client.check(self.url, VIP_RULES, deadline=deadline)
         except Exception:  # noqa: BLE001 - any failure (HttpFailure above all) means the VIP is not served
             await self.close()
             return VipResult(False, None, time.perf_counter() - start)
