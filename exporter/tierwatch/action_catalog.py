@@ -1,8 +1,9 @@
-"""The one list of recovery actions: each action's name, where it is implemented, which tiers of
-cluster it works on, whether it works on one instance, and whether it is a failover.
+"""The one list of recovery actions: each action's name, which tiers of cluster it works on, whether
+it works on one instance, and whether it is a failover.
 
 Pure data (no import of the recovery package): the config derives ``ActionName`` from it, the
-recovery service its allow-list checks and metric series, the action registry its classes.
+recovery service its allow-list checks and metric series; the action registry
+(tierwatch.recovery.actions) has one lazy import per name here.
 """
 
 from __future__ import annotations
@@ -20,22 +21,20 @@ class ActionSpec:
     """
 
     name: str
-    implementation: str  # "module:Class"
     tiers: tuple[str, ...]
     instance: bool = False
     failover: bool = False
 
 
-_ACTIONS = "tierwatch.recovery.actions"
 CATALOG: tuple[ActionSpec, ...] = (
-    ActionSpec("redis_failover", f"{_ACTIONS}.redis_failover:RedisFailover", ("redis",), failover=True),
-    ActionSpec("pg_promote", f"{_ACTIONS}.pg_promote:PgPromote", ("postgres",), failover=True),
-    ActionSpec("restart_instance", f"{_ACTIONS}.restart:RestartInstance", ("app", "lb"), instance=True),
-    ActionSpec("shift_traffic", f"{_ACTIONS}.traffic:ShiftTraffic", ("app",), instance=True),
-    ActionSpec("regional_failover", f"{_ACTIONS}.traffic:RegionalFailover", ("app",), failover=True),
-    ActionSpec("cache_warmup", f"{_ACTIONS}.cache_warmup:CacheWarmup", ("redis",)),
-    ActionSpec("redis_rejoin", f"{_ACTIONS}.redis_rejoin:RedisRejoin", ("redis",)),
-    ActionSpec("pg_rejoin", f"{_ACTIONS}.pg_rejoin:PgRejoin", ("postgres",)),
+    ActionSpec("redis_failover", ("redis",), failover=True),
+    ActionSpec("pg_promote", ("postgres",), failover=True),
+    ActionSpec("restart_instance", ("app", "lb"), instance=True),
+    ActionSpec("shift_traffic", ("app",), instance=True),
+    ActionSpec("regional_failover", ("app",), failover=True),
+    ActionSpec("cache_warmup", ("redis",)),
+    ActionSpec("redis_rejoin", ("redis",)),
+    ActionSpec("pg_rejoin", ("postgres",)),
 )
 ACTIONS: dict[str, ActionSpec] = {spec.name: spec for spec in CATALOG}
 # which tiers of cluster each action works on (for creating every series at 0 on start)

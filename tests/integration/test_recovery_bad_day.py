@@ -307,8 +307,7 @@ def test_an_outcome_the_inbox_refuses_past_the_point_of_no_return_is_resumed_not
             service.inbox.record(parse_payload(json.dumps(down("web-a")).encode()))
             claimed = service.inbox.claim_next()
             assert claimed is not None
-            service._start(claimed, resumed=False)
-            await asyncio.wait([service._running[claimed.key].task], timeout=30)
+            await asyncio.wait([service.worker.start(claimed, resumed=False)], timeout=30)
             await service.audit.flush()
             stored = service.inbox.get(claimed.key)
             return [e["event"] for e in service.audit.read()], (stored.state if stored else None)

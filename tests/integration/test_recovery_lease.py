@@ -356,8 +356,8 @@ def test_a_lease_lost_at_the_point_of_no_return_requeues_the_alert_even_if_cance
             service.inbox.record(parse_payload(body))
             claimed = service.inbox.claim_next()
             assert claimed is not None
-            service._start(claimed, resumed=False)  # never campaigned: no lease, LeaseLost at the PONR
-            task = service._running[claimed.key].task
+            # never campaigned: no lease, LeaseLost at the PONR
+            task = service.worker.start(claimed, resumed=False)
             for _ in range(100):  # bounded: the live check of a refused port takes milliseconds
                 await asyncio.sleep(0.05)
                 await service.audit.flush()

@@ -48,8 +48,8 @@ from recovery_fixtures import RESTART_LABELS, alert, app_cluster, payload, start
 
 PACKAGE = Path(__file__).resolve().parents[2] / "exporter" / "tierwatch"
 IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|( *)(\S+)$", re.MULTILINE)
-# -X importtime reports `import` statements only, not importlib.import_module (how the recovery actions
-# are loaded on first use): the command also writes sys.modules at exit, and both are checked.
+# -X importtime reports the modules a command imports (the recovery actions and the probes are imported
+# inside functions on first use); the command also writes sys.modules at exit, and both are checked.
 WRAPPER = (
     "import atexit, json, runpy, sys\n"
     "out = sys.argv.pop(1)\n"

@@ -171,3 +171,15 @@ def test_the_wheel_carries_the_product_and_no_lab(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "tierwatch/monitor.py" in names and "tierwatch/recovery/service.py" in names
     assert not [n for n in names if "lab" in n.split("/")[0] or "/lab/" in n or "tierwatch_lab" in n]
+
+
+def test_the_product_names_no_module_by_string_and_never_the_lab() -> None:
+    """An import the AST check cannot see (importlib by a string, ``__import__``) would hide a room's
+    dependency; and the product reaches the lab only through the entry point."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for needle in ("import_module(", "__import__(", "tierwatch_lab"):
+            if needle in text:
+                found.append(f"{path.relative_to(REPO)}: {needle}")
+    assert not found

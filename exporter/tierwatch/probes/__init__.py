@@ -64,7 +64,7 @@ def load_probe_modules() -> None:
     """Import every probe module, so the metric catalogue holds every probe's metrics (docs, tests).
 
     The metrics of other rooms (the recovery service's, target discovery's) are declared in their own
-    modules; whoever needs the whole catalogue imports those too (``tierwatch_lab.docs_gen``)."""
+    modules; whoever needs the whole catalogue imports those too (the lab's docs generator)."""
     for load in PROBE_LOADERS.values():
         load()
     from . import queues, vip  # noqa: F401 - their metric(...) declarations

@@ -27,12 +27,9 @@ from typing import Any
 from ..clients.etcd import EtcdClient, EtcdError, compare_create, op_put, op_range
 from ..config.recovery import HaSettings
 from ..events import EventLog
+from .leadership import LeaseLost
 
-
-class LeaseLost(BaseException):
-    """The lease is not held (any more): the action must stop before its point of no return.
-
-    A BaseException, like CancelledError, so an action's ``except Exception`` cannot swallow it."""
+__all__ = ["LeaderLease", "LeaseLost"]  # LeaseLost is the Leadership interface's; imported from here too
 
 
 class LeaderLease:
@@ -65,6 +62,11 @@ class LeaderLease:
         if self._lease and self._token and time.monotonic() < self._deadline:
             return self._token
         return None
+
+    @property
+    def last_token(self) -> int:
+        """The fencing token of the lease last won (0: none), also once its deadline has passed."""
+        return self._token
 
     def status(self) -> str:
         """leader/follower, for /ready and the logs."""

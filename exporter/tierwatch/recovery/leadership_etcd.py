@@ -1,5 +1,5 @@
-"""Recovery service replicas (``recovery.ha``): every replica records the notifications it receives in
-its own inbox; only the holder of the etcd lease (lease.py) runs actions.
+"""Leadership of the recovery service's replicas (``recovery.ha``): every replica records the
+notifications it receives in its own inbox; only the holder of the etcd lease (lease.py) runs actions.
 
 The ledger in etcd, next to the leader key (``<key>/ledger/``), is what the replicas share:
 
@@ -23,7 +23,7 @@ import json
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -33,18 +33,15 @@ from ..events import EventLog
 from . import metrics as m
 from .audit import AuditTrail
 from .inbox import Inbox, InboxAlert, starts_at_epoch
-from .lease import LeaderLease, LeaseLost
+from .leadership import Leadership, LeaseLost
+from .lease import LeaderLease
 
-if TYPE_CHECKING:
-    from .service import RecoveryService
-
-IDLE_WAIT = 0.5  # how long the worker sleeps when there is nothing to claim
 # how long ledger records are kept (a new leader drops older ones): well beyond any rate-limit window
 LEDGER_KEEP = 7 * 86400.0
 
 
-class Replicas:
-    """The lease, the shared ledger and the replica's two metrics."""
+class EtcdLeadership(Leadership):
+    """Leads while holding the etcd lease: the lease, the shared ledger and the replica's two metrics."""
 
     def __init__(
         self,
@@ -67,14 +64,25 @@ class Replicas:
     def _changed(self, leader: bool, why: str) -> None:
         self.leader.set(1 if leader else 0)
         if leader:
-            self.audit.record("lease_acquired", token=self.lease._token, replica=self.lease.identity)
+            self.audit.record("lease_acquired", token=self.lease.last_token, replica=self.lease.identity)
         else:
             self.lost.inc()
             self.audit.record("lease_lost", reason=why[:200], replica=self.lease.identity)
 
     @property
-    def token(self) -> int | None:
+    def term(self) -> int | None:
         return self.lease.token
+
+    @property
+    def fencing_token(self) -> int | None:
+        return self.lease.token
+
+    async def keep(self, stop: asyncio.Event) -> None:
+        await self.lease.run(stop)
+
+    def resume_at_start(self, leftovers: list[InboxAlert]) -> list[InboxAlert]:
+        """None at once: they wait for a term, whose takeover resumes them with the ledger's."""
+        return []
 
     async def take_over(self, running: set[str]) -> list[InboxAlert] | None:
         """Read the ledger and bring the inbox up to date with it; the alerts to resume verify-only
@@ -116,7 +124,7 @@ class Replicas:
         resumes = await asyncio.to_thread(self.inbox.reconcile, finished, adopt, running)
         self.audit.record(
             "takeover",
-            token=self.lease._token,
+            token=self.lease.last_token,
             finished_elsewhere=len(finished),
             resumed=[alert.key for alert in resumes],
         )
@@ -139,6 +147,10 @@ class Replicas:
             if started and _fields(rec, {"at": float}) and float(rec["at"]) >= started:
                 return f"another copy of the incident, finished by {by} after this alert started firing"
         return None
+
+    def check(self, token: int | None) -> None:
+        if self.lease.token != token:
+            raise LeaseLost(self.lease.problem or f"the lease of token {token} is no longer held")
 
     async def point_of_no_return(
         self,
@@ -183,13 +195,19 @@ class Replicas:
             record["failover"] = {**failover, "cluster": alert.labels.get("cluster", "")}
         await self.lease.put(f"{self.ledger}done/{alert.incident}/{alert.key}", json.dumps(record))
 
-    async def say_not_acting(self, pending: int) -> None:
+    async def not_acting(self, pending: int) -> None:
         """Audit once per cause that alerts wait because this replica may not act."""
         why = self.lease.problem
         if pending and why and why != self._not_acting:
             self.audit.record("not_acting", reason=why[:200], pending=pending)
             self.events.emit("not_acting", "error", reason=why[:200], pending=pending)
         self._not_acting = why if pending else None
+
+    def status(self) -> str:
+        return f"ready: {self.lease.status()}\n"
+
+    def describe(self) -> dict[str, Any]:
+        return {"ha": "etcd", "replica": self.lease.identity, "lease_ttl": self.lease.settings.lease_ttl}
 
 
 def _fields(record: object, kinds: dict[str, type]) -> bool:
@@ -206,59 +224,3 @@ def _fields(record: object, kinds: dict[str, type]) -> bool:
         if not ok:
             return False
     return True
-
-
-async def run_replica_worker(service: RecoveryService, stop: asyncio.Event) -> None:
-    """The worker of a replica: campaign for the lease; while holding it, take over, then claim and
-    run alerts like the single-process worker; on losing it, stop every action before its point of
-    no return (they go back to the inbox)."""
-    ha = service.ha
-    assert ha is not None
-    lease_task = asyncio.create_task(ha.lease.run(stop))
-    await asyncio.to_thread(service.inbox.interrupted)  # leftovers past the point of no return wait
-    service.ready = True
-    leading: int | None = None  # the token this worker took over with
-    try:
-        while not stop.is_set():
-            token = ha.token
-            if leading is not None and token != leading:
-                # lost, or lost and won again between two looks: another replica may have acted
-                # meanwhile, so whatever runs stops before its point of no return and a new takeover
-                # reads the ledger again
-                leading = None
-                service.stop_before_point_of_no_return("lease_lost")
-            if token is not None and leading is None:
-                resumes = await ha.take_over(set(service._running))
-                if resumes is not None:
-                    leading = token
-                    for alert in resumes:
-                        service.audit.record("alert_resumed", alert=alert.alertname, key=alert.key)
-                        service._start(alert, resumed=True)
-            if leading is not None:
-                alert = await service.claim_next()
-                if alert is not None:
-                    service._start(alert, resumed=False)
-                    continue
-            else:
-                await ha.say_not_acting(await asyncio.to_thread(service.inbox.pending_count))
-            service._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(service._wake.wait(), IDLE_WAIT)
-    finally:
-        await service._stop_running()
-        stop.set()
-        await lease_task
-
-
-def replica_status(ha: Replicas | None) -> str:
-    """What /ready says about this replica."""
-    return "ready\n" if ha is None else f"ready: {ha.lease.status()}\n"
-
-
-def ha_fields(ha: Replicas | None) -> dict[str, Any]:
-    """Fields for the service's start event."""
-    return (
-        {}
-        if ha is None
-        else {"ha": "etcd", "replica": ha.lease.identity, "lease_ttl": ha.lease.settings.lease_ttl}
-    )
