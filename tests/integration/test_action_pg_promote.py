@@ -91,6 +91,7 @@ def test_refuses_while_the_primary_answers(
         assert pg_main.servers[name].in_recovery()
 
 
+@pytest.mark.slow
 def test_promotes_the_replica_with_most_replayed_wal_and_repoints_the_others(
     make_config: Callable[..., LoadedConfig], stack: Stack
 ) -> None:

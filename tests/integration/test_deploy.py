@@ -310,6 +310,7 @@ def test_kubernetes_validate_rejects_a_broken_deployment(rendered: dict[str, lis
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
 
 
+@pytest.mark.slow
 def test_operator_objects_pass_the_operator_schemas(
     rendered: dict[str, list[Obj]], crd_validator: list[str], tmp_path: Path
 ) -> None:

@@ -282,6 +282,7 @@ def test_ha_shards_cover_every_cluster_once(ha: list[Obj]) -> None:
     assert all(owned), f"a shard of the example watches nothing: {owned}"
 
 
+@pytest.mark.slow
 def test_ha_objects_pass_the_schemas(ha: list[Obj], crd_validator: list[str], tmp_path: Path) -> None:  # noqa: F811
     core = [o for o in ha if not o["apiVersion"].startswith("monitoring.coreos.com/")]
     for obj in core:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 
 from tierwatch_lab.stack import Stack, wait_for
@@ -22,6 +23,7 @@ PASSWORD = "chain-redis-pw-123"
 BACKEND = "be_redis_write"
 
 
+@pytest.mark.slow
 def test_killed_redis_master_recovers_by_itself(stack: Stack) -> None:
     master = start_redis(stack, "redis-a", password=PASSWORD)
     replicas = [

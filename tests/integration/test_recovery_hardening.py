@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 
 from tierwatch_lab.stack import Stack, free_port, wait_for
@@ -305,6 +306,7 @@ def test_sigterm_does_not_wait_for_a_hanging_command_and_kills_it(stack: Stack) 
     restarted.stop()
 
 
+@pytest.mark.slow
 def test_resumed_after_sigterm_without_the_instance_times_out_and_never_reruns(stack: Stack) -> None:
     """The same row when the instance never comes back: the resumed run only verifies, until
     action_timeout, and ends timed_out (the command is not run again)."""
@@ -357,6 +359,7 @@ def test_deep_json_long_label_names_and_large_groups(stack: Stack) -> None:
 # --- 8: slow clients ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_slow_clients_do_not_starve_real_notifications(stack: Stack) -> None:
     service, _ = app_setup(stack)
     service.stop()

@@ -83,6 +83,7 @@ def leader_key(etcd: EtcdCluster) -> dict[str, Any] | None:
     return kvs[0] if kvs else None
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_leader_hands_over_within_the_ttl_and_the_alert_is_finished_once(stack: Stack) -> None:
     etcd = start_etcd_cluster(stack)
     marker, port = stack.path("restart.marker"), free_port()
@@ -158,6 +159,7 @@ def test_a_follower_accepts_but_never_acts_and_a_clean_stop_hands_over_at_once(s
     b.stop()
 
 
+@pytest.mark.slow
 def test_one_etcd_member_down_changes_nothing(stack: Stack) -> None:
     etcd = start_etcd_cluster(stack)
     marker, port = stack.path("restart.marker"), free_port()
@@ -175,6 +177,7 @@ def test_one_etcd_member_down_changes_nothing(stack: Stack) -> None:
     a.stop()
 
 
+@pytest.mark.slow
 def test_without_quorum_no_replica_acts_and_it_says_so(stack: Stack) -> None:
     etcd = start_etcd_cluster(stack)
     marker, port = stack.path("restart.marker"), free_port()
@@ -248,6 +251,7 @@ def test_bad_ha_settings_are_named(
     assert str(path) in text and expected in text, text
 
 
+@pytest.mark.slow
 def test_a_paused_leader_wakes_up_as_a_follower_and_does_not_act(stack: Stack) -> None:
     """The GC-pause split brain: SIGSTOP the leader mid-action beyond the TTL, another replica leads,
     SIGCONT: the old leader's action reaches its point of no return with a stale token and stops."""
@@ -279,6 +283,7 @@ def test_a_paused_leader_wakes_up_as_a_follower_and_does_not_act(stack: Stack) -
     b.stop()
 
 
+@pytest.mark.slow
 def test_a_leader_partitioned_from_etcd_stops_acting_and_the_other_replica_acts_once(stack: Stack) -> None:
     """A full partition between the leader and every etcd member (bytes stop, nothing is refused),
     while Alertmanager still reaches both replicas: the cut-off leader's lease runs out locally before

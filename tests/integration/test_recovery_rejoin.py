@@ -40,7 +40,8 @@ def test_failover_then_split_brain_rejoins_the_old_master_once(stack: Stack, tmp
     assert service.post(payload(alert("RedisMasterDown", down))).status_code == 200
     [failover] = service.wait_outcome(1)
     assert failover["outcome"] == "succeeded", service.audit()
-    [facts] = service.events("facts")
+    # the facts are audited just after the outcome, by the same writer: wait for them too
+    [facts] = wait_for(lambda: service.events("facts"), 10, "the failover's facts audited")
     new = next(s for s in replicas if s.name == facts["new_primary"])
 
     master.process.start()

@@ -98,6 +98,7 @@ def test_promtool_check_rules() -> None:
 
 
 @needs_promtool
+@pytest.mark.slow  # promtool evaluates each file for seconds: in the full run, not in --quick
 @pytest.mark.parametrize("test_file", TEST_FILES, ids=lambda p: p.name)
 def test_promtool_unit_tests(test_file: Path) -> None:
     done = subprocess.run(

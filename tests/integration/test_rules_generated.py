@@ -204,6 +204,7 @@ def test_keep_firing_for_has_a_promtool_test(name: str) -> None:
     assert [" ".join(q["expr"].split()) for q in cleared] == [" ".join(KEEP_FIRING[name]["expr"].split())]
 
 
+@pytest.mark.slow
 def test_keep_firing_tests_fail_without_keep_firing_for(tmp_path: Path) -> None:
     overrides = {"keep_firing_for": dict.fromkeys(KEEP_FIRING)}
     rules_dir = tmp_path / "rules"

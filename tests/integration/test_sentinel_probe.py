@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tierwatch.config import ClusterConfig
 from tierwatch.probes.base import Observation
 from tierwatch.probes.sentinel import SentinelProbe
@@ -61,6 +63,7 @@ def test_sentinel_reports_master_replicas_and_quorum(redis_stack: Stack) -> None
     assert value(obs, "tierwatch_sentinel_config_epoch") == 0
 
 
+@pytest.mark.slow
 def test_failover_moves_master_and_flips_roles(redis_stack: Stack) -> None:
     (a, _b, _c), _sentinels, cluster = _setup(redis_stack)
     poll(

@@ -63,6 +63,7 @@ def test_vmalert_refuses_only_keep_firing_for_in_the_kit_rules(tmp_path: Path) -
     assert code == 0, output
 
 
+@pytest.mark.slow
 def test_kit_rules_on_vmalert_and_dashboard_queries_on_victoria_metrics(stack: Stack) -> None:
     down = free_port()  # es-1: nothing listens, so AppInstanceDown goes pending
     up = start_http_backend(stack, "es-2")
