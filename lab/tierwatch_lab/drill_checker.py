@@ -117,7 +117,8 @@ def with_deadline(
 
     def shut() -> None:
         threading.Thread(target=_cancel, args=(conn,), daemon=True).start()
-        with contextlib.suppress(OSError):
+        # psycopg.Error: the connection was lost meanwhile (no socket left to shut)
+        with contextlib.suppress(OSError, psycopg.Error):
             dup = socket.socket(fileno=os.dup(conn.fileno()))
             with dup:
                 dup.shutdown(socket.SHUT_RDWR)
