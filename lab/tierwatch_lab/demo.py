@@ -36,6 +36,7 @@ REQUIRED = {
     "prometheus": "prometheus",
     "prometheus-alertmanager": "prometheus-alertmanager",
     "prometheus-node-exporter": "prometheus-node-exporter",
+    "pgbackrest": "pgbackrest",
 }
 TRAFFIC_RATE = 10.0  # requests/s the demo sends through the VIP (traffic.py)
 

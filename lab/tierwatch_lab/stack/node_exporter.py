@@ -1,9 +1,10 @@
 """A real node_exporter (Debian ``prometheus-node-exporter``) on a free loopback port.
 
 Only the collectors the host rules and the hosts dashboard read are on (cpu, meminfo, filesystem,
-filefd, loadavg, netdev, diskstats): fewer series, a fast scrape, and no collector that needs systemd
-or a textfile directory; the filesystem collector keeps its defaults (the rules skip tmpfs-like
-mounts through ``selectors.node_filesystem``). Prometheus scrapes it as job ``node``
+filefd, loadavg, netdev, diskstats): fewer series, a fast scrape, and no collector that needs systemd;
+the textfile collector only when given a directory (the demo's restore-test and Redis snapshot results,
+which the batch commands write in its format). The filesystem collector keeps its defaults (the rules
+skip tmpfs-like mounts through ``selectors.node_filesystem``). Prometheus scrapes it as job ``node``
 (``selectors.node`` of the rules).
 """
 
@@ -53,17 +54,26 @@ def node_exporter_binary() -> Path:
 
 
 def start_node_exporter(
-    stack: Stack, name: str = "node-exporter", ready_timeout: float = 15.0, prefix: Sequence[str] = ()
+    stack: Stack,
+    name: str = "node-exporter",
+    ready_timeout: float = 15.0,
+    prefix: Sequence[str] = (),
+    textfile_dir: Path | None = None,
 ) -> NodeExporter:
     """Start node_exporter on a free 127.0.0.1 port; returns once /metrics answers. ``prefix`` runs it
-    through another command (e.g. ``unshare`` into a mount namespace of its own, for a test disk)."""
+    through another command (e.g. ``unshare`` into a mount namespace of its own, for a test disk);
+    ``textfile_dir``: the textfile collector reads the ``*.prom`` files there."""
     port = free_port()
+    textfile = (
+        ["--collector.textfile", f"--collector.textfile.directory={textfile_dir}"] if textfile_dir else []
+    )
     argv = [
         *prefix,
         str(node_exporter_binary()),
         f"--web.listen-address={HOST}:{port}",
         "--collector.disable-defaults",
         *(f"--collector.{collector}" for collector in COLLECTORS),
+        *textfile,
         "--log.level=warn",
     ]
     process = stack.spawn(name, argv, cwd=stack.directory(name))
