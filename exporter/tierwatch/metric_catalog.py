@@ -219,3 +219,119 @@ CACHE_MISSES = metric(
     "counter",
     "Cache misses: Redis keyspace misses; PostgreSQL blocks read from disk or OS cache.",
 )
+
+# Backups (section "backups"): read from pgBackRest's own report by backup_watch.py, on each cluster's
+# ``backup.pgbackrest.interval``, off the probe loop; one series set per cluster (labels tier, cluster).
+BACKUP_TYPES: tuple[str, ...] = ("full", "diff", "incr")
+_B = "backups"
+BACKUP_INFO_UP = metric(
+    "tierwatch_backup_info_up",
+    "gauge",
+    "1 if the last read of the cluster's pgBackRest repository succeeded (info and repo-ls ran within "
+    "their time and byte bounds, parsed, and the stanza exists), else 0; the other backup series are "
+    "then absent until a read succeeds.",
+    scope="cluster",
+    section=_B,
+)
+BACKUP_INFO_LAST_READ = metric(
+    "tierwatch_backup_info_last_read_timestamp_seconds",
+    "gauge",
+    "Unix time the last read of the pgBackRest repository ended, successful or not.",
+    scope="cluster",
+    section=_B,
+)
+BACKUP_INFO_READ_DURATION = metric(
+    "tierwatch_backup_info_read_duration_seconds",
+    "gauge",
+    "How long the last read of the pgBackRest repository took (both commands), successful or not.",
+    scope="cluster",
+    section=_B,
+)
+BACKUP_STANZA_STATUS = metric(
+    "tierwatch_backup_stanza_status_code",
+    "gauge",
+    "pgBackRest's status code of the stanza (0 ok, 1 missing stanza path, 2 no valid backups, 3 missing "
+    "stanza data, 4 different cipher, 5 database mismatch, 99 other), whenever info listed the stanza.",
+    scope="cluster",
+    section=_B,
+)
+BACKUP_LAST_COMPLETION = metric(
+    "tierwatch_backup_last_completion_timestamp_seconds",
+    "gauge",
+    "Unix time the newest backup of the type (full, diff, incr) stopped; absent if the repository holds "
+    "none of that type.",
+    ("type",),
+    scope="cluster",
+    section=_B,
+)
+BACKUP_LAST_DURATION = metric(
+    "tierwatch_backup_last_duration_seconds",
+    "gauge",
+    "Stop minus start of the newest backup of the type.",
+    ("type",),
+    scope="cluster",
+    section=_B,
+)
+BACKUP_LAST_SIZE = metric(
+    "tierwatch_backup_last_size_bytes",
+    "gauge",
+    "Size of the database the newest backup of the type covers (pgBackRest's info.size).",
+    ("type",),
+    scope="cluster",
+    section=_B,
+)
+BACKUP_LAST_REPOSITORY_SIZE = metric(
+    "tierwatch_backup_last_repository_size_bytes",
+    "gauge",
+    "Bytes the newest backup of the type stored in the repository (info.repository.delta).",
+    ("type",),
+    scope="cluster",
+    section=_B,
+)
+BACKUP_LAST_ERROR = metric(
+    "tierwatch_backup_last_error",
+    "gauge",
+    "1 if the newest backup of the type recorded errors (pgBackRest's error flag, e.g. page checksum "
+    "failures), else 0.",
+    ("type",),
+    scope="cluster",
+    section=_B,
+)
+BACKUPS = metric(
+    "tierwatch_backups",
+    "gauge",
+    "Backups of the type (full, diff, incr) the repository holds.",
+    ("type",),
+    scope="cluster",
+    section=_B,
+)
+BACKUP_WAL_SEGMENTS = metric(
+    "tierwatch_backup_wal_archive_segments",
+    "gauge",
+    "WAL segment files (partial ones included) in the archive of the stanza's current database.",
+    scope="cluster",
+    section=_B,
+)
+BACKUP_WAL_MISSING = metric(
+    "tierwatch_backup_wal_archive_missing_segments",
+    "gauge",
+    "Segment numbers between the archive's oldest and newest that no file of any timeline covers (a "
+    ".partial counts); above 0, every restore whose replay crosses the hole fails.",
+    scope="cluster",
+    section=_B,
+)
+BACKUP_WAL_LAST_PUSH = metric(
+    "tierwatch_backup_wal_archive_last_push_timestamp_seconds",
+    "gauge",
+    "Repository modification time of the newest WAL segment file of the archive; absent while it holds none.",
+    scope="cluster",
+    section=_B,
+)
+BACKUP_HEARTBEAT_WRITE = metric(
+    "tierwatch_backup_heartbeat_write_success",
+    "gauge",
+    "On the primary (master) of a cluster with backup.heartbeat_table (heartbeat_key): 1 if this probe "
+    "wrote the heartbeat, else 0 (no privilege, missing table, read-only, timed out); the probe itself "
+    "does not fail on it.",
+    section=_B,
+)

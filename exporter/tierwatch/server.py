@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from .backup_watch import BackupCollector, BackupWatch
 from .config import ConfigError, LoadedConfig, TargetConfig, load_config
 from .config.shard import Shard
 from .discovery import Discovery, DiscoveryCollector
@@ -258,14 +259,18 @@ async def run_exporter(
     )
     loop_task = asyncio.create_task(monitor.run(stop))
     feed.start()
+    backups = BackupWatch(lambda: monitor.loaded, events)  # follows reloads through monitor.loaded
+    backups_task = asyncio.create_task(backups.run(stop))
     app = ExporterApp(monitor, reloader)
     app.standard.register(_DiscoveryMetrics(feed))  # type: ignore[arg-type]
+    app.standard.register(BackupCollector(backups))  # type: ignore[arg-type]
     try:
         await serve_app(app, address, stop, web=web)
     finally:
         remove_reload_signal()
         stop.set()
         await feed.stop()
+        await backups_task
         await loop_task
         await monitor.close()
         events.emit("exporter_stopped")

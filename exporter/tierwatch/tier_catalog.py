@@ -1,6 +1,6 @@
 """The one list of tiers: for each kind of target, the URL schemes its targets use, the probe that
 watches it, the roles and failure reasons it exports, whether its probe reads the cluster's
-membership, and the config keys that are valid only on it.
+membership, and the config keys that are valid only on it (including its clusters' ``backup:`` keys).
 
 Pure data (no import of the rest of the package): the config reads its schemes and keys, the probes
 build their ``{tier: loader}`` from its names, the monitor its membership, the metrics its roles and
@@ -24,7 +24,8 @@ class TierSpec:
     members (a primary names its replicas by address, a Sentinel its master), so a change of the
     cluster's target list rebuilds its probes. ``http``: its targets are HTTP targets (expect_status,
     expect_body, TLS options). ``cluster_keys`` / ``target_keys``: keys valid only on its clusters /
-    targets.
+    targets. ``backup_keys``: the keys of a cluster's ``backup:`` section valid only on its clusters
+    (a cluster may have ``backup:`` if its tier has some).
     """
 
     name: str
@@ -38,6 +39,7 @@ class TierSpec:
     http: bool = False
     cluster_keys: tuple[str, ...] = ()
     target_keys: tuple[str, ...] = ()
+    backup_keys: tuple[str, ...] = ()
 
 
 # an HTTP target has no password to refuse
@@ -64,6 +66,7 @@ CATALOG: tuple[TierSpec, ...] = (
         roles=("primary", "replica"),
         membership=True,
         cluster_keys=("sentinel", "queues"),
+        backup_keys=("heartbeat_key",),
     ),
     TierSpec("sentinel", "sentinel", ("redis", "rediss"), cluster=False, membership=True),
     TierSpec(
@@ -73,7 +76,7 @@ CATALOG: tuple[TierSpec, ...] = (
         "postgresql",
         roles=("primary", "replica"),
         membership=True,
-        cluster_keys=("backup",),
+        backup_keys=("last_backup_file", "pgbackrest", "heartbeat_table"),
     ),
 )
 TIERS: dict[str, TierSpec] = {spec.name: spec for spec in CATALOG}
@@ -87,6 +90,9 @@ REASONS_BY_TIER: dict[str, tuple[str, ...]] = {spec.name: spec.reasons for spec 
 # cluster key -> the one tier whose clusters may set it
 CLUSTER_KEY_TIER: dict[str, str] = {key: spec.name for spec in CATALOG for key in spec.cluster_keys}
 TARGET_KEY_TIER: dict[str, str] = {key: spec.name for spec in CATALOG for key in spec.target_keys}
+# ``backup:`` key -> the one tier whose clusters may set it; the tiers whose clusters may have ``backup:``
+BACKUP_KEY_TIER: dict[str, str] = {key: spec.name for spec in CATALOG for key in spec.backup_keys}
+BACKUP_TIERS: tuple[str, ...] = tuple(spec.name for spec in CATALOG if spec.backup_keys)
 
 
 def tier_names() -> tuple[str, ...]:

@@ -28,6 +28,8 @@ from pydantic_core import PydanticCustomError
 
 from ..durations import parse_duration
 from ..tier_catalog import CLUSTER_KEY_TIER, CLUSTER_TIERS, HTTP_TIERS, TARGET_KEY_TIER, URL_SCHEMES
+from .backups import BackupsSettings, backups_problems
+from .cluster_backup import BackupConfig, cluster_backup_problems
 from .discovery import DiscoveryConfig, discovery_problems
 from .recovery import RecoverySettings
 from .secrets import Secret, SecretError, read_secret_env, read_secret_file
@@ -77,11 +79,6 @@ class QueueConfig(_Strict):
     prefix: str | None = None
 
 
-class BackupConfig(_Strict):
-    # PostgreSQL base-backup freshness (probes/pg_backup.py): the backup's time is read from this file
-    last_backup_file: Annotated[str, Field(min_length=1, max_length=4096)]
-
-
 class ClusterConfig(_Strict):
     name: Name
     tier: Tier
@@ -119,6 +116,7 @@ class TierwatchConfig(_Strict):
     listen: str = "127.0.0.1:9489"
     clusters: Annotated[list[ClusterConfig], Field(min_length=1)]
     recovery: RecoverySettings | None = None
+    backups: BackupsSettings | None = None  # restore tests and Redis snapshots (config/backups.py)
 
 
 @dataclass(frozen=True)
@@ -187,6 +185,9 @@ def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -
 
     problems += [locate.problem(loc, msg) for loc, msg in _semantic_problems(config)]
     problems += [locate.problem(loc, msg) for loc, msg in _recovery_problems(config)]
+    if config.backups is not None:
+        found = backups_problems(config.backups, config.clusters)
+        problems += [locate.problem(loc, msg) for loc, msg in found]
     secrets: dict[str, Secret] = {}
     if resolve_secrets:
         for ref in _secret_refs(config):
@@ -296,15 +297,12 @@ def _semantic_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...
                 if problem:
                     yield ("clusters", ci, "vip"), problem
         yield from discovery_problems(cluster.tier, ("clusters", ci, "discovery"), cluster.discovery)
-        for key in ("sentinel", "queues", "backup"):
+        for key in ("sentinel", "queues"):
             misplaced = _misplaced_cluster_key(cluster, key)
             if misplaced:
                 yield ("clusters", ci, key), misplaced
-        if cluster.backup is not None and not os.path.isabs(cluster.backup.last_backup_file):
-            yield (
-                ("clusters", ci, "backup", "last_backup_file"),
-                f"expected an absolute path, got {cluster.backup.last_backup_file!r}",
-            )
+        if cluster.backup is not None:
+            yield from cluster_backup_problems(cluster.tier, cluster.backup, ("clusters", ci, "backup"))
         seen_queues: set[str] = set()
         for qi, queue in enumerate(cluster.queues):
             if queue.name in seen_queues:

@@ -2,7 +2,10 @@
 
 One persistent autocommit connection per target (psycopg 3 async), one query per probe returning a
 single row (standbys and slots as JSON arrays). Works with a role that only has ``pg_monitor``.
-What is measured and the lag semantics are documented in docs/tiers/postgres.md.
+What is measured and the lag semantics are documented in docs/tiers/postgres.md. With
+``backup.heartbeat_table``, a probe that finds the primary then upserts the heartbeat row on the
+same connection (one more statement, within the same deadline); a heartbeat that cannot be written
+is reported by its own gauge and never fails the probe.
 
 Cancellation: psycopg answers a cancelled query by sending a cancel request and waiting up to 10 s
 for the server, which a frozen server never answers. So the query runs in its own task, and on the
@@ -20,10 +23,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from ..clients.pg_reply import ReplyGuard
 from ..clients.postgres import abort, classify_pg_error
 from ..metric_catalog import (
+    BACKUP_HEARTBEAT_WRITE,
     CACHE_HITS,
     CACHE_MISSES,
     REPLICATION_LAG_BYTES,
@@ -236,6 +241,23 @@ SYNC_COMMIT_LOCAL = metric(
     "the server default as the monitoring role sees it (roles and transactions can override it).",
     section=S,
 )
+# The heartbeat commits with synchronous_commit=local (a commit waiting for a synchronous standby
+# that is gone would hang every probe) and waits at most lock_timeout for the row (another writer).
+HEARTBEAT_LOCK_TIMEOUT_SHARE = 0.2
+_HEARTBEAT = (
+    "WITH s AS (SELECT set_config('synchronous_commit', 'local', true),"
+    " set_config('lock_timeout', {}, true))"
+    " INSERT INTO {} (id, ts) SELECT 1, now() FROM s ON CONFLICT (id) DO UPDATE SET ts = excluded.ts"
+)
+
+
+def heartbeat_statement(table: tuple[str, ...], budget: float) -> sql.Composed:
+    """The upsert of the heartbeat row into ``table`` (schema, name; quoted as written, never
+    interpolated unquoted)."""
+    lock_timeout = sql.Literal(f"{max(1, int(budget * HEARTBEAT_LOCK_TIMEOUT_SHARE * 1000))}ms")
+    return sql.SQL(_HEARTBEAT).format(lock_timeout, sql.Identifier(*table))
+
+
 DEADLOCKS = metric(
     "tierwatch_pg_deadlocks_total", "counter", "Deadlocks detected, summed over databases.", section=S
 )
@@ -338,14 +360,16 @@ class PostgresProbe(Probe):
         self._version = 0
         self._peers = tuple(t.name for t in info.cluster.targets if t.name != info.name)
         self._guard = ReplyGuard()  # a new one per probe: tripped when the reply passed the cap
+        self._heartbeat: tuple[Any, bytes] | None = None  # ((table, budget), its upsert statement)
 
     async def probe(self, deadline: float | None = None) -> Observation:
         """Run the probe query (connecting first if needed), ending a share of the way to ``deadline``."""
         reason = None
         self._guard = ReplyGuard()
         budget = _budget(self.deadline(deadline))
+        own_deadline = asyncio.get_running_loop().time() + budget * OWN_DEADLINE_SHARE
         try:
-            async with asyncio.timeout(budget * OWN_DEADLINE_SHARE):
+            async with asyncio.timeout_at(own_deadline):
                 row = await self._fetch(budget)
         except TimeoutError as exc:
             release_frames(exc)
@@ -363,9 +387,47 @@ class PostgresProbe(Probe):
             await self.close()
             raise ProbeFailure(reason, FAILURE_MESSAGES[reason])
         obs = observe(row, self._version, self._peers)
-        if obs.role == "primary" and self.info.cluster.backup is not None:
-            await observe_base_backup(self.info.cluster.backup.last_backup_file, obs)
+        backup = self.info.cluster.backup
+        if obs.role == "primary" and backup is not None:
+            if backup.heartbeat_table is not None:
+                written = await self._write_heartbeat(backup.heartbeat_table_parts, budget, own_deadline)
+                obs.add(BACKUP_HEARTBEAT_WRITE, 1 if written else 0)
+            if backup.last_backup_file is not None:
+                await observe_base_backup(backup.last_backup_file, obs)
         return obs
+
+    async def _write_heartbeat(self, table: tuple[str, ...], budget: float, own_deadline: float) -> bool:
+        """Upsert the heartbeat row on the probe's connection by ``own_deadline``; False if it failed
+        (refused, missing table, timed out: the connection is then dropped, the probe still stands)."""
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            return False
+        if self._heartbeat is None or self._heartbeat[0] != (table, budget):
+            self._heartbeat = ((table, budget), heartbeat_statement(table, budget).as_bytes(conn))
+        statement = self._heartbeat[1]
+
+        async def execute() -> None:
+            await conn.execute(statement)
+
+        task = asyncio.ensure_future(execute())
+        guard = asyncio.ensure_future(ReplyGuard().watch(conn, task))  # a flood is cut as the query's
+        try:
+            async with asyncio.timeout_at(own_deadline):
+                await asyncio.shield(task)
+        except TimeoutError:
+            await self._abort(conn, task)
+            return False
+        except psycopg.Error as exc:
+            release_frames(exc)
+            if conn.broken or conn.closed:
+                await self.close()
+            return False
+        except asyncio.CancelledError:
+            await self._abort(conn, task)
+            raise
+        finally:
+            guard.cancel()
+        return True
 
     async def close(self) -> None:
         """Close the connection (never waits on the server)."""

@@ -3,7 +3,9 @@ CONFIG GET of the write-fencing settings (min-replicas-*) and of ``save`` (are R
 redis_persistence.py) until the server refuses them.
 
 A primary also reports, for each of its replicas, the replication lag (attributed to the replica's
-own target), and reads the cluster's configured queues in a second round trip (see queues.py).
+own target), and reads the cluster's configured queues in a second round trip (see queues.py). With
+``backup.heartbeat_key`` it SETs that key to the Unix time in one more round trip of one command; a
+refused write is reported by its own gauge and never fails the probe.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..clients.redis import connection_options
 from ..clients.redis_bounded import MAX_REPLY_BYTES, BoundedHiredisParser, ReplyTooLarge
 from ..config import Secret
 from ..metric_catalog import (
+    BACKUP_HEARTBEAT_WRITE,
     CACHE_HITS,
     CACHE_MISSES,
     REPLICATION_LAG_BYTES,
@@ -321,6 +324,11 @@ class RedisProbe(Probe):
             from .queues import read_queues
 
             await read_queues(self.link, self.info.cluster.queues, observation, time.time())
+        backup = self.info.cluster.backup
+        if observation.role == "primary" and backup is not None and backup.heartbeat_key is not None:
+            [written] = await self.link.roundtrip([("SET", backup.heartbeat_key, f"{time.time():.3f}")])
+            # an error reply (NOPERM, READONLY, OOM) is this write's failure, not the probe's
+            observation.add(BACKUP_HEARTBEAT_WRITE, 0 if isinstance(written, ResponseError) else 1)
         return observation
 
     def _observe_fencing_config(self, reply: Any, obs: Observation) -> None:
