@@ -127,6 +127,99 @@ def _traffic(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _target_time(text: str | None, command: str) -> tuple[bool, Any]:
+    """(True, the aware datetime of ISO 8601 ``text`` or None), or (False, None) after printing why."""
+    if text is None:
+        return True, None
+    from datetime import datetime
+
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        print(
+            f"tierwatch {command}: --target-time: expected ISO 8601 with a UTC offset, "
+            "e.g. 2025-01-31T14:05:00Z or 2025-01-31T15:05:00+01:00",
+            file=sys.stderr,
+        )
+        return False, None
+    return True, value
+
+
+def _restore_test(args: argparse.Namespace) -> int:
+    from .restore.commands import restore_test
+
+    ok, target = _target_time(args.target_time, "restore-test")
+    loaded = _load(args.config) if ok else None
+    if loaded is None:
+        return 2
+    return restore_test(loaded, args.backup, target)
+
+
+def _pitr(args: argparse.Namespace) -> int:
+    from .restore.commands import pitr
+
+    ok, target = _target_time(args.target_time, "pitr")
+    loaded = _load(args.config) if ok else None
+    if loaded is None:
+        return 2
+    return pitr(loaded, args.backup, target, args.data_dir, args.port, promote=args.promote)
+
+
+def _redis_snapshot(args: argparse.Namespace) -> int:
+    from .restore.commands import redis_snapshot
+
+    loaded = _load(args.config)
+    if loaded is None:
+        return 2
+    return redis_snapshot(loaded, args.backup)
+
+
+def _add_backup_commands(sub: Any) -> None:
+    """restore-test, pitr and redis-snapshot (the config's ``backups:``; docs/backups.md)."""
+    restore = sub.add_parser(
+        "restore-test",
+        help="restore each backup set into scratch space and verify it",
+        description="Restore the newest backup of each set (or --backup NAME) into a new directory below "
+        "backups.scratch_dir, start a throwaway server on it, run the set's checks, measure RTO and RPO, "
+        "write the results for node_exporter's textfile collector and one audit line, remove everything. "
+        "Exit 0 only when every set verified.",
+    )
+    restore.add_argument("--config", required=True, metavar="FILE", help="tierwatch YAML config")
+    restore.add_argument("--backup", metavar="NAME", help="only this set of backups.sets")
+    restore.add_argument(
+        "--target-time", metavar="ISO8601", help="PostgreSQL: restore to this time instead of the newest"
+    )
+    restore.set_defaults(func=_restore_test)
+
+    pitr = sub.add_parser(
+        "pitr",
+        help="restore a PostgreSQL set to a point in time into a NEW instance",
+        description="Restore a PostgreSQL backup set to --target-time into a new, empty --data-dir and start "
+        "it on 127.0.0.1:PORT, paused at the target (or promoted with --promote), left running for a "
+        "person; prints how to connect, promote, copy data back and remove it. Never touches production.",
+    )
+    pitr.add_argument("--config", required=True, metavar="FILE", help="tierwatch YAML config")
+    pitr.add_argument("--backup", required=True, metavar="NAME", help="a pgbackrest set of backups.sets")
+    pitr.add_argument("--target-time", required=True, metavar="ISO8601", help="e.g. 2025-01-31T14:05:00Z")
+    pitr.add_argument("--data-dir", required=True, metavar="DIR", help="a new or empty directory")
+    pitr.add_argument("--port", required=True, type=int, metavar="PORT", help="a free TCP port")
+    pitr.add_argument("--promote", action="store_true", help="promote at the target instead of pausing")
+    pitr.set_defaults(func=_pitr)
+
+    snapshot = sub.add_parser(
+        "redis-snapshot",
+        help="BGSAVE each Redis set's master and keep a copy of its RDB",
+        description="For each redis set (or --backup NAME): find the cluster's master, BGSAVE, wait for it, "
+        "copy the RDB atomically into the set's directory (named by UTC time), keep the newest `keep`, "
+        "write textfile metrics and an audit line.",
+    )
+    snapshot.add_argument("--config", required=True, metavar="FILE", help="tierwatch YAML config")
+    snapshot.add_argument("--backup", metavar="NAME", help="only this set of backups.sets")
+    snapshot.set_defaults(func=_redis_snapshot)
+
+
 def _service_arguments(parser: argparse.ArgumentParser, config: str, listen: str, web: str) -> None:
     """--config, --listen and --web.config.file of a long-running service (serve, recover)."""
     parser.add_argument("--config", required=True, metavar="FILE", help=config)
@@ -228,6 +321,8 @@ def build_parser(with_lab: bool = False) -> argparse.ArgumentParser:
         "--backend", help="HAProxy backend (default: recovery.clusters.CLUSTER.app_backend, be_app)"
     )
     traffic.set_defaults(func=_traffic)
+
+    _add_backup_commands(sub)
 
     check = sub.add_parser(
         "check-config",

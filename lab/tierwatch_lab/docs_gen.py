@@ -37,7 +37,10 @@ SECTION_TITLES = {
     "queues": "Job queues in Redis",
     "sentinel": "Redis Sentinel",
     "postgres": "PostgreSQL",
+    "backups": "Backups (pgBackRest's own report, read on its own interval; the heartbeat)",
     "recovery": "Recovery service (`tierwatch recover`, its own /metrics)",
+    "batch": "Batch jobs: `tierwatch restore-test` and `tierwatch redis-snapshot` (files for node_exporter's "
+    "textfile collector, scraped as job `node`)",
 }
 
 HEADER = f"""# Metrics reference
@@ -99,10 +102,12 @@ def _series_table() -> list[str]:
 
 def load_all_metric_modules() -> None:
     """Import every module that declares metrics, so the catalogue is complete: every probe module,
-    and the recovery service's and target discovery's own (rooms the probes never import)."""
+    and the recovery service's, target discovery's and the batch commands' own (rooms the probes
+    never import)."""
     load_probe_modules()
     import tierwatch.discovery.metrics
-    import tierwatch.recovery.metrics  # noqa: F401
+    import tierwatch.recovery.metrics
+    import tierwatch.restore.metrics  # noqa: F401
 
 
 def render() -> str:

@@ -29,10 +29,17 @@ ALLOWED: dict[str, set[str]] = {
     "exporter": {"foundation", "config", "clients", "probes", "discovery", "http"},
     "http": {"foundation"},
     "recovery": {"foundation", "config", "clients", "http"},
-    "cli": {"foundation", "config", "clients", "probes", "discovery", "exporter", "recovery", "http"},
-    "lab": {"foundation", "config", "clients", "probes", "discovery", "exporter", "recovery", "http", "cli"},
+    "restore": {"foundation", "config"},
+    "cli": {
+        *("foundation", "config", "clients", "probes", "discovery"),
+        *("exporter", "recovery", "restore", "http"),
+    },
+    "lab": {
+        *("foundation", "config", "clients", "probes", "discovery"),
+        *("exporter", "recovery", "restore", "http", "cli"),
+    },
 }
-EXPORTER = {"monitor", "breaker", "metrics", "server", "status_page"}
+EXPORTER = {"monitor", "breaker", "metrics", "server", "status_page", "backup_watch"}
 
 
 def room_of(module: str) -> str:
@@ -49,7 +56,7 @@ def room_of(module: str) -> str:
         return "exporter"
     if head in ("http_server", "web_config"):
         return "http"
-    if head in ("config", "clients", "probes", "discovery", "recovery", "cli"):
+    if head in ("config", "clients", "probes", "discovery", "recovery", "restore", "cli"):
         return head
     raise AssertionError(f"module {module} is in no room: add it to tests/unit/test_layout.py and the doc")
 

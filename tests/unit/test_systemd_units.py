@@ -20,6 +20,11 @@ UNITS = ROOT / "deploy" / "systemd"
 INSTALLED_BINARY = "/opt/tierwatch/bin/tierwatch"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 SERVICES = {"tierwatch-exporter.service": "serve", "tierwatch-recovery.service": "recover"}
+# batch jobs (docs/backups.md): each service runs from its timer (schedule, most random delay in seconds)
+BATCH = {
+    "tierwatch-restore-test.service": ("restore-test", "*-*-* 03:30:00", 3600),
+    "tierwatch-redis-snapshot.service": ("redis-snapshot", "hourly", 600),
+}
 HARDENING = {
     "DynamicUser": "yes",
     "NoNewPrivileges": "yes",
@@ -31,6 +36,7 @@ HARDENING = {
     "RestrictSUIDSGID": "yes",
     "SystemCallArchitectures": "native",
 }
+BATCH_HARDENING = {k: v for k, v in HARDENING.items() if k not in ("DynamicUser", "CapabilityBoundingSet")}
 
 
 def directives(path: Path) -> dict[str, list[str]]:
@@ -66,7 +72,8 @@ def installable_copy(name: str, directory: Path, text: str | None = None) -> Pat
 
 
 def test_the_units_are_there() -> None:
-    assert {p.name for p in UNITS.glob("*.service")} == set(SERVICES)
+    assert {p.name for p in UNITS.glob("*.service")} == set(SERVICES) | set(BATCH)
+    assert {p.name for p in UNITS.glob("*.timer")} == {name.replace(".service", ".timer") for name in BATCH}
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -162,3 +169,46 @@ def test_the_documented_web_config_drop_in_verifies_and_parses(tmp_path: Path) -
         check=False,
     )
     assert run.returncode == 1 and str(missing) in run.stderr and "unrecognized" not in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("name", sorted(BATCH))
+def test_batch_units_and_their_timers_verify_without_warnings(name: str, tmp_path: Path) -> None:
+    timer = name.replace(".service", ".timer")
+    (tmp_path / timer).write_text((UNITS / timer).read_text())
+    done = analyze("verify", str(installable_copy(name, tmp_path)), str(tmp_path / timer))
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", sorted(BATCH))
+def test_batch_units_are_hardened_oneshots_running_their_subcommand(name: str, tmp_path: Path) -> None:
+    found = directives(UNITS / name)
+    for key, value in BATCH_HARDENING.items():
+        assert found.get(key) == [value], f"{name}: {key}={found.get(key)}"
+    # root only for what it needs: a bounded capability set, no ambient ones
+    assert found["CapabilityBoundingSet"][0] and found["AmbientCapabilities"] == [""]
+    assert "CAP_SYS_ADMIN" not in found["CapabilityBoundingSet"][0]
+    assert found["Type"] == ["oneshot"] and "Restart" not in found
+    done = analyze("security", "--offline=yes", str(installable_copy(name, tmp_path)))
+    match = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", done.stdout + done.stderr)
+    assert match and float(match.group(1)) <= 3.0 and match.group(2) == "OK", done.stdout + done.stderr
+
+    argv = shlex.split(found["ExecStart"][0])
+    assert argv[0] == INSTALLED_BINARY and argv[1] == BATCH[name][0]
+    assert argv[2:] == ["--config", "/etc/tierwatch/tierwatch.yml"]
+    run = subprocess.run(
+        [sys.executable, "-m", "tierwatch", *argv[1:], "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0 and "--config" in run.stdout, run.stderr
+
+
+@pytest.mark.parametrize("name", sorted(BATCH))
+def test_batch_timers_are_persistent_and_spread(name: str) -> None:
+    timer = directives(UNITS / name.replace(".service", ".timer"))
+    _, calendar, delay = BATCH[name]
+    assert timer["OnCalendar"] == [calendar] and timer["Persistent"] == ["true"]
+    value = timer["RandomizedDelaySec"][0]
+    seconds = int(value[:-1]) * {"h": 3600, "m": 60, "s": 1}[value[-1]]
+    assert 0 < seconds <= delay
+    assert timer.get("Unit") is None  # the service of the same name
+    done = analyze("calendar", calendar)
+    assert done.returncode == 0, done.stderr
