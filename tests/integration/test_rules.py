@@ -28,7 +28,8 @@ ALERTS_DOC = ROOT / "docs" / "alerts.md"
 RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
 TEST_FILES = sorted(TESTS_DIR.glob("*.test.yml"))
 EXPECTED_RULE_FILES = {
-    f"{tier}.rules.yml" for tier in ("kit", "lb", "app", "redis", "queues", "postgres", "traffic", "hosts")
+    f"{tier}.rules.yml"
+    for tier in ("kit", "lb", "app", "redis", "queues", "postgres", "traffic", "hosts", "backups")
 }
 SEVERITIES = {"critical", "warning", "info"}
 ACTIONS = set(action_names())  # the action catalogue
@@ -113,7 +114,7 @@ def test_promtool_unit_tests(test_file: Path) -> None:
 
 
 def test_alert_names_are_camel_case_with_a_tier_prefix() -> None:
-    prefixes = ("LB", "App", "Redis", "Queue", "Postgres", "Host", "Tierwatch", "Recovery")
+    prefixes = ("LB", "App", "Redis", "Queue", "Postgres", "Host", "Tierwatch", "Recovery", "Restore")
     for name in ALERTS:
         assert re.fullmatch(r"[A-Z][A-Za-z0-9]+", name), name
         assert name in ALWAYS_FIRING or name.startswith(prefixes), name
