@@ -25,6 +25,7 @@ if not __package__:  # python dashboards/generate.py: import the package from th
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dashboards.app_dashboard import APP
+from dashboards.backups_dashboard import BACKUPS
 from dashboards.dsl import Dashboard
 from dashboards.exporter_dashboard import EXPORTER
 from dashboards.hosts_dashboard import HOSTS
@@ -40,7 +41,9 @@ __all__ = ["DASHBOARDS", "GRAFANA_VERSION", "RUNBOOK_BASE_URL", "build_dashboard
 
 OUT_DIR = Path(__file__).resolve().parent
 RULES_GENERATOR = OUT_DIR.parent / "rules" / "generate.py"
-DASHBOARDS: tuple[Dashboard, ...] = (OVERVIEW, LB, APP, REDIS, POSTGRES, QUEUES, RECOVERY, EXPORTER, HOSTS)
+DASHBOARDS: tuple[Dashboard, ...] = (
+    OVERVIEW, LB, APP, REDIS, POSTGRES, QUEUES, BACKUPS, RECOVERY, EXPORTER, HOSTS,
+)  # fmt: skip
 
 
 def settings_runbook_base(path: Path) -> str:

@@ -5,20 +5,27 @@ dashboards/render_preview.py.
 From the machine's binaries, on free loopback ports: four Express app servers in two regions (one of them
 stopped on purpose, so an alert fires and the overview shows where), an HAProxy pair behind a VIP, a
 Redis master (RDB snapshots and AOF on) + replica + one Sentinel with a list queue, a BullMQ queue and
-a stream with a consumer group, a PostgreSQL primary (WAL archiving on, one replication slot) +
-streaming replica (its base backup's label is the cluster's backup file), node_exporter,
-``tierwatch serve`` probing every second, ``tierwatch recover`` in dry-run mode, and Prometheus
-scraping both every second with the rules of rules/ (each ``for:`` and ``keep_firing_for:`` shortened to
-a few seconds, nothing else changed), HAProxy's and the apps' own metrics too (jobs haproxy and app).
+a stream with a consumer group, a PostgreSQL primary (WAL archived with pgBackRest, a full, a
+differential and an incremental backup in its repository, one replication slot, the heartbeat table) +
+streaming replica (its base backup's label is the cluster's backup file), node_exporter (its textfile
+collector serving the batch commands' results), ``tierwatch serve`` probing every second (reading the
+pgBackRest repository every 10 s, writing the PostgreSQL and Redis heartbeats), ``tierwatch recover``
+in dry-run mode, and Prometheus scraping both every second with the rules of rules/ (each ``for:`` and
+``keep_firing_for:`` shortened to a few seconds, nothing else changed), HAProxy's and the apps' own
+metrics too (jobs haproxy and app).
 A background thread sends a little traffic through the VIP (GET /work) and to Redis, and two webhook
 notifications reach the recovery service (a refused failover, then an alert the allow-list does not
-permit the action for, blocked).
+permit the action for, blocked). Once both heartbeats are written (and the primary's is archived), the
+product's batch commands run once on the exporter's config, as their timers would:
+``tierwatch redis-snapshot`` then ``tierwatch restore-test`` (both backup sets restored and verified), so
+that the backups dashboard's restore-test and snapshot panels have data.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -31,11 +38,13 @@ import httpx
 import yaml
 
 from tierwatch.recovery.webhook import fingerprint_of
-from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab import demo_backups
+from tierwatch_lab.stack import Stack, StackError, free_port, wait_for
 from tierwatch_lab.stack.express import start_express
 from tierwatch_lab.stack.haproxy import start_haproxy, start_vip
 from tierwatch_lab.stack.node_exporter import node_job, start_node_exporter
-from tierwatch_lab.stack.postgres import start_primary, start_replica
+from tierwatch_lab.stack.pgbackrest import start_backed_up_primary
+from tierwatch_lab.stack.postgres import PgServer, start_replica
 from tierwatch_lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
 from tierwatch_lab.stack.redis import WRITE_FENCING, start_redis, start_sentinels, wait_writes_accepted
 from tierwatch_lab.stack.scrape_targets import traffic_jobs
@@ -46,6 +55,7 @@ KEEP_FIRING_LINE = re.compile(r"^(\s+keep_firing_for:\s*)\S+\s*$", re.MULTILINE)
 TOKEN = "dashboards-live-token"
 APP_REGIONS = {"es-1": "primary", "es-2": "primary", "es-3": "failover", "es-4": "failover"}
 STOPPED_APP = "es-4"
+BATCH_TIMEOUT = 300.0  # seconds each batch command (redis-snapshot, restore-test) may take
 
 
 @dataclass
@@ -84,6 +94,56 @@ def _serve(stack: Stack, name: str, argv: list[str], env: dict[str, str] | None 
 
     wait_for(ready, 30, f"{name} to be ready")
     return url
+
+
+def _backups_section(backups: demo_backups.DemoBackups) -> dict[str, Any]:
+    """The demo's ``backups:`` section (demo_backups.py), the PostgreSQL set verifying what this stack
+    has: the heartbeat row and the ``visits`` table (the demo's app role does not exist here)."""
+    section = backups.section()
+    for entry in section["sets"]:
+        if entry["name"] == demo_backups.PG_BACKUP:
+            entry["verify"] = [
+                {"name": "heartbeat", "query": f"SELECT count(*) FROM {demo_backups.HEARTBEAT_TABLE}",
+                 "equals": 1},
+                {"name": "visits", "query": "SELECT count(*) FROM visits", "min": 1},
+            ]  # fmt: skip
+    return section
+
+
+def _heartbeats_archived(primary: PgServer, redis_client: Any) -> None:
+    """Wait for the exporter's first heartbeats (the PostgreSQL row, the Redis key), then switch the
+    primary's WAL and wait until that segment is in the pgBackRest repository: a restore then replays
+    the heartbeat, which the restore test verifies and measures the RPO from."""
+
+    def written() -> bool:
+        rows = primary.sql(f"SELECT count(*) FROM {demo_backups.HEARTBEAT_TABLE}")
+        return bool(rows[0][0]) and redis_client.get(demo_backups.HEARTBEAT_KEY) is not None
+
+    wait_for(written, 60, "the exporter's heartbeats")
+    ((segment,),) = primary.sql("SELECT pg_walfile_name(pg_switch_wal())")
+
+    def archived() -> bool:
+        ((last,),) = primary.sql("SELECT last_archived_wal FROM pg_stat_archiver")
+        return last is not None and last >= segment
+
+    wait_for(archived, 60, f"WAL segment {segment} to be archived")
+
+
+def _batch(stack: Stack, command: str, config: Path, env: dict[str, str]) -> None:
+    """Run ``tierwatch COMMAND --config CONFIG`` (the product's batch command, as its timer would);
+    its output goes to the stack's logs, a failure raises StackError with its tail."""
+    log = stack.path("logs", f"{command}.log")
+    argv = demo_backups.tierwatch_command(command, "--config", str(config))
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=BATCH_TIMEOUT, check=False, env=env, cwd=log.parent
+        )
+    except subprocess.TimeoutExpired:
+        raise StackError(f"tierwatch {command} did not finish within {BATCH_TIMEOUT:g}s") from None
+    log.write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+        raise StackError(f"tierwatch {command} failed with code {done.returncode}:\n{tail}")
 
 
 def _traffic(stop: threading.Event, vip_port: int, redis_client: Any) -> None:
@@ -164,12 +224,17 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
             master.xadd("events", {"n": i})
         master.xgroup_create("events", "mailer", id="0")
 
-        pg_1 = start_primary(stack, "pg-1", archive=True)
+        # WAL archived with pgBackRest, a first full backup; the heartbeat table before the clone
+        pg_1, backrest = start_backed_up_primary(stack, "pg-1", stanza=demo_backups.STANZA)
+        demo_backups.create_heartbeat_table(pg_1)
         pg_2 = start_replica(stack, pg_1, "pg-2")
         pg_1.sql("SELECT pg_create_physical_replication_slot('pg_dr')")
         pg_1.sql("CREATE TABLE visits (id serial PRIMARY KEY, at timestamptz DEFAULT now())")
         pg_1.sql("INSERT INTO visits DEFAULT VALUES")
         pg_1.sql("SELECT pg_switch_wal()")
+        for kind in ("diff", "incr"):  # every backup type has its series
+            backrest.backup(kind)
+        backups = demo_backups.prepare(stack, backrest)
         pg_2.wait_caught_up()
 
         clusters: list[dict[str, Any]] = [
@@ -183,10 +248,13 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
              "sentinel": {"master_name": "cache-main", "targets": [
                  {"name": s.name, "region": "primary", "url": s.url} for s in sentinels]},
              "queues": [{"name": "jobs", "kind": "list"}, {"name": "emails", "kind": "bullmq"},
-                        {"name": "events", "kind": "stream"}]},
+                        {"name": "events", "kind": "stream"}],
+             "backup": {"heartbeat_key": demo_backups.HEARTBEAT_KEY}},
             {"name": "main-db", "tier": "postgres", "password_env": "TIERWATCH_LIVE_PG_PASSWORD",
              # the base backup the replica was cloned from (PostgreSQL renamed its backup_label)
-             "backup": {"last_backup_file": str(pg_2.data_dir / "backup_label.old")}, "targets": [
+             "backup": {"last_backup_file": str(pg_2.data_dir / "backup_label.old"),
+                        # pgBackRest's report (every 10 s) and the heartbeat (demo_backups.py)
+                        **backups.exporter_backup()}, "targets": [
                 {"name": s.name, "region": "primary", "url": s.dsn_without_password} for s in (pg_1, pg_2)]},
         ]  # fmt: skip
         config = stack.path("tierwatch.yml")
@@ -197,6 +265,8 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
                     # every panel shows data, the one on an opt-in series too
                     "metrics": {"http_response_size": True},
                     "clusters": clusters,
+                    # what `tierwatch restore-test` and `tierwatch redis-snapshot` do
+                    "backups": _backups_section(backups),
                 }
             )
         )
@@ -221,13 +291,18 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
                 ScrapeJob("tierwatch", [exporter_url.removeprefix("http://")]),
                 ScrapeJob("tierwatch-recovery", [recovery_url.removeprefix("http://")]),
                 *traffic_jobs(lbs, apps.values()),  # HAProxy's exporter and the apps' /metrics
-                node_job(start_node_exporter(stack)),
+                node_job(start_node_exporter(stack, textfile_dir=backups.textfile_dir)),
             ],
             fast_rules(stack.directory("rules")),
             scrape_interval="1s",
             evaluation_interval="1s",
         )
         wait_for(prometheus.targets_up, 30, "prometheus to scrape the exporter and the recovery service")
+
+        # the batch commands' results, in the textfile node_exporter serves
+        _heartbeats_archived(pg_1, master)
+        _batch(stack, "redis-snapshot", config, env)
+        _batch(stack, "restore-test", config, env)
 
         traffic = threading.Thread(target=_traffic, args=(stop, vip.port, master), daemon=True)
         traffic.start()

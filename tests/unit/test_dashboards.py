@@ -16,8 +16,10 @@ rules modelled on grafana/dashboard-linter's (implemented here):
 - target variables (the linter's target-job/instance rules): every selector filters on each dashboard
   variable whose label its series carries;
 - known metrics: every metric is produced by the exporter or the recovery service (the catalogue, or
-  one of prometheus-client's standard ``process_*``/``python_*`` families both export), or is a
-  recording rule of rules/, or a Prometheus built-in (``ALERTS``, ``up``, ``scrape_duration_seconds``);
+  one of prometheus-client's standard ``process_*``/``python_*`` families both export), by node_exporter
+  (its own series, or the batch commands' textfiles it serves: ``TEXTFILE_SERIES``, checked against
+  the gauges tierwatch.restore declares), or is a recording rule of rules/, or a Prometheus built-in
+  (``ALERTS``, ``up``, ``scrape_duration_seconds``);
 - runbook links: every panel link points at docs/runbooks/<Alert>.md of an alert of rules/ whose
   expression shares a metric with the panel, and every alert is linked from some panel;
 - uid: set, stable, unique; dashboards not editable.
@@ -97,6 +99,20 @@ NODE_SERIES: dict[str, tuple[str, set[str]]] = {
     "node_network_transmit_bytes_total": ("counter", NODE_LABELS | {"device"}),
 }
 CLIENT_SERIES.update(NODE_SERIES)
+# The batch commands' results (`tierwatch restore-test`, `tierwatch redis-snapshot`), textfiles that
+# node_exporter serves (job node) with the labels tier, cluster, backup: the backups dashboard reads them.
+TEXTFILE_LABELS = {"job", "instance", "tier", "cluster", "backup"}
+TEXTFILE_SERIES: dict[str, tuple[str, set[str]]] = {
+    f"tierwatch_{name}": ("gauge", TEXTFILE_LABELS)
+    for name in (
+        "restore_test_last_run_timestamp_seconds", "restore_test_last_success_timestamp_seconds",
+        "restore_test_success", "restore_test_rto_seconds", "restore_test_rpo_seconds",
+        "restore_test_restored_bytes", "redis_backup_last_run_timestamp_seconds",
+        "redis_backup_last_success_timestamp_seconds", "redis_backup_success", "redis_backup_size_bytes",
+        "redis_backup_duration_seconds",
+    )
+}  # fmt: skip
+CLIENT_SERIES.update(TEXTFILE_SERIES)
 LEVEL_LABELS = {
     "cluster": {"cluster"},
     "region": {"region"},
@@ -320,7 +336,7 @@ def test_template_variables_rule(file: str) -> None:
         assert match.group(2) == name
         expr = promql_parser.parse(match.group(1))  # template-label-promql-rule
         assert isinstance(expr, promql_parser.VectorSelector)
-        known = expr.name in catalogue() or expr.name in NODE_SERIES
+        known = expr.name in catalogue() or expr.name in NODE_SERIES or expr.name in TEXTFILE_SERIES
         assert known and name in series_labels(expr.name), variable["query"]
 
 
@@ -405,6 +421,23 @@ def test_selectors_filter_on_the_variables(file: str) -> None:
                 assert fixed_tier or (
                     matcher.op == promql_parser.MatchOp.Re and matcher.value == f"${label}"
                 ), where
+
+
+def test_textfile_series_are_the_batch_commands_own() -> None:
+    """TEXTFILE_SERIES are exactly the gauges `tierwatch restore-test` and `tierwatch redis-snapshot`
+    write (the lists of textfile.Gauge of the tierwatch.restore modules)."""
+    import pkgutil
+
+    import tierwatch.restore
+    from tierwatch.restore.textfile import Gauge
+
+    declared: set[str] = set()
+    for info in pkgutil.iter_modules(tierwatch.restore.__path__):
+        module = importlib.import_module(f"tierwatch.restore.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, (list, tuple)):
+                declared |= {gauge.name for gauge in value if isinstance(gauge, Gauge)}
+    assert declared == set(TEXTFILE_SERIES)
 
 
 def test_runbook_links_point_at_related_alerts_and_cover_every_alert() -> None:
