@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from tierwatch_lab.demo import DemoStack, build
-from tierwatch_lab.drills import BUILD_OPTIONS, DRILLS, DrillResult, wait_until_watched
+from tierwatch_lab.drills import DRILLS, DrillResult, build_options, wait_until_watched
 from tierwatch_lab.drills_basic import drill_redis_master
 from tierwatch_lab.drills_ha import count_promotions, drill_kill_recovery_leader, recovered_after
 from tierwatch_lab.stack import Stack
@@ -129,7 +129,7 @@ def run_one(
     stack = Stack()
     started = time.time()
     try:
-        demo = build(stack, **BUILD_OPTIONS.get(scenario, {}))
+        demo = build(stack, **build_options(scenario))
         wait_until_watched(demo)
         if (window is not None or at_event) and scenario.startswith("kill-recovery-leader"):
             engine = "postgres" if scenario in PG_DRILLS else "redis"

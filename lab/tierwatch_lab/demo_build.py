@@ -5,14 +5,14 @@ The steps, in the order they run (each a function below):
 1. ``_start_redis``: the Redis master, two replicas, the failover region's backup master and its
    replica (a cascade), and the Redis write address (an HAProxy tcp backend);
 2. ``_start_web``: the four app servers (``_start_apps``) and the LB pair with the VIP in front of them;
-3. ``_start_postgres``: the PostgreSQL primary, two synchronous replicas, the DR replica and the
-   PostgreSQL write address;
+3. ``_start_postgres``: the PostgreSQL primary (archiving with pgBackRest, a first full backup,
+   ``DemoOptions.backups``), two synchronous replicas, the DR replica and the PostgreSQL write address;
 4. ``_write_secrets``, Sentinels (``DemoOptions.sentinel``), then the chain's configuration: the
    exporter's clusters (``_exporter_clusters``) and the recovery service's section
    (``_recovery_section``);
 5. ``_start_chain``: a node exporter, the netns watchers, then the chain (stack/chain.py): exporter(s),
    Prometheus, two Alertmanager peers, the recovery service(s);
-6. ``_connect_server_nets`` and ``_summary``.
+6. the backup jobs (demo_backups.py), ``_connect_server_nets`` and ``_summary``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from . import demo_backups
+from .demo_backups import BackupSchedule, DemoBackups
 from .demo_stack import (
     ACTION_ALERTS,
     APP_BACKEND,
     APP_REGIONS,
+    BACKUP_ALERTS,
     BREAKER_RESET,
     PG_REGIONS,
     PG_WRITE,
@@ -47,6 +50,7 @@ from .stack.http import start_http_backend
 from .stack.launch import kill_launched
 from .stack.netns import NetnsExporter, start_data_watchers
 from .stack.node_exporter import NodeExporter, node_job, start_node_exporter
+from .stack.pgbackrest import start_backed_up_primary
 from .stack.postgres import (
     PgServer,
     create_admin_role,
@@ -88,7 +92,10 @@ class DemoOptions:
     and pg-1 each in a network namespace of their own (stack/servernet.py; the primary-partition
     drill). ``remote_write``: where every Prometheus also sends its samples (URLs or remote_write
     entries); ``replica_labels``: the recovery service's (default: its own); ``timing``: the chain's
-    (default: the demo's 5 s window on the action and traffic alerts, docs/failover.md)."""
+    (default: the demo's 5 s window on the action and traffic alerts, docs/failover.md).
+    ``backups``: pgBackRest archiving and backups of pg-1, Redis snapshots, the exporter reading
+    pgBackRest's report, the heartbeat and scheduled restore tests (demo_backups.py); the drills that
+    are not about backups turn it off (drills.build_options)."""
 
     sentinel: bool = False
     timing: ChainTiming | None = None
@@ -101,6 +108,7 @@ class DemoOptions:
     isolable_primaries: bool = False
     remote_write: Sequence[str | dict[str, Any]] = ()
     replica_labels: Sequence[str] = ()
+    backups: bool = True
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,7 @@ class _Postgres:
     write_lb: HAProxy
     admin_password: str
     app_password: str
+    backups: DemoBackups | None
 
 
 def build(stack: Stack, options: DemoOptions | None = None, **settings: Any) -> DemoStack:
@@ -136,7 +145,7 @@ def build(stack: Stack, options: DemoOptions | None = None, **settings: Any) -> 
     nets = {n: create_server_net(stack) for n in ("redis-a", "pg-1")} if opts.isolable_primaries else {}
     redis, redis_write = _start_redis(stack, redis_password, nets.get("redis-a"))
     web = _start_web(stack, redis_write, redis_password, use_vrrp, use_express)
-    pg = _start_postgres(stack, nets.get("pg-1"))
+    pg = _start_postgres(stack, nets.get("pg-1"), opts.backups)
     secrets_dir = _write_secrets(stack, redis_password, pg)
     sentinels: list[RedisServer] = []
     if opts.sentinel:
@@ -144,6 +153,8 @@ def build(stack: Stack, options: DemoOptions | None = None, **settings: Any) -> 
             stack, redis["redis-a"], n=3, quorum=2, master_name="cache-main", down_after_ms=5000
         )
     clusters = _exporter_clusters(web, redis, pg, secrets_dir, sentinels)
+    if pg.backups is not None:
+        clusters[2]["backup"] = {"heartbeat_key": demo_backups.HEARTBEAT_KEY}  # cache-main
     recovery = _recovery_section(stack, web, pg, secrets_dir, opts.replica_labels)
     write_lbs = [write_lb_cluster("write-lbs", [redis_write, pg.write_lb])]
     chain, watchers, node = _start_chain(stack, opts, clusters, recovery, write_lbs, web, redis, pg)
@@ -163,6 +174,9 @@ def build(stack: Stack, options: DemoOptions | None = None, **settings: Any) -> 
         web.pair,
     )
     demo.watchers = watchers
+    if pg.backups is not None:
+        demo.backups = pg.backups
+        demo.backup_schedule = _start_backup_jobs(stack, pg.backups, chain)
     _connect_server_nets(nets, demo)
     demo.server_nets = nets
     demo.summary = _summary(demo, web.express, opts.sentinel, node)
@@ -247,9 +261,11 @@ def _start_apps(
     return apps, restart
 
 
-def _start_postgres(stack: Stack, net: ServerNet | None) -> _Postgres:
-    """pg-1 (the primary, archiving; in ``net`` with isolable_primaries), the kit's admin role and
-    the app role, replicas pg-2, pg-3 (synchronous candidates) and pg-dr; the write address."""
+def _start_postgres(stack: Stack, net: ServerNet | None, backups: bool) -> _Postgres:
+    """pg-1 (the primary, archiving — with pgBackRest into the failover region's repository and a
+    first full backup when ``backups``, else by copying; in ``net`` with isolable_primaries), the kit's
+    admin role and the app role (and the heartbeat table), replicas pg-2, pg-3 (synchronous
+    candidates) and pg-dr; the write address."""
     # set on the primary once the standbys stream, or creating the roles would wait for a standby
     # that does not exist yet
     sync = {"synchronous_standby_names": SYNCHRONOUS_STANDBYS}
@@ -257,7 +273,25 @@ def _start_postgres(stack: Stack, net: ServerNet | None) -> _Postgres:
     if net is not None:  # its clients arrive from the veth network
         first = {"port": net.expose(), "launcher": net.launcher, "hba_networks": [net.network],
                  "settings": {"listen_addresses": ",".join(net.listen)}}  # fmt: skip
-    pg: dict[str, PgServer] = {"pg-1": start_primary(stack, "pg-1", archive=True, **first)}
+    demo_backups_: DemoBackups | None = None
+    if backups:
+        repo = stack.directory("region-failover", "pgbackrest", owner="postgres")
+        settings = first.pop("settings", None)
+        primary, backrest = start_backed_up_primary(
+            stack,
+            "pg-1",
+            stanza=demo_backups.STANZA,
+            repo=repo,
+            settings=settings,
+            full_backup=False,
+            **first,
+        )
+        pg: dict[str, PgServer] = {"pg-1": primary}
+        demo_backups.create_heartbeat_table(primary)
+        backrest.backup("full")  # after the table: a restore has it even before the next WAL is archived
+        demo_backups_ = demo_backups.prepare(stack, backrest)
+    else:
+        pg = {"pg-1": start_primary(stack, "pg-1", archive=True, **first)}
     admin_password = create_admin_role(pg["pg-1"])
     app_password = create_app_role(pg["pg-1"], "app")
     for name in ("pg-2", "pg-3", "pg-dr"):
@@ -267,7 +301,7 @@ def _start_postgres(stack: Stack, net: ServerNet | None) -> _Postgres:
     write_lb = start_write_lb(
         stack, "lb-pg-write", PG_WRITE, [(n, s.port) for n, s in pg.items()], primary="pg-1"
     )
-    return _Postgres(pg, write_lb, admin_password, app_password)
+    return _Postgres(pg, write_lb, admin_password, app_password, demo_backups_)
 
 
 def _write_secrets(stack: Stack, redis_password: str, pg: _Postgres) -> Path:
@@ -329,14 +363,21 @@ def _exporter_clusters(
             "name": "main-db",
             "tier": "postgres",
             "password_file": str(secrets_dir / "pg"),
-            # base-backup freshness: the DR replica was cloned by pg_basebackup (its renamed backup_label)
-            "backup": {"last_backup_file": str(pg.servers["pg-dr"].data_dir / "backup_label.old")},
+            "backup": _pg_backup_watch(pg),
             "targets": [
                 {"name": n, "region": PG_REGIONS[n], "url": s.dsn_without_password}
                 for n, s in pg.servers.items()
             ],
         },
     ]
+
+
+def _pg_backup_watch(pg: _Postgres) -> dict[str, Any]:
+    """``main-db``'s ``backup:``: pgBackRest's report and the heartbeat (``backups``); else the base
+    backup's freshness from the DR replica's backup_label, renamed by pg_basebackup's clone."""
+    if pg.backups is not None:
+        return pg.backups.exporter_backup()
+    return {"last_backup_file": str(pg.servers["pg-dr"].data_dir / "backup_label.old")}
 
 
 def _recovery_section(
@@ -376,10 +417,12 @@ def _start_chain(
     an Alertmanager cluster of two gossiping peers, Prometheus sending to both (docs/ha.md), with the
     real-traffic and host scrape jobs; the write LBs known to the recovery service only."""
     timing = opts.timing or ChainTiming(
-        for_values=tuple((n, WINDOW) for n in (*ACTION_ALERTS, *TRAFFIC_ALERTS)), breaker_reset=BREAKER_RESET
+        for_values=tuple((n, WINDOW) for n in (*ACTION_ALERTS, *TRAFFIC_ALERTS, *BACKUP_ALERTS)),
+        breaker_reset=BREAKER_RESET,
     )
     jobs = traffic_jobs(web.lbs, [a for a in web.apps.values() if isinstance(a, ExpressApp)])
-    node = start_node_exporter(stack)  # this host, for the host rules and the hosts dashboard
+    # this host, for the host rules and the hosts dashboard; and the batch jobs' results (textfiles)
+    node = start_node_exporter(stack, textfile_dir=pg.backups.textfile_dir if pg.backups else None)
     jobs.append(node_job(node))
     ports = {n: s.port for n, s in [*redis.items(), *pg.servers.items()]}
     sections = timing.exporter_sections()
@@ -399,8 +442,14 @@ def _start_chain(
         vantages=opts.vantages,
         vantage_exporters=[(f"watcher-{i}", w.address) for i, w in enumerate(watchers, start=1)],
         remote_write=opts.remote_write,
+        backups=pg.backups.section() if pg.backups else None,
     )
     return chain, watchers, node
+
+
+def _start_backup_jobs(stack: Stack, backups: DemoBackups, chain: Chain) -> BackupSchedule:
+    """The scheduled backups, snapshots and restore tests, run on the chain's exporter config."""
+    return demo_backups.start_schedule(stack, backups, chain.exporter.config)
 
 
 def _connect_server_nets(nets: dict[str, ServerNet], demo: DemoStack) -> None:
@@ -434,7 +483,18 @@ def _summary(demo: DemoStack, express: bool, sentinel: bool, node: NodeExporter)
         f"Alertmanager   {chain.alertmanager.url}",
         f"Node exporter  {node.url}  (this host: CPU, memory, disks, file handles; job node)",
         f"Recovery       {chain.recovery.url}/metrics; audit trail {chain.state_dir / 'audit.jsonl'}",
+        *(_backup_summary(demo.backups) if demo.backups else []),
         f"Config         {chain.exporter.config}",
+    ]
+
+
+def _backup_summary(backups: DemoBackups) -> list[str]:
+    """The summary's lines about backups (demo_backups.py)."""
+    return [
+        f"Backups        pgBackRest repository {backups.backrest.repo} (stanza {backups.backrest.stanza}: "
+        "full at start, incremental every 2 min); Redis snapshots in "
+        f"{backups.redis_dir}; restore tests every 5 min (results {backups.textfile_dir}, audit "
+        f"{backups.audit_log})",
     ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .demo_backups import BackupSchedule, DemoBackups
 from .stack import Stack
 from .stack.chain import Chain
 from .stack.express import ExpressApp
@@ -60,6 +61,9 @@ TRAFFIC_ALERTS = (
     "LBBackendQueueLatencyHigh",
     "LBBackendRetriesHigh",
 )
+# The backup alerts the backup drills wait for get it too (drills_backup.py): by default they wait
+# minutes, which is right for a repository but too long for a drill.
+BACKUP_ALERTS = ("PostgresWalArchiveGap", "RestoreTestFailed", "PostgresBackupFailed", "RedisBackupFailed")
 
 
 @dataclass
@@ -82,3 +86,5 @@ class DemoStack:
     summary: list[str] = field(default_factory=list)
     watchers: list[NetnsExporter] = field(default_factory=list)  # DemoOptions.netns_watchers
     server_nets: dict[str, ServerNet] = field(default_factory=dict)  # DemoOptions.isolable_primaries
+    backups: DemoBackups | None = None  # DemoOptions.backups
+    backup_schedule: BackupSchedule | None = None

@@ -36,4 +36,10 @@ SCENARIOS = {
     # drills_partition.py
     "primary-partition": "cut the Redis master, then the PostgreSQL primary, off with some of their clients "
     "(network namespaces)",
+    # drills_backup.py
+    "bad-write": "DELETE without WHERE while the app writes; point-in-time recovery to just before it "
+    "into a new instance (tierwatch pitr)",
+    "backup-corruption": "flip one byte in a file of the newest backup; the next restore test must fail "
+    "and page",
+    "wal-gap": "remove one archived WAL segment from the repository; the gap must page before any restore",
 }

@@ -11,7 +11,9 @@ writers, the result and its timeline). The drills themselves:
 - drills_faults.py: pauses, returning old primaries, a watcher cut off (checker: drill_checker.py);
 - drills_ha.py: the kit's own components killed during a failover;
 - drills_region.py: the whole primary region lost, data tier included;
-- drills_partition.py: a primary cut off with some of its clients.
+- drills_partition.py: a primary cut off with some of its clients;
+- drills_backup.py: what failover cannot fix (a bad write, a corrupted backup, a hole in the WAL
+  archive), on a demo with backups.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .demo_build import build
 from .demo_stack import DemoStack
 from .drill_catalog import SCENARIOS
 from .drill_kit import DrillResult, wait_until_watched
+from .drills_backup import BACKUP_DRILLS
 from .drills_basic import BASIC_DRILLS
 from .drills_faults import FAULT_DRILLS
 from .drills_ha import HA_DRILLS
@@ -32,7 +35,15 @@ from .drills_region import REGION_DRILLS
 from .drills_traffic import drill_slow_app
 from .stack import Stack
 
-__all__ = ["BUILD_OPTIONS", "DRILLS", "SCENARIOS", "DrillResult", "run_drill", "wait_until_watched"]
+__all__ = [
+    "BUILD_OPTIONS",
+    "DRILLS",
+    "SCENARIOS",
+    "DrillResult",
+    "build_options",
+    "run_drill",
+    "wait_until_watched",
+]
 
 DRILLS: dict[str, Callable[[DemoStack, float], DrillResult]] = {
     **BASIC_DRILLS,
@@ -41,6 +52,7 @@ DRILLS: dict[str, Callable[[DemoStack, float], DrillResult]] = {
     **HA_DRILLS,
     **REGION_DRILLS,
     **PARTITION_DRILLS,
+    **BACKUP_DRILLS,
 }
 # keyword arguments of demo_build.build (DemoOptions fields) per scenario; the others get the defaults
 BUILD_OPTIONS: dict[str, dict[str, Any]] = {
@@ -53,6 +65,14 @@ BUILD_OPTIONS: dict[str, dict[str, Any]] = {
     "region-loss": {"vantages": ("primary", "failover")},  # one exporter per region
     "primary-partition": {"isolable_primaries": True},  # the primaries in a namespace
 }
+# the scenarios whose demo has backups (DemoOptions.backups); the others do without: a full backup at
+# start and the scheduled jobs would only slow their start and load the machine during the failure
+WITH_BACKUPS = frozenset({*BACKUP_DRILLS, "region-loss"})
+
+
+def build_options(scenario: str) -> dict[str, Any]:
+    """The keyword arguments of demo_build.build for ``scenario``'s demo stack."""
+    return {"backups": scenario in WITH_BACKUPS, **BUILD_OPTIONS.get(scenario, {})}
 
 
 def run_drill(scenario: str, stack: Stack | None = None, timeout: float = 90.0) -> DrillResult:
@@ -60,7 +80,7 @@ def run_drill(scenario: str, stack: Stack | None = None, timeout: float = 90.0) 
     own = stack is None
     stack = stack or Stack()
     try:
-        demo = build(stack, **BUILD_OPTIONS.get(scenario, {}))
+        demo = build(stack, **build_options(scenario))
         wait_until_watched(demo)
         return DRILLS[scenario](demo, time.time() + timeout)
     finally:

@@ -54,6 +54,7 @@ from .drill_kit import (
     redis_masters,
     wait_until,
 )
+from .drills_backup import restore_from_backups
 from .stack import StackError
 from .stack.chain import audit
 
@@ -302,12 +303,15 @@ def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
         for name, c in checks.items()
         if "region_safe_acked" in c.extra
     )
+    if demo.backups is not None:  # the data is also in the failover region's backup repository
+        result.faults["restore"] = restore_from_backups(demo, result)
     result.recovered = (
         all(c.extra["promotions"] == 1 and c.extra["new_primary"] for c in checks.values())
         and checks["redis"].extra["cascade_kept"]
         and all("region_safe_acked" in c.extra and c.acked_lost == 0 for c in checks.values())
         and all(c.double_primary_s == 0 for c in checks.values())
         and all(c.extra["writes_again_s"] is not None for c in checks.values())
+        and ("restore" not in result.faults or result.faults["restore"]["exit"] == 0)
     )
     return result
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tierwatch_lab.drills import SCENARIOS, run_drill
+from tierwatch_lab.drills_backup import BACKUP_DRILLS
 from tierwatch_lab.drills_faults import FAULT_DRILLS
 from tierwatch_lab.stack import Stack
 
@@ -17,8 +18,9 @@ pytestmark = pytest.mark.slow
 # their own checker's assertions: tests/drills/test_drills_faults.py; the watcher-loss drills share stacks in
 # tests/drills/test_drills_ha.py
 HA_SHARED = ("etcd-member-loss", "kill-prometheus-replica", "kill-exporter-vantage")
-# checked by tests/drills/test_drills_region.py and test_drills_partition.py
-OWN_CHECKER = ("region-loss", "primary-partition")
+# checked by tests/drills/test_drills_region.py, test_drills_partition.py and test_drills_backup.py (one
+# stack for the three backup drills)
+OWN_CHECKER = ("region-loss", "primary-partition", *BACKUP_DRILLS)
 
 
 @pytest.mark.parametrize(

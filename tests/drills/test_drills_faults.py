@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tierwatch_lab.demo import build
-from tierwatch_lab.drills import BUILD_OPTIONS, run_drill, wait_until_watched
+from tierwatch_lab.drills import build_options, run_drill, wait_until_watched
 from tierwatch_lab.drills_faults import FAULT_DRILLS, PARTITION_DRILLS, watcher_partition
 from tierwatch_lab.stack import Stack
 
@@ -64,7 +64,7 @@ def test_a_majority_of_watchers_cut_off_fires_but_the_live_check_refuses_the_pro
     """Two of three vantage points cut off: a quorum, so RedisMasterDown and PostgresPrimaryDown fire;
     the recovery service still reaches the primaries (and their replicas still see them), so both
     actions refuse and nothing is promoted."""
-    demo = build(stack, **BUILD_OPTIONS["watcher-partition"])
+    demo = build(stack, **build_options("watcher-partition"))
     wait_until_watched(demo)
     result = watcher_partition(demo, time.time() + 120, ("watcher-1", "watcher-2"))
     report = result.render()

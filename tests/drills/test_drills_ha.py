@@ -37,7 +37,7 @@ def _exactly_one_failover(result: DrillResult) -> dict[str, object]:
 
 
 def test_etcd_member_then_quorum_loss(stack: Stack) -> None:
-    demo = build(stack, recovery_replicas=2)
+    demo = build(stack, recovery_replicas=2, backups=False)
     wait_until_watched(demo)
 
     # (a) the etcd leader member killed 2 s into the failover: the lease survives on the other two
@@ -58,7 +58,7 @@ def test_etcd_member_then_quorum_loss(stack: Stack) -> None:
 
 
 def test_kill_prometheus_replica_and_exporter_vantage(stack: Stack) -> None:
-    demo = build(stack, prometheus_replicas=2, vantages=("a", "b"))
+    demo = build(stack, prometheus_replicas=2, vantages=("a", "b"), backups=False)
     wait_until_watched(demo)
 
     vantage = drill_kill_exporter_vantage(demo, time.time() + 90, delay=1.0)

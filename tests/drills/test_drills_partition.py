@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tierwatch_lab.demo import build
-from tierwatch_lab.drills import BUILD_OPTIONS, wait_until_watched
+from tierwatch_lab.drills import build_options, wait_until_watched
 from tierwatch_lab.drills_partition import drill_primary_partition
 from tierwatch_lab.stack import Stack
 from tierwatch_lab.stack.servernet import create_server_net
@@ -117,7 +117,7 @@ def _processes_under(root: Path) -> list[int]:
 def test_primary_partition_promotes_fences_the_old_primary_and_rejoins_it() -> None:
     stack = Stack()
     try:
-        demo = build(stack, **BUILD_OPTIONS["primary-partition"])
+        demo = build(stack, **build_options("primary-partition"))
         nets = list(demo.server_nets.values())
         assert len(nets) == 2
         wait_until_watched(demo)

@@ -70,6 +70,10 @@ def test_region_loss_promotes_in_the_failover_region_once_and_loses_no_region_sa
     assert redis_check["extra"]["cascade_kept"], report  # redis-e still follows redis-d
     assert pg_check["extra"]["promoted"] == ["pg-dr"], report
     assert pg_check["extra"]["by_alert"] == ["PostgresPrimaryRegionDown"], report
+    restore = result.faults.pop("restore")  # from the failover region's pgBackRest repository
+    assert restore["exit"] == 0 and restore["success"] == 1, report
+    # archive_timeout 60 s: the archive is at most a minute (and a segment switch) behind the failure
+    assert 0 < restore["rto_seconds"] < 60 and restore["rpo_at_failure_seconds"] < 90, report
     for engine, check in result.faults.items():
         extra = check["extra"]
         assert extra["promotions"] == 1, (engine, report)

@@ -90,6 +90,7 @@ def start_chain(
     vantages: Sequence[str] = (),
     vantage_exporters: Sequence[tuple[str, str]] = (),
     remote_write: Sequence[str | dict[str, Any]] = (),
+    backups: dict[str, Any] | None = None,
 ) -> Chain:
     """Start exporter, recovery service, Alertmanager and Prometheus for ``clusters``.
 
@@ -101,7 +102,8 @@ def start_chain(
     per name, scraped with that ``vantage`` label (docs/ha.md); ``vantage_exporters``: (vantage,
     host:port) of more exporters the caller started (e.g. in a network namespace), scraped the same
     way (the chain's own exporter is then ``primary`` unless ``vantages`` names it); ``remote_write``:
-    remote_write entries (or URLs) of every Prometheus (e.g. VictoriaMetrics: lab/demo_scale.py)."""
+    remote_write entries (or URLs) of every Prometheus (e.g. VictoriaMetrics: lab/demo_scale.py);
+    ``backups``: the exporter config's ``backups:`` section (the file ``tierwatch restore-test`` reads)."""
     token = secrets.token_urlsafe(24)
     secrets_dir = stack.directory("chain-secrets")
     token_file = secrets_dir / "recovery-token"
@@ -111,9 +113,10 @@ def start_chain(
 
     sections = timing.exporter_sections()
     exporter_config = stack.path("chain", "exporter.yml")
-    exporter_config.write_text(
-        yaml.safe_dump({**sections, "log": {"format": "json"}, "clusters": clusters}, sort_keys=False)
-    )
+    exporter_document: dict[str, Any] = {**sections, "log": {"format": "json"}, "clusters": clusters}
+    if backups is not None:
+        exporter_document["backups"] = backups
+    exporter_config.write_text(yaml.safe_dump(exporter_document, sort_keys=False))
     settings = {"state_dir": str(state_dir), "auth": {"bearer_token_file": str(token_file)}, **recovery}
     recovery_config = stack.path("chain", "recovery.yml")
     recovery_config.write_text(yaml.safe_dump(
