@@ -69,6 +69,7 @@ LONGEST_FIRST = [
     "test_demo.py",
     "test_drills_traffic.py",
     "test_drills_region.py",
+    "test_drills_backup.py",
     "test_traffic_demo.py",
     "test_alertmanager_cluster.py",
     "test_dashboards_live.py",

@@ -4,6 +4,7 @@ run removes the leftover), and the disk-space refusal (a small real filesystem, 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -28,13 +29,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 ROWS = 250
+TEST_DIRS = itertools.count(1)
 
 
 @dataclass
 class Backed:
+    """The module's primary and its repository, and this test's own directories (``root``: textfile,
+    scratch, audit trail), so that tests share the servers and nothing else."""
+
     stack: Stack
     primary: PgServer
     backrest: PgBackRest
+    root: Path
 
     def config(self, scratch: Path | None = None, **set_options: Any) -> Path:
         """A config with one pgbackrest set ``main-db`` (options override the set's keys)."""
@@ -62,25 +68,25 @@ class Backed:
                 }
             ],
             "backups": {
-                "textfile_dir": str(self.stack.root / "textfile"),
-                "scratch_dir": str(scratch or self.stack.root / "scratch"),
-                "audit_log": str(self.stack.root / "backups-audit.jsonl"),
+                "textfile_dir": str(self.root / "textfile"),
+                "scratch_dir": str(scratch or self.root / "scratch"),
+                "audit_log": str(self.root / "backups-audit.jsonl"),
                 "sets": [entry],
             },
         }
-        path = self.stack.root / f"tierwatch-{time.monotonic_ns()}.yml"
+        path = self.root / f"tierwatch-{time.monotonic_ns()}.yml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 
     @property
     def metrics_file(self) -> Path:
-        return self.stack.root / "textfile" / "tierwatch_restore_test_main-db.prom"
+        return self.root / "textfile" / "tierwatch_restore_test_main-db.prom"
 
     def metric(self, name: str) -> float | None:
         return metric_value(self.metrics_file.read_text(), f"tierwatch_restore_test_{name}", backup="main-db")
 
     def audit(self) -> list[dict[str, Any]]:
-        path = self.stack.root / "backups-audit.jsonl"
+        path = self.root / "backups-audit.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -103,15 +109,26 @@ def write_heartbeat(primary: PgServer) -> float:
     return float(primary.scalar("SELECT extract(epoch FROM ts) FROM public.tierwatch_heartbeat"))
 
 
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[Stack, PgServer, PgBackRest]]:
+    """One primary with its full backup for the module (a test that corrupts a backup takes a new one)."""
+    with Stack() as stack:
+        primary, backrest = start_backed_up_primary(stack, "pg1", full_backup=False)
+        primary.sql("CREATE TABLE orders (id integer PRIMARY KEY, note text)")
+        primary.sql(f"INSERT INTO orders SELECT g, 'order ' || g FROM generate_series(1, {ROWS}) g")
+        primary.sql(
+            "CREATE TABLE public.tierwatch_heartbeat (id integer PRIMARY KEY, ts timestamptz NOT NULL)"
+        )
+        write_heartbeat(primary)
+        backrest.backup("full")
+        yield stack, primary, backrest
+
+
 @pytest.fixture
-def backed(stack: Stack) -> Iterator[Backed]:
-    primary, backrest = start_backed_up_primary(stack, "pg1", full_backup=False)
-    primary.sql("CREATE TABLE orders (id integer PRIMARY KEY, note text)")
-    primary.sql(f"INSERT INTO orders SELECT g, 'order ' || g FROM generate_series(1, {ROWS}) g")
-    primary.sql("CREATE TABLE public.tierwatch_heartbeat (id integer PRIMARY KEY, ts timestamptz NOT NULL)")
-    write_heartbeat(primary)
-    backrest.backup("full")
-    yield Backed(stack, primary, backrest)
+def backed(cluster: tuple[Stack, PgServer, PgBackRest]) -> Backed:
+    stack = cluster[0]  # inside the stack (0755), so the OS user reaches its run directory below scratch;
+    # short: the throwaway server's socket lives in the run directory (107 bytes at most)
+    return Backed(*cluster, root=stack.directory("t", str(next(TEST_DIRS))))
 
 
 def run_dirs(scratch: Path) -> list[str]:
@@ -145,7 +162,7 @@ def test_restore_test_verifies_and_measures_rto_and_rpo(backed: Backed) -> None:
     assert record["event"] == "restore_test" and record["outcome"] == "success" and record["stage"] is None
     assert record["rto_seconds"] == pytest.approx(rto, abs=0.001) and record["bytes"] > 0
     assert "SELECT" not in json.dumps(record)  # no query text
-    assert run_dirs(backed.stack.root / "scratch") == []
+    assert run_dirs(backed.root / "scratch") == []
     print(f"measured: RTO {rto:.2f}s, RPO {rpo:.2f}s, {backed.metric('restored_bytes'):.0f} bytes")
 
 
@@ -174,7 +191,8 @@ def test_a_corrupted_backup_fails_at_restore_and_keeps_the_last_success(backed: 
     assert (backed.metric("last_run_timestamp_seconds") or 0) > (last_success or 0)
     record = backed.audit()[-1]
     assert record["outcome"] == "failure" and record["stage"] == "restore"
-    assert run_dirs(backed.stack.root / "scratch") == []
+    assert run_dirs(backed.root / "scratch") == []
+    backed.backrest.backup("full")  # a sound newest backup again for the module's other tests
 
 
 def _postmasters_below(scratch: Path) -> list[int]:
@@ -190,7 +208,7 @@ def _is_postgres(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_kill_9_mid_run_takes_the_server_down_and_the_next_run_cleans_up(backed: Backed) -> None:
-    scratch = backed.stack.root / "scratch"
+    scratch = backed.root / "scratch"
     slow = backed.config(
         verify=[{"name": "slow", "query": "SELECT count(*) FROM orders, pg_sleep(60)", "min": ROWS}]
     )
@@ -251,7 +269,7 @@ def test_not_enough_disk_is_refused_before_restoring(
         scratch = request.getfixturevalue("small_filesystem") / "scratch"
         config = backed.config(scratch)
     else:
-        scratch = backed.stack.root / "scratch"
+        scratch = backed.root / "scratch"
         config = backed.config(min_free_bytes=10**18)
     done = run_cli("restore-test", "--config", str(config), timeout=120)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -270,3 +288,14 @@ def test_unknown_set_and_missing_section_are_refused(
         {"name": "a", "region": "primary", "url": "http://127.0.0.1:1/"}]}]})  # fmt: skip
     done = run_cli("restore-test", "--config", str(bare))
     assert done.returncode == 2 and "has no backups: section" in done.stderr
+
+
+def test_a_scratch_dir_too_long_for_a_unix_socket_is_refused_before_restoring(backed: Backed) -> None:
+    """The throwaway server's socket lives in the run directory: a path past sun_path's 107 bytes used to
+    restore the whole backup, then fail at start with no socket (seen with a long test directory)."""
+    scratch = backed.root / ("s" * 60) / ("t" * 60)
+    done = run_cli("restore-test", "--config", str(backed.config(scratch)), timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAILED at stage prepare" in done.stderr and "too long for a unix socket" in done.stderr
+    assert backed.audit()[-1]["stage"] == "prepare"
+    assert run_dirs(scratch) == []

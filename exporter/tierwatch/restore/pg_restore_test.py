@@ -65,6 +65,7 @@ def _restore_and_verify(
     source = bset.pgbackrest
     assert source is not None
     data_dir, tablespaces = run.path / "data", run.path / "tablespaces"
+    pg_server.check_socket_dir(run.path, "the run directory")
     for path in (data_dir, tablespaces):
         path.mkdir(mode=0o700)
         chown(path, user)

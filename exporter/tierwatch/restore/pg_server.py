@@ -49,6 +49,22 @@ def bin_dir(source: PgBackRestSource, version: str | None) -> Path:
     return found[-1]
 
 
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes on Linux, its terminating NUL included
+
+
+def check_socket_dir(directory: Path, what: str) -> None:
+    """Refuse (stage prepare, before anything is restored) a socket directory whose socket path
+    ``DIR/.s.PGSQL.<port>`` would not fit a unix socket address: postgres would restore, start and
+    then fail with no socket at all."""
+    longest = len(os.fsencode(directory / ".s.PGSQL.65535"))
+    if longest > MAX_SOCKET_PATH:
+        raise StageError(
+            "prepare",
+            f"{what} {directory} is too long for a unix socket below it ({longest} bytes with the "
+            f"socket's name, at most {MAX_SOCKET_PATH}): use a shorter path",
+        )
+
+
 @dataclass(frozen=True)
 class Instance:
     """Where a restored server lives and how it listens."""

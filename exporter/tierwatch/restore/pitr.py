@@ -33,6 +33,7 @@ def check_new_instance(data_dir: Path, port: int) -> None:
     found = inside_data_directory(data_dir.resolve())
     if found is not None:
         raise StageError("prepare", f"--data-dir {data_dir} is inside the data directory {found}: refused")
+    pg_server.check_socket_dir(data_dir.absolute(), "--data-dir")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind(("127.0.0.1", port))
