@@ -44,6 +44,8 @@ from .metric_catalog import (
     BACKUP_LAST_SIZE,
     BACKUP_STANZA_STATUS,
     BACKUP_TYPES,
+    BACKUP_WAL_FIRST,
+    BACKUP_WAL_LAST,
     BACKUP_WAL_LAST_PUSH,
     BACKUP_WAL_MISSING,
     BACKUP_WAL_SEGMENTS,
@@ -325,4 +327,7 @@ class BackupCollector:
             add(BACKUP_WAL_MISSING, labels, reading.wal.missing)
             if reading.wal.last_push is not None:
                 add(BACKUP_WAL_LAST_PUSH, labels, reading.wal.last_push)
+            if reading.wal.first is not None and reading.wal.last is not None:
+                add(BACKUP_WAL_FIRST, labels, reading.wal.first)
+                add(BACKUP_WAL_LAST, labels, reading.wal.last)
         yield from families.values()

@@ -320,6 +320,22 @@ BACKUP_WAL_MISSING = metric(
     scope="cluster",
     section=_B,
 )
+BACKUP_WAL_FIRST = metric(
+    "tierwatch_backup_wal_archive_first_segment",
+    "gauge",
+    "The archived WAL range's start: the oldest segment's number in the archive of the stanza's current "
+    "database (log * 256 + segment of its name, the timeline left out); absent while it holds none.",
+    scope="cluster",
+    section=_B,
+)
+BACKUP_WAL_LAST = metric(
+    "tierwatch_backup_wal_archive_last_segment",
+    "gauge",
+    "The archived WAL range's end: the newest segment's number (as tierwatch_backup_wal_archive_first_"
+    "segment); last - first + 1 - missing = segments of distinct numbers.",
+    scope="cluster",
+    section=_B,
+)
 BACKUP_WAL_LAST_PUSH = metric(
     "tierwatch_backup_wal_archive_last_push_timestamp_seconds",
     "gauge",

@@ -114,8 +114,10 @@ def drill_bad_write(demo: DemoStack, deadline: float) -> DrillResult:
     writer.start()
     wait_for(lambda: len(writer.acked) > 100, 30, "writes flowing")
     with primary.connect() as conn:  # the operator's session: one transaction, its start is t0
-        t0_db = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        # t0 first, then the server's clock (the same host's): a write acknowledged before t0 committed
+        # before t0_db, the recovery target, and must come back
         t0 = time.time()
+        t0_db = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
         conn.execute(f"DELETE FROM {WRITES_TABLE}")  # no WHERE: the mistake
         conn.commit()
     result = DrillResult("bad-write", t0)

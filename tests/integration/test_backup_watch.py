@@ -139,6 +139,9 @@ def test_every_backup_type_is_exported_as_info_reports_it(backed: Backed) -> Non
     files = backed.backrest.archive_segment_files()
     assert metric_value(text, "tierwatch_backup_wal_archive_segments", **labels) == len(files) >= 7
     assert metric_value(text, "tierwatch_backup_wal_archive_missing_segments", **labels) == 0
+    numbers = [int(path.name[8:16], 16) * 256 + int(path.name[16:24], 16) for path in files]
+    assert metric_value(text, "tierwatch_backup_wal_archive_first_segment", **labels) == min(numbers)
+    assert metric_value(text, "tierwatch_backup_wal_archive_last_segment", **labels) == max(numbers)
     newest_push = max(int(path.stat().st_mtime) for path in files)
     assert (
         metric_value(text, "tierwatch_backup_wal_archive_last_push_timestamp_seconds", **labels)

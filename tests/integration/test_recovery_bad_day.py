@@ -171,6 +171,9 @@ def test_a_rotated_then_deleted_audit_log_keeps_every_later_record(stack: Stack)
     path = service.state_dir / "audit.jsonl"
     assert service.post(down("web-a")).status_code == 200
     service.wait_outcome()
+    # the restart's facts (its duration) follow its outcome: rotating before they are on disk would put
+    # a web-a record in the new file (seen under a loaded CI run)
+    wait_for(lambda: service.events("facts"), 15, "web-a's facts")
     # logrotate's default (create): rename, create anew, then the postrotate SIGHUP
     path.rename(path.with_name("audit.jsonl.1"))
     path.touch()

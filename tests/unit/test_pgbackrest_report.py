@@ -236,6 +236,12 @@ def test_a_hole_is_counted_whatever_the_compression_and_across_logs() -> None:
     names = [seg(1, n, suffix) for n, suffix in ((254, ".gz"), (255, ".lz4"), (257, ""), (258, ".zst"))]
     wal = parse_archive_listing(listing(*names))
     assert (wal.segments, wal.missing) == (4, 1)  # 256 (log 1, seg 0) is missing
+    assert (wal.first, wal.last) == (254, 258)  # the archived range, in segment numbers
+
+
+def test_an_empty_archive_has_no_range() -> None:
+    wal = parse_archive_listing(listing())
+    assert (wal.segments, wal.missing, wal.first, wal.last, wal.last_push) == (0, 0, None, None, None)
 
 
 def test_another_timeline_or_a_partial_file_covers_a_number() -> None:

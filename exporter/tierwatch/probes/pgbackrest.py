@@ -66,6 +66,8 @@ class WalArchive:
     segments: int
     missing: int
     last_push: float | None
+    first: int | None = None  # the oldest and the newest segment number (log * 256 + segment)
+    last: int | None = None
 
 
 def _reject_constant(name: str) -> Any:
@@ -196,7 +198,13 @@ def parse_archive_listing(raw: bytes) -> WalArchive:
         numbers.add(log * SEGMENTS_PER_LOG + seg)
         files += 1
         newest = stamp if newest is None else max(newest, stamp)
-    return WalArchive(segments=files, missing=missing_segments(numbers), last_push=newest)
+    return WalArchive(
+        segments=files,
+        missing=missing_segments(numbers),
+        last_push=newest,
+        first=min(numbers) if numbers else None,
+        last=max(numbers) if numbers else None,
+    )
 
 
 def missing_segments(numbers: Iterable[int]) -> int:
