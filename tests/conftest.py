@@ -79,6 +79,18 @@ LONGEST_FIRST = [
     # last of the drills: it bounds the exporter's RSS (150 MB) and /metrics p99, which it measured at
     # 196 MB once beside three whole-stack drills (70 MB alone or beside three busy loops)
     "test_soak_hostile.py",
+    # integration: the files over 25 s of one worker (--durations=0 of tests/integration, 2026-12-07);
+    # test_rules.py alone is about 170 s and was dispatched among the last, after the drills
+    "test_rules.py",
+    "test_recovery_lease.py",
+    "test_recovery_hardening.py",
+    "test_reload.py",
+    "test_restore_test.py",
+    "test_vmalert.py",
+    "test_deploy.py",
+    "test_web_config.py",
+    "test_rules_generated.py",
+    "test_sentinel_probe.py",
 ]
 FOLDERS = ("drills", "integration", "unit")
 
