@@ -3,6 +3,7 @@ committed before the target time, paused there and left running; and what it ref
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -112,6 +113,8 @@ def test_pitr_restores_exactly_the_rows_committed_before_the_target(stack: Stack
         listen = conn.execute("SHOW listen_addresses").fetchone()[0]  # type: ignore[index]
     assert ids == [1, 2]
     assert in_recovery is True and state == "paused"
+    records = [json.loads(line) for line in (stack.root / "audit.jsonl").read_text().splitlines()]
+    assert [r["outcome"] for r in records if r["event"] == "pitr"] == ["started", "running"]
     assert archive_mode == "off" and listen == "127.0.0.1"
     assert primary.scalar("SELECT array_agg(id ORDER BY id) FROM events") == [2, 3]  # production untouched
 
@@ -144,3 +147,17 @@ def test_pitr_refuses_a_production_data_dir_and_redis_sets(stack: Stack) -> None
     naive = run_cli("pitr", "--config", config, "--backup", "main-db", "--data-dir", str(stack.root / "x"),
                     "--target-time", "2030-01-01T00:00:00", "--port", "5999")  # fmt: skip
     assert naive.returncode == 2 and "UTC offset" in naive.stderr
+
+
+def test_pitr_does_not_act_without_its_audit_record(stack: Stack) -> None:
+    """The record comes first: a trail that cannot be written stops pitr before it touches anything."""
+    primary, backrest = start_backed_up_primary(stack, "pg1", full_backup=False)
+    config = write_config(stack, primary, backrest)
+    (stack.root / "audit.jsonl").mkdir()  # the trail's path is a directory: every append fails
+    data_dir = stack.root / "pitr-data"
+    done = run_cli(
+        "pitr", "--config", str(config), "--backup", "main-db", "--target-time", "2030-01-01T00:00:00Z",
+        "--data-dir", str(data_dir), "--port", str(free_port()),
+    )  # fmt: skip
+    assert done.returncode == 1 and "not acting" in done.stderr, done.stdout + done.stderr
+    assert not data_dir.exists()

@@ -105,10 +105,23 @@ def labels(loaded_tier: str, bset: BackupSet) -> dict[str, str]:
 
 
 def _publish_restore(settings: BackupsSettings, bset: BackupSet, outcome: Outcome) -> None:
-    path = Path(settings.textfile_dir) / f"tierwatch_restore_test_{bset.name}.prom"
+    kept = {key: getattr(outcome, key) for key in _KEPT}
+    _publish(settings, bset, outcome, "tierwatch_restore_test_", RESTORE_GAUGES, kept)
+
+
+def _publish(
+    settings: BackupsSettings,
+    bset: BackupSet,
+    outcome: Outcome,
+    prefix: str,
+    gauges: list[textfile.Gauge],
+    kept: dict[str, float | None],
+) -> None:
+    """Write a set's metrics file: this run's time and result; the last success's time and ``kept``
+    measurements from this run if it succeeded, else as the previous file had them."""
+    path = Path(settings.textfile_dir) / f"{prefix}{bset.name}.prom"
     previous = textfile.read_values(path)
     now = time.time()
-    prefix = "tierwatch_restore_test_"
     values = {
         f"{prefix}last_run_timestamp_seconds": now,
         f"{prefix}last_success_timestamp_seconds": now
@@ -116,12 +129,12 @@ def _publish_restore(settings: BackupsSettings, bset: BackupSet, outcome: Outcom
         else previous.get(f"{prefix}last_success_timestamp_seconds", 0.0),
         f"{prefix}success": 1.0 if outcome.success else 0.0,
     }
-    for key in _KEPT:
-        value = getattr(outcome, key) if outcome.success else previous.get(prefix + key)
-        if value is not None:
-            values[prefix + key] = float(value)
+    for key, value in kept.items():
+        chosen = value if outcome.success else previous.get(prefix + key)
+        if chosen is not None:
+            values[prefix + key] = float(chosen)
     try:
-        textfile.write(path, textfile.render(RESTORE_GAUGES, values, labels(bset.tier, bset)))
+        textfile.write(path, textfile.render(gauges, values, labels(bset.tier, bset)))
     except OSError as exc:
         print(f"{bset.name}: cannot write {path}: {exc.strerror}", file=sys.stderr)
 
@@ -198,26 +211,8 @@ def redis_snapshot(loaded: LoadedConfig, backup: str | None) -> int:
 
 
 def _publish_snapshot(settings: BackupsSettings, bset: BackupSet, outcome: Outcome) -> None:
-    path = Path(settings.textfile_dir) / f"tierwatch_redis_backup_{bset.name}.prom"
-    previous = textfile.read_values(path)
-    now = time.time()
-    prefix = "tierwatch_redis_backup_"
-    values = {
-        f"{prefix}last_run_timestamp_seconds": now,
-        f"{prefix}last_success_timestamp_seconds": now
-        if outcome.success
-        else previous.get(f"{prefix}last_success_timestamp_seconds", 0.0),
-        f"{prefix}success": 1.0 if outcome.success else 0.0,
-    }
     kept = {"size_bytes": outcome.restored_bytes, "duration_seconds": outcome.rto_seconds}
-    for key, value in kept.items():
-        chosen = value if outcome.success else previous.get(prefix + key)
-        if chosen is not None:
-            values[prefix + key] = float(chosen)
-    try:
-        textfile.write(path, textfile.render(REDIS_GAUGES, values, labels(bset.tier, bset)))
-    except OSError as exc:
-        print(f"{bset.name}: cannot write {path}: {exc.strerror}", file=sys.stderr)
+    _publish(settings, bset, outcome, "tierwatch_redis_backup_", REDIS_GAUGES, kept)
 
 
 def pitr(
@@ -233,6 +228,14 @@ def pitr(
     from .pitr import print_instructions, run_pitr
 
     bset = sets[0]
+    started = {
+        "backup": bset.name,
+        "target_time": target.isoformat(),
+        "port": port,
+        "data_dir": str(data_dir),
+    }
+    if not _append_or_refuse(settings, "pitr", {**started, "outcome": "started"}):
+        return 1
     with interruptible():
         try:
             text = run_pitr(bset, target, Path(data_dir), port, promote=promote)
@@ -252,6 +255,20 @@ def pitr(
     )  # fmt: skip
     print_instructions(text)
     return 0
+
+
+def _append_or_refuse(settings: BackupsSettings, event: str, fields: dict[str, object]) -> bool:
+    """Append the record an action starts with; False (said on stderr) when the trail cannot take it:
+    nothing acts without its audit record."""
+    try:
+        journal.append(Path(settings.audit_log), event, **fields)
+    except OSError as exc:
+        print(
+            f"tierwatch {event}: cannot append to {settings.audit_log} ({exc.strerror}): not acting",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 def _append_quietly(settings: BackupsSettings, event: str, fields: dict[str, object]) -> None:
