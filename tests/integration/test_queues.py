@@ -81,6 +81,18 @@ def test_bullmq_counts_match_bullmq(redis_stack: Stack, bullmq_script: Path) -> 
     assert value(obs, "tierwatch_redis_queue_read_ok", "emails") == 1
 
 
+class BurstWorker(SimpleWorker):
+    """rq's SimpleWorker without its command channel: at teardown rq stops that channel's pubsub thread,
+    which sits up to 60 s in a get_message(timeout=60) on a loaded machine (the test took 60 s in CI,
+    under a second alone). The channel carries worker commands; the counts do not depend on it."""
+
+    def subscribe(self) -> None:
+        self.pubsub_thread = None
+
+    def unsubscribe(self) -> None:
+        return None
+
+
 def test_rq_counts_match_rq(redis_stack: Stack) -> None:
     a = start_redis(redis_stack, "redis-a")
     conn = a.client(decode_responses=False)
@@ -88,7 +100,7 @@ def test_rq_counts_match_rq(redis_stack: Stack) -> None:
     queue.enqueue(operator.add, 1, 2)
     queue.enqueue(operator.truediv, 1, 0)
     queue.enqueue(operator.truediv, 2, 0)
-    SimpleWorker([queue], connection=conn).work(burst=True)
+    BurstWorker([queue], connection=conn).work(burst=True)
     first = queue.enqueue(operator.add, 1, 1)
     waiting = [queue.enqueue(operator.add, i, i) for i in range(3)]
     waiting[-1].cancel()
