@@ -41,7 +41,7 @@ import yaml
 
 from tierwatch_lab.demo_backups import HEARTBEAT_TABLE, create_heartbeat_table
 from tierwatch_lab.stack import Stack
-from tierwatch_lab.stack.pgbackrest import PgBackRest, start_backed_up_primary
+from tierwatch_lab.stack.pgbackrest import PgBackRest, archive_now, start_backed_up_primary
 from tierwatch_lab.stack.postgres import OS_USER, PgServer, pg_bin_dir
 
 SCALES = {"demo": 0, "1gb": 64, "1gb-random": 0}
@@ -92,20 +92,11 @@ def textfile_figures(textfile: Path) -> dict[str, float]:
 
 
 def heartbeat(primary: PgServer) -> None:
+    """The exporter's heartbeat, then its WAL segment archived (what archive_timeout does in time)."""
     primary.sql(
         f"INSERT INTO {HEARTBEAT_TABLE} (id, ts) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET ts = now()"
     )
-    primary.sql("SELECT pg_switch_wal()")  # what archive_timeout does within its interval
-
-
-def wait_archived(primary: PgServer, timeout: float = 60.0) -> None:
-    wanted = str(primary.scalar("SELECT pg_walfile_name(pg_current_wal_lsn())"))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        last = primary.scalar("SELECT last_archived_wal FROM pg_stat_archiver")
-        if last is not None and str(last)[:24] >= wanted[:24]:
-            return
-        time.sleep(0.1)
+    archive_now(primary)
 
 
 def measure_size(name: str, scale: int, runs: int, reads: int) -> dict[str, Any]:
@@ -148,7 +139,6 @@ def measure_size(name: str, scale: int, runs: int, reads: int) -> dict[str, Any]
         }
         for _ in range(runs):
             heartbeat(primary)
-            wait_archived(primary)
             cpu0, wall0 = children_cpu(), time.monotonic()
             done = subprocess.run(
                 [sys.executable, "-m", "tierwatch", "restore-test", "--config", str(config)],

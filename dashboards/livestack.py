@@ -43,7 +43,7 @@ from tierwatch_lab.stack import Stack, StackError, free_port, wait_for
 from tierwatch_lab.stack.express import start_express
 from tierwatch_lab.stack.haproxy import start_haproxy, start_vip
 from tierwatch_lab.stack.node_exporter import node_job, start_node_exporter
-from tierwatch_lab.stack.pgbackrest import start_backed_up_primary
+from tierwatch_lab.stack.pgbackrest import archive_now, start_backed_up_primary
 from tierwatch_lab.stack.postgres import PgServer, start_replica
 from tierwatch_lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
 from tierwatch_lab.stack.redis import WRITE_FENCING, start_redis, start_sentinels, wait_writes_accepted
@@ -120,13 +120,7 @@ def _heartbeats_archived(primary: PgServer, redis_client: Any) -> None:
         return bool(rows[0][0]) and redis_client.get(demo_backups.HEARTBEAT_KEY) is not None
 
     wait_for(written, 60, "the exporter's heartbeats")
-    ((segment,),) = primary.sql("SELECT pg_walfile_name(pg_switch_wal())")
-
-    def archived() -> bool:
-        ((last,),) = primary.sql("SELECT last_archived_wal FROM pg_stat_archiver")
-        return last is not None and last >= segment
-
-    wait_for(archived, 60, f"WAL segment {segment} to be archived")
+    archive_now(primary)
 
 
 def _batch(stack: Stack, command: str, config: Path, env: dict[str, str]) -> None:

@@ -28,6 +28,7 @@ from .demo_backups import PG_BACKUP, DemoBackups, tierwatch_command
 from .demo_stack import DemoStack
 from .drill_kit import DrillResult, PgWrites, Writer, app_pg_connection, pg_primaries, wait_until
 from .stack import StackError, free_port, wait_for
+from .stack.pgbackrest import archive_now
 
 WRITES_TABLE = "drill_writes"
 REPLICA_WAIT = 10.0  # seconds the replicas get to apply the mistake
@@ -62,19 +63,6 @@ def _config(demo: DemoStack) -> Path:
 
 def _run(argv: list[str], timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def _switch_wal_and_wait_archived(server: Any, timeout: float = 30.0) -> str:
-    """Close the current WAL segment and wait until the archiver has pushed it (what archive_timeout
-    does within a minute by itself); the segment's name."""
-    segment = str(server.scalar("SELECT pg_walfile_name(pg_switch_wal())"))
-
-    def archived() -> bool:
-        last = server.scalar("SELECT last_archived_wal FROM pg_stat_archiver")
-        return last is not None and str(last)[:24] >= segment
-
-    wait_for(archived, timeout, f"WAL segment {segment} archived")
-    return segment
 
 
 def _alert_in_alertmanager(demo: DemoStack, name: str) -> bool:
@@ -126,7 +114,7 @@ def drill_bad_write(demo: DemoStack, deadline: float) -> DrillResult:
     writer.stop()
     before = sorted(n for n, at in writes.acked_at.items() if at < t0)
     _replicas_emptied(demo, name, before[-1], result)
-    segment = _switch_wal_and_wait_archived(primary)
+    segment = archive_now(primary)
     result.add(time.time(), f"archive: WAL up to {segment} in the repository (archive_timeout would do it)")
     recovered, rto, port = _pitr(demo, backups, t0_db, result)
     result.acked = len(before)
@@ -322,7 +310,7 @@ def drill_wal_gap(demo: DemoStack, deadline: float) -> DrillResult:
     primary = demo.pg[pg_primaries(demo)[0]]
     for _ in range(3):  # a few closed segments after the newest backup's
         primary.sql("SELECT txid_current()")
-        _switch_wal_and_wait_archived(primary)
+        archive_now(primary)
     segments = backups.backrest.archive_segment_files()
     if len(segments) < 3:
         raise StackError(f"only {len(segments)} WAL segments archived; the drill needs 3")

@@ -16,14 +16,12 @@ import pytest
 import yaml
 
 from tierwatch_lab.stack import Stack, free_port, wait_for
-from tierwatch_lab.stack.pgbackrest import PgBackRest, start_backed_up_primary
+from tierwatch_lab.stack.pgbackrest import PgBackRest, archive_now, start_backed_up_primary
 from tierwatch_lab.stack.postgres import PgServer
 
 from helpers import run_cli
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="runs PostgreSQL as the postgres user (root needed)"
-)
+OS_USER = {"os_user": "postgres"} if os.geteuid() == 0 else {}  # as root, pgBackRest and postgres run as it
 
 
 def write_config(stack: Stack, primary: PgServer, backrest: PgBackRest) -> Path:
@@ -41,7 +39,7 @@ def write_config(stack: Stack, primary: PgServer, backrest: PgBackRest) -> Path:
             "sets": [
                 {"name": "main-db", "cluster": "main-db", "timeout": "2m",
                  "pgbackrest": {"stanza": backrest.stanza, "config": str(backrest.config),
-                                "os_user": "postgres"}},
+                                **OS_USER}},
                 {"name": "cache", "cluster": "cache", "redis": {"directory": str(stack.root / "rdb")}},
             ],
         },
@@ -49,15 +47,6 @@ def write_config(stack: Stack, primary: PgServer, backrest: PgBackRest) -> Path:
     path = stack.root / "tierwatch.yml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
-
-
-def archive_now(primary: PgServer) -> None:
-    segment = primary.scalar("SELECT pg_walfile_name(pg_switch_wal())")
-    wait_for(
-        lambda: (primary.scalar("SELECT last_archived_wal FROM pg_stat_archiver") or "") >= segment,
-        60,
-        f"segment {segment} to be archived",
-    )
 
 
 def stop_instance(data_dir: Path) -> None:

@@ -19,14 +19,12 @@ import pytest
 import yaml
 
 from tierwatch_lab.stack import Stack, wait_for
-from tierwatch_lab.stack.pgbackrest import PgBackRest, start_backed_up_primary
+from tierwatch_lab.stack.pgbackrest import PgBackRest, archive_now, start_backed_up_primary
 from tierwatch_lab.stack.postgres import PgServer
 
 from helpers import CliProcess, metric_value, processes_mentioning, run_cli
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="runs PostgreSQL as the postgres user (root needed)"
-)
+OS_USER = {"os_user": "postgres"} if os.geteuid() == 0 else {}  # as root, pgBackRest and postgres run as it
 
 ROWS = 250
 TEST_DIRS = itertools.count(1)
@@ -50,7 +48,7 @@ class Backed:
             "pgbackrest": {
                 "stanza": self.backrest.stanza,
                 "config": str(self.backrest.config),
-                "os_user": "postgres",
+                **OS_USER,
             },
             "verify": [{"name": "orders", "query": "SELECT count(*) FROM orders", "min": ROWS}],
             "heartbeat_table": "public.tierwatch_heartbeat",
@@ -88,16 +86,6 @@ class Backed:
     def audit(self) -> list[dict[str, Any]]:
         path = self.root / "backups-audit.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def archive_now(primary: PgServer) -> None:
-    """Switch WAL and wait until the archiver pushed the segment holding everything written so far."""
-    segment = primary.scalar("SELECT pg_walfile_name(pg_switch_wal())")
-    wait_for(
-        lambda: (primary.scalar("SELECT last_archived_wal FROM pg_stat_archiver") or "") >= segment,
-        60,
-        f"segment {segment} to be archived",
-    )
 
 
 def write_heartbeat(primary: PgServer) -> float:
@@ -248,12 +236,12 @@ def _verifying(postmaster: int) -> bool:
 
 @pytest.fixture
 def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A 5 MiB tmpfs, unmounted at the end."""
+    """A 5 MiB tmpfs, unmounted at the end (mounting needs root, as the suite's setup does: a machine
+    where it cannot mount fails this test rather than skipping what it proves)."""
     mount = tmp_path / "small"
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    assert done.returncode == 0, f"cannot mount a 5 MiB tmpfs: {done.stderr.decode().strip()}"
     try:
         yield mount
     finally:
@@ -299,3 +287,18 @@ def test_a_scratch_dir_too_long_for_a_unix_socket_is_refused_before_restoring(ba
     assert "FAILED at stage prepare" in done.stderr and "too long for a unix socket" in done.stderr
     assert backed.audit()[-1]["stage"] == "prepare"
     assert run_dirs(scratch) == []
+
+
+def test_a_result_that_cannot_be_written_fails_the_run(backed: Backed) -> None:
+    """A full disk or a broken textfile directory is not a success: the restore verified, but nothing
+    would show it, so the command exits 1 (the timer's unit fails) and says why."""
+    blocked = backed.root / "textfile-is-a-file"
+    blocked.write_text("")
+    config = backed.config()
+    data = yaml.safe_load(config.read_text())
+    data["backups"]["textfile_dir"] = str(blocked)
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    done = run_cli("restore-test", "--config", str(config), timeout=180)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "verified" in done.stdout and "cannot write" in done.stderr
+    assert backed.audit()[-1]["outcome"] == "success"  # the restore itself passed, and says so

@@ -12,6 +12,7 @@ import os
 import pwd
 import signal
 import subprocess
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from .outcome import StageError
 
 _PR_SET_PDEATHSIG = 1
 OUTPUT_LINES = 15  # lines of a failed tool's output shown in an error
+MAX_OUTPUT = 16 * 1024 * 1024  # bytes of a tool's output read back (pgbackrest info of a large repository)
 
 
 @dataclass(frozen=True)
@@ -92,29 +94,41 @@ def child_env(user: OsUser | None) -> dict[str, str]:
 def run(
     argv: Sequence[str], user: OsUser | None, *, timeout: float, stage: str, cwd: Path | None = None
 ) -> str:
-    """Run ``argv`` as ``user`` (dying with this process) to its end; its stdout. A failure or a
-    timeout is a StageError with the last lines of its output."""
-    try:
-        done = subprocess.run(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=max(1.0, timeout),
-            cwd=cwd or "/",
-            env=child_env(user),
-            preexec_fn=child_setup(user, die_with_parent=True),
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise StageError(stage, f"{Path(argv[0]).name} did not finish within {timeout:.0f}s") from None
-    except OSError as exc:
-        raise StageError(stage, f"cannot run {argv[0]}: {exc.strerror}") from None
+    """Run ``argv`` as ``user`` (dying with this process) to its end; its stdout. Its output goes to
+    unlinked temporary files, of which at most MAX_OUTPUT bytes are read back (a tool that floods its
+    output fills a file, not this process's memory). A failure, a timeout or a flood is a StageError
+    with the last lines of its output."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            done = subprocess.run(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                timeout=max(1.0, timeout),
+                cwd=cwd or "/",
+                env=child_env(user),
+                preexec_fn=child_setup(user, die_with_parent=True),
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise StageError(stage, f"{Path(argv[0]).name} did not finish within {timeout:.0f}s") from None
+        except OSError as exc:
+            raise StageError(stage, f"cannot run {argv[0]}: {exc.strerror}") from None
+        stdout, stderr = _bounded(out), _bounded(err)
     if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-OUTPUT_LINES:])
+        tail = "\n".join(((stdout or "") + (stderr or "")).strip().splitlines()[-OUTPUT_LINES:])
         raise StageError(stage, f"{Path(argv[0]).name} failed with code {done.returncode}:\n{tail}")
-    return done.stdout
+    if stdout is None:
+        raise StageError(stage, f"{Path(argv[0]).name} wrote more than {MAX_OUTPUT} bytes: refused")
+    return stdout
+
+
+def _bounded(stream: IO[bytes]) -> str | None:
+    """At most MAX_OUTPUT bytes of ``stream`` from its start, decoded; None when it holds more."""
+    stream.seek(0)
+    data = stream.read(MAX_OUTPUT + 1)
+    return None if len(data) > MAX_OUTPUT else data.decode("utf-8", "replace")
 
 
 def spawn(

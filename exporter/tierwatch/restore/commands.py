@@ -82,11 +82,13 @@ def restore_test(loaded: LoadedConfig, backup: str | None, target: datetime | No
                 _audit(settings, "restore_test", bset, Outcome(False, "interrupted", str(exc)))
                 print(f"{bset.name}: interrupted (signal {exc.signum}); cleaned up", file=sys.stderr)
                 return 128 + exc.signum
-            if outcome.stage != "lock":  # a busy set is the other run's to report
-                _publish_restore(settings, bset, outcome)
-            _audit(settings, "restore_test", bset, outcome)
-            _print(bset, outcome)
-            failed += not outcome.success
+            # a busy set is the other run's to report; a result that could not be recorded is a failure
+            published = outcome.stage == "lock" or _publish_restore(settings, bset, outcome)
+            audited = _audit(settings, "restore_test", bset, outcome)
+            rto, rpo = outcome.rto_seconds or 0.0, outcome.rpo_seconds or 0.0
+            restored = f"RTO {rto:.1f}s, RPO {rpo:.1f}s, {outcome.restored_bytes} bytes restored"
+            _print(bset, outcome, f"verified {outcome.backup_label}: {restored}")
+            failed += not (outcome.success and published and audited)
     return 1 if failed else 0
 
 
@@ -104,9 +106,9 @@ def labels(loaded_tier: str, bset: BackupSet) -> dict[str, str]:
     return {"tier": loaded_tier, "cluster": bset.cluster, "backup": bset.name}
 
 
-def _publish_restore(settings: BackupsSettings, bset: BackupSet, outcome: Outcome) -> None:
+def _publish_restore(settings: BackupsSettings, bset: BackupSet, outcome: Outcome) -> bool:
     kept = {key: getattr(outcome, key) for key in _KEPT}
-    _publish(settings, bset, outcome, "tierwatch_restore_test_", RESTORE_GAUGES, kept)
+    return _publish(settings, bset, outcome, "tierwatch_restore_test_", RESTORE_GAUGES, kept)
 
 
 def _publish(
@@ -116,9 +118,10 @@ def _publish(
     prefix: str,
     gauges: list[textfile.Gauge],
     kept: dict[str, float | None],
-) -> None:
+) -> bool:
     """Write a set's metrics file: this run's time and result; the last success's time and ``kept``
-    measurements from this run if it succeeded, else as the previous file had them."""
+    measurements from this run if it succeeded, else as the previous file had them. False (said on
+    stderr) when it could not be written (a full disk): the run then exits as failed."""
     path = Path(settings.textfile_dir) / f"{prefix}{bset.name}.prom"
     previous = textfile.read_values(path)
     now = time.time()
@@ -137,9 +140,12 @@ def _publish(
         textfile.write(path, textfile.render(gauges, values, labels(bset.tier, bset)))
     except OSError as exc:
         print(f"{bset.name}: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return False
+    return True
 
 
-def _audit(settings: BackupsSettings, event: str, bset: BackupSet, outcome: Outcome) -> None:
+def _audit(settings: BackupsSettings, event: str, bset: BackupSet, outcome: Outcome) -> bool:
+    """Append the run's audit line; False (said on stderr) when the trail cannot take it."""
     fields = {
         "backup": bset.name,
         "cluster": bset.cluster,
@@ -156,18 +162,18 @@ def _audit(settings: BackupsSettings, event: str, bset: BackupSet, outcome: Outc
         journal.append(Path(settings.audit_log), event, **fields)
     except OSError as exc:
         print(f"{bset.name}: cannot append to {settings.audit_log}: {exc.strerror}", file=sys.stderr)
+        return False
+    return True
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def _print(bset: BackupSet, outcome: Outcome) -> None:
+def _print(bset: BackupSet, outcome: Outcome, success: str) -> None:
+    """One line per set: ``success`` on stdout, or the failed stage on stderr."""
     if outcome.success:
-        print(
-            f"{bset.name}: verified {outcome.backup_label}: RTO {outcome.rto_seconds:.1f}s, "
-            f"RPO {outcome.rpo_seconds:.1f}s, {outcome.restored_bytes} bytes restored"
-        )
+        print(f"{bset.name}: {success}")
     else:
         print(f"{bset.name}: FAILED at stage {outcome.stage}: {outcome.error}", file=sys.stderr)
 
@@ -197,22 +203,17 @@ def redis_snapshot(loaded: LoadedConfig, backup: str | None) -> int:
             except Interrupted as exc:
                 _audit(settings, "redis_snapshot", bset, Outcome(False, "interrupted", str(exc)))
                 return 128 + exc.signum
-            _publish_snapshot(settings, bset, outcome)
-            _audit(settings, "redis_snapshot", bset, outcome)
-            if outcome.success:
-                print(
-                    f"{bset.name}: kept {outcome.backup_label} ({outcome.restored_bytes} bytes) "
-                    f"in {outcome.rto_seconds:.1f}s"
-                )
-            else:
-                print(f"{bset.name}: FAILED at stage {outcome.stage}: {outcome.error}", file=sys.stderr)
-            failed += not outcome.success
+            published = _publish_snapshot(settings, bset, outcome)
+            audited = _audit(settings, "redis_snapshot", bset, outcome)
+            _print(bset, outcome, f"kept {outcome.backup_label} ({outcome.restored_bytes} bytes) "
+                   f"in {outcome.rto_seconds or 0:.1f}s")  # fmt: skip
+            failed += not (outcome.success and published and audited)
     return 1 if failed else 0
 
 
-def _publish_snapshot(settings: BackupsSettings, bset: BackupSet, outcome: Outcome) -> None:
+def _publish_snapshot(settings: BackupsSettings, bset: BackupSet, outcome: Outcome) -> bool:
     kept = {"size_bytes": outcome.restored_bytes, "duration_seconds": outcome.rto_seconds}
-    _publish(settings, bset, outcome, "tierwatch_redis_backup_", REDIS_GAUGES, kept)
+    return _publish(settings, bset, outcome, "tierwatch_redis_backup_", REDIS_GAUGES, kept)
 
 
 def pitr(

@@ -212,7 +212,8 @@ def _fetch_with_redis_cli(
         done = subprocess.run(
             [*argv, "--rdb", str(temp)],
             env=env,
-            capture_output=True,
+            stdout=subprocess.DEVNULL,  # only its exit code and the file it writes are used
+            stderr=subprocess.DEVNULL,
             timeout=max(1.0, deadline - time.monotonic()),
             check=False,
         )

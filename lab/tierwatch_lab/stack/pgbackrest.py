@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .postgres import OS_USER, PgServer, start_primary
-from .process import Stack, StackError
+from .process import Stack, StackError, wait_for
 
 BINARY = "pgbackrest"
 KINDS = ("full", "diff", "incr")
@@ -91,6 +91,19 @@ class PgBackRest:
         """The data files of backup ``label`` in the repository (what a corruption drill flips a byte of)."""
         root = self.repo / "backup" / self.stanza / label / "pg_data"
         return sorted(path for path in root.rglob("*") if path.is_file())
+
+
+def archive_now(primary: PgServer, timeout: float = 60.0) -> str:
+    """Close the primary's current WAL segment and wait until its archiver has pushed it (what
+    ``archive_timeout`` does within its interval); the segment's name."""
+    segment = str(primary.scalar("SELECT pg_walfile_name(pg_switch_wal())"))
+
+    def archived() -> bool:
+        last = primary.scalar("SELECT last_archived_wal FROM pg_stat_archiver")
+        return last is not None and str(last)[:24] >= segment
+
+    wait_for(archived, timeout, f"WAL segment {segment} archived")
+    return segment
 
 
 def configure(stack: Stack, name: str, *, stanza: str = "main", repo: Path | None = None) -> PgBackRest:
