@@ -409,11 +409,11 @@ class PostgresProbe(Probe):
         async def execute() -> None:
             await conn.execute(statement)
 
-        task = asyncio.ensure_future(execute())
-        guard = asyncio.ensure_future(ReplyGuard().watch(conn, task))  # a flood is cut as the query's
+        task = asyncio.ensure_future(execute())  # it starts at the first await: inside the watch
         try:
-            async with asyncio.timeout_at(own_deadline):
-                await asyncio.shield(task)
+            with ReplyGuard().watching(conn):  # a flood is cut as the query's; ends before any abort
+                async with asyncio.timeout_at(own_deadline):
+                    await asyncio.shield(task)
         except TimeoutError:
             await self._abort(conn, task)
             return False
@@ -425,8 +425,6 @@ class PostgresProbe(Probe):
         except asyncio.CancelledError:
             await self._abort(conn, task)
             raise
-        finally:
-            guard.cancel()
         return True
 
     async def close(self) -> None:
@@ -437,15 +435,13 @@ class PostgresProbe(Probe):
 
     async def _fetch(self, budget: float) -> dict[str, Any]:
         conn = await self._connection(budget)
-        task = asyncio.ensure_future(self._execute(conn))
-        guard = asyncio.ensure_future(self._guard.watch(conn, task))
+        task = asyncio.ensure_future(self._execute(conn))  # it starts at the first await: inside the watch
         try:
-            return await asyncio.shield(task)
+            with self._guard.watching(conn):  # ends before _abort closes the connection
+                return await asyncio.shield(task)
         except asyncio.CancelledError:
             await self._abort(conn, task)
             raise
-        finally:
-            guard.cancel()
 
     async def _connection(self, budget: float) -> psycopg.AsyncConnection[Any]:
         """The kept connection, or a new one whose timeouts are shares of ``budget`` (the probe that
