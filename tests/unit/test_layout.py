@@ -19,7 +19,15 @@ PACKAGE = REPO / "exporter" / "tierwatch"
 LAB = REPO / "lab" / "tierwatch_lab"
 
 # room -> the rooms it may import (besides itself)
-FOUNDATION = {"durations", "metric_catalog", "action_catalog", "tier_catalog", "events", "__version__"}
+FOUNDATION = {
+    "durations",
+    "dns_text",
+    "metric_catalog",
+    "action_catalog",
+    "tier_catalog",
+    "events",
+    "__version__",
+}
 ALLOWED: dict[str, set[str]] = {
     "foundation": set(),
     "config": {"foundation"},
@@ -39,7 +47,7 @@ ALLOWED: dict[str, set[str]] = {
         *("exporter", "recovery", "restore", "http", "cli"),
     },
 }
-EXPORTER = {"monitor", "breaker", "metrics", "server", "status_page", "backup_watch"}
+EXPORTER = {"monitor", "breaker", "metrics", "server", "status_page", "backup_watch", "dns_watch"}
 
 
 def room_of(module: str) -> str:
