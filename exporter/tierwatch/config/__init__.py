@@ -6,8 +6,8 @@
 - ``yaml_file``: reading the file within limits (1 MiB, UTF-8, 32 levels, no duplicate keys);
 - ``secrets``: the one reader of password and token files, used at load time.
 
-Config imports nothing from the rest of the package except ``durations`` and the action and tier
-catalogues. ``target`` holds the one target model both ``exporter`` and ``discovery`` use (neither
+Config imports nothing from the rest of the package except ``durations``, ``dns_text`` and the action
+and tier catalogues. ``target`` holds the one target model both ``exporter`` and ``discovery`` use (neither
 imports the other's module at run time: ``discovery`` does not import ``exporter`` at all).
 """
 

@@ -7,6 +7,7 @@ end up in a terminal or a log.
 
 from __future__ import annotations
 
+import binascii
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,6 +34,7 @@ from .cluster_backup import BackupConfig, cluster_backup_problems
 from .discovery import DiscoveryConfig, discovery_problems
 from .recovery import RecoverySettings
 from .secrets import Secret, SecretError, read_secret_env, read_secret_file
+from .service_discovery import ServiceDiscovery, service_discovery_problems
 from .target import NAME_PATTERN, Name, TargetConfig, _Strict
 from .yaml_file import YamlFileError, read_yaml_file
 
@@ -117,6 +119,8 @@ class TierwatchConfig(_Strict):
     clusters: Annotated[list[ClusterConfig], Field(min_length=1)]
     recovery: RecoverySettings | None = None
     backups: BackupsSettings | None = None  # restore tests and Redis snapshots (config/backups.py)
+    # DNS records that follow primaries and regions (config/service_discovery.py)
+    service_discovery: ServiceDiscovery | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,10 @@ class LoadedConfig:
     def auth_secret(self) -> Secret | None:
         """The recovery service's bearer token or basic-auth password, if configured."""
         return self.secrets.get("recovery.auth")
+
+    def dns_key_secret(self) -> Secret | None:
+        """The TSIG key's secret (``service_discovery.key.secret_file``, base64), if configured."""
+        return self.secrets.get("service_discovery.key")
 
 
 def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -> LoadedConfig:
@@ -187,6 +195,9 @@ def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -
     problems += [locate.problem(loc, msg) for loc, msg in _recovery_problems(config)]
     if config.backups is not None:
         found = backups_problems(config.backups, config.clusters)
+        problems += [locate.problem(loc, msg) for loc, msg in found]
+    if config.service_discovery is not None:
+        found = service_discovery_problems(config.service_discovery, config.clusters)
         problems += [locate.problem(loc, msg) for loc, msg in found]
     secrets: dict[str, Secret] = {}
     if resolve_secrets:
@@ -424,12 +435,20 @@ class _SecretRef:
     what: str = "password file"
     file: str | None = None
     env: str | None = None
+    base64: bool = False  # the secret must be base64 text (a TSIG key)
 
     def read(self) -> Secret:
         if self.file is not None:
-            return read_secret_file(self.file, self.what)
-        assert self.env is not None
-        return read_secret_env(self.env)
+            secret = read_secret_file(self.file, self.what)
+        else:
+            assert self.env is not None
+            secret = read_secret_env(self.env)
+        if self.base64:
+            try:
+                binascii.a2b_base64(secret.reveal().strip().encode("ascii"), strict_mode=True)
+            except (binascii.Error, UnicodeEncodeError, ValueError):
+                raise SecretError(f"{self.what} {self.file} does not hold base64 text") from None
+        return secret
 
 
 def _secret_refs(config: TierwatchConfig) -> Iterator[_SecretRef]:
@@ -440,12 +459,16 @@ def _secret_refs(config: TierwatchConfig) -> Iterator[_SecretRef]:
             yield _SecretRef(name, ("clusters", index, "password_file"), file=cluster.password_file)
         elif cluster.password_env:
             yield _SecretRef(name, ("clusters", index, "password_env"), env=cluster.password_env)
+    if config.service_discovery is not None:
+        key = config.service_discovery.key
+        loc: tuple[Any, ...] = ("service_discovery", "key", "secret_file")
+        yield _SecretRef("service_discovery.key", loc, "TSIG key file", file=key.secret_file, base64=True)
     recovery = config.recovery
     if recovery is None:
         return
     auth = recovery.auth
     if auth.bearer_token_file:
-        loc: tuple[Any, ...] = ("recovery", "auth", "bearer_token_file")
+        loc = ("recovery", "auth", "bearer_token_file")
         yield _SecretRef("recovery.auth", loc, "bearer token file", file=auth.bearer_token_file)
     elif auth.basic is not None:
         loc = ("recovery", "auth", "basic", "password_file")

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..config import ClusterConfig, LoadedConfig, RecoverySettings
+from ..config.service_discovery import record_label
 from ..events import EventLog
 from . import metrics as m
 from .actions import ActionContext, AlertRef, load_action
@@ -199,6 +200,8 @@ class Execution:
             self.policy.blocked(tier, cluster_name, action_name, limit, base)
         if outcome.facts:
             self.audit.record("facts", **{**base, "action": action_name, **outcome.facts})
+        for record, dns_result in outcome.facts.get("dns", {}).items():
+            self.metrics.dns_updates.labels(tier, cluster_name, record_label(record), dns_result).inc()
         if outcome.failover and result == "succeeded":
             self.metrics.failovers.labels(tier, cluster_name, action_name).inc()
             self.metrics.last_failover.labels(tier, cluster_name).set(time.time())

@@ -17,6 +17,8 @@ OUTCOMES = ("succeeded", "failed", "refused", "cancelled", "timed_out", "dry_run
 # confirmed (the action's Outcome.facts["limit"]). There is no cluster_lock limit: a second action on
 # a locked cluster waits for the lock, it is not stopped.
 LIMITS = ("rate_limit", "cooldown", "max_lag", "not_allowed", "superseded", "sentinel_unconfirmed")
+# how a DNS record's update after a failover ended (recovery/dns_records.py)
+DNS_RESULTS = ("updated", "unchanged", "conflict", "refused", "unavailable", "protocol", "no_value")
 
 ACTIONS_TOTAL = metric(
     "tierwatch_recovery_actions_total",
@@ -42,6 +44,18 @@ FAILOVERS_TOTAL = metric(
     "counter",
     "Failovers the recovery service completed (a new primary promoted, or traffic moved to another region).",
     ("action",),
+    scope="cluster",
+    section="recovery",
+)
+DNS_UPDATES_TOTAL = metric(
+    "tierwatch_recovery_dns_updates_total",
+    "counter",
+    "DNS records (service_discovery) the recovery service moved after a failover, by result: updated, "
+    "unchanged (it already held the new value), conflict (it held a value the kit did not expect: not "
+    "overwritten), refused (the server refused the update or its key), unavailable (no answer until "
+    "update_timeout), protocol (a garbled answer, or the update did not read back), no_value (no value "
+    "configured for the new primary or region). record is the owner name without its final dot.",
+    ("record", "result"),
     scope="cluster",
     section="recovery",
 )

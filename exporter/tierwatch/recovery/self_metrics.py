@@ -16,6 +16,7 @@ from prometheus_client import (
 )
 
 from ..config import ClusterConfig
+from ..config.service_discovery import ServiceDiscovery, record_label
 from ..metric_catalog import MetricSpec
 from . import metrics as m
 
@@ -54,6 +55,7 @@ class RecoveryMetrics:
         self.actions = _counter(m.ACTIONS_TOTAL, r)
         self.blocked = _counter(m.BLOCKED_TOTAL, r)
         self.failovers = _counter(m.FAILOVERS_TOTAL, r)
+        self.dns_updates = _counter(m.DNS_UPDATES_TOTAL, r)
         self.last_failover = _gauge(m.LAST_FAILOVER, r)
         self.notifications = _counter(m.NOTIFICATIONS_TOTAL, r)
         self.pending = _gauge(m.INBOX_PENDING, r)
@@ -74,8 +76,18 @@ class RecoveryMetrics:
         for reason in ("read_timeout", "evicted", "over_limit"):
             self.dropped.labels(reason)
 
-    def create_series(self, clusters: list[ClusterConfig], actions: set[str]) -> None:
-        """Create every action/outcome and limit series at 0, so increase() sees the first event."""
+    def create_series(
+        self, clusters: list[ClusterConfig], actions: set[str], dns: ServiceDiscovery | None = None
+    ) -> None:
+        """Create every action/outcome, limit and DNS record/result series at 0, so increase() sees
+        the first event."""
+        tiers = {cluster.name: cluster.tier for cluster in clusters}
+        if dns is not None:
+            for record in dns.records:
+                if record.cluster in tiers:
+                    name = record_label(record.fqdn(dns.zone))
+                    for result in m.DNS_RESULTS:
+                        self.dns_updates.labels(tiers[record.cluster], record.cluster, name, result)
         for cluster in clusters:
             for action in sorted(actions):
                 if cluster.tier not in m.ACTION_TIERS.get(action, ()):

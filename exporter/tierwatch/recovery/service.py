@@ -76,7 +76,9 @@ class RecoveryService:
         self.metrics = RecoveryMetrics()
         self.stores = StateStores(state_dir, tuple(settings.replica_labels), self.metrics, self.events)
         self.rejections = RateLimitedAudit(self.audit)
-        self.metrics.create_series(loaded.config.clusters, settings.allowed_actions())
+        self.metrics.create_series(
+            loaded.config.clusters, settings.allowed_actions(), loaded.config.service_discovery
+        )
         self.leadership: Leadership = (
             EtcdLeadership(settings.ha, self.inbox, self.audit, self.events, self.metrics.registry)
             if settings.ha
@@ -225,7 +227,9 @@ class RecoveryService:
                 settings = settings.model_copy(update={"dry_run": True})
             self.live = LiveConfig.of(loaded, settings)
             self.inbox.replica_labels = tuple(settings.replica_labels)
-            self.metrics.create_series(loaded.config.clusters, settings.allowed_actions())
+            self.metrics.create_series(
+                loaded.config.clusters, settings.allowed_actions(), loaded.config.service_discovery
+            )
             if self.guard is not None:
                 self.guard.read_timeout = settings.read_timeout
                 self.guard.limit = ConnectionGuard(settings.read_timeout, settings.max_connections).limit

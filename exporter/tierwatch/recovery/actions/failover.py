@@ -5,7 +5,8 @@ re-point and verify, as Patroni keeps its rules in one HA loop.
 The sequence: observe every target → find the old primary → a resumed run only verifies → the old
 primary must be really gone → an election the engine runs itself (Sentinel) is waited for → no other
 live primary → choose the most up-to-date eligible replica → a dry run stops here → point of no
-return → promote → re-point the other replicas → move the write backend → verify.
+return → promote → re-point the other replicas → move the write backend → move the DNS records
+(dns_records.py, compare-and-swap) → verify.
 
 Safety rules:
 - "Really gone" means the old primary (the alert's ``target``, else the one server the replicas
@@ -50,6 +51,7 @@ from typing import Any, Generic, TypeVar
 from ...clients.addresses import Address, target_address, target_at
 from ...config import TargetConfig
 from ..discovery import point_write_backend, write_backend_problems
+from ..dns_records import publish, with_dns
 from .base import Action, ActionContext, Outcome, refuse
 from .liveness import ATTEMPTS
 
@@ -251,7 +253,10 @@ async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
         await ctx.point_of_no_return()
         started = time.monotonic()
         await point_write_backend(ctx, elected.target.name)
-        return await verify(ctx, driver, elected.target, elected.replicas, elected.facts, started)
+        dns = await publish(ctx, elected.target.name, old)
+        dns_at = time.monotonic() - started
+        outcome = await verify(ctx, driver, elected.target, elected.replicas, elected.facts, started)
+        return with_dns(outcome, dns, dns_at)
 
     for other in seen:
         why = driver.live_primary(other) if other.name != old else None
@@ -281,6 +286,8 @@ async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
     stray, cascade = plan_repoint(ctx, replicas, best, where)
     failed = await _repoint_all(ctx, driver, best, where, stray)
     await point_write_backend(ctx, best.name)
+    dns = await publish(ctx, best.name, old)
+    dns_at = time.monotonic() - started
     facts = {"new_primary": best.name, "old_primary": old, **driver.position(best)}
     if best.target.region != old_target.region:
         facts["regional"] = {"from": old_target.region, "to": best.target.region}
@@ -290,7 +297,7 @@ async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
     if cascade:
         facts["cascaded"] = {name: up.name for name, up in cascade.items()}
     followers = [s.target for s in replicas if s.name not in failed]
-    return await verify(ctx, driver, best.target, followers, facts, started, cascade)
+    return with_dns(await verify(ctx, driver, best.target, followers, facts, started, cascade), dns, dns_at)
 
 
 def old_primary(ctx: ActionContext, seen: Sequence[Seen]) -> str | None:
@@ -444,6 +451,7 @@ async def _resume(ctx: ActionContext, driver: Driver[S], seen: Sequence[S], old:
         stray, cascade = plan_repoint(ctx, replicas, new, where)
         failed = await _repoint_all(ctx, driver, new, where, stray)
     await point_write_backend(ctx, new.name)
+    dns = await publish(ctx, new.name, old)
     facts: dict[str, Any] = {"new_primary": new.name, "old_primary": old, "resumed": True}
     facts["old_primary_fencing"] = "required"
     if failed:
@@ -451,7 +459,7 @@ async def _resume(ctx: ActionContext, driver: Driver[S], seen: Sequence[S], old:
     if cascade:
         facts["cascaded"] = {name: up.name for name, up in cascade.items()}
     followers = [s.target for s in replicas if s.name not in failed]
-    return await verify(ctx, driver, new.target, followers, facts, time.monotonic(), cascade)
+    return with_dns(await verify(ctx, driver, new.target, followers, facts, time.monotonic(), cascade), dns)
 
 
 async def _finish_recorded_promotion(

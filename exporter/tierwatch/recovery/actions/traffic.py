@@ -1,6 +1,7 @@
 """Traffic actions through HAProxy's runtime API on every LB: shift an app region's weight down in
 steps (checking the 5xx ratio between steps) and drain it; a regional failover does the same for a
-whole region that is down. ``set_server_state`` (``tierwatch traffic``) puts traffic back by hand."""
+whole region that is down, then moves the app cluster's DNS records to the first other region with
+a server UP (dns_records.py). ``set_server_state`` (``tierwatch traffic``) puts traffic back by hand."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 from ...clients.http import answer_problem
 from ...config import LoadedConfig
 from ..discovery import LbStat, lb_sockets, lbs_with_backend, run_on_lb
+from ..dns_records import publish, with_dns
 from .base import Action, ActionContext, Outcome
 
 
@@ -124,12 +126,17 @@ class ShiftTraffic(Action):
             problems = await set_servers(ctx.loaded, backend, names, "state drain")
             if problems:
                 return Outcome("failed", "; ".join(problems))
-        return Outcome(
+        outcome = Outcome(
             "succeeded",
             f"traffic moved off region {region} ({', '.join(names)})",
             failover=self.failover,
             facts={"region": region, "servers": names},
         )
+        if not self.failover:  # a gradual shift keeps the names: the region may come back
+            return outcome
+        serving = next(t.region for t in staying if t.name in receivers)
+        outcome.facts["serving_region"] = serving
+        return with_dns(outcome, await publish(ctx, serving, region))
 
 
 class RegionalFailover(ShiftTraffic):
