@@ -9,7 +9,8 @@ RECOVERY = Dashboard(
     uid="tierwatch-recovery",
     title="tierwatch / Recovery service",
     description="What `tierwatch recover` decided and did: actions by outcome, actions blocked by safety "
-    "limits, failovers, webhook notifications, the durable inbox (its full audit is audit.jsonl) and the "
+    "limits, failovers, the service-discovery DNS records (the exporter's check and the failovers' "
+    "updates), webhook notifications, the durable inbox (its full audit is audit.jsonl) and the "
     "service's CPU, memory, file descriptors and garbage collections.",
     tiers=".*",
     rows=(
@@ -100,6 +101,49 @@ RECOVERY = Dashboard(
                     "How long the last run of each action took, from start to verified result.",
                     "s",
                     q(sel("tierwatch_recovery_action_duration_seconds", C), "{{cluster}} {{action}}"),
+                ),
+            ),
+        ),
+        Row(
+            "Service discovery (DNS records)",
+            (
+                stat(
+                    "DNS records tell the truth",
+                    "Whether each service_discovery record holds exactly the value of its cluster's live "
+                    "primary (or of a region with an app server up), as the best-placed exporter sees it "
+                    "at the authoritative server; absent while the server does not answer.",
+                    "none",
+                    q(
+                        "max by (cluster, record, type) (" + sel("tierwatch_dns_record_matches", C) + ")",
+                        "{{record}} {{type}}",
+                    ),
+                    alerts=("DnsRecordStale",),
+                    mappings=(("1", "RIGHT", "green"), ("0", "STALE", "red")),
+                ),
+                stat(
+                    "DNS server answers",
+                    "Whether an exporter's last query of each record was answered by "
+                    "service_discovery.server (an empty answer counts).",
+                    "none",
+                    q(
+                        "max by (cluster, record, type) (" + sel("tierwatch_dns_record_up", C) + ")",
+                        "{{record}} {{type}}",
+                    ),
+                    alerts=("DnsRecordUnanswered",),
+                    mappings=UP_DOWN,
+                ),
+                ts(
+                    "DNS record updates",
+                    "The failovers' DNS step, per record and result (updated, unchanged, conflict, "
+                    "refused, unavailable, protocol, no_value).",
+                    "short",
+                    q(
+                        "sum by (cluster, record, result) ("
+                        + rate("tierwatch_recovery_dns_updates_total", C, fn="increase")
+                        + ")",
+                        "{{cluster}} {{record}} {{result}}",
+                    ),
+                    alerts=("RecoveryDnsUpdateFailed",),
                 ),
             ),
         ),

@@ -351,3 +351,46 @@ BACKUP_HEARTBEAT_WRITE = metric(
     "does not fail on it.",
     section=_B,
 )
+
+# Service discovery (section "service_discovery"): the records of ``service_discovery:`` as their
+# authoritative server answers them, checked by dns_watch.py once per monitor interval, off the probe
+# loop; labels tier, cluster (the record's cluster), record (the owner name without its trailing
+# dot) and type (A, AAAA, CNAME, SRV).
+_SD = "service_discovery"
+DNS_RECORD_UP = metric(
+    "tierwatch_dns_record_up",
+    "gauge",
+    "1 if the last check's query of the record was answered by service_discovery.server (an empty "
+    "answer counts: the record is missing), else 0 (no answer in time, refused, garbled); "
+    "tierwatch_dns_record_matches is then absent.",
+    ("record", "type"),
+    scope="cluster",
+    section=_SD,
+)
+DNS_RECORD_MATCHES = metric(
+    "tierwatch_dns_record_matches",
+    "gauge",
+    "1 if the record holds exactly the value of the cluster's live primary (Redis, PostgreSQL: the one "
+    "target up with the role primary) or of a region with an app target up (app clusters), as this "
+    "exporter sees them at the answer, else 0 (also while there is no live primary, or more than one).",
+    ("record", "type"),
+    scope="cluster",
+    section=_SD,
+)
+DNS_RECORD_LAST_CHECK = metric(
+    "tierwatch_dns_record_last_check_timestamp_seconds",
+    "gauge",
+    "Unix time the last check of the record ended, answered or not.",
+    ("record", "type"),
+    scope="cluster",
+    section=_SD,
+)
+DNS_RECORD_TTL = metric(
+    "tierwatch_dns_record_ttl_seconds",
+    "gauge",
+    "TTL of the record: the answer's where the DNS client reports it, else service_discovery.ttl (the "
+    "TTL the recovery service writes); how long resolvers may keep serving an old value.",
+    ("record", "type"),
+    scope="cluster",
+    section=_SD,
+)

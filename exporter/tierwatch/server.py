@@ -15,6 +15,7 @@ from .backup_watch import BackupCollector, BackupWatch
 from .config import ConfigError, LoadedConfig, TargetConfig, load_config
 from .config.shard import Shard
 from .discovery import Discovery, DiscoveryCollector
+from .dns_watch import DnsCollector, DnsWatch
 from .events import EventLog
 from .http_server import (
     Receive,
@@ -261,9 +262,12 @@ async def run_exporter(
     feed.start()
     backups = BackupWatch(lambda: monitor.loaded, events)  # follows reloads through monitor.loaded
     backups_task = asyncio.create_task(backups.run(stop))
+    records = DnsWatch(monitor, events)  # service_discovery: on the monitor's interval, follows reloads
+    records_task = asyncio.create_task(records.run(stop))
     app = ExporterApp(monitor, reloader)
     app.standard.register(_DiscoveryMetrics(feed))  # type: ignore[arg-type]
     app.standard.register(BackupCollector(backups))  # type: ignore[arg-type]
+    app.standard.register(DnsCollector(records))  # type: ignore[arg-type]
     try:
         await serve_app(app, address, stop, web=web)
     finally:
@@ -271,6 +275,7 @@ async def run_exporter(
         stop.set()
         await feed.stop()
         await backups_task
+        await records_task
         await loop_task
         await monitor.close()
         events.emit("exporter_stopped")

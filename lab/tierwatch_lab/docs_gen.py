@@ -38,6 +38,8 @@ SECTION_TITLES = {
     "sentinel": "Redis Sentinel",
     "postgres": "PostgreSQL",
     "backups": "Backups (pgBackRest's own report, read on its own interval; the heartbeat)",
+    "service_discovery": "Service discovery (the `service_discovery:` DNS records, checked against the live "
+    "primary or region every monitor interval)",
     "recovery": "Recovery service (`tierwatch recover`, its own /metrics)",
     "batch": "Batch jobs: `tierwatch restore-test` and `tierwatch redis-snapshot` (files for node_exporter's "
     "textfile collector, scraped as job `node`)",
