@@ -27,6 +27,7 @@ from typing import Any
 
 from . import demo_backups
 from .demo_backups import BackupSchedule, DemoBackups
+from .demo_dns import DemoDns, start_dns
 from .demo_stack import (
     ACTION_ALERTS,
     APP_BACKEND,
@@ -95,7 +96,9 @@ class DemoOptions:
     (default: the demo's 5 s window on the action and traffic alerts, docs/failover.md).
     ``backups``: pgBackRest archiving and backups of pg-1, Redis snapshots, the exporter reading
     pgBackRest's report, the heartbeat and scheduled restore tests (demo_backups.py); the drills that
-    are not about backups turn it off (drills.build_options)."""
+    are not about backups turn it off (drills.build_options). ``dns``: a Knot DNS server with the
+    stack's zone, whose records the recovery service moves after a failover and the exporter checks
+    (demo_dns.py)."""
 
     sentinel: bool = False
     timing: ChainTiming | None = None
@@ -109,6 +112,7 @@ class DemoOptions:
     remote_write: Sequence[str | dict[str, Any]] = ()
     replica_labels: Sequence[str] = ()
     backups: bool = True
+    dns: bool = True
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,8 @@ def build(stack: Stack, options: DemoOptions | None = None, **settings: Any) -> 
         clusters[2]["backup"] = {"heartbeat_key": demo_backups.HEARTBEAT_KEY}  # cache-main
     recovery = _recovery_section(stack, web, pg, secrets_dir, opts.replica_labels)
     write_lbs = [write_lb_cluster("write-lbs", [redis_write, pg.write_lb])]
-    chain, watchers, node = _start_chain(stack, opts, clusters, recovery, write_lbs, web, redis, pg)
+    dns = _start_dns(stack, web, redis, pg) if opts.dns else None
+    chain, watchers, node = _start_chain(stack, opts, clusters, recovery, write_lbs, web, redis, pg, dns)
     demo = DemoStack(
         stack,
         web.apps,
@@ -174,6 +179,7 @@ def build(stack: Stack, options: DemoOptions | None = None, **settings: Any) -> 
         web.pair,
     )
     demo.watchers = watchers
+    demo.dns = dns
     if pg.backups is not None:
         demo.backups = pg.backups
         demo.backup_schedule = _start_backup_jobs(stack, pg.backups, chain)
@@ -412,6 +418,7 @@ def _start_chain(
     web: _Web,
     redis: dict[str, RedisServer],
     pg: _Postgres,
+    dns: DemoDns | None,
 ) -> tuple[Chain, list[NetnsExporter], NodeExporter]:
     """A node exporter for this host, the netns watchers (``opts.netns_watchers``), then the chain:
     an Alertmanager cluster of two gossiping peers, Prometheus sending to both (docs/ha.md), with the
@@ -443,8 +450,20 @@ def _start_chain(
         vantage_exporters=[(f"watcher-{i}", w.address) for i, w in enumerate(watchers, start=1)],
         remote_write=opts.remote_write,
         backups=pg.backups.section() if pg.backups else None,
+        service_discovery=dns.section() if dns else None,
     )
     return chain, watchers, node
+
+
+def _start_dns(stack: Stack, web: _Web, redis: dict[str, RedisServer], pg: _Postgres) -> DemoDns:
+    """The zone's server, its records naming redis-a, pg-1 and the primary region (demo_dns.py)."""
+    return start_dns(
+        stack,
+        {name: server.port for name, server in redis.items()},
+        {name: server.port for name, server in pg.servers.items()},
+        {name: (APP_REGIONS[name], app.port) for name, app in web.apps.items()},
+        {"redis": "redis-a", "pg": "pg-1", "app": "primary"},
+    )
 
 
 def _start_backup_jobs(stack: Stack, backups: DemoBackups, chain: Chain) -> BackupSchedule:
@@ -484,7 +503,17 @@ def _summary(demo: DemoStack, express: bool, sentinel: bool, node: NodeExporter)
         f"Node exporter  {node.url}  (this host: CPU, memory, disks, file handles; job node)",
         f"Recovery       {chain.recovery.url}/metrics; audit trail {chain.state_dir / 'audit.jsonl'}",
         *(_backup_summary(demo.backups) if demo.backups else []),
+        *(_dns_summary(demo.dns) if demo.dns else []),
         f"Config         {chain.exporter.config}",
+    ]
+
+
+def _dns_summary(dns: DemoDns) -> list[str]:
+    """The summary's line about the zone whose names follow the primaries (demo_dns.py)."""
+    knot = dns.knot
+    return [
+        f"DNS            Knot at {knot.server}, zone {knot.zone}; names that follow the primaries: "
+        f"kdig @127.0.0.1 -p {knot.port} primary.main-db.{knot.zone} SRV",
     ]
 
 

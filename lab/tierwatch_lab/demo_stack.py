@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .demo_backups import BackupSchedule, DemoBackups
+from .demo_dns import DemoDns
 from .stack import Stack
 from .stack.chain import Chain
 from .stack.express import ExpressApp
@@ -88,3 +89,4 @@ class DemoStack:
     server_nets: dict[str, ServerNet] = field(default_factory=dict)  # DemoOptions.isolable_primaries
     backups: DemoBackups | None = None  # DemoOptions.backups
     backup_schedule: BackupSchedule | None = None
+    dns: DemoDns | None = None  # DemoOptions.dns

@@ -28,6 +28,8 @@ SCENARIOS = {
     "etcd-member-loss": "kill an etcd member during a Redis failover, then lose etcd quorum",
     "kill-prometheus-replica": "kill the Redis master, then kill -9 one Prometheus of the pair",
     "kill-exporter-vantage": "kill the Redis master, then kill -9 one of two exporters (vantages)",
+    "stale-dns-leader": "kill the Redis master, pause the recovery leader before its DNS step, wake it after "
+    "the other replica moved the record",
     # drills_region.py
     "region-loss": (
         "lose the whole primary region with its data tier: SIGKILL of es-1, es-2, redis-a/b/c, pg-1/2/3 "

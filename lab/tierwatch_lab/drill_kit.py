@@ -96,18 +96,33 @@ def app_redis_client(port: int, password: str) -> redis.Redis:
     )
 
 
-class RedisWrites:
-    """SET through the write address, acknowledged once WAIT confirms a replica has it."""
+Port = int | Callable[[], int | None]  # a write address, or how to find it (by name: demo_dns.SrvPort)
 
-    def __init__(self, port: int, password: str):
-        self.port, self.password = port, password
+
+def _port(port: Port) -> int | None:
+    return port() if callable(port) else port
+
+
+class RedisWrites:
+    """SET through the write address (or the server a name gives, looked up on each new
+    connection), acknowledged once WAIT confirms a replica has it."""
+
+    def __init__(self, port: Port, password: str, prefix: str = "drill"):
+        self.port, self.password, self.prefix = port, password, prefix
         self.client: redis.Redis | None = None
+
+    def keys(self, writer: Writer) -> list[str]:
+        """The keys of ``writer``'s acknowledged writes."""
+        return [f"{self.prefix}:{n}" for n, _ in writer.acked]
 
     def __call__(self, n: int) -> bool:
         if self.client is None:
-            self.client = app_redis_client(self.port, self.password)
+            port = _port(self.port)
+            if port is None:
+                return False
+            self.client = app_redis_client(port, self.password)
         try:
-            self.client.set(f"drill:{n}", n)
+            self.client.set(f"{self.prefix}:{n}", n)
             return int(self.client.execute_command("WAIT", 1, 250)) >= 1
         except redis.RedisError:
             self.client.close()
@@ -129,18 +144,26 @@ def app_pg_connection(port: int, password: str) -> psycopg.Connection[Any]:
 
 
 class PgWrites:
-    """INSERT through the write address; acknowledged when the (synchronous) commit returns."""
+    """INSERT through the write address (or the server a name gives, looked up on each new
+    connection); acknowledged when the (synchronous) commit returns. Row ids are ``offset`` + n."""
 
-    def __init__(self, port: int, password: str):
-        self.port, self.password = port, password
+    def __init__(self, port: Port, password: str, offset: int = 0):
+        self.port, self.password, self.offset = port, password, offset
         self.conn: psycopg.Connection[Any] | None = None
+
+    def ids(self, writer: Writer) -> set[int]:
+        """The row ids of ``writer``'s acknowledged writes."""
+        return {self.offset + n for n, _ in writer.acked}
 
     def __call__(self, n: int) -> bool:
         try:
             if self.conn is None:
-                self.conn = app_pg_connection(self.port, self.password)
+                port = _port(self.port)
+                if port is None:
+                    return False
+                self.conn = app_pg_connection(port, self.password)
                 self.conn.execute("SET statement_timeout = 2000")
-            self.conn.execute("INSERT INTO drill_writes (id) VALUES (%s)", (n,))
+            self.conn.execute("INSERT INTO drill_writes (id) VALUES (%s)", (self.offset + n,))
             return True
         except psycopg.Error:
             if self.conn is not None:
@@ -264,6 +287,18 @@ def chain_timeline(demo: DemoStack, result: DrillResult, targets: set[str], aler
             result.add(
                 entry["ts"], f"action: {entry.get('action')} {entry.get('outcome')} — {entry.get('detail')}"
             )
+        elif kind in ("dns_updated", "dns_update_failed") and alert in alerts:
+            result.add(entry["ts"], dns_line(entry))
+
+
+def dns_line(entry: dict[str, Any]) -> str:
+    """A timeline line for the recovery service's DNS step (an audit record)."""
+    if entry["event"] == "dns_updated":
+        tries = f", {entry.get('attempts')} attempts" if entry.get("attempts", 1) > 1 else ""
+        return (
+            f"dns: {entry.get('record')} now {entry.get('value')} ({entry.get('seconds')}s{tries}, read back)"
+        )
+    return f"dns: {entry.get('record')} not moved ({entry.get('result')}: {entry.get('error')})"
 
 
 # --- who is primary --------------------------------------------------------------------------------

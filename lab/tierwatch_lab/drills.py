@@ -60,6 +60,7 @@ BUILD_OPTIONS: dict[str, dict[str, Any]] = {
     "kill-recovery-leader": {"recovery_replicas": 2},
     "kill-recovery-leader-pg": {"recovery_replicas": 2},
     "etcd-member-loss": {"recovery_replicas": 2},
+    "stale-dns-leader": {"recovery_replicas": 2},
     "kill-prometheus-replica": {"prometheus_replicas": 2},
     "kill-exporter-vantage": {"vantages": ("a", "b")},
     "region-loss": {"vantages": ("primary", "failover")},  # one exporter per region

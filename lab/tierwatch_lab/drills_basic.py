@@ -29,29 +29,47 @@ from .drill_kit import (
 from .stack import wait_for
 from .stack.chain import audit
 
+BY_NAME_OFFSET = 1_000_000_000  # the by-name writer's row ids (the LB writer's start at 1)
+
 
 def drill_redis_master(demo: DemoStack, deadline: float) -> DrillResult:
     old = redis_masters(demo)[0]
-    writer = Writer(RedisWrites(demo.redis_write.port, demo.redis_password))
-    writer.start()
-    wait_for(lambda: len(writer.acked) > 20, 20, "writes flowing")
+    through_lb = RedisWrites(demo.redis_write.port, demo.redis_password)
+    writer = Writer(through_lb)
+    # a second client finds the master by name (DNS), as clients that bypass the LB do
+    by_name = (
+        RedisWrites(demo.dns.resolver("cache-main"), demo.redis_password, "drill-dns") if demo.dns else None
+    )
+    named = Writer(by_name) if by_name else None
+    for w in (writer, named):
+        if w is not None:
+            w.start()
+    wait_for(
+        lambda: len(writer.acked) > 20 and (named is None or len(named.acked) > 20), 20, "writes flowing"
+    )
     result = DrillResult("redis-master", time.time())
     demo.redis[old].process.kill()
     result.add(result.failed_at, f"failure: killed Redis master {old}")
 
     def recovered() -> bool:
         masters = [m for m in redis_masters(demo) if m != old]
-        return bool(masters) and writer.first_ack_after(result.failed_at) is not None
+        return bool(masters) and all(
+            w.first_ack_after(result.failed_at) is not None for w in (writer, named) if w is not None
+        )
 
     result.recovered = wait_until(recovered, deadline)
     time.sleep(1)
     writer.stop()
     result.add(writer.first_ack_after(result.failed_at), "recovered: writes acknowledged again")
+    keys = through_lb.keys(writer)
+    if named is not None and by_name is not None:
+        named.stop()
+        result.add(named.first_ack_after(result.failed_at), "recovered by name: writes acknowledged again")
+        keys += by_name.keys(named)
     masters = redis_masters(demo)
     result.primaries = {"redis": len(masters)}
     if masters:
         client = demo.redis[masters[0]].client()
-        keys = [f"drill:{n}" for n, _ in writer.acked]
         present = sum(int(client.exists(*keys[i : i + 500])) for i in range(0, len(keys), 500))
         result.acked, result.lost = len(keys), len(keys) - present
     chain_timeline(demo, result, {old}, {"RedisMasterDown", "RedisNoMaster"})
@@ -64,28 +82,41 @@ def drill_pg_primary(demo: DemoStack, deadline: float) -> DrillResult:
         "CREATE TABLE IF NOT EXISTS drill_writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())"
     )
     demo.pg[old].sql("GRANT INSERT, SELECT ON drill_writes TO app")
-    writer = Writer(PgWrites(demo.pg_write.port, demo.pg_app_password))
-    writer.start()
-    wait_for(lambda: len(writer.acked) > 20, 30, "writes flowing")
+    through_lb = PgWrites(demo.pg_write.port, demo.pg_app_password)
+    writer = Writer(through_lb)
+    # a second client finds the primary by name (DNS); its rows are numbered from BY_NAME_OFFSET
+    by_name = (
+        PgWrites(demo.dns.resolver("main-db"), demo.pg_app_password, BY_NAME_OFFSET) if demo.dns else None
+    )
+    named = Writer(by_name) if by_name else None
+    for w in (writer, named):
+        if w is not None:
+            w.start()
+    wait_for(
+        lambda: len(writer.acked) > 20 and (named is None or len(named.acked) > 20), 30, "writes flowing"
+    )
     result = DrillResult("pg-primary", time.time())
     demo.pg[old].process.kill()
     result.add(result.failed_at, f"failure: killed PostgreSQL primary {old}")
 
     def recovered() -> bool:
-        return (
-            bool([p for p in pg_primaries(demo) if p != old])
-            and writer.first_ack_after(result.failed_at) is not None
+        return bool([p for p in pg_primaries(demo) if p != old]) and all(
+            w.first_ack_after(result.failed_at) is not None for w in (writer, named) if w is not None
         )
 
     result.recovered = wait_until(recovered, deadline)
     time.sleep(1)
     writer.stop()
     result.add(writer.first_ack_after(result.failed_at), "recovered: writes committed again")
+    acked = through_lb.ids(writer)
+    if named is not None and by_name is not None:
+        named.stop()
+        result.add(named.first_ack_after(result.failed_at), "recovered by name: writes committed again")
+        acked |= by_name.ids(named)
     primaries = pg_primaries(demo)
     result.primaries = {"postgres": len(primaries)}
     if primaries:
         ids = {row[0] for row in demo.pg[primaries[0]].sql("SELECT id FROM drill_writes")}
-        acked = {n for n, _ in writer.acked}
         result.acked, result.lost = len(acked), len(acked - ids)
     chain_timeline(demo, result, {old}, {"PostgresPrimaryDown", "PostgresNoPrimary"})
     return result

@@ -13,6 +13,10 @@ failure, and the chain must still end in exactly one failover with no acknowledg
   the inbox only claims unresolved alerts).
 - ``kill-prometheus-replica``: a Prometheus pair; replica a is killed (kill -9) 0-4 s after the Redis
   master: replica b's copy of the alert alone drives exactly one failover.
+- ``stale-dns-leader``: two recovery replicas; the leader is paused (SIGSTOP) right after it moved the
+  write backend of a Redis failover, before its DNS step; the other replica resumes the failover and
+  moves the record; the woken leader must not move it again (its lease check stops it first, the
+  update's prerequisite would stop it second).
 - ``kill-exporter-vantage``: two exporters with ``vantage`` a and b; exporter b is killed 0-4 s after
   the Redis master: the quorum rules count the healthy vantage point only, one failover, and the kit's
   ``TierwatchExporterDown`` is pending for the dead exporter (firing after its 5 m ``for``).
@@ -386,6 +390,59 @@ def drill_kill_exporter_vantage(demo: DemoStack, deadline: float, delay: float |
     return _finish_checks(result, chain, exporter_killed_after_s=round(delay, 2), exporter_down_alert=state)
 
 
+def drill_stale_dns_leader(demo: DemoStack, deadline: float) -> DrillResult:
+    """The Redis master drill with the recovery leader paused (SIGSTOP) as soon as it has moved the
+    write backend, before its DNS step; the other replica takes the lease, resumes the failover and
+    moves the record; then the paused one is woken (SIGCONT). It must not move the record again: its
+    audit trail shows no ``dns_updating`` after it woke, and the record names the new master."""
+    assert demo.chain is not None and demo.dns is not None
+    recoveries = demo.chain.recoveries
+    if len(recoveries) < 2:
+        raise RuntimeError("the demo runs a single recovery service: build it with recovery_replicas=2")
+    leader = wait_for(lambda: _leader(recoveries), 30, "a recovery leader")
+    index = recoveries.index(leader)
+    trail = demo.chain.state_dirs[index] / "audit.jsonl"
+    thread, paused = _on_audit_event(trail, "write_backend_set", leader.process.pause)
+    try:
+        result = drill_redis_master(demo, deadline)
+        thread.join(70)
+        record = demo.dns.name_of("cache-main")
+        others = [d for i, d in enumerate(demo.chain.state_dirs) if i != index]
+        moved = _until(
+            lambda: any(
+                e["event"] in ("dns_updated", "dns_unchanged") and e.get("record") == record
+                for d in others
+                for e in audit_trail(d)
+            ),
+            30,
+        )
+    finally:
+        leader.process.resume()
+    woke = time.time()
+    result.scenario = "stale-dns-leader"
+    result.add(
+        paused.get("at"), f"watcher: paused the recovery leader {leader.name} after it moved the backend"
+    )
+    result.add(woke, f"watcher: woke {leader.name} (SIGCONT)")
+    time.sleep(5)  # the woken replica's run goes on: its lease check, then whatever it would do
+    after = [e for e in audit_trail(demo.chain.state_dirs[index]) if e["ts"] >= woke]
+    stale_updates = [e for e in after if e["event"] == "dns_updating"]
+    port = demo.dns.resolver("cache-main")()
+    masters = redis_masters(demo)
+    named = masters and port == demo.redis[masters[0]].port
+    result.faults["dns"] = {
+        "paused": paused.get("at") is not None,
+        "moved_by_other_replica": moved,
+        "stale_updates": len(stale_updates),
+        "stale_events": sorted({e["event"] for e in after})[:20],
+        "record_names_master": bool(named),
+    }
+    if not (paused.get("at") and moved and not stale_updates and named):
+        result.recovered = False
+        result.detail = f"stale leader check failed: {result.faults['dns']}"
+    return _finish_checks(result, demo.chain)
+
+
 HA_DRILLS = {
     "kill-alertmanager-peer": drill_kill_alertmanager_peer,
     "kill-recovery-leader": drill_kill_recovery_leader,
@@ -395,4 +452,5 @@ HA_DRILLS = {
     "etcd-member-loss": drill_etcd_member_loss,
     "kill-prometheus-replica": drill_kill_prometheus_replica,
     "kill-exporter-vantage": drill_kill_exporter_vantage,
+    "stale-dns-leader": drill_stale_dns_leader,
 }

@@ -47,8 +47,11 @@ from .drill_checker import (
 )
 from .drill_kit import (
     DrillResult,
+    PgWrites,
+    RedisWrites,
     Writer,
     app_redis_client,
+    dns_line,
     exporter_events,
     pg_primaries,
     redis_masters,
@@ -215,8 +218,9 @@ def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
     redis_w = RedisRegionWrites(demo.redis_write.port, demo.redis_password, "drill:lb", failover_ports)
     pg_w = PgRegionWrites(demo.pg_write.port, demo.pg_app_password, "drill_lb", demo.pg[PG_DR].port)
     writers = {"redis": Writer(redis_w), "postgres": Writer(pg_w)}
+    named = _by_name_writers(demo)  # clients that find each primary by name (DNS): timed, not classified
     probers = {"redis": redis_probers(demo), "postgres": pg_probers(demo)}
-    threads = [*writers.values(), *probers["redis"], *probers["postgres"]]
+    threads = [*writers.values(), *named.values(), *probers["redis"], *probers["postgres"]]
     for thread in threads:
         thread.start()
     wait_until(
@@ -232,7 +236,7 @@ def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
             redis_masters(demo) == [REDIS_HEAD]
             and pg_primaries(demo) == [PG_DR]
             and _follows(demo, REDIS_TAIL, REDIS_HEAD)
-            and all(w.first_ack_after(done) is not None for w in writers.values())
+            and all(w.first_ack_after(done) is not None for w in [*writers.values(), *named.values()])
         )
 
     wait_until(settled, deadline)
@@ -281,6 +285,12 @@ def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
         for e in promoted:
             result.add(e["ts"], f"promoted: {e.get('target')} ({cluster}, alert {e.get('alert')})")
         result.add(again, f"{engine}: writes acknowledged again through the write LB")
+        if engine in named:
+            by_name = named[engine].first_ack_after(done)
+            check.extra["writes_by_name_s"] = _since(result.failed_at, by_name)
+            result.add(by_name, f"{engine}: recovered by name: writes acknowledged again (DNS)")
+        moved = [e for e in entries if e["event"] == "dns_updated" and e.get("cluster") == cluster]
+        check.extra["dns_s"] = _since(result.failed_at, moved[0]["ts"] if moved else None)
     checks["redis"].extra["cascade_kept"] = _follows(demo, REDIS_TAIL, REDIS_HEAD)
     for entry in entries:
         if entry.get("alert") not in ALERTS:
@@ -292,9 +302,21 @@ def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
         elif entry["event"] == "outcome" and entry.get("action"):
             detail = str(entry.get("detail"))[:70]
             result.add(entry["ts"], f"action: {entry['action']} {entry.get('outcome')} — {detail}")
+        elif entry["event"] in ("dns_updated", "dns_update_failed"):
+            result.add(entry["ts"], dns_line(entry))
     result.acked = sum(c.acked for c in checks.values())
     result.lost = sum(c.acked_lost for c in checks.values())
     result.faults = {name: {**vars(c)} for name, c in checks.items()}
+    if demo.dns is not None:  # what each record names now, read from the zone's server
+        expected = {
+            "cache-main": demo.redis[REDIS_HEAD].port,
+            "main-db": demo.pg[PG_DR].port,
+            "web": demo.apps["es-3"].port,  # the failover region's entry in the demo's zone
+        }
+        result.faults["dns"] = {
+            cluster: {"names": demo.dns.resolver(cluster)(), "expected": port}
+            for cluster, port in expected.items()
+        }
     result.detail = "; ".join(
         f"{name}: region-safe acknowledged {c.extra['region_safe_acked']} lost {c.acked_lost}, "
         f"in-region-only acknowledged {c.extra['in_region_acked']} "
@@ -311,9 +333,26 @@ def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
         and all("region_safe_acked" in c.extra and c.acked_lost == 0 for c in checks.values())
         and all(c.double_primary_s == 0 for c in checks.values())
         and all(c.extra["writes_again_s"] is not None for c in checks.values())
+        and all(checks[engine].extra.get("writes_by_name_s") is not None for engine in named)
         and ("restore" not in result.faults or result.faults["restore"]["exit"] == 0)
     )
     return result
+
+
+def _by_name_writers(demo: DemoStack) -> dict[str, Writer]:
+    """A Redis and a PostgreSQL writer that connect to whatever the demo's records name (none without
+    DNS); the PostgreSQL one writes into drill_writes."""
+    if demo.dns is None:
+        return {}
+    primary = demo.pg[pg_primaries(demo)[0]]
+    primary.sql(
+        "CREATE TABLE IF NOT EXISTS drill_writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())"
+    )
+    primary.sql("GRANT INSERT, SELECT ON drill_writes TO app")
+    return {
+        "redis": Writer(RedisWrites(demo.dns.resolver("cache-main"), demo.redis_password, "drill-dns")),
+        "postgres": Writer(PgWrites(demo.dns.resolver("main-db"), demo.pg_app_password)),
+    }
 
 
 def _classes(

@@ -1,12 +1,17 @@
 """Every drill against the demo stack: the stack recovers by itself, loses no acknowledged write, and
-never ends with two primaries. Each drill builds its own demo stack (Express apps and keepalived VRRP
-when available, as `tierwatch demo` does) and the whole chain with the demo's 5 s window."""
+never ends with two primaries. The demo stack is `tierwatch demo`'s (Express apps and keepalived VRRP
+when available, the whole chain with the demo's 5 s window); to keep the suite short, drills that
+break different parts of it share one stack, run one after the other (``tierwatch demo drill NAME``
+builds a stack of its own per drill)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from tierwatch_lab.drills import SCENARIOS, run_drill
+from tierwatch_lab.demo_build import build
+from tierwatch_lab.drills import DRILLS, SCENARIOS, DrillResult, build_options, wait_until_watched
 from tierwatch_lab.drills_backup import BACKUP_DRILLS
 from tierwatch_lab.drills_faults import FAULT_DRILLS
 from tierwatch_lab.stack import Stack
@@ -17,22 +22,34 @@ pytestmark = pytest.mark.slow
 # slow-app repairs nothing (no recovery action): tests/drills/test_drills_traffic.py; the fault drills have
 # their own checker's assertions: tests/drills/test_drills_faults.py; the watcher-loss drills share stacks in
 # tests/drills/test_drills_ha.py
-HA_SHARED = ("etcd-member-loss", "kill-prometheus-replica", "kill-exporter-vantage")
+HA_SHARED = (
+    "etcd-member-loss",
+    "kill-prometheus-replica",
+    "kill-exporter-vantage",
+    "kill-recovery-leader",
+    "stale-dns-leader",
+)
 # checked by tests/drills/test_drills_region.py, test_drills_partition.py and test_drills_backup.py (one
 # stack for the three backup drills)
 OWN_CHECKER = ("region-loss", "primary-partition", *BACKUP_DRILLS)
 
 
-@pytest.mark.parametrize(
-    "scenario",
-    [
-        s
-        for s in SCENARIOS
-        if s != "slow-app" and s not in FAULT_DRILLS and s not in HA_SHARED and s not in OWN_CHECKER
-    ],
+# drills that break different parts of the stack (and the options their stack needs), one stack each
+GROUPS = (
+    ("redis-master", "pg-primary"),  # the Redis master, then the PostgreSQL primary
+    ("app-instance", "active-lb"),  # an app server (restarted), then the active LB
+    ("region",),  # the primary region's app servers
+    ("kill-alertmanager-peer", "kill-recovery-leader-pg"),  # two recovery replicas for the second
 )
-def test_drill_recovers_by_itself(stack: Stack, scenario: str) -> None:
-    result = run_drill(scenario, stack=stack, timeout=90)
+
+
+def test_every_drill_is_checked_somewhere() -> None:
+    grouped = {scenario for group in GROUPS for scenario in group}
+    elsewhere = {"slow-app", *FAULT_DRILLS, *HA_SHARED, *OWN_CHECKER}
+    assert grouped | elsewhere == set(SCENARIOS) and not grouped & elsewhere
+
+
+def check(scenario: str, result: DrillResult) -> None:
     report = result.render()
     print("\n" + report)
     assert result.recovered, report
@@ -45,3 +62,17 @@ def test_drill_recovers_by_itself(stack: Stack, scenario: str) -> None:
     if scenario in ("redis-master", "pg-primary"):
         assert result.acked > 0
         assert any("succeeded" in what for what in events), report
+        # the record moved (read back from Knot), and a client finding the primary by name writes again
+        assert any(what.startswith("dns:") and " now " in what for what in events), report
+        assert any(what.startswith("recovered by name:") for what in events), report
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=["+".join(g) for g in GROUPS])
+def test_drills_recover_by_themselves(stack: Stack, group: tuple[str, ...]) -> None:
+    options: dict[str, object] = {}
+    for scenario in group:
+        options.update(build_options(scenario))
+    demo = build(stack, **options)
+    wait_until_watched(demo)
+    for scenario in group:
+        check(scenario, DRILLS[scenario](demo, time.time() + 90))

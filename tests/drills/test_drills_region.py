@@ -70,6 +70,11 @@ def test_region_loss_promotes_in_the_failover_region_once_and_loses_no_region_sa
     assert redis_check["extra"]["cascade_kept"], report  # redis-e still follows redis-d
     assert pg_check["extra"]["promoted"] == ["pg-dr"], report
     assert pg_check["extra"]["by_alert"] == ["PostgresPrimaryRegionDown"], report
+    # the records name the new primaries and the failover region; clients by name write again
+    for cluster, record in result.faults.pop("dns").items():
+        assert record["names"] == record["expected"], (cluster, report)
+    for check in (redis_check, pg_check):
+        assert check["extra"]["dns_s"] is not None and check["extra"]["writes_by_name_s"] is not None, report
     restore = result.faults.pop("restore")  # from the failover region's pgBackRest repository
     assert restore["exit"] == 0 and restore["success"] == 1, report
     # archive_timeout 60 s: the archive is at most a minute (and a segment switch) behind the failure

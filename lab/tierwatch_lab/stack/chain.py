@@ -91,6 +91,7 @@ def start_chain(
     vantage_exporters: Sequence[tuple[str, str]] = (),
     remote_write: Sequence[str | dict[str, Any]] = (),
     backups: dict[str, Any] | None = None,
+    service_discovery: dict[str, Any] | None = None,
 ) -> Chain:
     """Start exporter, recovery service, Alertmanager and Prometheus for ``clusters``.
 
@@ -103,7 +104,8 @@ def start_chain(
     host:port) of more exporters the caller started (e.g. in a network namespace), scraped the same
     way (the chain's own exporter is then ``primary`` unless ``vantages`` names it); ``remote_write``:
     remote_write entries (or URLs) of every Prometheus (e.g. VictoriaMetrics: lab/demo_scale.py);
-    ``backups``: the exporter config's ``backups:`` section (the file ``tierwatch restore-test`` reads)."""
+    ``backups``: the exporter config's ``backups:`` section (the file ``tierwatch restore-test`` reads);
+    ``service_discovery``: both configs' DNS records (the exporter checks them, recovery moves them)."""
     token = secrets.token_urlsafe(24)
     secrets_dir = stack.directory("chain-secrets")
     token_file = secrets_dir / "recovery-token"
@@ -116,12 +118,14 @@ def start_chain(
     exporter_document: dict[str, Any] = {**sections, "log": {"format": "json"}, "clusters": clusters}
     if backups is not None:
         exporter_document["backups"] = backups
+    dns = {"service_discovery": service_discovery} if service_discovery is not None else {}
+    exporter_document.update(dns)
     exporter_config.write_text(yaml.safe_dump(exporter_document, sort_keys=False))
     settings = {"state_dir": str(state_dir), "auth": {"bearer_token_file": str(token_file)}, **recovery}
     recovery_config = stack.path("chain", "recovery.yml")
     recovery_config.write_text(yaml.safe_dump(
         {**sections, "log": {"format": "json"}, "clusters": [*clusters, *recovery_only],
-         "recovery": settings},
+         "recovery": settings, **dns},
         sort_keys=False))  # fmt: skip
 
     exporters = [
@@ -147,7 +151,7 @@ def start_chain(
             path = stack.path("chain", f"recovery-{i}.yml")
             path.write_text(yaml.safe_dump(
                 {**sections, "log": {"format": "json"}, "clusters": [*clusters, *recovery_only],
-                 "recovery": replica}, sort_keys=False))  # fmt: skip
+                 "recovery": replica, **dns}, sort_keys=False))  # fmt: skip
             recoveries.append(start_recovery(stack, path, name=f"recovery-{i}"))
     recoverer = recoveries[0]
     am_text = with_recovery_webhooks(
