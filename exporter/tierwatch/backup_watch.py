@@ -24,15 +24,14 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from prometheus_client.core import GaugeMetricFamily
 
 from .config import LoadedConfig
 from .config.cluster_backup import PgBackRestWatch
 from .events import EventLog
+from .gauge_families import Add, GaugeCollector
 from .metric_catalog import (
     BACKUP_INFO_LAST_READ,
     BACKUP_INFO_READ_DURATION,
@@ -50,7 +49,6 @@ from .metric_catalog import (
     BACKUP_WAL_MISSING,
     BACKUP_WAL_SEGMENTS,
     BACKUPS,
-    MetricSpec,
 )
 from .probes.pgbackrest import ReportError, StanzaInfo, WalArchive, parse_archive_listing, parse_info
 
@@ -284,26 +282,13 @@ class BackupWatch:
             self.events.emit("backup_info_read_recovered", tier=tier, cluster=cluster)
 
 
-class BackupCollector:
+class BackupCollector(GaugeCollector):
     """Renders a BackupWatch's readings (cheap: a few series per cluster)."""
 
     def __init__(self, watch: BackupWatch):
         self.watch = watch
 
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        families: dict[str, GaugeMetricFamily] = {}
-
-        def add(spec: MetricSpec, labels: list[str], value: float) -> None:
-            family = families.get(spec.name)
-            if family is None:
-                family = families[spec.name] = GaugeMetricFamily(
-                    spec.name, spec.help, labels=list(spec.all_labels)
-                )
-            family.add_metric(labels, value)
-
+    def render(self, add: Add) -> None:
         for (tier, cluster), reading in sorted(self.watch.readings.items()):
             labels = [tier, cluster]
             add(BACKUP_INFO_UP, labels, 1 if reading.ok else 0)
@@ -330,4 +315,3 @@ class BackupCollector:
             if reading.wal.first is not None and reading.wal.last is not None:
                 add(BACKUP_WAL_FIRST, labels, reading.wal.first)
                 add(BACKUP_WAL_LAST, labels, reading.wal.last)
-        yield from families.values()

@@ -34,11 +34,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from prometheus_client.core import GaugeMetricFamily
 
 from .clients.dns_update import DnsError, query_rrset
 from .config import ClusterConfig, LoadedConfig
@@ -50,12 +48,12 @@ from .config.service_discovery import (
     record_values,
 )
 from .events import EventLog
+from .gauge_families import Add, GaugeCollector
 from .metric_catalog import (
     DNS_RECORD_LAST_CHECK,
     DNS_RECORD_MATCHES,
     DNS_RECORD_TTL,
     DNS_RECORD_UP,
-    MetricSpec,
 )
 from .monitor import Monitor, TargetState
 
@@ -237,26 +235,13 @@ class DnsWatch:
             self.events.emit("dns_record_matches", **fields)
 
 
-class DnsCollector:
+class DnsCollector(GaugeCollector):
     """Renders a DnsWatch's checks (four series a record at most)."""
 
     def __init__(self, watch: DnsWatch):
         self.watch = watch
 
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        families: dict[str, GaugeMetricFamily] = {}
-
-        def add(spec: MetricSpec, labels: list[str], value: float) -> None:
-            family = families.get(spec.name)
-            if family is None:
-                family = families[spec.name] = GaugeMetricFamily(
-                    spec.name, spec.help, labels=list(spec.all_labels)
-                )
-            family.add_metric(labels, value)
-
+    def render(self, add: Add) -> None:
         for (cluster, fqdn, rdtype), check in sorted(self.watch.checks.items()):
             labels = [check.tier, cluster, record_label(fqdn), rdtype]
             add(DNS_RECORD_UP, labels, 1 if check.up else 0)
@@ -264,4 +249,3 @@ class DnsCollector:
             add(DNS_RECORD_TTL, labels, check.ttl)
             if check.up:
                 add(DNS_RECORD_MATCHES, labels, 1 if check.matches else 0)
-        yield from families.values()

@@ -32,21 +32,29 @@ from .stack.chain import audit
 BY_NAME_OFFSET = 1_000_000_000  # the by-name writer's row ids (the LB writer's start at 1)
 
 
-def drill_redis_master(demo: DemoStack, deadline: float) -> DrillResult:
-    old = redis_masters(demo)[0]
-    through_lb = RedisWrites(demo.redis_write.port, demo.redis_password)
+def start_writers(
+    through_lb: Callable[[int], bool], by_name: Callable[[int], bool] | None, timeout: float
+) -> tuple[Writer, Writer | None]:
+    """Start a writer through the write LB and, with DNS, one by name; wait until both write."""
     writer = Writer(through_lb)
-    # a second client finds the master by name (DNS), as clients that bypass the LB do
-    by_name = (
-        RedisWrites(demo.dns.resolver("cache-main"), demo.redis_password, "drill-dns") if demo.dns else None
-    )
-    named = Writer(by_name) if by_name else None
+    named = Writer(by_name) if by_name is not None else None
     for w in (writer, named):
         if w is not None:
             w.start()
     wait_for(
-        lambda: len(writer.acked) > 20 and (named is None or len(named.acked) > 20), 20, "writes flowing"
+        lambda: len(writer.acked) > 20 and (named is None or len(named.acked) > 20), timeout, "writes flowing"
     )
+    return writer, named
+
+
+def drill_redis_master(demo: DemoStack, deadline: float) -> DrillResult:
+    old = redis_masters(demo)[0]
+    through_lb = RedisWrites(demo.redis_write.port, demo.redis_password)
+    # a second client finds the master by name (DNS), as clients that bypass the LB do
+    by_name = (
+        RedisWrites(demo.dns.resolver("cache-main"), demo.redis_password, "drill-dns") if demo.dns else None
+    )
+    writer, named = start_writers(through_lb, by_name, 20)
     result = DrillResult("redis-master", time.time())
     demo.redis[old].process.kill()
     result.add(result.failed_at, f"failure: killed Redis master {old}")
@@ -83,18 +91,11 @@ def drill_pg_primary(demo: DemoStack, deadline: float) -> DrillResult:
     )
     demo.pg[old].sql("GRANT INSERT, SELECT ON drill_writes TO app")
     through_lb = PgWrites(demo.pg_write.port, demo.pg_app_password)
-    writer = Writer(through_lb)
     # a second client finds the primary by name (DNS); its rows are numbered from BY_NAME_OFFSET
     by_name = (
         PgWrites(demo.dns.resolver("main-db"), demo.pg_app_password, BY_NAME_OFFSET) if demo.dns else None
     )
-    named = Writer(by_name) if by_name else None
-    for w in (writer, named):
-        if w is not None:
-            w.start()
-    wait_for(
-        lambda: len(writer.acked) > 20 and (named is None or len(named.acked) > 20), 30, "writes flowing"
-    )
+    writer, named = start_writers(through_lb, by_name, 30)
     result = DrillResult("pg-primary", time.time())
     demo.pg[old].process.kill()
     result.add(result.failed_at, f"failure: killed PostgreSQL primary {old}")

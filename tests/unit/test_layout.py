@@ -47,7 +47,16 @@ ALLOWED: dict[str, set[str]] = {
         *("exporter", "recovery", "restore", "http", "cli"),
     },
 }
-EXPORTER = {"monitor", "breaker", "metrics", "server", "status_page", "backup_watch", "dns_watch"}
+EXPORTER = {
+    "monitor",
+    "breaker",
+    "metrics",
+    "server",
+    "status_page",
+    "backup_watch",
+    "dns_watch",
+    "gauge_families",
+}
 
 
 def room_of(module: str) -> str:
