@@ -12,7 +12,8 @@ collector serving the batch commands' results), ``tierwatch serve`` probing ever
 pgBackRest repository every 10 s, writing the PostgreSQL and Redis heartbeats), ``tierwatch recover``
 in dry-run mode, and Prometheus scraping both every second with the rules of rules/ (each ``for:`` and
 ``keep_firing_for:`` shortened to a few seconds, nothing else changed), HAProxy's and the apps' own
-metrics too (jobs haproxy and app).
+metrics too (jobs haproxy and app), and a Knot DNS zone holding the Redis master's name (the exporter
+checks it; both configs have its ``service_discovery``).
 A background thread sends a little traffic through the VIP (GET /work) and to Redis, and two webhook
 notifications reach the recovery service (a refused failover, then an alert the allow-list does not
 permit the action for, blocked). Once both heartbeats are written (and the primary's is archived), the
@@ -39,9 +40,11 @@ import yaml
 
 from tierwatch.recovery.webhook import fingerprint_of
 from tierwatch_lab import demo_backups
+from tierwatch_lab.demo_dns import srv
 from tierwatch_lab.stack import Stack, StackError, free_port, wait_for
 from tierwatch_lab.stack.express import start_express
 from tierwatch_lab.stack.haproxy import start_haproxy, start_vip
+from tierwatch_lab.stack.knot import start_knot
 from tierwatch_lab.stack.node_exporter import node_job, start_node_exporter
 from tierwatch_lab.stack.pgbackrest import archive_now, start_backed_up_primary
 from tierwatch_lab.stack.postgres import PgServer, start_replica
@@ -251,6 +254,18 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
                         **backups.exporter_backup()}, "targets": [
                 {"name": s.name, "region": "primary", "url": s.dsn_without_password} for s in (pg_1, pg_2)]},
         ]  # fmt: skip
+        # the Redis master's name in a Knot zone: the exporter checks it, recovery counts its updates
+        knot = start_knot(stack, records=[f"primary.cache-main 2 IN SRV {srv(redis_a.port)}"], ttl=2)
+        dns = {
+            "server": knot.server,
+            "zone": knot.zone,
+            "key": {"name": knot.key_name, "secret_file": str(knot.key_file)},
+            "ttl": 2,
+            "records": [
+                {"name": "primary.cache-main", "cluster": "cache-main",
+                 "values": {s.name: srv(s.port) for s in (redis_a, redis_b)}},
+            ],
+        }  # fmt: skip
         config = stack.path("tierwatch.yml")
         config.write_text(
             yaml.safe_dump(
@@ -261,6 +276,7 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
                     "clusters": clusters,
                     # what `tierwatch restore-test` and `tierwatch redis-snapshot` do
                     "backups": _backups_section(backups),
+                    "service_discovery": dns,
                 }
             )
         )
@@ -276,7 +292,9 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
             "allow": {"RedisMasterDown": "redis_failover"},
         }
         recovery_config = stack.path("recover.yml")
-        recovery_config.write_text(yaml.safe_dump({"clusters": clusters[1:3], "recovery": recovery}))
+        recovery_config.write_text(
+            yaml.safe_dump({"clusters": clusters[1:3], "recovery": recovery, "service_discovery": dns})
+        )
         recovery_url = _serve(stack, "recover", ["recover", "--config", str(recovery_config)], env)
 
         prometheus = start_prometheus(

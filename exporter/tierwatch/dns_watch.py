@@ -36,9 +36,8 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .clients.dns_update import DnsError, query_rrset
 from .config import ClusterConfig, LoadedConfig
 from .config.service_discovery import (
     DnsRecordConfig,
@@ -57,12 +56,15 @@ from .metric_catalog import (
 )
 from .monitor import Monitor, TargetState
 
+if TYPE_CHECKING:
+    from .clients.dns_update import RRset
+
 MAX_QUERIES = 16  # records queried at once
 RECONCILE_SECONDS = 1.0  # how often a reload is looked for between rounds
 PRIMARY_ROLES = frozenset({"primary", "master"})
 GRACE_SECONDS = 1.0  # the backstop past ``timeout`` that cancels a query the client did not end
 
-Query = Callable[[tuple[str, int], str, str, float], Awaitable[frozenset[str]]]
+Query = Callable[[tuple[str, int], str, str, float], Awaitable["RRset"]]
 RecordKey = tuple[str, str, str]  # (cluster, owner name with its trailing dot, type)
 
 
@@ -109,10 +111,10 @@ def judge(kind: str, answer: frozenset[str], values: Mapping[str, str], members:
 class DnsWatch:
     """Keeps every watched record's latest Check, all records checked once per monitor interval."""
 
-    def __init__(self, monitor: Monitor, events: EventLog, query: Query = query_rrset):
+    def __init__(self, monitor: Monitor, events: EventLog, query: Query | None = None):
         self.monitor = monitor
         self.events = events
-        self.query = query
+        self._query = query
         self.checks: dict[RecordKey, Check] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -196,11 +198,15 @@ class DnsWatch:
     ) -> Check:
         """Query one record and compare the answer with ``states``, the monitor's view of its cluster
         (its Sentinels left out by tier)."""
+        # the client (and dnspython) is loaded only once a config has records to check
+        from .clients.dns_update import DnsError, query_rrset
+
         tier = cluster.tier
         fqdn = record.fqdn(settings.zone)
+        query = self._query or query_rrset
         try:
             async with asyncio.timeout(settings.timeout + GRACE_SECONDS):
-                answer = await self.query(settings.server_address, fqdn, record.type, settings.timeout)
+                answer = await query(settings.server_address, fqdn, record.type, settings.timeout)
         except DnsError as exc:
             return Check(tier, time.time(), settings.ttl, None, exc.kind, exc.detail)
         except TimeoutError:

@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from ..dns_text import canonical
 from ..durations import parse_duration
 from .discovery import DNS_NAME_PATTERN
 from .target import Name, _Strict
@@ -85,6 +84,13 @@ class ServiceDiscovery(_Strict):
     def server_address(self) -> tuple[str, int]:
         host, _, port = self.server.rpartition(":")
         return host.strip("[]"), int(port)
+
+
+def canonical(rdtype: str, text: str, origin: str | None = None) -> str:
+    """``text`` as record data in dns_text's canonical form; ValueError if it is not valid data."""
+    from ..dns_text import canonical as text_form  # dnspython is loaded only for this section
+
+    return text_form(rdtype, text, origin)
 
 
 def record_label(fqdn: str) -> str:
