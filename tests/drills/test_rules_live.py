@@ -5,7 +5,10 @@ binaries; ``tierwatch serve`` probes them every second; Prometheus scrapes it ev
 evaluates the rules of rules/ every second. The test then breaks things for real and watches the
 alerts: a second Redis master (REPLICAOF NO ONE on the replica) must fire RedisSplitBrain, and
 REPLICAOF back must clear it; WAL replay paused on the PostgreSQL replica while the primary keeps
-writing must fire PostgresReplicationLagHigh, and resuming replay must clear it.
+writing must fire PostgresReplicationLagHigh, and resuming replay must clear it. A Knot DNS server holds the
+Redis master's record (``service_discovery``): while it names the master DnsRecordStale is silent;
+changed by hand (knotc) to the replica it fires once the TTL plus the margin (30 s) has passed, and
+clears when the record names the master again.
 
 The rule files are NOT edited: the test loads a generated copy of every file in rules/ in which each
 ``for:`` is rewritten to a few seconds, so the test does not wait the production minutes. Expressions
@@ -30,6 +33,7 @@ import pytest
 import yaml
 
 from tierwatch_lab.stack import Stack, free_port, wait_for
+from tierwatch_lab.stack.knot import KnotServer, start_knot
 from tierwatch_lab.stack.postgres import PgServer, start_primary, start_replica
 from tierwatch_lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
 from tierwatch_lab.stack.redis import RedisServer, start_redis, wait_replica_linked
@@ -75,6 +79,15 @@ class LiveStack:
     pg_replica: PgServer
     prometheus: PrometheusServer
     exporter_url: str
+    knot: KnotServer
+
+
+DNS_TTL = 1
+MASTER_RECORD = "primary.cache-main"
+
+
+def srv(server: RedisServer) -> str:
+    return f"0 0 {server.port} node.tierwatch.test."
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +97,7 @@ def live() -> Iterator[LiveStack]:
         redis_b = start_redis(stack, "redis-b", replica_of=redis_a)
         pg_1 = start_primary(stack, "pg-1")
         pg_2 = start_replica(stack, pg_1, "pg-2")
+        knot = start_knot(stack, records=[f"{MASTER_RECORD} {DNS_TTL} IN SRV {srv(redis_a)}"], ttl=DNS_TTL)
         config = {
             "monitor": {"interval": "1s", "timeout": "800ms"},
             "clusters": [
@@ -104,6 +118,19 @@ def live() -> Iterator[LiveStack]:
                     ],
                 },
             ],
+            "service_discovery": {
+                "server": knot.server,
+                "zone": knot.zone,
+                "key": {"name": knot.key_name, "secret_file": str(knot.key_file)},
+                "ttl": DNS_TTL,
+                "records": [
+                    {
+                        "name": MASTER_RECORD,
+                        "cluster": "cache-main",
+                        "values": {s.name: srv(s) for s in (redis_a, redis_b)},
+                    }
+                ],
+            },
         }
         config_path = stack.path("tierwatch.yml")
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -131,7 +158,7 @@ def live() -> Iterator[LiveStack]:
             evaluation_interval="1s",
         )
         wait_for(prometheus.targets_up, 30, "prometheus to scrape the exporter")
-        yield LiveStack(redis_a, redis_b, pg_1, pg_2, prometheus, exporter_url)
+        yield LiveStack(redis_a, redis_b, pg_1, pg_2, prometheus, exporter_url, knot)
 
 
 def poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -247,3 +274,32 @@ def test_paused_postgres_replay_under_writes_fires_lag_until_resumed(live: LiveS
     assert not errors, errors
     poll(lambda: prom.alert_state(alert) == "inactive", 60, f"{alert} to clear after replay resumed")
     assert prom.value('tierwatch_pg_replay_paused{target="pg-2"}') == 0
+
+
+def test_a_record_changed_by_hand_fires_dns_record_stale_until_it_names_the_master_again(
+    live: LiveStack,
+) -> None:
+    prom = live.prometheus
+    labels = {"cluster": "cache-main", "record": f"{MASTER_RECORD}.tierwatch.test", "type": "SRV"}
+    poll(
+        lambda: prom.value('tierwatch_dns_record_matches{cluster="cache-main"}') == 1,
+        30,
+        "the record checked",
+    )
+    assert prom.alert_state("DnsRecordStale") == "inactive"
+    live.knot.set_rrset(MASTER_RECORD, "SRV", [srv(live.redis_replica)])  # an operator's mistake
+    changed = time.monotonic()
+    try:
+        poll(
+            lambda: prom.value('tierwatch_dns_record_matches{cluster="cache-main"}') == 0, 30, "the mismatch"
+        )
+        # silent for the TTL plus the 30 s margin (the expression's own, not shortened here)
+        poll(lambda: prom.alert_state("DnsRecordStale", **labels) == "firing", 90, "DnsRecordStale to fire")
+        assert time.monotonic() - changed > DNS_TTL + 30
+        (alert,) = prom.alerts("DnsRecordStale")
+        assert alert["labels"]["severity"] == "critical" and alert["labels"]["tier"] == "redis"
+        assert alert["annotations"]["runbook_url"] == f"{RUNBOOK_URL_BASE}DnsRecordStale.md"
+        assert prom.alert_state("DnsRecordUnanswered") == "inactive"
+    finally:
+        live.knot.set_rrset(MASTER_RECORD, "SRV", [srv(live.redis_master)])
+    poll(lambda: prom.alert_state("DnsRecordStale") == "inactive", 60, "DnsRecordStale to clear")
