@@ -207,3 +207,24 @@ def test_an_app_record_follows_the_region_a_regional_failover_moves_to(
     results = asyncio.run(publish(ctx, "failover", "primary"))
     assert results is not None and results.results == {f"app.{ZONE}": "updated"}, recorder.text()
     assert lookup(knot, f"app.{ZONE}") == {srv(8081)}
+
+
+def test_a_record_naming_another_dead_member_moves_when_the_alert_names_an_older_primary(
+    trio: tuple[Any, ...],
+) -> None:
+    """Two failovers in a row, the second run for an alert that still names the first old master (the
+    etcd quorum drill's case): the record names the master the kit promoted last, which is dead too;
+    that is a member that did not answer, not someone else's change."""
+    servers, knot, loaded = trio
+    first, second, third = servers
+    first.process.kill()
+    second.client().execute_command("REPLICAOF", "NO", "ONE")  # the earlier failover's new master
+    third.client().execute_command("REPLICAOF", second.host, str(second.port))
+    knot.set_rrset(f"primary.{CLUSTER}", "SRV", [srv(second.port)])  # where that failover moved it
+    second.process.kill()
+    ctx, recorder = make_context(loaded, CLUSTER, ALERT, settings=ClusterRecovery(write_backend=BACKEND))
+    outcome = run(ctx)
+    assert outcome.facts.get("new_primary") == "redis-3", (outcome, recorder.text())
+    assert outcome.facts["dns"] == {RECORD: "updated"}, (outcome, recorder.text())
+    assert outcome.status == "succeeded", (outcome, recorder.text())
+    assert lookup(knot) == {srv(third.port)}

@@ -3,8 +3,9 @@ to the new primary or the region that now serves, by RFC 2136 updates signed wit
 
 Each record is a compare-and-swap: the update carries the prerequisite that the record still holds
 exactly what was read just before, and that read must be the value of the server (or region) the
-failover moved away from — or, when that is unknown (a resumed run), the value of another member of
-the cluster. A record that holds anything else was changed by someone else and is not overwritten:
+failover moved away from, or of a member the run saw not answering (a record the kit moved to a
+primary that died since) — or, when neither is known (a resumed run), of another member of the
+cluster. A record that holds anything else was changed by someone else and is not overwritten:
 the step fails (``conflict``), audited; the failover itself stands. Before each update the lease is
 checked (``ctx.still_leading``), so a paused leader that lost it never publishes; and since the new
 leader moved the record first, the prerequisite refuses the stale leader's update anyway.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..clients.dns_update import DnsError, TsigKey, query_rrset, replace_rrset
@@ -48,10 +50,13 @@ def cluster_records(ctx: ActionContext) -> list[DnsRecordConfig]:
     return [r for r in settings.records if r.cluster == ctx.cluster.name]
 
 
-async def publish(ctx: ActionContext, new: str, old: str | None) -> DnsResults | None:
+async def publish(
+    ctx: ActionContext, new: str, old: str | None, gone: Iterable[str] = ()
+) -> DnsResults | None:
     """Point every record of the cluster at member ``new`` (a target for a primary record, a region
-    for an app record), moving away from ``old``; None when the cluster has no records. Raises
-    LeaseLost once this replica no longer leads."""
+    for an app record), moving away from ``old`` or from one of the members ``gone`` (those the run
+    saw not answering: a record naming one of them is stale, not someone else's); None when the
+    cluster has no records. Raises LeaseLost once this replica no longer leads."""
     settings = ctx.loaded.config.service_discovery
     records = cluster_records(ctx)
     if settings is None or not records:
@@ -68,7 +73,7 @@ async def publish(ctx: ActionContext, new: str, old: str | None) -> DnsResults |
     deadline = time.monotonic() + settings.update_timeout
     for record in records:
         fqdn = record.fqdn(settings.zone)
-        result, problem = await _publish_one(ctx, settings, key, record, new, old, deadline)
+        result, problem = await _publish_one(ctx, settings, key, record, new, old, set(gone), deadline)
         out.results[fqdn] = result
         if problem:
             out.problems.append(f"{fqdn}: {problem}")
@@ -82,6 +87,7 @@ async def _publish_one(
     record: DnsRecordConfig,
     new: str,
     old: str | None,
+    gone: set[str],
     deadline: float,
 ) -> tuple[str, str | None]:
     """(result, problem) of moving one record to ``new``."""
@@ -92,7 +98,10 @@ async def _publish_one(
         why = f"no {record.type} value for {new}"
         ctx.audit("dns_update_failed", record=fqdn, result="no_value", error=why)
         return "no_value", why
-    previous = {values[old]} if old is not None and old in values else set(values.values()) - {wanted}
+    if old is None and not gone:  # a resumed run that knows nothing: any other member's value
+        previous = set(values.values()) - {wanted}
+    else:
+        previous = {values[m] for m in {old, *gone} if m is not None and m in values} - {wanted}
     server = settings.server_address
     started = time.monotonic()
     attempts = 0
@@ -105,7 +114,7 @@ async def _publish_one(
                 ctx.audit("dns_unchanged", record=fqdn, value=wanted, attempts=attempts)
                 return "unchanged", None
             if current and not (len(current) == 1 and current <= previous):
-                why = f"holds {sorted(current)}, not the value of {old or 'a member of the cluster'}"
+                why = f"holds {sorted(current)}, not the value of {old or 'a member'} or of one not answering"
                 ctx.audit("dns_update_failed", record=fqdn, result="conflict", error=why)
                 return "conflict", f"changed by someone else ({why}); not overwritten"
             ctx.still_leading()

@@ -253,7 +253,7 @@ async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
         await ctx.point_of_no_return()
         started = time.monotonic()
         await point_write_backend(ctx, elected.target.name)
-        dns = await publish(ctx, elected.target.name, old)
+        dns = await publish(ctx, elected.target.name, old, silent(seen))
         dns_at = time.monotonic() - started
         outcome = await verify(ctx, driver, elected.target, elected.replicas, elected.facts, started)
         return with_dns(outcome, dns, dns_at)
@@ -286,7 +286,7 @@ async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
     stray, cascade = plan_repoint(ctx, replicas, best, where)
     failed = await _repoint_all(ctx, driver, best, where, stray)
     await point_write_backend(ctx, best.name)
-    dns = await publish(ctx, best.name, old)
+    dns = await publish(ctx, best.name, old, silent(seen))
     dns_at = time.monotonic() - started
     facts = {"new_primary": best.name, "old_primary": old, **driver.position(best)}
     if best.target.region != old_target.region:
@@ -298,6 +298,11 @@ async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
         facts["cascaded"] = {name: up.name for name, up in cascade.items()}
     followers = [s.target for s in replicas if s.name not in failed]
     return with_dns(await verify(ctx, driver, best.target, followers, facts, started, cascade), dns, dns_at)
+
+
+def silent(seen: Sequence[Seen]) -> list[str]:
+    """The targets that did not answer when observed."""
+    return [s.name for s in seen if not s.answered]
 
 
 def old_primary(ctx: ActionContext, seen: Sequence[Seen]) -> str | None:
@@ -451,7 +456,7 @@ async def _resume(ctx: ActionContext, driver: Driver[S], seen: Sequence[S], old:
         stray, cascade = plan_repoint(ctx, replicas, new, where)
         failed = await _repoint_all(ctx, driver, new, where, stray)
     await point_write_backend(ctx, new.name)
-    dns = await publish(ctx, new.name, old)
+    dns = await publish(ctx, new.name, old, silent(seen))
     facts: dict[str, Any] = {"new_primary": new.name, "old_primary": old, "resumed": True}
     facts["old_primary_fencing"] = "required"
     if failed:
