@@ -63,6 +63,7 @@ LONGEST_FIRST = [
     "test_drills_faults.py",
     "test_drills_ha.py",
     "test_drills.py",
+    "test_drills_leader.py",
     "test_rules_live.py",
     "test_drills_partition.py",
     "test_demo_scale.py",
@@ -76,8 +77,7 @@ LONGEST_FIRST = [
     "test_hosts_dashboard_live.py",
     "test_vantage_live.py",
     "test_failover_cascade.py",
-    # last of the drills: it bounds the exporter's RSS (150 MB) and /metrics p99, which it measured at
-    # 196 MB once beside three whole-stack drills (70 MB alone or beside three busy loops)
+    # last of the drills: it bounds the exporter's peak RSS (120 MB) and /metrics p99
     "test_soak_hostile.py",
     # integration: the files over 25 s of one worker (--durations=0 of tests/integration, 2026-12-07);
     # test_rules.py alone is about 170 s and was dispatched among the last, after the drills

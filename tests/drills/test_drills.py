@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 # slow-app repairs nothing (no recovery action): tests/drills/test_drills_traffic.py; the fault drills have
 # their own checker's assertions: tests/drills/test_drills_faults.py; the watcher-loss drills share stacks in
-# tests/drills/test_drills_ha.py
+# tests/drills/test_drills_ha.py, the recovery leader's in tests/drills/test_drills_leader.py
 HA_SHARED = (
     "etcd-member-loss",
     "kill-prometheus-replica",

@@ -1,6 +1,6 @@
 """The HA drills of tierwatch_lab.drills_ha that lose a watcher's redundancy during a Redis master failure: an
-etcd member, etcd's quorum, a Prometheus replica, an exporter (vantage point), the recovery leader
-(paused before its DNS step and woken late, then killed -9). Each must end with exactly
+etcd member, etcd's quorum, a Prometheus replica, an exporter (vantage point); the recovery leader's
+are tests/drills/test_drills_leader.py's. Each must end with exactly
 one promotion (point of no return of ``redis_failover``, counted over every recovery replica), one
 master and no acknowledged write lost. To keep the suite short, one demo stack serves several drills
 (the demo's main region has three Redis servers: two failovers per stack; the single-process
@@ -19,8 +19,6 @@ from tierwatch_lab.drills_ha import (
     drill_etcd_quorum_loss,
     drill_kill_exporter_vantage,
     drill_kill_prometheus_replica,
-    drill_kill_recovery_leader,
-    drill_stale_dns_leader,
 )
 from tierwatch_lab.stack import Stack
 
@@ -70,23 +68,3 @@ def test_kill_prometheus_replica_and_exporter_vantage(stack: Stack) -> None:
 
     prometheus = drill_kill_prometheus_replica(demo, time.time() + 90, delay=1.0)
     _exactly_one_failover(prometheus)
-
-
-def test_a_stale_leader_wakes_after_the_dns_step_then_the_leader_is_killed(stack: Stack) -> None:
-    demo = build(stack, recovery_replicas=2, backups=False)
-    wait_until_watched(demo)
-
-    # the leader paused before its DNS step, woken after the other replica moved the record
-    stale = drill_stale_dns_leader(demo, time.time() + 120)
-    _exactly_one_failover(stale)
-    dns = stale.faults["dns"]
-    assert dns["paused"] and dns["moved_by_other_replica"], stale.render()
-    assert dns["stale_updates"] == 0 and dns["record_names_master"], (stale.render(), dns)
-    assert any(what.startswith("recovered by name:") for _, what in stale.timeline), stale.render()
-
-    # then the next master failure, with the leader killed -9 during it: the other replica finishes
-    killed = drill_kill_recovery_leader(demo, time.time() + 90)
-    report = killed.render()
-    print("\n" + report)
-    assert killed.recovered and killed.lost == 0 and killed.primaries == {"redis": 1}, report
-    assert any(what.startswith("recovered by name:") for _, what in killed.timeline), report
