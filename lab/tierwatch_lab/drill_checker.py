@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,7 +175,8 @@ def double_primary_seconds(probers: list[Prober], start: float, end: float) -> f
     marks = [sorted(p.acked_at) for p in probers]
     t = start
     while t < end:
-        accepting = sum(1 for times in marks if any(t - PROBE_WINDOW <= a <= t for a in times))
+        # a server accepts at t when one of its acknowledgements lies in [t - PROBE_WINDOW, t]
+        accepting = sum(1 for times in marks if bisect_right(times, t) > bisect_left(times, t - PROBE_WINDOW))
         if accepting >= 2:
             total += step
         t += step

@@ -17,6 +17,7 @@ import subprocess
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import dns.message
@@ -79,6 +80,14 @@ def dig(server: KnotServer, name: str, rdtype: str) -> list[str]:
 
 def dig_values(server: KnotServer, name: str, rdtype: str) -> set[str]:
     return {line.split(" ", 4)[4] for line in dig(server, name, rdtype) if line.split(" ")[3] == rdtype}
+
+
+def stopped(pid: int) -> bool:
+    """True when every thread of ``pid`` is in the stopped state (``T``)."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state in ("T", "t") for state in states)
 
 
 def failure(coro: Awaitable[object]) -> tuple[DnsError, float]:
@@ -215,6 +224,9 @@ def test_a_frozen_server_is_unavailable_within_the_timeout_and_may_apply_the_upd
     key = knot.tsig_key()
     knot.process.pause()
     try:
+        # SIGSTOP is asynchronous: a loaded machine may let knotd's threads run on for a moment, so
+        # the queries start once every thread of it is stopped
+        wait_for(lambda: stopped(knot.process.pid), 10, "knotd's threads to stop")
         for call in (
             query_rrset(knot.address(), NAME, "SRV", 1.0),
             replace_rrset(knot.address(), ZONE, key, NAME, "SRV", 5, frozenset({OLD}), frozenset({NEW}), 1.0),
