@@ -62,6 +62,7 @@ def make_config(write_config: Callable[[dict[str, Any]], Path]) -> Callable[...,
 LONGEST_FIRST = [
     "test_drills_faults.py",
     "test_drills_ha.py",
+    "test_drills_watchers.py",
     "test_drills.py",
     "test_drills_leader.py",
     "test_rules_live.py",

@@ -251,6 +251,8 @@ def watcher_partition(demo: DemoStack, deadline: float, cut: Sequence[str]) -> D
     vantages = "|".join(cut)
     redis_old, pg_old = redis_masters(demo)[0], pg_primaries(demo)[0]
     drill_tables(demo.pg[pg_old], ("drill_lb", "drill_probe"))
+    # another partition on the same stack writes the same ids again: start from empty tables
+    demo.pg[pg_old].sql("TRUNCATE drill_lb, drill_probe")
     redis_lb = RedisAckWrites(demo.redis_write.port, demo.redis_password, "drill:lb")
     pg_lb = PgAckWrites(demo.pg_write.port, demo.pg_app_password, "drill_lb")
     writers = {"redis": Writer(redis_lb), "postgres": Writer(pg_lb)}
