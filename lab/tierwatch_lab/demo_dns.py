@@ -105,7 +105,7 @@ class SrvPort:
     server: tuple[str, int]
     name: str
     timeout: float = 1.0
-    _cached: tuple[int, float] | None = field(default=None, repr=False)  # (port, expires, monotonic)
+    _cached: tuple[int, float] | None = field(default=None, repr=False)  # (port, expiry on time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     lookups: int = 0
 

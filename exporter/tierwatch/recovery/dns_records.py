@@ -25,7 +25,6 @@ from ..clients.dns_update import DnsError, TsigKey, query_rrset, replace_rrset
 from ..config.service_discovery import DnsRecordConfig, ServiceDiscovery, record_values
 from .actions.base import ActionContext, Outcome
 
-RESULTS = ("updated", "unchanged", "conflict", "refused", "unavailable", "protocol", "no_value")
 OK_RESULTS = frozenset({"updated", "unchanged"})
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0)  # then every 2 s until update_timeout
 
