@@ -25,7 +25,7 @@ def chromium() -> str:
 
 
 def screenshot(page: Path | str, out: Path, width: int = 1280, height: int = 900) -> Image.Image:
-    """A screenshot of ``page`` (a file or an http:// URL) at ``width`` × ``height``, as an RGB image."""
+    """A screenshot of ``page`` (a file or an http:// URL) at ``width`` by ``height``, as an RGB image."""
     source = page.as_uri() if isinstance(page, Path) else page
     with tempfile.TemporaryDirectory(prefix="tierwatch-chromium-") as profile:
         subprocess.run(
@@ -39,7 +39,9 @@ def screenshot(page: Path | str, out: Path, width: int = 1280, height: int = 900
         return image.convert("RGB")
 
 
-def count_colour(image: Image.Image, colour: Rgb, tolerance: int = 24, box: tuple[int, ...] | None = None) -> int:
+def count_colour(
+    image: Image.Image, colour: Rgb, tolerance: int = 24, box: tuple[int, int, int, int] | None = None
+) -> int:
     """How many pixels of ``image`` (within ``box``, left/top/right/bottom) are ``colour`` ± ``tolerance``
     per channel (anti-aliasing blends the edges of a line)."""
     region = image.crop(box) if box else image

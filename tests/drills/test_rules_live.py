@@ -10,16 +10,24 @@ Redis master's record (``service_discovery``): while it names the master DnsReco
 changed by hand (knotc) to the replica it fires once the TTL plus the margin (30 s) has passed, and
 clears when the record names the master again.
 
-The rule files are NOT edited: the test loads a generated copy of every file in rules/ in which each
-``for:`` is rewritten to a few seconds, so the test does not wait the production minutes. Expressions
-and thresholds are kept as they are (the 30 s read-replica lag threshold is really crossed). Every wait
-polls with a deadline.
+Two maintenance alerts are driven for real too: transaction IDs consumed on the PostgreSQL primary
+until PostgresXidWraparoundWarning fires (and a freezing VACUUM clears it for that database), and an
+HAProxy TLS frontend whose self-signed certificate expires in one day fires TlsCertificateExpiringSoon.
+
+The rule files are the shipped ones with two changes only: every ``for:`` is rewritten to a few seconds,
+so the test does not wait the production minutes, and the XID warning threshold (a setting,
+``thresholds.pg_xid_age_warning``) is lowered from a billion to XID_WARNING through rules/generate.py's
+``--settings``, since consuming a billion transaction IDs takes hours. Every other expression and
+threshold is kept as it is (the 30 s read-replica lag threshold is really crossed). Every wait polls with
+a deadline.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -31,6 +39,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from tls_fixtures import start_tls_frontend
 
 from tierwatch_lab.stack import Stack, free_port, wait_for
 from tierwatch_lab.stack.knot import KnotServer, start_knot
@@ -49,11 +58,11 @@ KEEP_FIRING_LINE = re.compile(r"^(\s+keep_firing_for:\s*)\S+\s*$", re.MULTILINE)
 pytestmark = pytest.mark.slow
 
 
-def fast_rule_copies(directory: Path, for_value: str = FAST_FOR) -> list[Path]:
-    """Copies of rules/*.yml in ``directory`` with every ``for`` and ``keep_firing_for`` set to
+def fast_rule_copies(directory: Path, for_value: str = FAST_FOR, rules: Path = RULES) -> list[Path]:
+    """Copies of ``rules``/*.yml in ``directory`` with every ``for`` and ``keep_firing_for`` set to
     ``for_value`` (nothing else changes); the copies are checked to hold the same rules as the originals."""
     copies = []
-    for source in sorted(RULES.glob("*.yml")):
+    for source in sorted(rules.glob("*.yml")):
         text = source.read_text()
         fast, count = FOR_LINE.subn(lambda m: m.group(1) + for_value, text)
         fast = KEEP_FIRING_LINE.sub(lambda m: m.group(1) + for_value, fast)
@@ -80,6 +89,33 @@ class LiveStack:
     prometheus: PrometheusServer
     exporter_url: str
     knot: KnotServer
+    tls_url: str
+
+
+# far above what the lab's servers start with (about 1,000) and what the other tests here use, far
+# below what the test can consume in a few seconds
+XID_WARNING = 60_000
+
+
+def rules_with_low_xid_warning(directory: Path) -> Path:
+    """rules/*.yml generated with ``thresholds.pg_xid_age_warning`` = XID_WARNING (all else as shipped);
+    checked to differ from the shipped files in that alert's expression only."""
+    settings = directory / "settings.yml"
+    settings.write_text(yaml.safe_dump({"thresholds": {"pg_xid_age_warning": XID_WARNING}}))
+    out = directory / "rules"
+    subprocess.run(
+        [sys.executable, str(RULES / "generate.py"), "--settings", str(settings), "--out", str(out)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    changed = []
+    for shipped in sorted(RULES.glob("*.yml")):
+        ours = yaml.safe_load((out / shipped.name).read_text())["groups"]
+        for group_a, group_b in zip(yaml.safe_load(shipped.read_text())["groups"], ours, strict=True):
+            changed += [
+                b.get("alert") for a, b in zip(group_a["rules"], group_b["rules"], strict=True) if a != b
+            ]
+    assert changed == ["PostgresXidWraparoundWarning"], changed
+    return out
 
 
 DNS_TTL = 1
@@ -98,6 +134,7 @@ def live() -> Iterator[LiveStack]:
         pg_1 = start_primary(stack, "pg-1")
         pg_2 = start_replica(stack, pg_1, "pg-2")
         knot = start_knot(stack, records=[f"{MASTER_RECORD} {DNS_TTL} IN SRV {srv(redis_a)}"], ttl=DNS_TTL)
+        tls_url, tls_ca = start_tls_frontend(stack, dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
         config = {
             "monitor": {"interval": "1s", "timeout": "800ms"},
             "clusters": [
@@ -115,6 +152,13 @@ def live() -> Iterator[LiveStack]:
                     "targets": [
                         {"name": s.name, "region": "primary", "url": s.dsn_without_password}
                         for s in (pg_1, pg_2)
+                    ],
+                },
+                {
+                    "name": "web",
+                    "tier": "app",
+                    "targets": [
+                        {"name": "app-tls", "region": "primary", "url": tls_url, "tls_ca_file": str(tls_ca)}
                     ],
                 },
             ],
@@ -149,7 +193,8 @@ def live() -> Iterator[LiveStack]:
             return httpx.get(exporter_url + "/ready", timeout=2.0).status_code == 200
 
         wait_for(exporter_ready, 30, "the exporter to be ready")
-        rule_files = fast_rule_copies(stack.directory("rules"))
+        rules = rules_with_low_xid_warning(stack.directory("generated"))
+        rule_files = fast_rule_copies(stack.directory("rules"), rules=rules)
         prometheus = start_prometheus(
             stack,
             [ScrapeJob("tierwatch", [f"127.0.0.1:{port}"])],
@@ -158,7 +203,7 @@ def live() -> Iterator[LiveStack]:
             evaluation_interval="1s",
         )
         wait_for(prometheus.targets_up, 30, "prometheus to scrape the exporter")
-        yield LiveStack(redis_a, redis_b, pg_1, pg_2, prometheus, exporter_url, knot)
+        yield LiveStack(redis_a, redis_b, pg_1, pg_2, prometheus, exporter_url, knot, tls_url)
 
 
 def poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -303,3 +348,42 @@ def test_a_record_changed_by_hand_fires_dns_record_stale_until_it_names_the_mast
     finally:
         live.knot.set_rrset(MASTER_RECORD, "SRV", [srv(live.redis_master)])
     poll(lambda: prom.alert_state("DnsRecordStale") == "inactive", 60, "DnsRecordStale to clear")
+
+
+def test_consumed_transaction_ids_fire_xid_wraparound_warning_until_frozen(live: LiveStack) -> None:
+    prom, primary = live.prometheus, live.pg_primary
+    alert = "PostgresXidWraparoundWarning"
+    ages = 'tierwatch_pg_database_xid_age{cluster="main-db", database="postgres"}'
+    start = poll(lambda: prom.value(ages), 30, "the primary's XID age in Prometheus")
+    assert start < XID_WARNING
+    assert prom.alert_state(alert, cluster="main-db") == "inactive"
+    count = int(XID_WARNING - start + 2000)
+    with primary.connect() as conn:  # autocommit: every COMMIT in the loop ends one transaction
+        conn.execute(f"DO $$ BEGIN FOR i IN 1..{count} LOOP PERFORM txid_current(); COMMIT; END LOOP; END $$")
+    poll(lambda: prom.alert_state(alert, database="postgres") == "firing", 60, f"{alert} to fire")
+    firing = {a["labels"]["database"]: a for a in prom.alerts(alert) if a["state"] == "firing"}
+    # transaction IDs are server-wide: every database aged, template0 too
+    assert {"postgres", "template0", "template1"} <= set(firing)
+    labels = firing["postgres"]["labels"]
+    assert (labels["severity"], labels["cluster"], labels["target"]) == ("warning", "main-db", "pg-1")
+    assert firing["postgres"]["annotations"]["runbook_url"] == f"{RUNBOOK_URL_BASE}{alert}.md"
+    assert prom.alert_state("PostgresXidWraparoundCritical") == "inactive"
+    primary.sql("VACUUM (FREEZE)")  # freezes the database it runs in: only "postgres" is young again
+    poll(
+        lambda: prom.alert_state(alert, database="postgres") == "inactive",
+        60,
+        f"{alert} to clear for postgres",
+    )
+    assert prom.alert_state(alert, database="template0") == "firing"
+
+
+def test_a_certificate_that_expires_in_a_day_fires_tls_certificate_expiring_soon(live: LiveStack) -> None:
+    prom = live.prometheus
+    alert = "TlsCertificateExpiringSoon"
+    poll(lambda: prom.alert_state(alert, cluster="web") == "firing", 60, f"{alert} to fire")
+    (firing,) = prom.alerts(alert)
+    assert firing["labels"]["target"] == "app-tls" and firing["labels"]["severity"] == "warning"
+    left = float(firing["value"])
+    assert 86400 - 600 < left <= 86400, left  # the certificate was made a day before
+    assert prom.alert_state("TlsCertificateExpired") == "inactive"
+    assert prom.value('tierwatch_up{target="app-tls"}') == 1  # verified against its CA: not down

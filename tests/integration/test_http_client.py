@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hostile_peers import start_hostile_http
-from test_http_tls import NOT_AFTER, self_signed
+from tls_fixtures import NOT_AFTER, self_signed
 
 from tierwatch.clients.http import HttpClient, HttpFailure, HttpRules, ssl_context
 from tierwatch.clients.http_wire import MAX_HEADER_BYTES

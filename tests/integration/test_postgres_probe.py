@@ -4,6 +4,7 @@ small throwaway clusters for destructive tests (promotion, frozen server)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import os
 import time
@@ -521,3 +522,150 @@ def test_nothing_listening_is_refused() -> None:
 )
 def test_error_classification(error: psycopg.Error, reason: str) -> None:
     assert classify_pg_error(error) == reason
+
+
+# --- maintenance signals: wraparound, restarts, locks, vacuum (rules/postgres: issue 28) ---------------
+
+
+def with_top_tables(cluster: PgCluster, name: str, top: int) -> PostgresProbe:
+    info = cluster.info(name)
+    return PostgresProbe(
+        dataclasses.replace(info, cluster=info.cluster.model_copy(update={"top_tables": top}))
+    )
+
+
+async def probe_closed(probe: PostgresProbe) -> Observation:
+    try:
+        return await probe.probe()
+    finally:
+        await probe.close()
+
+
+def test_xid_ages_grow_with_consumed_transaction_ids_on_the_primary_only(pg_cluster: PgCluster) -> None:
+    primary = pg_cluster.servers["pg-1"]
+    before = run(probe_once(pg_cluster, "pg-1"))
+    database = primary.scalar("SELECT current_database()")
+    with primary.connect() as conn:  # autocommit: each COMMIT in the DO block ends one transaction
+        conn.execute("DO $$ BEGIN FOR i IN 1..3000 LOOP PERFORM txid_current(); COMMIT; END LOOP; END $$")
+    after = run(probe_once(pg_cluster, "pg-1"))
+    for db in ("postgres", "template0", "template1"):
+        assert value(after, "tierwatch_pg_database_xid_age", db) is not None, db
+        assert value(after, "tierwatch_pg_database_mxid_age", db) is not None, db
+    grown = value(after, "tierwatch_pg_database_xid_age", database) - value(
+        before, "tierwatch_pg_database_xid_age", database
+    )
+    assert grown >= 3000
+    assert value(after, "tierwatch_pg_oldest_table_xid_age", database) >= 3000
+    replica = run(probe_once(pg_cluster, "pg-2"))
+    assert not [s for s in replica.samples if "xid_age" in s.spec.name or "table_" in s.spec.name]
+
+
+def test_start_time_and_configuration_reload(pg_cluster: PgCluster) -> None:
+    primary = pg_cluster.servers["pg-1"]
+    before = run(probe_once(pg_cluster, "pg-1"))
+    started = primary.scalar("SELECT extract(epoch FROM pg_postmaster_start_time())::float8")
+    assert value(before, "tierwatch_pg_start_time_seconds") == pytest.approx(started, abs=1e-3)
+    time.sleep(0.01)
+    primary.sql("SELECT pg_reload_conf()")
+
+    def reloaded(obs: Observation) -> bool:
+        return value(obs, "tierwatch_pg_config_load_time_seconds") > value(
+            before, "tierwatch_pg_config_load_time_seconds"
+        )
+
+    async def main() -> Observation:
+        probe = pg_cluster.probe("pg-1")
+        try:
+            return await probe_until(probe, reloaded, 15, "the configuration reloaded")
+        finally:
+            await probe.close()
+
+    after = run(main())
+    assert value(after, "tierwatch_pg_start_time_seconds") == value(before, "tierwatch_pg_start_time_seconds")
+
+
+def test_locks_held_against_the_lock_table_size(pg_cluster: PgCluster) -> None:
+    primary = pg_cluster.servers["pg-1"]
+    slots = primary.scalar(
+        "SELECT current_setting('max_locks_per_transaction')::int * (current_setting('max_connections')::int"
+        " + current_setting('max_prepared_transactions')::int)"
+    )
+    before = run(probe_once(pg_cluster, "pg-1"))
+    with primary.connect() as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT pg_advisory_xact_lock(i) FROM generate_series(1, 300) i")  # never fast-path
+        during = run(probe_once(pg_cluster, "pg-1"))
+        holder.execute("ROLLBACK")
+    assert value(during, "tierwatch_pg_lock_slots") == slots
+    assert value(during, "tierwatch_pg_locks") - value(before, "tierwatch_pg_locks") >= 300
+
+
+def test_invalid_index_is_counted(pg_cluster: PgCluster) -> None:
+    primary = pg_cluster.servers["pg-1"]
+    database = primary.scalar("SELECT current_database()")
+    primary.sql("CREATE TABLE twins (x int)")
+    primary.sql("INSERT INTO twins VALUES (1), (1)")
+    try:
+        with pytest.raises(psycopg.errors.UniqueViolation), primary.connect() as conn:
+            conn.execute("CREATE UNIQUE INDEX CONCURRENTLY twins_x ON twins (x)")  # fails, stays invalid
+        obs = run(probe_once(pg_cluster, "pg-1"))
+        assert value(obs, "tierwatch_pg_invalid_indexes", database) == 1
+    finally:
+        primary.sql("DROP TABLE twins")
+    assert value(run(probe_once(pg_cluster, "pg-1")), "tierwatch_pg_invalid_indexes", database) == 0
+
+
+def test_dead_tuples_and_vacuum_of_the_top_tables(pg_cluster: PgCluster) -> None:
+    primary = pg_cluster.servers["pg-1"]
+    database = primary.scalar("SELECT current_database()")
+    for name, rows in (("churn_big", 2000), ("churn_small", 400), ("churn_tiny", 50)):
+        primary.sql(f"CREATE TABLE {name} (x int) WITH (autovacuum_enabled = false)")
+        primary.sql(f"INSERT INTO {name} SELECT generate_series(1, {rows})")
+        primary.sql(f"DELETE FROM {name} WHERE x % 4 <> 0")
+    try:
+
+        async def main() -> Observation:
+            probe = with_top_tables(pg_cluster, "pg-1", 2)
+            try:
+                return await probe_until(
+                    probe,
+                    lambda o: (
+                        value(o, "tierwatch_pg_table_dead_tuples", database, "public.churn_small") == 300
+                    ),
+                    15,
+                    "the dead tuples of the two tables counted",
+                )
+            finally:
+                await probe.close()
+
+        obs = run(main())
+        tables = {s.labels[1] for s in obs.samples if s.spec.name == "tierwatch_pg_table_dead_tuples"}
+        assert tables == {"public.churn_big", "public.churn_small"}  # the top 2 by dead tuples
+        assert value(obs, "tierwatch_pg_table_dead_tuples", database, "public.churn_big") == 1500
+        assert value(obs, "tierwatch_pg_table_live_tuples", database, "public.churn_big") == 500
+        assert (
+            value(obs, "tierwatch_pg_table_last_vacuum_timestamp_seconds", database, "public.churn_big") == 0
+        )
+        primary.sql("VACUUM ANALYZE churn_big")
+        vacuumed_at = time.time()
+
+        async def after_vacuum() -> Observation:
+            probe = with_top_tables(pg_cluster, "pg-1", 3)
+            try:
+                return await probe_until(
+                    probe,
+                    lambda o: value(o, "tierwatch_pg_table_dead_tuples", database, "public.churn_big") == 0,
+                    15,
+                    "the vacuum counted",
+                )
+            finally:
+                await probe.close()
+
+        obs = run(after_vacuum())
+        for metric in ("last_vacuum", "last_analyze"):
+            at = value(obs, f"tierwatch_pg_table_{metric}_timestamp_seconds", database, "public.churn_big")
+            assert abs(at - vacuumed_at) < 30, metric
+        none = run(probe_closed(with_top_tables(pg_cluster, "pg-1", 0)))
+        assert not [s for s in none.samples if s.spec.name.startswith("tierwatch_pg_table_")]
+    finally:
+        primary.sql("DROP TABLE churn_big, churn_small, churn_tiny")

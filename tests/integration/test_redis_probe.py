@@ -7,6 +7,8 @@ import threading
 import time
 import traceback
 
+import pytest
+
 from tierwatch.config import ClusterConfig, TargetConfig
 from tierwatch.probes.base import Observation, ProbeFailure
 from tierwatch.probes.redis import RedisProbe
@@ -170,6 +172,9 @@ def test_cache_counters_equal_info(redis_stack: Stack) -> None:
     memory = a.info("memory")
     assert value(obs, "tierwatch_redis_memory_max_bytes") == memory["maxmemory"]
     assert value(obs, "tierwatch_redis_memory_used_bytes") > 0  # type: ignore[operator]
+    assert value(obs, "tierwatch_redis_memory_rss_bytes") > 0  # type: ignore[operator]
+    ratio = value(obs, "tierwatch_redis_memory_fragmentation_ratio")
+    assert ratio == pytest.approx(memory["mem_fragmentation_ratio"], rel=0.5)  # both move between reads
     assert value(obs, "tierwatch_redis_max_clients") == a.info("clients")["maxclients"]
     assert value(obs, "tierwatch_redis_rdb_last_bgsave_ok") == 1
     assert value(obs, "tierwatch_redis_aof_last_write_ok") is None  # AOF is off

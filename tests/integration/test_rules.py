@@ -114,7 +114,19 @@ def test_promtool_unit_tests(test_file: Path) -> None:
 
 
 def test_alert_names_are_camel_case_with_a_tier_prefix() -> None:
-    prefixes = ("LB", "App", "Redis", "Queue", "Postgres", "Host", "Tierwatch", "Recovery", "Restore", "Dns")
+    prefixes = (
+        "LB",
+        "App",
+        "Tls",
+        "Redis",
+        "Queue",
+        "Postgres",
+        "Host",
+        "Tierwatch",
+        "Recovery",
+        "Restore",
+        "Dns",
+    )
     for name in ALERTS:
         assert re.fullmatch(r"[A-Z][A-Za-z0-9]+", name), name
         assert name in ALWAYS_FIRING or name.startswith(prefixes), name

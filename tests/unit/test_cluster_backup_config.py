@@ -140,3 +140,24 @@ def test_values_are_checked_by_pattern(
 def test_a_heartbeat_key_must_not_be_empty(write_config: Callable[..., Path]) -> None:
     [problem] = problems_of(write_config, config(cluster("cache", "redis", {"heartbeat_key": ""}, REDIS_URL)))
     assert "clusters[0](cache).backup.heartbeat_key: string should have at least 1 character" in problem
+
+
+def test_top_tables_is_a_postgres_setting_within_bounds(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text(
+        "clusters:\n"
+        "  - {name: db, tier: postgres, top_tables: 10, targets: [{name: pg-1, region: a, url: 'postgresql://h/db'}]}\n"
+        "  - {name: cache, tier: redis, targets: [{name: r-1, region: a, url: 'redis://h:6379'}]}\n"
+    )
+    loaded = load_config(path)
+    assert [c.top_tables for c in loaded.config.clusters] == [10, 5]
+    for cluster, problem in (
+        ("{name: cache, tier: redis, top_tables: 3, targets: [{name: r-1, region: a, url: 'redis://h:6379'}]}",
+         "top_tables are only valid on a cluster of tier postgres"),
+        ("{name: db, tier: postgres, top_tables: 51, targets: [{name: pg-1, region: a, url: 'postgresql://h/db'}]}",
+         "less than or equal to 50"),
+    ):  # fmt: skip
+        path.write_text(f"clusters:\n  - {cluster}\n")
+        with pytest.raises(ConfigError) as raised:
+            load_config(path)
+        assert problem in str(raised.value)

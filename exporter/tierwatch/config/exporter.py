@@ -94,6 +94,9 @@ class ClusterConfig(_Strict):
     sentinel: SentinelConfig | None = None
     queues: list[QueueConfig] = []
     backup: BackupConfig | None = None
+    # PostgreSQL: per-table vacuum figures for this many tables of the probed database, those with the
+    # most dead tuples (0 = none); the series per target grow by 4 per table
+    top_tables: Annotated[int, Field(ge=0, le=50)] = 5
 
     @field_validator("targets")
     @classmethod
@@ -308,7 +311,7 @@ def _semantic_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...
                 if problem:
                     yield ("clusters", ci, "vip"), problem
         yield from discovery_problems(cluster.tier, ("clusters", ci, "discovery"), cluster.discovery)
-        for key in ("sentinel", "queues"):
+        for key in ("sentinel", "queues", "top_tables"):
             misplaced = _misplaced_cluster_key(cluster, key)
             if misplaced:
                 yield ("clusters", ci, key), misplaced
@@ -359,11 +362,11 @@ def _semantic_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...
 
 
 def _misplaced_cluster_key(cluster: ClusterConfig, key: str) -> str | None:
-    """The problem of a cluster setting ``key`` (vip, sentinel, queues, backup) that the tier
-    catalogue allows only on another tier's clusters."""
+    """The problem of a cluster setting ``key`` (vip, sentinel, queues, top_tables, ...) that the tier
+    catalogue allows only on another tier's clusters (a key left at its default is not set)."""
     owner = CLUSTER_KEY_TIER[key]
     value = getattr(cluster, key)
-    if value is None or value == [] or cluster.tier == owner:
+    if value is None or value == [] or cluster.tier == owner or key not in cluster.model_fields_set:
         return None
     verb = "are" if key.endswith("s") else "is"
     return f"{key} {verb} only valid on a cluster of tier {owner}"

@@ -261,10 +261,98 @@ def heartbeat_statement(table: tuple[str, ...], budget: float) -> sql.Composed:
 DEADLOCKS = metric(
     "tierwatch_pg_deadlocks_total", "counter", "Deadlocks detected, summed over databases.", section=S
 )
+START_TIME = metric(
+    "tierwatch_pg_start_time_seconds",
+    "gauge",
+    "Unix time the server (postmaster) started: it changes on a restart.",
+    section=S,
+)
+CONFIG_LOAD_TIME = metric(
+    "tierwatch_pg_config_load_time_seconds",
+    "gauge",
+    "Unix time the server last loaded its configuration files (start or reload).",
+    section=S,
+)
+LOCKS = metric(
+    "tierwatch_pg_locks",
+    "gauge",
+    "Locks held or awaited in the shared lock table (pg_locks rows outside the per-backend fast path).",
+    section=S,
+)
+LOCK_SLOTS = metric(
+    "tierwatch_pg_lock_slots",
+    "gauge",
+    "Size of the shared lock table: max_locks_per_transaction * (max_connections + "
+    "max_prepared_transactions).",
+    section=S,
+)
+DATABASE_XID_AGE = metric(
+    "tierwatch_pg_database_xid_age",
+    "gauge",
+    "On a primary: transaction IDs since the database was last frozen, age(datfrozenxid); writes stop "
+    "near 2^31. Per database of the server, oldest first, at most 100.",
+    ("database",),
+    section=S,
+)
+DATABASE_MXID_AGE = metric(
+    "tierwatch_pg_database_mxid_age",
+    "gauge",
+    "On a primary: multixact IDs since the database was last frozen, mxid_age(datminmxid); writes stop "
+    "near 2^31. Per database, like the transaction ID age.",
+    ("database",),
+    section=S,
+)
+OLDEST_TABLE_XID_AGE = metric(
+    "tierwatch_pg_oldest_table_xid_age",
+    "gauge",
+    "On a primary: the largest age(relfrozenxid) of the tables of the probed database (the table "
+    "autovacuum must freeze first).",
+    ("database",),
+    section=S,
+)
+INVALID_INDEXES = metric(
+    "tierwatch_pg_invalid_indexes",
+    "gauge",
+    "On a primary: indexes of the probed database marked invalid (a failed CREATE INDEX CONCURRENTLY or "
+    "REINDEX CONCURRENTLY): unused by queries, still maintained on every write.",
+    ("database",),
+    section=S,
+)
+TABLE_DEAD_TUPLES = metric(
+    "tierwatch_pg_table_dead_tuples",
+    "gauge",
+    "On a primary: estimated dead rows of the tables with the most of them in the probed database "
+    "(cluster setting top_tables, default 5).",
+    ("database", "table"),
+    section=S,
+)
+TABLE_LIVE_TUPLES = metric(
+    "tierwatch_pg_table_live_tuples",
+    "gauge",
+    "On a primary: estimated live rows of the same tables.",
+    ("database", "table"),
+    section=S,
+)
+TABLE_LAST_VACUUM = metric(
+    "tierwatch_pg_table_last_vacuum_timestamp_seconds",
+    "gauge",
+    "On a primary: Unix time of the last vacuum (auto or manual) of the same tables; 0 = never since "
+    "the statistics were reset.",
+    ("database", "table"),
+    section=S,
+)
+TABLE_LAST_ANALYZE = metric(
+    "tierwatch_pg_table_last_analyze_timestamp_seconds",
+    "gauge",
+    "On a primary: Unix time of the last analyze (auto or manual) of the same tables; 0 = never.",
+    ("database", "table"),
+    section=S,
+)
 
 
-def build_query(server_version_num: int) -> str:
-    """The single query of a probe, for a server of this version (13 and later)."""
+def build_query(server_version_num: int, top_tables: int = 5) -> str:
+    """The single query of a probe, for a server of this version (13 and later), with per-table
+    figures for ``top_tables`` tables."""
     reserved = "current_setting('superuser_reserved_connections')::int"
     if server_version_num >= 160000:
         reserved += " + current_setting('reserved_connections')::int"
@@ -276,7 +364,9 @@ def build_query(server_version_num: int) -> str:
         "sum(confl_deadlock)",
         "sum(confl_active_logicalslot)" if server_version_num >= 160000 else "NULL::numeric",
     ]
-    return _QUERY.format(reserved=reserved, conflicts=", ".join(conflicts), max_rows=MAX_ROWS)
+    return _QUERY.format(
+        reserved=reserved, conflicts=", ".join(conflicts), max_rows=MAX_ROWS, top_tables=top_tables
+    )
 
 
 # Positions: on a primary "pos" is the current WAL write position; on a replica the replay position
@@ -345,7 +435,28 @@ SELECT
   d.commits, d.rollbacks, d.deadlocks, d.hits, d.reads,
   (SELECT json_build_array({conflicts}) FROM pg_stat_database_conflicts) AS conflicts,
   left(current_setting('synchronous_standby_names'), 1000) AS sync_names,
-  current_setting('synchronous_commit') AS sync_commit
+  current_setting('synchronous_commit') AS sync_commit,
+  extract(epoch FROM pg_postmaster_start_time())::float8 AS started,
+  extract(epoch FROM pg_conf_load_time())::float8 AS conf_loaded,
+  (SELECT count(*) FROM pg_locks WHERE NOT fastpath)::float8 AS locks,
+  (current_setting('max_locks_per_transaction')::float8 * (current_setting('max_connections')::int
+    + current_setting('max_prepared_transactions')::int)) AS lock_slots,
+  current_database() AS dbname,
+  CASE WHEN NOT p.rec THEN (SELECT json_agg(json_build_array(
+      datname, age(datfrozenxid), mxid_age(datminmxid)))
+    FROM (SELECT * FROM pg_database ORDER BY age(datfrozenxid) DESC, datname LIMIT {max_rows}) s)
+    END AS database_ages,
+  CASE WHEN NOT p.rec THEN (SELECT max(age(relfrozenxid)) FROM pg_class WHERE relkind IN ('r', 'm', 't'))
+    END AS oldest_table_xid_age,
+  -- an index being built concurrently is invalid until the build ends: not counted
+  CASE WHEN NOT p.rec THEN (SELECT count(*) FROM pg_index WHERE NOT indisvalid
+    AND indexrelid NOT IN (SELECT index_relid FROM pg_stat_progress_create_index)) END AS invalid_indexes,
+  CASE WHEN NOT p.rec THEN (SELECT json_agg(json_build_array(
+      schemaname || '.' || relname, n_dead_tup, n_live_tup,
+      extract(epoch FROM greatest(last_autovacuum, last_vacuum))::float8,
+      extract(epoch FROM greatest(last_autoanalyze, last_analyze))::float8))
+    FROM (SELECT * FROM pg_stat_user_tables ORDER BY n_dead_tup DESC, relid LIMIT {top_tables}) t)
+    END AS tables
 FROM p CROSS JOIN lag CROSS JOIN d CROSS JOIN pg_stat_archiver ar LEFT JOIN wr ON true
 """
 
@@ -460,7 +571,7 @@ class PostgresProbe(Probe):
             kwargs["password"] = self.info.password.reveal()
         self._conn = await psycopg.AsyncConnection.connect(self.info.target.url, **kwargs)
         self._version = self._conn.info.server_version
-        self._query = build_query(self._version)
+        self._query = build_query(self._version, self.info.cluster.top_tables)
         return self._conn
 
     async def _execute(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
@@ -525,6 +636,9 @@ def observe(row: Mapping[str, Any], server_version_num: int, peers: Iterable[str
     _observe_slots(obs, row["slots"] or [])
     _observe_archiver(obs, row)
     _observe_activity(obs, row)
+    _observe_server(obs, row)
+    if not replica:
+        _observe_maintenance(obs, row)
     return obs
 
 
@@ -636,3 +750,28 @@ def _observe_activity(obs: Observation, row: Mapping[str, Any]) -> None:
     obs.add(DEADLOCKS, row["deadlocks"] or 0)
     obs.add(CACHE_HITS, row["hits"] or 0)
     obs.add(CACHE_MISSES, row["reads"] or 0)
+
+
+def _observe_server(obs: Observation, row: Mapping[str, Any]) -> None:
+    obs.add(START_TIME, row["started"])
+    obs.add(CONFIG_LOAD_TIME, row["conf_loaded"])
+    obs.add(LOCKS, row["locks"])
+    obs.add(LOCK_SLOTS, row["lock_slots"])
+
+
+def _observe_maintenance(obs: Observation, row: Mapping[str, Any]) -> None:
+    """Wraparound, invalid indexes and the vacuum figures of the top tables (a primary's: a replica
+    shares its XID space and has no vacuum statistics of its own)."""
+    for name, xid_age, mxid_age in row["database_ages"] or ():
+        obs.add(DATABASE_XID_AGE, xid_age, name)
+        obs.add(DATABASE_MXID_AGE, mxid_age, name)
+    database = row["dbname"]
+    if row["oldest_table_xid_age"] is not None:
+        obs.add(OLDEST_TABLE_XID_AGE, row["oldest_table_xid_age"], database)
+    obs.add(INVALID_INDEXES, row["invalid_indexes"] or 0, database)
+    for table, dead, live, vacuumed, analyzed in row["tables"] or ():
+        table = str(table)[:127]  # schema.name: two identifiers of at most 63 bytes
+        obs.add(TABLE_DEAD_TUPLES, dead, database, table)
+        obs.add(TABLE_LIVE_TUPLES, live, database, table)
+        obs.add(TABLE_LAST_VACUUM, vacuumed or 0, database, table)
+        obs.add(TABLE_LAST_ANALYZE, analyzed or 0, database, table)

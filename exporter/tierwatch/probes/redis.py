@@ -93,6 +93,19 @@ MEMORY_USED = metric(
 MEMORY_MAX = metric(
     "tierwatch_redis_memory_max_bytes", "gauge", "The maxmemory setting; 0 means no limit.", section="redis"
 )
+MEMORY_RSS = metric(
+    "tierwatch_redis_memory_rss_bytes",
+    "gauge",
+    "Memory the operating system gives the Redis process (used_memory_rss).",
+    section="redis",
+)
+FRAGMENTATION = metric(
+    "tierwatch_redis_memory_fragmentation_ratio",
+    "gauge",
+    "used_memory_rss / used_memory (mem_fragmentation_ratio): above 1 the allocator holds memory Redis "
+    "does not use; below 1 part of Redis is swapped out.",
+    section="redis",
+)
 CLIENTS = metric(
     "tierwatch_redis_connected_clients", "gauge", "Client connections (excluding replicas).", section="redis"
 )
@@ -381,6 +394,8 @@ def observe_info(fields: dict[str, str], info: TargetInfo) -> Observation:
         (EXPIRED, "expired_keys"),
         (MEMORY_USED, "used_memory"),
         (MEMORY_MAX, "maxmemory"),
+        (MEMORY_RSS, "used_memory_rss"),
+        (FRAGMENTATION, "mem_fragmentation_ratio"),
         (CLIENTS, "connected_clients"),
         (BLOCKED, "blocked_clients"),
         (MAX_CLIENTS, "maxclients"),
