@@ -229,7 +229,9 @@ app.post("/jobs", injectFault, async (req, res) => {
 });
 
 // Fake work for traffic: some CPU, an optional delay (?ms=, at most 5000) and a cache lookup in Redis
-// (hits and misses show in the Redis tier's keyspace counters). Answers even when Redis is away.
+// (hits and misses show in the Redis tier's keyspace counters). A warm cache: 100 entries kept 10
+// minutes, so at the demo's 10 requests/s about 98 % of lookups hit. Answers even when Redis is away.
+const CACHE_TTL_SECONDS = 600;
 app.get("/work", injectFault, async (req, res) => {
   const delay = Math.min(Math.max(Number(req.query.ms) || 0, 0), 5000);
   let digest = crypto.randomBytes(32);
@@ -240,7 +242,7 @@ app.get("/work", injectFault, async (req, res) => {
   try {
     const hit = await withTimeout(redis.get(key), config.redisTimeoutMs);
     cache = hit === null ? "miss" : "hit";
-    if (hit === null) await withTimeout(redis.set(key, digest.toString("hex"), "EX", 60), config.redisTimeoutMs);
+    if (hit === null) await withTimeout(redis.set(key, digest.toString("hex"), "EX", CACHE_TTL_SECONDS), config.redisTimeoutMs);
   } catch {
     // the work itself does not need Redis
   }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import operator
 import subprocess
@@ -23,6 +24,7 @@ from rq.registry import (
 
 from tierwatch.probes.base import Observation
 from tierwatch.probes.queues import STATES
+from tierwatch.probes.redis import RedisProbe
 from tierwatch_lab.stack import Stack
 from tierwatch_lab.stack.redis import RedisServer, start_redis
 
@@ -223,3 +225,57 @@ def test_custom_prefixes(redis_stack: Stack) -> None:
     assert _lengths(obs, "emails")["waiting"] == 2
     assert _lengths(obs, "reports")["queued"] == 1
     assert sys.version_info >= (3, 11)
+
+
+def test_the_probes_own_queue_reads_are_not_counted_as_cache_lookups(
+    redis_stack: Stack, bullmq_script: Path
+) -> None:
+    """The queue reads look up keys (most missing on an idle queue); Redis counts them as keyspace hits
+    and misses. The exported cache counters leave them out exactly, so only the clients' lookups move
+    them, and they start again with the server's counters (CONFIG RESETSTAT)."""
+    a = start_redis(redis_stack, "redis-a")
+    run = subprocess.run(
+        ["node", str(bullmq_script), str(a.port), "emails"], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    client = a.client()
+    client.xadd("events", {"n": 1})
+    client.xgroup_create("events", "mailer", id="0")
+    client.set("jobs", "not a list")  # read_ok 0: a WRONGTYPE reply is still a lookup
+    queues = [
+        {"name": "emails", "kind": "bullmq"},  # keys that exist and keys that do not
+        {"name": "default", "kind": "rq"},  # every key missing
+        {"name": "events", "kind": "stream"},  # a second round trip (XPENDING, XRANGE)
+        {"name": "jobs", "kind": "list"},
+    ]
+    info = target_info(make_cluster([a], queues=queues), a.name)
+
+    def counters(obs: Observation) -> tuple[float, float]:
+        return value(obs, "tierwatch_cache_hits_total"), value(obs, "tierwatch_cache_misses_total")  # type: ignore[return-value]
+
+    def raw() -> tuple[int, int]:
+        stats = a.info("stats")
+        return stats["keyspace_hits"], stats["keyspace_misses"]
+
+    async def main() -> None:
+        probe = RedisProbe(info)
+        try:
+            first = counters(await probe.probe())
+            raw_before = raw()
+            for _ in range(5):
+                assert counters(await probe.probe()) == first  # nobody else looked anything up
+            hits, misses = raw()
+            assert hits > raw_before[0] and misses > raw_before[1]  # Redis did count the reads
+            client.get("jobs")  # a client's hit
+            client.get("no-such-key")  # and a miss
+            client.get("no-such-key-either")
+            assert counters(await probe.probe()) == (first[0] + 1, first[1] + 2)
+            client.config_resetstat()
+            after_reset = counters(await probe.probe())
+            assert after_reset <= (first[0] + 1, first[1] + 2)  # started again with the server's
+            client.get("no-such-key")
+            assert counters(await probe.probe()) == (after_reset[0], after_reset[1] + 1)
+        finally:
+            await probe.close()
+
+    asyncio.run(main())

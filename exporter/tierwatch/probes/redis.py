@@ -30,6 +30,7 @@ from ..metric_catalog import (
     metric,
 )
 from .base import Observation, Probe, ProbeFailure, TargetInfo, classify_failure, remaining
+from .queues import LookupCount, read_queues
 from .redis_persistence import SAVE_CONFIG, observe_last_save, observe_persistence, save_configured
 
 CLIENT_NAME = "tierwatch"
@@ -311,6 +312,8 @@ class RedisProbe(Probe):
         )
         self._info_command: Command = ("INFO",)
         self.config_refused = False
+        self.lookups = LookupCount()  # the keyspace hits and misses of this probe's own queue reads
+        self._raw_lookups: tuple[int, int] | None = None
 
     async def probe(self, deadline: float | None = None) -> Observation:
         return await guarded(self.link, self.deadline(deadline), self._probe())
@@ -323,6 +326,7 @@ class RedisProbe(Probe):
         if isinstance(reply, ResponseError):
             raise reply
         fields = parse_info(reply)
+        self._discount_own_lookups(fields)
         self._choose_info_command(fields)
         observation = observe_info(fields, self.info)
         if config and observation.role == "primary":
@@ -334,9 +338,7 @@ class RedisProbe(Probe):
             else:
                 observe_last_save(fields, configured, observation)
         if observation.role == "primary" and self.info.cluster.queues:
-            from .queues import read_queues
-
-            await read_queues(self.link, self.info.cluster.queues, observation, time.time())
+            await read_queues(self.link, self.info.cluster.queues, observation, time.time(), self.lookups)
         backup = self.info.cluster.backup
         if observation.role == "primary" and backup is not None and backup.heartbeat_key is not None:
             [written] = await self.link.roundtrip([("SET", backup.heartbeat_key, f"{time.time():.3f}")])
@@ -360,6 +362,21 @@ class RedisProbe(Probe):
             obs.add(MIN_REPLICAS_TO_WRITE, settings["to_write"])
         if "max_lag" in settings:
             obs.add(MIN_REPLICAS_MAX_LAG, settings["max_lag"])
+
+    def _discount_own_lookups(self, fields: dict[str, str]) -> None:
+        """Make the cache counters the server's less this probe's own queue reads (queues.py); when
+        the server's counters went back (a restart, CONFIG RESETSTAT, another server at the address)
+        the own count starts again with them. A read whose reply never arrived is not counted: the
+        correction can fall short, never overshoot, so the counters never go back."""
+        try:
+            raw = (int(fields["keyspace_hits"]), int(fields["keyspace_misses"]))
+        except (KeyError, ValueError):
+            return
+        if self._raw_lookups is not None and (raw[0] < self._raw_lookups[0] or raw[1] < self._raw_lookups[1]):
+            self.lookups = LookupCount()
+        self._raw_lookups = raw
+        fields["keyspace_hits"] = str(max(0, raw[0] - self.lookups.hits))
+        fields["keyspace_misses"] = str(max(0, raw[1] - self.lookups.misses))
 
     def _choose_info_command(self, fields: dict[str, str]) -> None:
         """From Redis 7 on, ask only for the sections used (INFO takes several sections)."""
