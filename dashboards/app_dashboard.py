@@ -136,6 +136,20 @@ APP = Dashboard(
                     width=12,
                     height=5,
                 ),
+                stat(
+                    "TLS certificates",
+                    "Time left until the certificate of each https app server expires (the alerts cover the "
+                    "load balancers' too).",
+                    "s",
+                    q(
+                        f"{sel('tierwatch_http_tls_cert_expiry_timestamp_seconds', *APP_T)} - time()",
+                        "{{target}}",
+                    ),
+                    alerts=("TlsCertificateExpiringSoon", "TlsCertificateExpired"),
+                    thresholds=((None, "red"), (172800.0, "orange"), (1209600.0, "green")),
+                    width=24,
+                    height=4,
+                ),
             ),
         ),
         Row(

@@ -19,7 +19,8 @@ T = f'{R}, target=~"$target"'
 TV = 'tier=~"$tier"'  # the overview's tier variable
 
 Kind = Literal["stat", "timeseries", "table"]
-Mapping = tuple[str, str, str]  # value, text, colour
+Mapping = tuple[str, str, str]  # value (or NAN), text, colour
+NAN = "NaN"  # a Mapping value that matches NaN (a special value map in Grafana)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,14 @@ def q(expr: str, legend: str = "") -> Query:
     return Query(" ".join(expr.split()), legend)
 
 
+# a ratio with nothing to divide (a replica that serves no reads, an idle frontend) is 0/0: NaN
+NO_TRAFFIC: Mapping = (NAN, "no traffic", "text")
+
+
 def stat(title: str, description: str, unit: str, *queries: Query, **kw: Any) -> Panel:
+    """A stat panel; a ratio (unit percentunit) shows "no traffic" where it is 0/0."""
+    if unit == "percentunit":
+        kw["mappings"] = (*kw.get("mappings", ()), NO_TRAFFIC)
     return Panel("stat", title, description, unit, queries, **kw)
 
 

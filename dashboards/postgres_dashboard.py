@@ -5,6 +5,8 @@ from __future__ import annotations
 from .dsl import Dashboard, Row, T, live_primaries, q, rate, role_panel, sel, stat, ts
 
 PT = ('tier="postgres"', T)
+DEAD = sel("tierwatch_pg_table_dead_tuples", *PT)
+ROLLBACKS = rate("tierwatch_pg_rollbacks_total", *PT)
 
 POSTGRES = Dashboard(
     file="postgres.json",
@@ -187,6 +189,68 @@ POSTGRES = Dashboard(
                     alerts=("PostgresBaseBackupStale",),
                     thresholds=((None, "green"), (93600.0, "red")),
                     width=12,
+                ),
+            ),
+        ),
+        Row(
+            "Maintenance: wraparound, vacuum, locks, restarts",
+            (
+                ts(
+                    "Transaction ID age",
+                    "Transaction (and multixact) IDs since each database was last frozen, and the oldest "
+                    "table of the probed database, on the primary; PostgreSQL stops writes near 2.1 billion.",
+                    "short",
+                    q(sel("tierwatch_pg_database_xid_age", *PT), "{{target}} {{database}}"),
+                    q(sel("tierwatch_pg_database_mxid_age", *PT), "{{target}} {{database}} multixact"),
+                    q(sel("tierwatch_pg_oldest_table_xid_age", *PT), "{{target}} {{database}} oldest table"),
+                    alerts=("PostgresXidWraparoundWarning", "PostgresXidWraparoundCritical"),
+                    width=12,
+                ),
+                ts(
+                    "Dead rows of the top tables",
+                    "Dead share of the tables with the most dead rows (cluster setting top_tables), and "
+                    "how long ago each was last vacuumed.",
+                    "percentunit",
+                    q(
+                        f"{DEAD} / ({DEAD} + {sel('tierwatch_pg_table_live_tuples', *PT)})",
+                        "{{target}} {{table}}",
+                    ),
+                    alerts=("PostgresDeadTuplesHigh", "PostgresTableNotAutovacuumed"),
+                    width=12,
+                ),
+                ts(
+                    "Lock table and rollbacks",
+                    "Share of the shared lock table in use, and share of transactions rolled back.",
+                    "percentunit",
+                    q(
+                        f"{sel('tierwatch_pg_locks', *PT)} / {sel('tierwatch_pg_lock_slots', *PT)}",
+                        "{{target}} lock table",
+                    ),
+                    q(
+                        f"{ROLLBACKS} / ({rate('tierwatch_pg_commits_total', *PT)} + {ROLLBACKS})",
+                        "{{target}} rolled back",
+                    ),
+                    alerts=("PostgresLockTableSaturated", "PostgresRollbackRatioHigh"),
+                    width=12,
+                ),
+                stat(
+                    "Up since / configuration loaded",
+                    "How long ago each server started and last loaded its configuration files.",
+                    "s",
+                    q(f"time() - {sel('tierwatch_pg_start_time_seconds', *PT)}", "{{target}} started"),
+                    q(f"time() - {sel('tierwatch_pg_config_load_time_seconds', *PT)}", "{{target}} config"),
+                    alerts=("PostgresRestarted", "PostgresConfigurationChanged"),
+                    thresholds=((None, "orange"), (900.0, "green")),
+                    width=8,
+                ),
+                stat(
+                    "Invalid indexes",
+                    "Indexes left invalid by a failed concurrent build, per probed database.",
+                    "none",
+                    q(sel("tierwatch_pg_invalid_indexes", *PT), "{{target}} {{database}}"),
+                    alerts=("PostgresInvalidIndex",),
+                    thresholds=((None, "green"), (1.0, "red")),
+                    width=4,
                 ),
             ),
         ),

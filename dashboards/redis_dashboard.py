@@ -171,5 +171,28 @@ REDIS = Dashboard(
                 ),
             ),
         ),
+        Row(
+            "Memory and restarts",
+            (
+                ts(
+                    "Fragmentation",
+                    "Resident memory over used memory (mem_fragmentation_ratio): above 1.5 with much "
+                    "memory held unused, the allocator keeps what Redis freed.",
+                    "none",
+                    q(sel("tierwatch_redis_memory_fragmentation_ratio", *RT), "{{target}}"),
+                    alerts=("RedisMemoryFragmentationHigh",),
+                    width=12,
+                ),
+                stat(
+                    "Uptime",
+                    "Seconds since each server started; a drop is a restart.",
+                    "s",
+                    q(sel("tierwatch_redis_uptime_seconds", *RT), "{{target}}"),
+                    alerts=("RedisRestarted",),
+                    thresholds=((None, "orange"), (900.0, "green")),
+                    width=12,
+                ),
+            ),
+        ),
     ),
 )

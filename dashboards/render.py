@@ -24,7 +24,7 @@ from grafana_foundation_sdk.models import common as common_m
 from grafana_foundation_sdk.models import dashboard as dash_m
 from grafana_foundation_sdk.models import prometheus as prom_m
 
-from .dsl import Dashboard, Mapping, Panel
+from .dsl import NAN, Dashboard, Mapping, Panel
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where panel links point: <base>/<AlertName>.md, the same absolute base as the alerts' runbook_url
@@ -60,8 +60,17 @@ def _mappings(mappings: Sequence[Mapping]) -> list[dash_m.ValueMapping]:
     options = {
         value: dash_m.ValueMappingResult(text=text, color=color, index=i)
         for i, (value, text, color) in enumerate(mappings)
+        if value != NAN
     }
-    return [dash_m.ValueMap(options=options)]
+    maps: list[dash_m.ValueMapping] = [dash_m.ValueMap(options=options)] if options else []
+    for i, (value, text, color) in enumerate(mappings):
+        if value == NAN:
+            result = dash_m.ValueMappingResult(text=text, color=color, index=i)
+            options_nan = dash_m.DashboardSpecialValueMapOptions(
+                match=dash_m.SpecialValueMatch.NA_N, result=result
+            )
+            maps.append(dash_m.SpecialValueMap(options=options_nan))
+    return maps
 
 
 def build_panel(spec: Panel, panel_id: int, runbook_base: str = RUNBOOK_BASE_URL) -> Builder[dash_m.Panel]:

@@ -32,7 +32,9 @@ from .render import build_dashboard
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH, ROW_PX, HEADER_PX = 1600, 30, 64
 RANGE_SECONDS, STEP_SECONDS = 300, 5
-COLORS = {"green": "#56A64B", "red": "#E02F44", "orange": "#FF9830", "blue": "#3274D9", "text": "#CCCCDC"}
+COLORS = {
+    "green": "#56A64B", "red": "#E02F44", "orange": "#FF9830", "blue": "#3274D9", "text": "#464C54",
+}  # fmt: skip
 SERIES = ["#73BF69", "#F2CC0C", "#8AB8FF", "#FF780A", "#F2495C", "#5794F2", "#B877D9", "#705DA0"]
 VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 
@@ -78,6 +80,11 @@ def color_for(value: float, panel: dict[str, Any]) -> str:
 
 def mapped(value: float, panel: dict[str, Any]) -> tuple[str, str] | None:
     for mapping in panel["fieldConfig"]["defaults"].get("mappings", []):
+        if mapping.get("type") == "special":
+            result = mapping["options"]["result"]
+            if mapping["options"]["match"] == "nan" and math.isnan(value):
+                return result["text"], COLORS.get(result["color"], result["color"])
+            continue
         for key, result in mapping["options"].items():
             if not math.isnan(value) and float(key) == value:
                 return result["text"], COLORS.get(result["color"], result["color"])
