@@ -45,11 +45,14 @@ def count_colour(
     """How many pixels of ``image`` (within ``box``, left/top/right/bottom) are ``colour`` ± ``tolerance``
     per channel (anti-aliasing blends the edges of a line)."""
     region = image.crop(box) if box else image
+    data = region.tobytes()  # RGB: three bytes a pixel
     r0, g0, b0 = colour
     return sum(
         1
-        for r, g, b in region.getdata()
-        if abs(r - r0) <= tolerance and abs(g - g0) <= tolerance and abs(b - b0) <= tolerance
+        for i in range(0, len(data), 3)
+        if abs(data[i] - r0) <= tolerance
+        and abs(data[i + 1] - g0) <= tolerance
+        and abs(data[i + 2] - b0) <= tolerance
     )
 
 

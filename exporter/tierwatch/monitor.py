@@ -32,6 +32,7 @@ from .metric_catalog import FAILURE_REASONS, PROBE_BUCKETS
 from .probes import Observation, Probe, Sample, TargetInfo, probe_class
 from .probes.base import ProbeFailure, classify_failure, describe_failure
 from .probes.vip import VipProbe, VipResult
+from .target_history import TargetHistory
 from .tier_catalog import MEMBERSHIP_TIERS
 
 RESET_TIMEOUT = 2.0  # seconds a probe may take to drop its connections after a failure
@@ -73,14 +74,18 @@ class TargetState:
     duration_last: float | None = None  # the last attempt's, failed or not
     # the histogram of the target's (tier, cluster, region), shared with its peers there
     group: LatencyHistogram | None = None
+    # its last state changes and probe durations, for the status page (fixed size)
+    history: TargetHistory = field(default_factory=TargetHistory)
 
     @property
     def status(self) -> str:
         """``up``, ``down``, or ``unknown`` while the target has not been probed yet."""
         return "unknown" if self.up is None else ("up" if self.up else "down")
 
-    def observe_duration(self, seconds: float) -> None:
-        """Add one probe latency to the histogram (non-cumulative buckets; +Inf is duration_count)."""
+    def observe_duration(self, seconds: float, ok: bool = True) -> None:
+        """Add one probe latency to the histogram (non-cumulative buckets; +Inf is duration_count)
+        and to the history (``ok``: the probe succeeded)."""
+        self.history.probe(seconds, ok)
         index = bisect.bisect_left(PROBE_BUCKETS, seconds)
         if index < len(PROBE_BUCKETS):
             self.bucket_counts[index] += 1
@@ -228,6 +233,11 @@ class Monitor:
     def states(self) -> list[TargetState]:
         """Every target's latest state, in config order."""
         return [t.state for t in self._targets]
+
+    def state_of(self, name: str) -> TargetState | None:
+        """The latest state of the target called ``name``, if there is one."""
+        job = self._by_name.get(name)
+        return job.state if job is not None else None
 
     def schedule(self) -> list[tuple[float, str]]:
         """Every job's (offset in the interval, name), earliest first; VIP jobs are ``vip:CLUSTER``."""
@@ -573,6 +583,7 @@ class Monitor:
             return
         if state.breaker.state == "half_open":
             self._event("circuit_half_open", state)
+            state.history.change("circuit", "open", "half_open", self._wall())
         start = time.perf_counter()
         state.last_probe = self._wall()
         # the one deadline of this run: the probe sizes its client calls from it, and the timeout
@@ -582,7 +593,7 @@ class Monitor:
             async with asyncio.timeout_at(deadline):
                 observation = await probe.probe(deadline)
         except Exception as exc:  # noqa: BLE001 - every failure of a probe is data
-            state.observe_duration(time.perf_counter() - start)
+            state.observe_duration(time.perf_counter() - start, ok=False)
             if type(exc) is TimeoutError:  # the backstop: cancelled at the deadline, unclassified
                 exc = ProbeFailure("timeout", f"no complete answer within {self.timeout:g}s")
             await self._record_failure(target, probe, exc)
@@ -599,11 +610,13 @@ class Monitor:
         state.breaker.record_success()
         if was != "closed":
             self._event("circuit_closed", state)
+            state.history.change("circuit", was, "closed", self._wall())
         target.own_samples = observation.samples
         target.peer_samples = observation.peer_samples
         if observation.role != state.role and observation.role is not None:
             if state.role is not None:
                 self._event("role_changed", state, previous=state.role, role=observation.role)
+                state.history.change("role", state.role, observation.role, self._wall())
             state.role = observation.role
         state.last_error = None
         self._set_up(state, True, None)
@@ -615,10 +628,12 @@ class Monitor:
         state.last_error = describe_failure(exc)
         state.last_duration = None
         target.own_samples, target.peer_samples = [], {}
+        was = state.breaker.state
         state.breaker.record_failure()
         self._set_up(state, False, reason)
         # a probe only runs while the circuit is closed or half-open, so "open" here is a transition
         if state.breaker.state == "open":
+            state.history.change("circuit", was, "open", self._wall())
             self._event(
                 "circuit_open",
                 state,
@@ -637,6 +652,8 @@ class Monitor:
         if state.up is up:
             return
         state.changed_at = self._wall()
+        error = None if up else state.last_error  # describe_failure's text: secret-free
+        state.history.change("status", state.status, "up" if up else "down", state.changed_at, error)
         if up:
             self._event("target_up", state)
         else:
@@ -728,6 +745,7 @@ class Monitor:
             if role != state.role:
                 if state.role is not None:
                     self._event("role_changed", state, previous=state.role, role=role)
+                    state.history.change("role", state.role, role, self._wall())
                 state.role = role
                 self._changed(state)
 

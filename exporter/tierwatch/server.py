@@ -1,11 +1,13 @@
-"""``tierwatch serve``: the monitor loop plus HTTP endpoints /metrics, /health, /ready, / and
-``POST /-/reload`` (also SIGHUP): re-read the config file and apply it without a restart."""
+"""``tierwatch serve``: the monitor loop plus HTTP endpoints /metrics, /health, /ready, / (the status
+page), /target?name=NAME (one target's history) and ``POST /-/reload`` (also SIGHUP): re-read the
+config file and apply it without a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import time
+import urllib.parse
 from typing import Any
 
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
@@ -31,7 +33,7 @@ from .http_server import (
 )
 from .metrics import ReadyExposition
 from .monitor import Monitor
-from .status_page import render_status_page
+from .status_page import render_status_page, render_target_page, render_unknown_target
 from .web_config import WebConfig
 
 
@@ -213,6 +215,19 @@ class ExporterApp:
         elif path == "/":
             page = render_status_page(self.monitor)
             await respond(send, 200, page, "text/html; charset=utf-8", head_only=head)
+        elif path == "/target":
+            query = urllib.parse.parse_qs(bytes(scope.get("query_string", b"")).decode("utf-8", "replace"))
+            names = query.get("name")
+            if not names:
+                await respond(send, 400, "expected /target?name=TARGET\n", head_only=head)
+                return
+            state = self.monitor.state_of(names[0])
+            if state is None:
+                page = render_unknown_target(names[0])
+                await respond(send, 404, page, "text/html; charset=utf-8", head_only=head)
+            else:
+                page = render_target_page(self.monitor, state)
+                await respond(send, 200, page, "text/html; charset=utf-8", head_only=head)
         else:
             await respond(send, 404, "not found\n", head_only=head)
 

@@ -53,6 +53,7 @@ EXPORTER = {
     "metrics",
     "server",
     "status_page",
+    "target_history",
     "backup_watch",
     "dns_watch",
     "gauge_families",

@@ -205,26 +205,7 @@ class AuditTrail:
     def tail(self, count: int, max_bytes: int = TAIL_BYTES) -> list[dict[str, Any]]:
         """The last ``count`` records, read from at most the last ``max_bytes`` of the file ([] when
         the file is gone; blocking: call it in a thread)."""
-        try:
-            handle = open(self.path, "rb")  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            return []
-        with handle:
-            size = handle.seek(0, os.SEEK_END)
-            start = max(0, size - max_bytes)
-            handle.seek(start)
-            data = handle.read(size - start)
-        lines = data.split(b"\n")
-        if start > 0:
-            lines = lines[1:]  # the first line is cut
-        entries = []
-        for line in lines[-count - 1 :]:
-            if line.strip():
-                try:
-                    entries.append(json.loads(line))
-                except ValueError:
-                    continue
-        return entries[-count:]
+        return read_tail(self.path, max_bytes, count)
 
     def read(self) -> list[dict[str, Any]]:
         """Every record on disk so far (for tests and tools; reads the whole file; [] when gone)."""
@@ -243,6 +224,37 @@ class AuditTrail:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def read_tail(path: Path, max_bytes: int, last: int | None = None) -> list[dict[str, Any]]:
+    """The complete records in the last ``max_bytes`` of the trail at ``path``, oldest first (only the
+    ``last`` ones when given): a line the window cuts at its start is dropped, and so is a last line
+    without its newline (a record being written, or torn by a crash); a line that is not a JSON
+    object is skipped. Reads at most ``max_bytes`` + 1 bytes however large the file ([] when it is
+    gone; blocking: call it in a thread)."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return []
+    with handle:
+        size = handle.seek(0, os.SEEK_END)
+        start = max(0, size - max_bytes - 1)  # one byte more: is the window's first line whole?
+        handle.seek(start)
+        data = handle.read(size - start)  # at most that much, even if the file grew meanwhile
+    lines = data.split(b"\n")
+    lines.pop()  # after the last newline: empty, or a record not yet whole
+    if start > 0:
+        lines = lines[1:]  # up to the first newline: the byte before the window, or a cut line
+    entries: list[dict[str, Any]] = []
+    for line in lines if last is None else lines[max(0, len(lines) - last) :]:
+        if line.strip():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+    return entries
 
 
 class RateLimitedAudit:

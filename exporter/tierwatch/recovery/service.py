@@ -51,6 +51,7 @@ from ..web_config import BasicAuthChecker, TlsServerConfig, WebConfig, basic_cre
 from .actions import ACTION_CLASSES
 from .audit import AuditTrail, RateLimitedAudit
 from .auth import Authenticator
+from .decisions_page import read_decisions, render_decisions_page
 from .execution import Execution
 from .inbox import Inbox
 from .intake import Intake
@@ -183,6 +184,18 @@ class RecoveryService:
                 await respond(send, 503, body, "application/json")
                 return
             await respond(send, 200, json.dumps(entries) + "\n", "application/json")
+        elif path == "/decisions" and method == "GET":
+            # the audit's own data, so its credential (and a challenge: a browser asks for basic auth)
+            if not self.auth.check(header(scope, "authorization")):
+                extra = [("www-authenticate", f'{self.auth.scheme} realm="tierwatch"')]
+                await respond(send, 401, "unauthorized\n", headers=extra)
+                return
+            try:
+                decisions = await asyncio.to_thread(read_decisions, self.audit.path)
+            except OSError as exc:
+                await respond(send, 503, f"audit trail unreadable ({exc.errno})\n")
+                return
+            await respond(send, 200, render_decisions_page(decisions), "text/html; charset=utf-8")
         elif path == "/-/reload" and method == "POST":
             if not self.auth.check(header(scope, "authorization")):
                 extra = [("www-authenticate", f'{self.auth.scheme} realm="tierwatch"')]
@@ -196,7 +209,7 @@ class RecoveryService:
                 await respond(send, 200, '{"status": "reloaded"}\n', "application/json")
         elif path == "/-/reload":
             await respond(send, 405, "method not allowed: POST to reload\n", headers=[("allow", "POST")])
-        elif path in ("/webhook", "/metrics", "/health", "/ready", "/audit"):
+        elif path in ("/webhook", "/metrics", "/health", "/ready", "/audit", "/decisions"):
             await respond(send, 405, "method not allowed\n")
         else:
             await respond(send, 404, "not found\n")
