@@ -60,6 +60,11 @@ def _drill(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump([r.as_dict() for r in results], out, indent=2)
+    if args.report:
+        from .drill_report import report_page
+
+        with open(args.report, "w", encoding="utf-8") as out:
+            out.write(report_page(results))
     bad = [r for r in results if not r.recovered or r.lost or any(v != 1 for v in r.primaries.values())]
     return 1 if bad else 0
 
@@ -80,6 +85,13 @@ def _add_drill_parser(demo: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=90.0, help="seconds to wait for recovery (default 90)"
     )
     drill.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    drill.add_argument(
+        "--report",
+        metavar="FILE",
+        help="also write a self-contained HTML report: a timeline chart (acknowledged writes per 100 ms "
+        "per engine, markers for failure, detection, alert, action, writes back, rejoin; the primaries "
+        "per engine over time) and the figures; with 'all', one page with a section per drill",
+    )
     drill.set_defaults(func=_drill)
 
 

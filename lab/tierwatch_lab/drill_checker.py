@@ -175,12 +175,27 @@ def double_primary_seconds(probers: list[Prober], start: float, end: float) -> f
     marks = [sorted(p.acked_at) for p in probers]
     t = start
     while t < end:
-        # a server accepts at t when one of its acknowledgements lies in [t - PROBE_WINDOW, t]
-        accepting = sum(1 for times in marks if bisect_right(times, t) > bisect_left(times, t - PROBE_WINDOW))
-        if accepting >= 2:
+        if _accepting(marks, t) >= 2:
             total += step
         t += step
     return round(total, 2)
+
+
+def _accepting(marks: list[list[float]], t: float) -> int:
+    """How many servers accept writes at ``t``: one of their acknowledgements (``marks``, sorted per
+    server) lies in [t - PROBE_WINDOW, t]."""
+    return sum(1 for times in marks if bisect_right(times, t) > bisect_left(times, t - PROBE_WINDOW))
+
+
+def accepting_over_time(probers: list[Prober]) -> list[tuple[float, int]]:
+    """(time, servers accepting writes) every PROBE_GAP over the probers' acknowledgements, for the
+    drill's report: two or more is the double-primary time."""
+    marks = [sorted(p.acked_at) for p in probers]
+    times = [t for found in marks for t in found]
+    if not times:
+        return []
+    start, steps = min(times), int((max(times) - min(times)) / PROBE_GAP) + 1
+    return [(start + i * PROBE_GAP, _accepting(marks, start + i * PROBE_GAP)) for i in range(steps)]
 
 
 @dataclass

@@ -10,15 +10,20 @@ primaries left.
 Acknowledged means durable on more than one server: a Redis write counts once ``WAIT 1`` confirms a
 replica has it; a PostgreSQL write once its commit returns (the demo's primary commits synchronously
 to ANY 1 of its replicas).
+
+For the drill's report (drill_report.py) a result also keeps its series (``DrillResult.keep_series``):
+the writers' acknowledgement times per engine and, from a :class:`PrimarySampler`, how many servers
+of each engine reported the primary role over time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,6 +197,39 @@ class HttpRequests:
         return True
 
 
+BINS_PER_SECOND = 10  # a report counts acknowledged writes per 100 ms (and the JSON carries those counts)
+SAMPLE_BREAK = 3.0  # seconds between two samples of a series beyond which it was not sampled in between
+
+
+def per_bin(times: Sequence[float], origin: float) -> tuple[int, list[int]]:
+    """``times`` counted per 100 ms, the bins numbered from ``origin`` (bin 0 starts there): the number
+    of the first bin holding one and the counts from it to the last such bin."""
+    if not times:
+        return 0, []
+    # the epsilon keeps a time that is a whole number of bins after origin in its own bin despite rounding
+    index = [math.floor((at - origin) * BINS_PER_SECOND + 1e-6) for at in times]
+    first = min(index)
+    counts = [0] * (max(index) - first + 1)
+    for i in index:
+        counts[i - first] += 1
+    return first, counts
+
+
+def sample_runs(samples: Sequence[tuple[float, int]]) -> list[tuple[float, float, int]]:
+    """``samples`` (time, count) as runs (from, to, count): a run lasts until the next sample with
+    another count, or ends at its last sample when none follows within SAMPLE_BREAK."""
+    runs: list[tuple[float, float, int]] = []
+    for at, count in sorted(samples):
+        if runs and at - runs[-1][1] <= SAMPLE_BREAK:
+            start, _, previous = runs[-1]
+            if count == previous:
+                runs[-1] = (start, at, count)
+                continue
+            runs[-1] = (start, at, previous)
+        runs.append((at, at, count))
+    return runs
+
+
 @dataclass
 class DrillResult:
     """What one drill saw."""
@@ -205,10 +243,45 @@ class DrillResult:
     recovered: bool = False
     detail: str = ""
     faults: dict[str, Any] = field(default_factory=dict)  # fault drills: their checker's figures
+    # the report's series (keep_series), per engine (redis, postgres, http): when each acknowledged
+    # write was attempted; (time, servers reporting the primary role) from a PrimarySampler; (time,
+    # servers acknowledging the checker's probe writes) where the drill has probers
+    writes: dict[str, list[float]] = field(default_factory=dict)
+    primaries_seen: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    accepting: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
 
     def add(self, at: float | None, what: str) -> None:
+        """A timeline line. Its text's prefix says what it is, and a report draws the lines of
+        drill_report.MARKERS as markers: ``failure:``, ``detected:``, ``alert:``, ``action: ...
+        started``, ``action:`` (done), ``recovered...``/``... acknowledged again``, ``rejoined:``."""
         if at is not None:
             self.timeline.append((at, what))
+
+    def keep_series(
+        self,
+        writers: dict[str, Sequence[Writer | None]],
+        sampler: PrimarySampler | None = None,
+        accepting: dict[str, list[tuple[float, int]]] | None = None,
+    ) -> None:
+        """Keep what the drill's report draws, added to what an earlier phase kept: the acknowledged
+        writes of ``writers`` per engine, the primaries ``sampler`` saw (it is stopped here) and the
+        servers acknowledging writes over time (drill_checker.accepting_over_time)."""
+        for engine, group in writers.items():
+            times = self.writes.setdefault(engine, [])
+            times.extend(at for writer in group if writer is not None for _, at in writer.acked)
+            times.sort()
+        for engine, samples in (sampler.stop() if sampler else {}).items():
+            self.primaries_seen.setdefault(engine, []).extend(samples)
+        for engine, samples in (accepting or {}).items():
+            self.accepting.setdefault(engine, []).extend(samples)
+
+    def keep_series_of(self, other: DrillResult) -> None:
+        """Add the series of ``other`` (a later phase of the same drill) to this result's."""
+        for engine, times in other.writes.items():
+            self.writes[engine] = sorted([*self.writes.get(engine, []), *times])
+        for mine, theirs in ((self.primaries_seen, other.primaries_seen), (self.accepting, other.accepting)):
+            for engine, samples in theirs.items():
+                mine.setdefault(engine, []).extend(samples)
 
     def render(self) -> str:
         lines = [f"drill {self.scenario}: {SCENARIOS[self.scenario]}"]
@@ -224,6 +297,24 @@ class DrillResult:
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
+        """The result as JSON data; the series bounded by the drill's length: acknowledged writes per
+        100 ms (``first_s``: the first bin's start, seconds from the failure) and runs of a count
+        (``[from_s, to_s, count]``)."""
+        series: dict[str, Any] = {}
+        if self.writes:
+            series["writes_per_100ms"] = {}
+            for engine, times in self.writes.items():
+                first, counts = per_bin(times, self.failed_at)
+                series["writes_per_100ms"][engine] = {"first_s": first / BINS_PER_SECOND, "counts": counts}
+        for key, samples in (("primaries_seen", self.primaries_seen), ("accepting", self.accepting)):
+            if samples:
+                series[key] = {
+                    engine: [
+                        [round(a - self.failed_at, 3), round(b - self.failed_at, 3), n]
+                        for a, b, n in sample_runs(found)
+                    ]
+                    for engine, found in samples.items()
+                }
         return {
             "scenario": self.scenario,
             "recovered": self.recovered,
@@ -236,6 +327,7 @@ class DrillResult:
                 {"seconds": round(at - self.failed_at, 3), "event": what}
                 for at, what in sorted(self.timeline)
             ],
+            **series,
         }
 
 
@@ -327,6 +419,138 @@ def pg_primaries(demo: DemoStack) -> list[str]:
         except (psycopg.Error, OSError, StackError):
             continue
     return primaries
+
+
+SLOW_LOOK = 1.0  # seconds: a look that took longer saw a server not answering until its answer came
+
+
+class _RedisRole:
+    """Whether one Redis server reports the master role, over a client of its own: one connection, kept
+    (redis_masters opens one per call, which a look every 250 ms must not), failing within 1 s."""
+
+    def __init__(self, server: Any):
+        self.client = redis.Redis(
+            host=server.host,
+            port=server.port,
+            username=server.username,
+            password=server.password,
+            decode_responses=True,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            retry=NO_RETRY,
+        )
+
+    def __call__(self) -> bool:
+        return str(self.client.info("replication")["role"]) == "master"
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _PgRole:
+    """Whether one PostgreSQL server is out of recovery, over one superuser connection, kept; a paused
+    server holds the look until it wakes (SLOW_LOOK counts it out meanwhile)."""
+
+    def __init__(self, server: Any):
+        self.server = server
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def __call__(self) -> bool:
+        try:
+            if self.conn is None:
+                self.conn = self.server.connect(timeout=2)
+            row = self.conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            return row is not None and not row[0]
+        except psycopg.Error:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+        self.conn = None
+
+
+class _RoleLook(threading.Thread):
+    """Asks one server whether it is the primary every ``every`` seconds; remembers (when, answer)."""
+
+    def __init__(self, engine: str, look: _RedisRole | _PgRole, every: float):
+        super().__init__(daemon=True)
+        self.engine, self.look, self.every = engine, look, every
+        self.seen: list[tuple[float, bool]] = []
+        self.asking: float | None = None  # when the look under way began
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.halt.is_set():
+                start = self.asking = time.time()
+                try:
+                    primary = self.look()
+                except Exception:  # noqa: BLE001 - a server that does not answer is no primary
+                    primary = False
+                end, self.asking = time.time(), None
+                if end - start > SLOW_LOOK:  # paused or cut off: no primary until it answered
+                    self.seen += [(start, False), (end, primary)]
+                else:
+                    self.seen.append((start, primary))
+                self.halt.wait(self.every)
+        finally:
+            self.look.close()
+
+
+class PrimarySampler:
+    """How many servers of each engine report the primary role over time, for the drill's report:
+    a thread per server asks it every ``every`` seconds (a paused server's slow answer delays only
+    its own looks) until ``stop``. The stack's close stops it too, should the drill raise first."""
+
+    def __init__(self, demo: DemoStack, engines: Sequence[str] = ("redis", "postgres"), every: float = 0.25):
+        looks: list[tuple[str, _RedisRole | _PgRole]] = []
+        if "redis" in engines:
+            looks += [("redis", _RedisRole(server)) for server in demo.redis.values()]
+        if "postgres" in engines:
+            looks += [("postgres", _PgRole(server)) for server in demo.pg.values()]
+        self._looks = [_RoleLook(engine, look, every) for engine, look in looks]
+        self._stopped: float | None = None
+        demo.stack.on_close(self.stop)
+        for look in self._looks:
+            look.start()
+
+    def stop(self) -> dict[str, list[tuple[float, int]]]:
+        """Stop looking (again: a no-op); per engine (time, servers reporting the primary role) until now."""
+        self._stopped = self._stopped or time.time()
+        for look in self._looks:
+            look.halt.set()
+        for look in self._looks:
+            look.join(10)
+        return self.samples()
+
+    def samples(self) -> dict[str, list[tuple[float, int]]]:
+        """Per engine a sample at each look at one of its servers, from when every one had been
+        looked at until ``stop``: (time, how many reported the primary role at their latest look)."""
+        until = self._stopped or time.time()
+        found: dict[str, list[tuple[float, int]]] = {}
+        for engine in dict.fromkeys(look.engine for look in self._looks):
+            group = [self._seen(look, until) for look in self._looks if look.engine == engine]
+            if not all(group):
+                continue
+            start = max(seen[0][0] for seen in group)
+            latest: dict[int, bool] = {}
+            samples = found.setdefault(engine, [])
+            for at, index, primary in sorted((at, i, p) for i, seen in enumerate(group) for at, p in seen):
+                latest[index] = primary
+                if at >= start and len(latest) == len(group):
+                    samples.append((at, sum(latest.values())))
+        return found
+
+    @staticmethod
+    def _seen(look: _RoleLook, until: float) -> list[tuple[float, bool]]:
+        seen = [s for s in look.seen if s[0] <= until]
+        asking = look.asking
+        if asking is not None and until - asking > SLOW_LOOK:  # still waiting for a paused server
+            seen.append((asking, False))
+        return seen
 
 
 # --- waiting ---------------------------------------------------------------------------------------

@@ -112,6 +112,7 @@ def drill_bad_write(demo: DemoStack, deadline: float) -> DrillResult:
     result.add(t0, f"failure: DELETE FROM {WRITES_TABLE} without WHERE on {name} (the app goes on writing)")
     time.sleep(1.0)
     writer.stop()
+    result.keep_series({"postgres": [writer]})
     before = sorted(n for n, at in writes.acked_at.items() if at < t0)
     _replicas_emptied(demo, name, before[-1], result)
     segment = archive_now(primary)

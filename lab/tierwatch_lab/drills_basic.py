@@ -19,6 +19,7 @@ from .drill_kit import (
     DrillResult,
     HttpRequests,
     PgWrites,
+    PrimarySampler,
     RedisWrites,
     Writer,
     chain_timeline,
@@ -54,6 +55,7 @@ def drill_redis_master(demo: DemoStack, deadline: float) -> DrillResult:
     by_name = (
         RedisWrites(demo.dns.resolver("cache-main"), demo.redis_password, "drill-dns") if demo.dns else None
     )
+    sampler = PrimarySampler(demo, ("redis",))
     writer, named = start_writers(through_lb, by_name, 20)
     result = DrillResult("redis-master", time.time())
     demo.redis[old].process.kill()
@@ -74,6 +76,7 @@ def drill_redis_master(demo: DemoStack, deadline: float) -> DrillResult:
         named.stop()
         result.add(named.first_ack_after(result.failed_at), "recovered by name: writes acknowledged again")
         keys += by_name.keys(named)
+    result.keep_series({"redis": [writer, named]}, sampler)
     masters = redis_masters(demo)
     result.primaries = {"redis": len(masters)}
     if masters:
@@ -95,6 +98,7 @@ def drill_pg_primary(demo: DemoStack, deadline: float) -> DrillResult:
     by_name = (
         PgWrites(demo.dns.resolver("main-db"), demo.pg_app_password, BY_NAME_OFFSET) if demo.dns else None
     )
+    sampler = PrimarySampler(demo, ("postgres",))
     writer, named = start_writers(through_lb, by_name, 30)
     result = DrillResult("pg-primary", time.time())
     demo.pg[old].process.kill()
@@ -114,6 +118,7 @@ def drill_pg_primary(demo: DemoStack, deadline: float) -> DrillResult:
         named.stop()
         result.add(named.first_ack_after(result.failed_at), "recovered by name: writes committed again")
         acked |= by_name.ids(named)
+    result.keep_series({"postgres": [writer, named]}, sampler)
     primaries = pg_primaries(demo)
     result.primaries = {"postgres": len(primaries)}
     if primaries:
@@ -152,6 +157,7 @@ def drill_app_instance(demo: DemoStack, deadline: float) -> DrillResult:
     if result.recovered:
         result.add(time.time(), "recovered: es-1 restarted and back in the LBs")
     result.acked, result.lost = len(writer.acked), 0
+    result.keep_series({"http": [writer]})
     result.detail = f"{writer.failures} requests through the VIP failed during the drill"
     chain_timeline(demo, result, {"es-1"}, {"AppInstanceDown"})
     return result
@@ -177,6 +183,7 @@ def drill_active_lb(demo: DemoStack, deadline: float) -> DrillResult:
     if restarted:
         result.add(time.time(), "lb-1 restarted by the recovery service (now the standby... or active again)")
     result.acked, result.lost = len(writer.acked), 0
+    result.keep_series({"http": [writer]})
     result.detail = f"{writer.failures} requests through the VIP failed during the switch"
     chain_timeline(demo, result, {"lb-1"}, {"LBActiveDown", "LBStandbyDown"})
     return result
@@ -208,6 +215,7 @@ def drill_region(demo: DemoStack, deadline: float) -> DrillResult:
         "traffic served by the failover region",
     )
     result.acked, result.lost = len(writer.acked), 0
+    result.keep_series({"http": [writer]})
     result.detail = f"{writer.failures} requests through the VIP failed during the drill"
     chain_timeline(demo, result, {"es-1", "es-2"}, {"AppRegionDown", "AppInstanceDown"})
     return result

@@ -19,6 +19,7 @@ from .drill_checker import (
     FaultCheck,
     PgAckWrites,
     RedisAckWrites,
+    accepting_over_time,
     apply_checks,
     double_primary_checks,
     double_primary_seconds,
@@ -30,6 +31,7 @@ from .drill_checker import (
 )
 from .drill_kit import (
     DrillResult,
+    PrimarySampler,
     Writer,
     chain_timeline,
     pg_primaries,
@@ -57,6 +59,7 @@ def _redis_run(
     probers = redis_probers(demo)
     for thread in (*writers, *probers):
         thread.start()
+    sampler = PrimarySampler(demo, ("redis",))
     wait_until(lambda: len(writers[0].acked) > 20, time.time() + 20)
     result.failed_at = time.time()
     fault(old)
@@ -82,6 +85,7 @@ def _redis_run(
     time.sleep(1)
     for thread in (*writers, *probers):
         thread.stop()
+    result.keep_series({"redis": writers}, sampler, {"redis": accepting_over_time(probers)})
     check = FaultCheck(double_primary_s=double_primary_seconds(probers, result.failed_at, time.time()))
     masters = redis_masters(demo)
     result.primaries["redis"] = len(masters)
@@ -116,6 +120,7 @@ def _pg_run(
     probers = pg_probers(demo)
     for thread in (*writers, *probers):
         thread.start()
+    sampler = PrimarySampler(demo, ("postgres",))
     wait_until(lambda: len(writers[0].acked) > 20, time.time() + 30)
     result.failed_at = time.time()
     fault(old)
@@ -143,6 +148,7 @@ def _pg_run(
     time.sleep(1)
     for thread in (*writers, *probers):
         thread.stop()
+    result.keep_series({"postgres": writers}, sampler, {"postgres": accepting_over_time(probers)})
     check = FaultCheck(double_primary_s=double_primary_seconds(probers, result.failed_at, time.time()))
     primaries = pg_primaries(demo)
     result.primaries["postgres"] = len(primaries)
@@ -260,6 +266,7 @@ def watcher_partition(demo: DemoStack, deadline: float, cut: Sequence[str]) -> D
     threads = [*writers.values(), *probers["redis"], *probers["postgres"]]
     for thread in threads:
         thread.start()
+    sampler = PrimarySampler(demo)
     wait_until(lambda: all(len(w.acked) > 20 for w in writers.values()), time.time() + 30)
     primaries = f'target=~"{redis_old}|{pg_old}"'
     cut_down = f'count(tierwatch_up{{vantage=~"{vantages}", {primaries}}} == 0)'
@@ -301,6 +308,9 @@ def watcher_partition(demo: DemoStack, deadline: float, cut: Sequence[str]) -> D
     for thread in threads:
         thread.stop()
     end = time.time()
+    result.keep_series(
+        {e: [w] for e, w in writers.items()}, sampler, {e: accepting_over_time(p) for e, p in probers.items()}
+    )
     entries = [
         e
         for e in audit(demo.chain)

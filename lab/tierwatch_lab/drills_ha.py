@@ -340,6 +340,7 @@ def drill_etcd_member_loss(demo: DemoStack, deadline: float) -> DrillResult:
     quorum = drill_etcd_quorum_loss(demo, max(deadline, time.time() + 90))
     for at, what in quorum.timeline:
         one.add(at, f"[quorum loss] {what}")
+    one.keep_series_of(quorum)
     one.acked, one.lost = one.acked + quorum.acked, one.lost + quorum.lost
     one.primaries = quorum.primaries
     one.recovered = one.recovered and quorum.recovered

@@ -36,6 +36,7 @@ from .drill_checker import (
     FaultCheck,
     PgAckWrites,
     RedisAckWrites,
+    accepting_over_time,
     apply_checks,
     double_primary_seconds,
     drill_tables,
@@ -46,6 +47,7 @@ from .drill_checker import (
 )
 from .drill_kit import (
     DrillResult,
+    PrimarySampler,
     Writer,
     chain_timeline,
     pg_primaries,
@@ -190,6 +192,7 @@ def _redis_partition(demo: DemoStack, result: DrillResult, deadline: float) -> F
     }
     probers = redis_probers(demo, _inside_for(net, old))
     threads = [*writers.values(), *probers]
+    sampler = PrimarySampler(demo, ("redis",))
     result.failed_at, cut = _start_and_cut(net, old, writers, threads, result)
 
     def promoted() -> str | None:  # the cut-off old master is not asked (it would time out)
@@ -226,6 +229,7 @@ def _redis_partition(demo: DemoStack, result: DrillResult, deadline: float) -> F
         threads,
         deadline,
     )
+    result.keep_series({"redis": list(writers.values())}, sampler, {"redis": accepting_over_time(probers)})
     check = FaultCheck(double_primary_s=double_primary_seconds(probers, result.failed_at, time.time()))
     masters = redis_masters(demo)
     result.primaries["redis"] = len(masters)
@@ -260,6 +264,7 @@ def _pg_partition(demo: DemoStack, result: DrillResult, deadline: float) -> Faul
     writers = {name: Writer(inside.get(name, a)) for name, a in attempts.items()}
     probers = pg_probers(demo, _inside_for(net, old))
     threads = [*writers.values(), *probers]
+    sampler = PrimarySampler(demo, ("postgres",))
     pg_failed_at, cut = _start_and_cut(net, old, writers, threads, result)
 
     def promoted() -> str | None:
@@ -293,6 +298,9 @@ def _pg_partition(demo: DemoStack, result: DrillResult, deadline: float) -> Faul
         f"rejoined: {old} streams from {new}",
         threads,
         deadline,
+    )
+    result.keep_series(
+        {"postgres": list(writers.values())}, sampler, {"postgres": accepting_over_time(probers)}
     )
     check = FaultCheck(double_primary_s=double_primary_seconds(probers, pg_failed_at, time.time()))
     primaries = pg_primaries(demo)

@@ -38,6 +38,7 @@ from .drill_checker import (
     PG_WRITE_TIMEOUT,
     FaultCheck,
     PgAckWrites,
+    accepting_over_time,
     double_primary_checks,
     drill_tables,
     pg_probers,
@@ -48,6 +49,7 @@ from .drill_checker import (
 from .drill_kit import (
     DrillResult,
     PgWrites,
+    PrimarySampler,
     RedisWrites,
     Writer,
     app_redis_client,
@@ -223,6 +225,7 @@ def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
     threads = [*writers.values(), *named.values(), *probers["redis"], *probers["postgres"]]
     for thread in threads:
         thread.start()
+    sampler = PrimarySampler(demo)
     wait_until(
         lambda: len(redis_w.region_safe) > 20 and len(pg_w.region_safe) > 20,
         time.time() + 30,
@@ -244,6 +247,11 @@ def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
     for thread in threads:
         thread.stop()
     end = time.time()
+    result.keep_series(
+        {engine: [writer, named.get(engine)] for engine, writer in writers.items()},
+        sampler,
+        {engine: accepting_over_time(group) for engine, group in probers.items()},
+    )
     checks = double_primary_checks(probers, result.failed_at, end)
     masters, pg_now = redis_masters(demo), pg_primaries(demo)
     result.primaries = {"redis": len(masters), "postgres": len(pg_now)}

@@ -7,10 +7,13 @@ builds a stack of its own per drill)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
+from report_pixels import check_markers, check_writes, report_screenshot
 
 from tierwatch_lab.demo_build import build
+from tierwatch_lab.drill_kit import sample_runs
 from tierwatch_lab.drills import DRILLS, SCENARIOS, DrillResult, build_options, wait_until_watched
 from tierwatch_lab.drills_backup import BACKUP_DRILLS
 from tierwatch_lab.drills_faults import FAULT_DRILLS
@@ -67,12 +70,25 @@ def check(scenario: str, result: DrillResult) -> None:
         assert any(what.startswith("recovered by name:") for what in events), report
 
 
+def check_report(result: DrillResult, directory: Path) -> None:
+    """The drill's report, screenshot in Chromium, draws the writes with the outage and the markers."""
+    chart, plot = report_screenshot(result, directory)
+    assert check_writes(chart, plot, result, "redis") >= 1.0  # the outage: no write for a second or more
+    drawn = check_markers(chart, plot)
+    assert {"failure", "detected", "alert", "action-started", "writes-back"} <= set(drawn), drawn
+    counts = [n for _, _, n in sample_runs(result.primaries_seen["redis"])]
+    assert counts[0] == 1 and 0 in counts and counts[-1] == 1 and max(counts) == 1, counts
+
+
 @pytest.mark.parametrize("group", GROUPS, ids=["+".join(g) for g in GROUPS])
-def test_drills_recover_by_themselves(stack: Stack, group: tuple[str, ...]) -> None:
+def test_drills_recover_by_themselves(stack: Stack, group: tuple[str, ...], tmp_path: Path) -> None:
     options: dict[str, object] = {}
     for scenario in group:
         options.update(build_options(scenario))
     demo = build(stack, **options)
     wait_until_watched(demo)
     for scenario in group:
-        check(scenario, DRILLS[scenario](demo, time.time() + 90))
+        result = DRILLS[scenario](demo, time.time() + 90)
+        check(scenario, result)
+        if scenario == "redis-master":
+            check_report(result, tmp_path)
