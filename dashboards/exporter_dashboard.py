@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .dsl import UP_DOWN, Dashboard, Row, T, process_row, q, rate, sel, stat, ts
+from .dsl import OK_FAIL, UP_DOWN, Dashboard, Row, T, process_row, q, rate, sel, stat, ts
 
 EXPORTER = Dashboard(
     file="exporter.json",
@@ -50,6 +50,17 @@ EXPORTER = Dashboard(
                     "none",
                     q("sum by (state) (" + sel("tierwatch_circuit_state", T) + ")", "{{state}}"),
                     alerts=("TierwatchCircuitOpen",),
+                    width=6,
+                    height=5,
+                ),
+                stat(
+                    "Configuration",
+                    "Whether the exporter's last configuration reload was accepted (a refused file leaves "
+                    "the previous configuration running).",
+                    "none",
+                    q(sel("tierwatch_config_last_reload_successful"), "{{instance}}"),
+                    alerts=("TierwatchConfigReloadFailed",),
+                    mappings=OK_FAIL,
                     width=6,
                     height=5,
                 ),

@@ -120,7 +120,13 @@ HOSTS = Dashboard(
                         + sel("node_filesystem_size_bytes", *DISKS),
                         "{{instance}} {{mountpoint}}",
                     ),
-                    alerts=("HostDiskSpaceLow", "HostDiskFillingUp"),
+                    q(
+                        sel("node_filesystem_files_free", *DISKS)
+                        + " / "
+                        + sel("node_filesystem_files", *DISKS),
+                        "{{instance}} {{mountpoint}} inodes",
+                    ),
+                    alerts=("HostDiskSpaceLow", "HostDiskFillingUp", "HostInodesLow"),
                     thresholds=((None, "red"), (0.1, "orange"), (0.4, "green")),
                 ),
                 ts(
@@ -149,6 +155,15 @@ HOSTS = Dashboard(
                     ),
                     alerts=("HostFileDescriptorsRunningOut",),
                     thresholds=((None, "green"), (0.9, "red")),
+                ),
+                stat(
+                    "Textfile collector",
+                    "Whether node_exporter read every file of its textfile directory (the restore-test and "
+                    "Redis snapshot results come through it).",
+                    "none",
+                    q(sel("node_textfile_scrape_error", *HOST), "{{instance}}"),
+                    alerts=("HostTextfileScrapeError",),
+                    mappings=(("0", "OK", "green"), ("1", "FAILING", "red")),
                 ),
                 ts(
                     "Network traffic",
