@@ -160,7 +160,7 @@ LB = Dashboard(
                     "Each server of each backend as the LB's health checks see it.",
                     "none",
                     q(sel("tierwatch_lb_server_up", T), "{{target}} {{server}}"),
-                    alerts=("LBBackendServerDown",),
+                    alerts=("LBBackendServerDown", "LBBackendServerFlapping"),
                     mappings=UP_DOWN,
                     width=10,
                 ),

@@ -208,14 +208,29 @@ POSTGRES = Dashboard(
                 ),
                 ts(
                     "Dead rows of the top tables",
-                    "Dead share of the tables with the most dead rows (cluster setting top_tables), and "
-                    "how long ago each was last vacuumed.",
+                    "Dead share of the tables with the most dead rows (cluster setting top_tables).",
                     "percentunit",
                     q(
                         f"{DEAD} / ({DEAD} + {sel('tierwatch_pg_table_live_tuples', *PT)})",
                         "{{target}} {{table}}",
                     ),
-                    alerts=("PostgresDeadTuplesHigh", "PostgresTableNotAutovacuumed"),
+                    alerts=("PostgresDeadTuplesHigh",),
+                    width=12,
+                ),
+                ts(
+                    "Since the last vacuum and analyze",
+                    "How long ago each of the same tables was last vacuumed and analyzed (automatically or "
+                    "by hand; a table never vacuumed since the statistics were reset reads as since 1970).",
+                    "s",
+                    q(
+                        f"time() - {sel('tierwatch_pg_table_last_vacuum_timestamp_seconds', *PT)}",
+                        "{{table}} vacuum",
+                    ),
+                    q(
+                        f"time() - {sel('tierwatch_pg_table_last_analyze_timestamp_seconds', *PT)}",
+                        "{{table}} analyze",
+                    ),
+                    alerts=("PostgresTableNotAutovacuumed", "PostgresTableNotAnalyzed"),
                     width=12,
                 ),
                 ts(

@@ -72,7 +72,7 @@ REDIS = Dashboard(
                     "On each replica: whether its link to its master is up.",
                     "none",
                     q(sel("tierwatch_redis_master_link_up", *RT), "{{target}}"),
-                    alerts=("RedisReplicaLinkDown",),
+                    alerts=("RedisReplicaLinkDown", "RedisReplicaLinkFlapping"),
                     mappings=UP_DOWN,
                 ),
                 ts(
