@@ -207,7 +207,7 @@ def redis_failure(exc: BaseException) -> ProbeFailure:
         reason = "protocol"
     else:
         reason = classify_failure(exc)
-    return ProbeFailure(reason, f"{reason}: {type(exc).__name__}")
+    return ProbeFailure(reason, type(exc).__name__)
 
 
 class RedisLink:
