@@ -51,6 +51,7 @@ from tierwatch_lab.stack.postgres import PgServer, start_replica
 from tierwatch_lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
 from tierwatch_lab.stack.redis import WRITE_FENCING, start_redis, start_sentinels, wait_writes_accepted
 from tierwatch_lab.stack.scrape_targets import traffic_jobs
+from tierwatch_lab.stack.tls import start_tls_frontend
 
 ROOT = Path(__file__).resolve().parents[1]
 FOR_LINE = re.compile(r"^(\s+for:\s*)\S+\s*$", re.MULTILINE)
@@ -203,6 +204,8 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
     """Start everything; stop every process on exit."""
     stop = threading.Event()
     with Stack(keep=keep) as stack:
+        # an https app server (HAProxy with a self-signed certificate): the TLS certificates panel
+        tls_url, tls_ca = start_tls_frontend(stack)
         # the demo's Express app servers (RED metrics, scraped as job app) on a Redis of their own
         app_redis = start_redis(stack, "redis-apps")
         apps = {name: start_express(stack, name, reg, app_redis.url) for name, reg in APP_REGIONS.items()}
@@ -257,6 +260,9 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
                         # pgBackRest's report (every 10 s) and the heartbeat (demo_backups.py)
                         **backups.exporter_backup()}, "targets": [
                 {"name": s.name, "region": "primary", "url": s.dsn_without_password} for s in (pg_1, pg_2)]},
+            # last: the recovery service's config takes clusters[1:3] (web, cache-main)
+            {"name": "portal", "tier": "app", "targets": [
+                {"name": "portal-1", "region": "primary", "url": tls_url, "tls_ca_file": str(tls_ca)}]},
         ]  # fmt: skip
         # the Redis master's name in a Knot zone: the exporter checks it, recovery counts its updates
         knot = start_knot(stack, records=[f"primary.cache-main 2 IN SRV {srv(redis_a.port)}"], ttl=2)

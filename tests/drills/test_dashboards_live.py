@@ -157,6 +157,7 @@ def test_overview_shows_where_the_problem_is(live: Any) -> None:
         "es-1": 1,
         "es-2": 1,
         "es-3": 1,
+        "portal-1": 1,  # the https app server of the TLS certificates panel
     }
     assert overview_values(prom, "Redis cluster") == {"redis-a": 3, "redis-b": 1}  # master up, replica up
     assert overview_values(prom, "PostgreSQL cluster") == {"pg-1": 3, "pg-2": 1}

@@ -39,13 +39,13 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from tls_fixtures import start_tls_frontend
 
 from tierwatch_lab.stack import Stack, free_port, wait_for
 from tierwatch_lab.stack.knot import KnotServer, start_knot
 from tierwatch_lab.stack.postgres import PgServer, start_primary, start_replica
 from tierwatch_lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
 from tierwatch_lab.stack.redis import RedisServer, start_redis, wait_replica_linked
+from tierwatch_lab.stack.tls import start_tls_frontend
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"

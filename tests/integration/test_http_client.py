@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from hostile_peers import start_hostile_http
-from tls_fixtures import NOT_AFTER, self_signed
 
 from tierwatch.clients.http import HttpClient, HttpFailure, HttpRules, ssl_context
 from tierwatch.clients.http_wire import MAX_HEADER_BYTES
@@ -24,6 +23,7 @@ from tierwatch.probes.base import TargetInfo
 from tierwatch.probes.http import HttpProbe
 from tierwatch_lab.stack import Stack
 from tierwatch_lab.stack.http import start_http_backend
+from tierwatch_lab.stack.tls import NOT_AFTER, self_signed
 
 from helpers import connections_to
 

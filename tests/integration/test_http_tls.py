@@ -7,7 +7,6 @@ import io
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, generate_latest
-from tls_fixtures import NOT_AFTER, start_tls_frontend
 
 from tierwatch.config import LoadedConfig
 from tierwatch.config.recovery import ClusterRecovery
@@ -16,6 +15,7 @@ from tierwatch.metrics import TierwatchCollector
 from tierwatch.monitor import Monitor
 from tierwatch.recovery.actions import load_action
 from tierwatch_lab.stack import Stack
+from tierwatch_lab.stack.tls import NOT_AFTER, start_tls_frontend
 
 from action_fixtures import make_context
 from helpers import metric_value as value

@@ -1,5 +1,5 @@
-"""TLS for tests: a self-signed certificate for 127.0.0.1 with a chosen expiry, and an HAProxy TLS frontend
-that serves it (answering /health itself)."""
+"""TLS for the lab: a self-signed certificate for 127.0.0.1 with a chosen expiry, and an HAProxy TLS
+frontend that serves it (answering /health itself): an https target for the tests and the live stack."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tierwatch_lab.stack import Stack, free_port, wait_for
-from tierwatch_lab.stack.ports import port_open
+from .ports import free_port, port_open
+from .process import Stack, wait_for
 
 NOT_AFTER = dt.datetime(2031, 5, 17, 12, 0, 0, tzinfo=dt.UTC)
 
