@@ -37,6 +37,8 @@ REQUIRED = {
     "prometheus-alertmanager": "prometheus-alertmanager",
     "prometheus-node-exporter": "prometheus-node-exporter",
     "pgbackrest": "pgbackrest",
+    "rsyslogd": "rsyslog",  # the central log collector (DemoOptions.logs)
+    "mtail": "mtail",  # its lines into counters, job logs
 }
 TRAFFIC_RATE = 10.0  # requests/s the demo sends through the VIP (traffic.py)
 

@@ -2,6 +2,7 @@
 
 The steps, in the order they run (each a function below):
 
+0. with ``DemoOptions.logs``, the log collector and mtail (demo_logs.py), before any server logs;
 1. ``_start_redis``: the Redis master, two replicas, the failover region's backup master and its
    replica (a cascade), and the Redis write address (an HAProxy tcp backend);
 2. ``_start_web``: the four app servers (``_start_apps``) and the LB pair with the VIP in front of them;
@@ -25,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import demo_backups
+from . import demo_backups, demo_logs
 from .demo_backups import BackupSchedule, DemoBackups
 from .demo_dns import DemoDns, start_dns
 from .demo_stack import (
@@ -41,6 +42,7 @@ from .demo_stack import (
     TRAFFIC_ALERTS,
     WINDOW,
     AppServer,
+    DemoLogs,
     DemoStack,
 )
 from .stack import Stack
@@ -53,6 +55,7 @@ from .stack.netns import NetnsExporter, start_data_watchers
 from .stack.node_exporter import NodeExporter, node_job, start_node_exporter
 from .stack.pgbackrest import start_backed_up_primary
 from .stack.postgres import (
+    LOG_SETTINGS,
     PgServer,
     create_admin_role,
     create_app_role,
@@ -98,7 +101,8 @@ class DemoOptions:
     pgBackRest's report, the heartbeat and scheduled restore tests (demo_backups.py); the drills that
     are not about backups turn it off (drills.build_options). ``dns``: a Knot DNS server with the
     stack's zone, whose records the recovery service moves after a failover and the exporter checks
-    (demo_dns.py)."""
+    (demo_dns.py). ``logs``: every component's log in one collector (rsyslog) and mtail turning it into
+    counters, scraped as job ``logs`` (demo_logs.py)."""
 
     sentinel: bool = False
     timing: ChainTiming | None = None
@@ -113,6 +117,7 @@ class DemoOptions:
     replica_labels: Sequence[str] = ()
     backups: bool = True
     dns: bool = True
+    logs: bool = True
 
 
 @dataclass(frozen=True)
@@ -147,9 +152,16 @@ def build(stack: Stack, options: DemoOptions | None = None, **settings: Any) -> 
     use_express = bool(shutil.which("node") and shutil.which("npm")) if opts.express is None else opts.express
     redis_password = secrets.token_urlsafe(16)
     nets = {n: create_server_net(stack) for n in ("redis-a", "pg-1")} if opts.isolable_primaries else {}
-    redis, redis_write = _start_redis(stack, redis_password, nets.get("redis-a"))
-    web = _start_web(stack, redis_write, redis_password, use_vrrp, use_express)
-    pg = _start_postgres(stack, nets.get("pg-1"), opts.backups)
+    logs = (
+        demo_logs.start_logs_for_demo(
+            stack, vrrp=use_vrrp, vantages=opts.vantages, recovery_replicas=opts.recovery_replicas
+        )
+        if opts.logs
+        else None
+    )
+    redis, redis_write = _start_redis(stack, redis_password, nets.get("redis-a"), logs)
+    web = _start_web(stack, redis_write, redis_password, use_vrrp, use_express, logs)
+    pg = _start_postgres(stack, nets.get("pg-1"), opts.backups, logs)
     secrets_dir = _write_secrets(stack, redis_password, pg)
     sentinels: list[RedisServer] = []
     if opts.sentinel:
@@ -162,7 +174,9 @@ def build(stack: Stack, options: DemoOptions | None = None, **settings: Any) -> 
     recovery = _recovery_section(stack, web, pg, secrets_dir, opts.replica_labels)
     write_lbs = [write_lb_cluster("write-lbs", [redis_write, pg.write_lb])]
     dns = _start_dns(stack, web, redis, pg) if opts.dns else None
-    chain, watchers, node = _start_chain(stack, opts, clusters, recovery, write_lbs, web, redis, pg, dns)
+    chain, watchers, node = _start_chain(
+        stack, opts, clusters, recovery, write_lbs, web, redis, pg, dns, logs
+    )
     demo = DemoStack(
         stack,
         web.apps,
@@ -180,6 +194,7 @@ def build(stack: Stack, options: DemoOptions | None = None, **settings: Any) -> 
     )
     demo.watchers = watchers
     demo.dns = dns
+    demo.logs = logs
     if pg.backups is not None:
         demo.backups = pg.backups
         demo.backup_schedule = _start_backup_jobs(stack, pg.backups, chain)
@@ -190,7 +205,7 @@ def build(stack: Stack, options: DemoOptions | None = None, **settings: Any) -> 
 
 
 def _start_redis(
-    stack: Stack, password: str, net: ServerNet | None
+    stack: Stack, password: str, net: ServerNet | None, logs: DemoLogs | None
 ) -> tuple[dict[str, RedisServer], HAProxy]:
     """redis-a (the master), its replicas b, c and d, e replicating from d; the write address.
 
@@ -215,13 +230,23 @@ def _start_redis(
         )
     wait_writes_accepted(redis["redis-a"])
     write_lb = start_write_lb(
-        stack, "lb-redis-write", REDIS_WRITE, [(n, s.port) for n, s in redis.items()], primary="redis-a"
+        stack,
+        "lb-redis-write",
+        REDIS_WRITE,
+        [(n, s.port) for n, s in redis.items()],
+        primary="redis-a",
+        log=logs.lb("lb-redis-write") if logs else None,
     )
     return redis, write_lb
 
 
 def _start_web(
-    stack: Stack, redis_write: HAProxy, redis_password: str, use_vrrp: bool, use_express: bool
+    stack: Stack,
+    redis_write: HAProxy,
+    redis_password: str,
+    use_vrrp: bool,
+    use_express: bool,
+    logs: DemoLogs | None,
 ) -> _Web:
     """The app servers and the LB pair: keepalived VRRP between two network namespaces bridged to
     the host (the app servers then listen on the bridge), or a TCP forwarder playing the VIP."""
@@ -231,10 +256,12 @@ def _start_web(
     servers = [(n, a.port) for n, a in apps.items()]
     pair: VrrpPair | None = None
     if net is not None:
-        pair = start_vrrp_pair(stack, servers, network=net)
+        pair = start_vrrp_pair(stack, servers, network=net, logs=logs.lb_targets if logs else None)
         lbs, vip_url = pair.lbs, pair.vip_url
     else:
-        lbs = [start_haproxy(stack, f"lb-{i}", servers) for i in (1, 2)]
+        lbs = [
+            start_haproxy(stack, f"lb-{i}", servers, log=logs.lb(f"lb-{i}") if logs else None) for i in (1, 2)
+        ]
         vip_url = start_vip(stack, lbs).url
     restart.update({lb.name: _launcher(stack, lb.name, list(lb.process.argv)) for lb in lbs})
     return _Web(apps, lbs, vip_url, pair, restart, use_express)
@@ -267,18 +294,20 @@ def _start_apps(
     return apps, restart
 
 
-def _start_postgres(stack: Stack, net: ServerNet | None, backups: bool) -> _Postgres:
+def _start_postgres(stack: Stack, net: ServerNet | None, backups: bool, logs: DemoLogs | None) -> _Postgres:
     """pg-1 (the primary, archiving — with pgBackRest into the failover region's repository and a
     first full backup when ``backups``, else by copying; in ``net`` with isolable_primaries), the kit's
     admin role and the app role (and the heartbeat table), replicas pg-2, pg-3 (synchronous
-    candidates) and pg-dr; the write address."""
+    candidates) and pg-dr; the write address. With ``logs``, every server logs LOG_SETTINGS' way and
+    the write address logs its connections."""
     # set on the primary once the standbys stream, or creating the roles would wait for a standby
     # that does not exist yet
-    sync = {"synchronous_standby_names": SYNCHRONOUS_STANDBYS}
-    first: dict[str, Any] = {}
+    log_settings = LOG_SETTINGS if logs else {}
+    sync = {"synchronous_standby_names": SYNCHRONOUS_STANDBYS, **log_settings}
+    first: dict[str, Any] = {"settings": dict(log_settings)}
     if net is not None:  # its clients arrive from the veth network
         first = {"port": net.expose(), "launcher": net.launcher, "hba_networks": [net.network],
-                 "settings": {"listen_addresses": ",".join(net.listen)}}  # fmt: skip
+                 "settings": {"listen_addresses": ",".join(net.listen), **log_settings}}  # fmt: skip
     demo_backups_: DemoBackups | None = None
     if backups:
         repo = stack.directory("region-failover", "pgbackrest", owner="postgres")
@@ -301,11 +330,16 @@ def _start_postgres(stack: Stack, net: ServerNet | None, backups: bool) -> _Post
     admin_password = create_admin_role(pg["pg-1"])
     app_password = create_app_role(pg["pg-1"], "app")
     for name in ("pg-2", "pg-3", "pg-dr"):
-        pg[name] = start_replica(stack, pg["pg-1"], name, settings=sync if name != "pg-dr" else None)
+        pg[name] = start_replica(stack, pg["pg-1"], name, settings=sync if name != "pg-dr" else log_settings)
     pg["pg-1"].sql(f"ALTER SYSTEM SET synchronous_standby_names = '{SYNCHRONOUS_STANDBYS}'")
     pg["pg-1"].sql("SELECT pg_reload_conf()")
     write_lb = start_write_lb(
-        stack, "lb-pg-write", PG_WRITE, [(n, s.port) for n, s in pg.items()], primary="pg-1"
+        stack,
+        "lb-pg-write",
+        PG_WRITE,
+        [(n, s.port) for n, s in pg.items()],
+        primary="pg-1",
+        log=logs.lb("lb-pg-write") if logs else None,
     )
     return _Postgres(pg, write_lb, admin_password, app_password, demo_backups_)
 
@@ -419,8 +453,10 @@ def _start_chain(
     redis: dict[str, RedisServer],
     pg: _Postgres,
     dns: DemoDns | None,
+    logs: DemoLogs | None,
 ) -> tuple[Chain, list[NetnsExporter], NodeExporter]:
-    """A node exporter for this host, the netns watchers (``opts.netns_watchers``), then the chain:
+    """A node exporter for this host, the netns watchers (``opts.netns_watchers``), then the chain
+    (with mtail's job ``logs`` when ``logs``):
     an Alertmanager cluster of two gossiping peers, Prometheus sending to both (docs/ha.md), with the
     real-traffic and host scrape jobs; the write LBs known to the recovery service only."""
     timing = opts.timing or ChainTiming(
@@ -431,6 +467,8 @@ def _start_chain(
     # this host, for the host rules and the hosts dashboard; and the batch jobs' results (textfiles)
     node = start_node_exporter(stack, textfile_dir=pg.backups.textfile_dir if pg.backups else None)
     jobs.append(node_job(node))
+    if logs is not None:
+        jobs.append(demo_logs.scrape_job(logs))
     ports = {n: s.port for n, s in [*redis.items(), *pg.servers.items()]}
     sections = timing.exporter_sections()
     watchers: list[NetnsExporter] = []
@@ -504,6 +542,7 @@ def _summary(demo: DemoStack, express: bool, sentinel: bool, node: NodeExporter)
         f"Recovery       {chain.recovery.url}/metrics; audit trail {chain.state_dir / 'audit.jsonl'}",
         *(_backup_summary(demo.backups) if demo.backups else []),
         *(_dns_summary(demo.dns) if demo.dns else []),
+        *([demo.logs.summary()] if demo.logs else []),
         f"Config         {chain.exporter.config}",
     ]
 

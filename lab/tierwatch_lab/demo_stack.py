@@ -16,9 +16,11 @@ from .stack.chain import Chain
 from .stack.express import ExpressApp
 from .stack.haproxy import HAProxy
 from .stack.http import HttpBackend
+from .stack.mtail import MtailServer
 from .stack.netns import NetnsExporter
 from .stack.postgres import PgServer
 from .stack.redis import RedisServer
+from .stack.rsyslog import LogCollector, SyslogTarget
 from .stack.servernet import ServerNet
 from .stack.vrrp import VrrpPair
 
@@ -68,6 +70,24 @@ BACKUP_ALERTS = ("PostgresWalArchiveGap", "RestoreTestFailed", "PostgresBackupFa
 
 
 @dataclass
+class DemoLogs:
+    """The demo's collector, the LBs' syslog targets and (once started) mtail."""
+
+    collector: LogCollector
+    lb_targets: dict[str, SyslogTarget] = field(default_factory=dict)
+    mtail: MtailServer | None = None
+
+    def lb(self, name: str) -> SyslogTarget:
+        """Where LB ``name`` sends its request log."""
+        return self.lb_targets[name]
+
+    def summary(self) -> str:
+        """The ``tierwatch demo`` line about the logs."""
+        metrics = f"; mtail {self.mtail.url}/metrics (job logs)" if self.mtail else ""
+        return f"Logs           every component's log in {self.collector.central}{metrics}"
+
+
+@dataclass
 class DemoStack:
     """Everything the demo started, with what drills need to reach it."""
 
@@ -90,3 +110,4 @@ class DemoStack:
     backups: DemoBackups | None = None  # DemoOptions.backups
     backup_schedule: BackupSchedule | None = None
     dns: DemoDns | None = None  # DemoOptions.dns
+    logs: DemoLogs | None = None  # DemoOptions.logs (demo_logs.py)

@@ -71,9 +71,18 @@ BUILD_OPTIONS: dict[str, dict[str, Any]] = {
 WITH_BACKUPS = frozenset({*BACKUP_DRILLS, "region-loss"})
 
 
+# the drills read no log: without the collector and mtail (DemoOptions.logs) a drill's stack starts two
+# processes fewer (measured: 0.15 s of CPU at start, 3 % of the stack's CPU under the demo's traffic)
+WITH_LOGS: frozenset[str] = frozenset()
+
+
 def build_options(scenario: str) -> dict[str, Any]:
     """The keyword arguments of demo_build.build for ``scenario``'s demo stack."""
-    return {"backups": scenario in WITH_BACKUPS, **BUILD_OPTIONS.get(scenario, {})}
+    return {
+        "backups": scenario in WITH_BACKUPS,
+        "logs": scenario in WITH_LOGS,
+        **BUILD_OPTIONS.get(scenario, {}),
+    }
 
 
 def run_drill(scenario: str, stack: Stack | None = None, timeout: float = 90.0) -> DrillResult:

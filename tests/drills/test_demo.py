@@ -47,6 +47,14 @@ def test_demo_runs_everything_and_cleans_up(sentinel: bool, inherited_sigint_ign
         page = httpx.get(base + "/").text
         assert "VIP served by lb-1" in page
         assert "Express" in demo.output and "keepalived VRRP" in demo.output
+        # every component logs into the collector (the VRRP LBs through its socket from their namespaces)
+        central = Path(wait_for(lambda: demo.printed(r"Logs\s+every component's log in (\S+);"), 5, "Logs"))
+        sources = ("haproxy", "postgres", "redis", "app", "exporter", "recovery")
+
+        def logged() -> set[str]:
+            return {line.split(" ")[5] for line in central.read_text(errors="replace").splitlines()}
+
+        wait_for(lambda: set(sources) <= logged(), 30, "a central.log line of every source")
         assert processes_mentioning(stack_dir)
     finally:
         code = demo.stop(60)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .ports import free_port, port_open
 from .process import ManagedProcess, Stack, wait_for
+from .rsyslog import SyslogTarget
 
 
 @dataclass
@@ -55,15 +56,17 @@ def render_config(
     bind: str = "127.0.0.1",
     server_host: str = "127.0.0.1",
     metrics_port: int | None = None,
+    log: SyslogTarget | None = None,
 ) -> str:
     """An HAProxy config: frontend on ``bind:port`` naming itself in X-Served-By, one checked backend
     of ``servers`` (name, port) on ``server_host``; with ``metrics_port``, a frontend ``fe_metrics``
-    on ``bind:metrics_port`` serving HAProxy's built-in Prometheus exporter at ``/metrics``."""
+    on ``bind:metrics_port`` serving HAProxy's built-in Prometheus exporter at ``/metrics``; with
+    ``log``, every request logged (``option httplog``) to that syslog collector."""
     lines = [
         "global",
         f"  stats socket {stats_socket} mode 600 level admin",
         "  stats timeout 2m",
-        "defaults",
+        *log_lines(log, "httplog"),
         "  mode http",
         "  timeout connect 1s",
         "  timeout client 30s",
@@ -85,6 +88,17 @@ def render_config(
     if metrics_port is not None:
         lines += metrics_frontend(bind, metrics_port)
     return "\n".join(lines) + "\n"
+
+
+def log_lines(log: SyslogTarget | None, option: str) -> list[str]:
+    """The end of ``global`` and the start of ``defaults``: HAProxy's native syslog to ``log`` (its
+    collector, stack/rsyslog.py) under the tag that names this LB, and the request log format
+    ``option`` (``httplog``, ``tcplog``); only ``defaults`` without ``log``. Connections that send
+    nothing (port checks such as the lab's readiness probes) are not logged (``dontlognull``)."""
+    if log is None:
+        return ["defaults"]
+    return [f"  log {log.address} len 4096 local0", f"  log-tag {log.tag}", "defaults", "  log global",
+            f"  option {option}", "  option dontlognull"]  # fmt: skip
 
 
 def metrics_frontend(bind: str, port: int) -> list[str]:
@@ -113,6 +127,7 @@ def start_haproxy(
     host: str = "127.0.0.1",
     prefix: Sequence[str] = (),
     metrics: bool = True,
+    log: SyslogTarget | None = None,
 ) -> HAProxy:
     """Start HAProxy in the foreground (``-db``) and wait until the frontend and socket answer.
 
@@ -120,7 +135,7 @@ def start_haproxy(
     address this process reaches the frontend on (the LB's ``url``), and ``prefix`` goes before the
     command line (``["ip", "netns", "exec", NS]`` runs HAProxy in a network namespace). With
     ``metrics`` (the default) it also serves its Prometheus exporter on a free port
-    (``metrics_address``).
+    (``metrics_address``); with ``log``, it logs every request to that syslog collector.
     """
     port = port or free_port()
     metrics_port = free_port() if metrics else None
@@ -137,6 +152,7 @@ def start_haproxy(
             bind=bind,
             server_host=server_host,
             metrics_port=metrics_port,
+            log=log,
         )
     )
     proc = stack.spawn(name, [*prefix, "haproxy", "-db", "-f", str(cfg)])
@@ -177,16 +193,21 @@ def start_vip(stack: Stack, lbs: Sequence[HAProxy], port: int | None = None) -> 
 
 
 def render_write_backend(
-    stats_socket: Path, port: int, backend: str, servers: Sequence[tuple[str, int]]
+    stats_socket: Path,
+    port: int,
+    backend: str,
+    servers: Sequence[tuple[str, int]],
+    log: SyslogTarget | None = None,
 ) -> str:
     """An HAProxy config with one tcp-mode frontend and a backend of servers named after the targets
     of a Redis or PostgreSQL cluster: the write address apps use, which the recovery service points
-    at the current primary (every other server in maintenance)."""
+    at the current primary (every other server in maintenance). With ``log``, every connection is
+    logged (``option tcplog``) to that syslog collector."""
     lines = [
         "global",
         f"  stats socket {stats_socket} mode 600 level admin",
         "  stats timeout 2m",
-        "defaults",
+        *log_lines(log, "tcplog"),
         "  mode tcp",
         "  timeout connect 1s",
         "  timeout client 1m",
@@ -204,14 +225,19 @@ def render_write_backend(
 
 
 def start_write_lb(
-    stack: Stack, name: str, backend: str, servers: Sequence[tuple[str, int]], primary: str | None = None
+    stack: Stack,
+    name: str,
+    backend: str,
+    servers: Sequence[tuple[str, int]],
+    primary: str | None = None,
+    log: SyslogTarget | None = None,
 ) -> HAProxy:
     """Start a write LB (see render_write_backend); with ``primary``, only that server is ready."""
     port = free_port()
     directory = stack.directory("haproxy", name)
     sock = directory / "admin.sock"
     cfg = directory / "haproxy.cfg"
-    cfg.write_text(render_write_backend(sock, port, backend, servers))
+    cfg.write_text(render_write_backend(sock, port, backend, servers, log))
     proc = stack.spawn(name, ["haproxy", "-db", "-f", str(cfg)])
     wait_for(lambda: proc.check_alive() or (port_open(port) and sock.exists()), 10, f"haproxy {name}")
     lb = HAProxy(name, port, sock, cfg, proc)

@@ -64,6 +64,17 @@ BASE_SETTINGS: dict[str, str] = {
     "log_line_prefix": "%m [%p] ",
 }
 
+# Settings of a server whose log a collector reads (stack/rsyslog.py; merge into ``settings``): every
+# line starts with its SQLSTATE (``40P01 ERROR:  deadlock detected``), so log-to-metrics programs can
+# count error classes; checkpoints and lock waits are logged. The log stays on stderr, a file the
+# collector reads: PostgreSQL's syslog goes through syslog(3), which can only reach /dev/log.
+LOG_SETTINGS: dict[str, str] = {
+    "log_line_prefix": "%e ",
+    "log_checkpoints": "on",
+    "log_lock_waits": "on",
+    "lc_messages": "C",  # the English texts log-to-metrics programs match
+}
+
 
 def pg_bin_dir() -> Path:
     """The directory of the PostgreSQL server binaries ($TIERWATCH_PG_BIN or the newest in /usr/lib)."""

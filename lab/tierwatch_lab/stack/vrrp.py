@@ -25,13 +25,14 @@ import re
 import secrets
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .haproxy import HAProxy, start_haproxy
 from .ports import port_open
 from .process import ManagedProcess, Stack, StackError, wait_for
+from .rsyslog import SyslogTarget
 
 PREFIX = "10.213"
 NS_IFACE = "eth0"
@@ -258,13 +259,16 @@ def start_vrrp_pair(
     network: VrrpNetwork | None = None,
     check_interval_ms: int = 1000,
     ready_timeout: float = 20.0,
+    logs: Mapping[str, SyslogTarget] | None = None,
 ) -> VrrpPair:
     """Start lb-1 and lb-2 (HAProxy + keepalived each, in their namespaces) and wait until lb-1 holds
     the VIP and the VIP answers HTTP.
 
     ``servers`` are (name, port) of app servers listening on ``network.host_ip`` (create the network
     first with ``create_vrrp_network`` and start the apps on its ``host_ip``) or on 0.0.0.0; without
-    ``network`` a new one is created. HAProxy binds 0.0.0.0:``port`` inside each namespace.
+    ``network`` a new one is created. HAProxy binds 0.0.0.0:``port`` inside each namespace. ``logs``:
+    where each LB (by name) sends its request log (a collector's unix socket: it is a file, so it is
+    reachable from the namespace).
     """
     missing = vrrp_missing()
     if missing:
@@ -284,6 +288,7 @@ def start_vrrp_pair(
                 server_host=net.host_ip,
                 host=net.lb_ip(index),
                 prefix=["ip", "netns", "exec", ns],
+                log=(logs or {}).get(name),
             )
         )
         directory = stack.directory("keepalived", name)
