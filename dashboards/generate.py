@@ -30,6 +30,7 @@ from dashboards.dsl import Dashboard
 from dashboards.exporter_dashboard import EXPORTER
 from dashboards.hosts_dashboard import HOSTS
 from dashboards.lb_dashboard import LB
+from dashboards.logs_dashboard import LOGS
 from dashboards.overview_dashboard import OVERVIEW
 from dashboards.postgres_dashboard import POSTGRES
 from dashboards.queues_dashboard import QUEUES
@@ -42,7 +43,7 @@ __all__ = ["DASHBOARDS", "GRAFANA_VERSION", "RUNBOOK_BASE_URL", "build_dashboard
 OUT_DIR = Path(__file__).resolve().parent
 RULES_GENERATOR = OUT_DIR.parent / "rules" / "generate.py"
 DASHBOARDS: tuple[Dashboard, ...] = (
-    OVERVIEW, LB, APP, REDIS, POSTGRES, QUEUES, BACKUPS, RECOVERY, EXPORTER, HOSTS,
+    OVERVIEW, LB, APP, REDIS, POSTGRES, QUEUES, BACKUPS, RECOVERY, EXPORTER, HOSTS, LOGS,
 )  # fmt: skip
 
 

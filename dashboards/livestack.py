@@ -13,7 +13,9 @@ pgBackRest repository every 10 s, writing the PostgreSQL and Redis heartbeats), 
 in dry-run mode, and Prometheus scraping both every second with the rules of rules/ (each ``for:`` and
 ``keep_firing_for:`` shortened to a few seconds, nothing else changed), HAProxy's and the apps' own
 metrics too (jobs haproxy and app), and a Knot DNS zone holding the Redis master's name (the exporter
-checks it; both configs have its ``service_discovery``).
+checks it; both configs have its ``service_discovery``). The logs go to one collector (rsyslog: HAProxy
+through its syslog, the other servers' output files, the kit's JSON logs and audit trail), which mtail
+turns into counters with the programs of logs/mtail/ (job logs: the logs dashboard).
 A background thread sends a little traffic through the VIP (GET /work) and to Redis, and two webhook
 notifications reach the recovery service (a refused failover, then an alert the allow-list does not
 permit the action for, blocked). Once both heartbeats are written (and the primary's is archived), the
@@ -45,11 +47,13 @@ from tierwatch_lab.stack import Stack, StackError, free_port, wait_for
 from tierwatch_lab.stack.express import start_express
 from tierwatch_lab.stack.haproxy import start_haproxy, start_vip
 from tierwatch_lab.stack.knot import start_knot
+from tierwatch_lab.stack.mtail import logs_job, start_mtail
 from tierwatch_lab.stack.node_exporter import node_job, start_node_exporter
 from tierwatch_lab.stack.pgbackrest import archive_now, start_backed_up_primary
-from tierwatch_lab.stack.postgres import PgServer, start_replica
+from tierwatch_lab.stack.postgres import LOG_SETTINGS, PgServer, start_replica
 from tierwatch_lab.stack.prometheus import PrometheusServer, ScrapeJob, start_prometheus
 from tierwatch_lab.stack.redis import WRITE_FENCING, start_redis, start_sentinels, wait_writes_accepted
+from tierwatch_lab.stack.rsyslog import LogCollector, start_collector
 from tierwatch_lab.stack.scrape_targets import traffic_jobs
 from tierwatch_lab.stack.tls import start_tls_frontend
 
@@ -60,6 +64,8 @@ TOKEN = "dashboards-live-token"
 APP_REGIONS = {"es-1": "primary", "es-2": "primary", "es-3": "failover", "es-4": "failover"}
 STOPPED_APP = "es-4"
 BATCH_TIMEOUT = 300.0  # seconds each batch command (redis-snapshot, restore-test) may take
+PG_REGIONS = {"pg-1": "primary", "pg-2": "primary"}
+REDIS_REGIONS = {"redis-a": "primary", "redis-b": "primary"}
 
 
 @dataclass
@@ -82,6 +88,26 @@ def fast_rules(directory: Path, for_value: str = "3s") -> list[Path]:
         target.write_text(KEEP_FIRING_LINE.sub(lambda m: m.group(1) + for_value, fast))
         copies.append(target)
     return copies
+
+
+def _collect_logs(stack: Stack) -> LogCollector:
+    """The central log collector, with every file this stack's servers will write registered (their
+    names fix the paths): the apps', Redis', PostgreSQL's output, the kit's JSON logs and audit trail.
+    The LBs log through HAProxy's syslog (``collector.syslog_target``)."""
+    collector = start_collector(stack)
+    logs = stack.root / "logs"
+    with collector.batch():
+        for name, region in APP_REGIONS.items():
+            collector.watch_file(logs / f"{name}.log", "app", "web", name, region, "app")
+        for name, region in REDIS_REGIONS.items():
+            collector.watch_file(logs / f"{name}.log", "redis", "cache-main", name, region, "redis")
+        for name, region in PG_REGIONS.items():
+            collector.watch_file(logs / f"{name}.log", "postgres", "main-db", name, region, "postgres")
+        collector.watch_file(logs / "tierwatch.log", "kit", "tierwatch", "exporter", "-", "exporter")
+        collector.watch_file(logs / "recover.log", "kit", "tierwatch", "recovery", "-", "recovery")
+        audit = stack.root / "recovery-state" / "audit.jsonl"
+        collector.watch_file(audit, "kit", "tierwatch", "recovery", "-", "audit")
+    return collector
 
 
 def _serve(stack: Stack, name: str, argv: list[str], env: dict[str, str] | None = None) -> str:
@@ -204,12 +230,21 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
     """Start everything; stop every process on exit."""
     stop = threading.Event()
     with Stack(keep=keep) as stack:
+        collector = _collect_logs(stack)
+        # mtail before the servers: it reads central.log from its start only while the file is empty
+        mtail = start_mtail(stack, [collector.central], ROOT / "logs" / "mtail")
         # an https app server (HAProxy with a self-signed certificate): the TLS certificates panel
         tls_url, tls_ca = start_tls_frontend(stack)
         # the demo's Express app servers (RED metrics, scraped as job app) on a Redis of their own
         app_redis = start_redis(stack, "redis-apps")
         apps = {name: start_express(stack, name, reg, app_redis.url) for name, reg in APP_REGIONS.items()}
-        lbs = [start_haproxy(stack, f"lb-{i}", [(n, a.port) for n, a in apps.items()]) for i in (1, 2)]
+        servers = [(n, a.port) for n, a in apps.items()]
+        lbs = [
+            start_haproxy(
+                stack, name, servers, log=collector.syslog_target("lb", "edge", name, "primary", "haproxy")
+            )
+            for name in ("lb-1", "lb-2")
+        ]
         vip = start_vip(stack, lbs)
 
         # snapshots and AOF on the master: the persistence panels have data
@@ -229,9 +264,11 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
         master.xgroup_create("events", "mailer", id="0")
 
         # WAL archived with pgBackRest, a first full backup; the heartbeat table before the clone
-        pg_1, backrest = start_backed_up_primary(stack, "pg-1", stanza=demo_backups.STANZA)
+        pg_1, backrest = start_backed_up_primary(
+            stack, "pg-1", stanza=demo_backups.STANZA, settings=LOG_SETTINGS
+        )
         demo_backups.create_heartbeat_table(pg_1)
-        pg_2 = start_replica(stack, pg_1, "pg-2")
+        pg_2 = start_replica(stack, pg_1, "pg-2", settings=LOG_SETTINGS)
         pg_1.sql("SELECT pg_create_physical_replication_slot('pg_dr')")
         pg_1.sql("CREATE TABLE visits (id serial PRIMARY KEY, at timestamptz DEFAULT now())")
         pg_1.sql("INSERT INTO visits DEFAULT VALUES")
@@ -281,6 +318,7 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
             yaml.safe_dump(
                 {
                     "monitor": {"interval": "1s", "timeout": "800ms"},
+                    "log": {"format": "json"},  # the lines the logs dashboard counts
                     # every panel shows data, the one on an opt-in series too
                     "metrics": {"http_response_size": True},
                     "clusters": clusters,
@@ -303,7 +341,14 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
         }
         recovery_config = stack.path("recover.yml")
         recovery_config.write_text(
-            yaml.safe_dump({"clusters": clusters[1:3], "recovery": recovery, "service_discovery": dns})
+            yaml.safe_dump(
+                {
+                    "clusters": clusters[1:3],
+                    "recovery": recovery,
+                    "service_discovery": dns,
+                    "log": {"format": "json"},
+                }
+            )
         )
         recovery_url = _serve(stack, "recover", ["recover", "--config", str(recovery_config)], env)
 
@@ -314,6 +359,7 @@ def live_stack(keep: bool = False) -> Iterator[LiveStack]:
                 ScrapeJob("tierwatch-recovery", [recovery_url.removeprefix("http://")]),
                 *traffic_jobs(lbs, apps.values()),  # HAProxy's exporter and the apps' /metrics
                 node_job(start_node_exporter(stack, textfile_dir=backups.textfile_dir)),
+                logs_job(mtail),
             ],
             fast_rules(stack.directory("rules")),
             scrape_interval="1s",

@@ -40,6 +40,25 @@ function log(msg, fields = {}) {
   process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), app: config.name, msg, ...fields })}\n`);
 }
 
+// Error tracking (read by logs/mtail/app.mtail): one line per 5xx answer ("request failed"), per error a
+// route did not handle ("uncaught error") and per failed Redis command ("redis error"), each with the
+// route template, never the raw path; error texts are cut to ERROR_CHARS.
+const ERROR_CHARS = 500;
+function errorText(err) {
+  return String((err && err.message) || err).slice(0, ERROR_CHARS);
+}
+function routeOf(req) {
+  // (baseUrl is unset again by the time an errored request finishes)
+  return req.route ? `${req.baseUrl || ""}${req.route.path}` : "unmatched";
+}
+function redisFailed(req, err) {
+  // a reply from Redis (MISCONF, OOM, READONLY, ...), per occurrence; connection errors are logged once
+  // per outage by the connections' error handlers
+  if (err && err.name === "ReplyError") {
+    log("redis error", { level: "error", route: routeOf(req), error: errorText(err) });
+  }
+}
+
 const lastErrors = new Map();
 function logOnce(source, err) {
   if (lastErrors.get(source) !== err.message) log(`${source} error`, { error: err.message });
@@ -136,10 +155,13 @@ app.use((req, res, next) => {
   const end = duration.startTimer();
   res.on("finish", () => {
     // the route template, never the raw path: labels stay bounded whatever the clients send
-    const route = req.route ? `${req.baseUrl}${req.route.path}` : "unmatched";
+    const route = routeOf(req);
     const labels = { method: req.method, route, status: String(res.statusCode) };
     requests.inc(labels);
     end(labels);
+    if (res.statusCode >= 500) {
+      log("request failed", { level: "error", route, method: req.method, status: res.statusCode });
+    }
   });
   next();
 });
@@ -163,13 +185,16 @@ function sameSecret(given, expected) {
   return crypto.timingSafeEqual(a, b);
 }
 
+function adminAllowed(req, res) {
+  const header = req.get("authorization") || "";
+  if (header.startsWith("Bearer ") && sameSecret(header.slice(7), config.adminToken)) return true;
+  res.status(401).json({ error: "unauthorized" });
+  return false;
+}
+
 if (config.adminToken) {
   app.all("/admin/fault", (req, res) => {
-    const header = req.get("authorization") || "";
-    if (!header.startsWith("Bearer ") || !sameSecret(header.slice(7), config.adminToken)) {
-      res.status(401).json({ error: "unauthorized" });
-      return;
-    }
+    if (!adminAllowed(req, res)) return;
     if (req.method === "PUT") {
       const body = req.body && typeof req.body === "object" ? req.body : {};
       try {
@@ -184,6 +209,14 @@ if (config.adminToken) {
       return;
     }
     res.json({ delay_ms: fault.delayMs, error_ratio: fault.errorRatio });
+  });
+
+  // Drills: a route that fails with an error nobody handles (a rejected promise), to show an uncaught
+  // error end to end: the error handler below logs it, Express answers 500.
+  app.get("/admin/throw", async (req, res) => {
+    if (!adminAllowed(req, res)) return;
+    await Promise.resolve();
+    throw new Error("thrown on purpose by GET /admin/throw");
   });
 }
 
@@ -224,6 +257,7 @@ app.post("/jobs", injectFault, async (req, res) => {
     );
     res.status(202).json({ id: job.id, queue: config.queue });
   } catch (err) {
+    redisFailed(req, err);
     res.status(503).json({ error: "queue unavailable", detail: err.message });
   }
 });
@@ -243,8 +277,8 @@ app.get("/work", injectFault, async (req, res) => {
     const hit = await withTimeout(redis.get(key), config.redisTimeoutMs);
     cache = hit === null ? "miss" : "hit";
     if (hit === null) await withTimeout(redis.set(key, digest.toString("hex"), "EX", CACHE_TTL_SECONDS), config.redisTimeoutMs);
-  } catch {
-    // the work itself does not need Redis
+  } catch (err) {
+    redisFailed(req, err); // the work itself does not need Redis
   }
   res.json({ name: config.name, region: config.region, cache, digest: digest.toString("hex").slice(0, 16) });
 });
@@ -263,6 +297,25 @@ const worker = new Worker(
 worker.on("completed", () => jobs.inc({ queue: config.queue, status: "completed" }));
 worker.on("failed", () => jobs.inc({ queue: config.queue, status: "failed" }));
 worker.on("error", (err) => logOnce("worker", err));
+
+// Errors a route did not handle (thrown, or a rejected promise: Express 5 passes both here): a client
+// error such as a malformed JSON body keeps its 4xx; anything else is one "uncaught error" line (with
+// its stack, cut short) and a 500. Answered here rather than by Express's default handler, which
+// prints stacks (and the request body of a parse error) as plain text lines on stderr.
+app.use((err, req, res, next) => {
+  const status = Number((err && (err.status || err.statusCode)) || 500);
+  const clientError = status >= 400 && status < 500;
+  if (!clientError) {
+    const stack = String((err && err.stack) || "").slice(0, 2000);
+    log("uncaught error", { level: "error", route: routeOf(req), error: errorText(err), stack });
+  }
+  if (res.headersSent) {
+    next(err); // Express closes the connection
+    return;
+  }
+  if (clientError) res.status(status).json({ error: err.expose ? errorText(err) : "bad request" });
+  else res.status(500).json({ error: "internal error", name: config.name });
+});
 
 // --- Start and graceful stop -------------------------------------------------------------------------
 
@@ -299,6 +352,14 @@ async function shutdown(signal) {
   log("stopped");
   process.exit(0);
 }
+
+// An error outside any request (or a promise rejection nobody handles): logged as one JSON line, then the
+// process exits 1 as Node would without this handler.
+process.on("uncaughtException", (err) => {
+  const stack = String((err && err.stack) || "").slice(0, 2000);
+  log("uncaught error", { level: "error", route: "-", error: errorText(err), stack });
+  process.exit(1);
+});
 
 process.on("SIGTERM", () => shutdown("SIGTERM"));
 process.on("SIGINT", () => shutdown("SIGINT"));

@@ -1,7 +1,8 @@
 """The alerting kit holds together: promtool accepts the rules and their unit tests pass; every alert
 is unit-tested firing (with its exact labels and annotations) and silent; every alert carries the
 labels and annotations the routes and the recovery service rely on, and has a runbook and a row in
-docs/alerts.md; every metric a rule reads is one the exporter (or Prometheus itself) produces."""
+docs/alerts.md; every metric a rule reads is one the exporter, the log programs of logs/mtail/ (or
+Prometheus itself) produce."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
 TEST_FILES = sorted(TESTS_DIR.glob("*.test.yml"))
 EXPECTED_RULE_FILES = {
     f"{tier}.rules.yml"
-    for tier in ("kit", "lb", "app", "redis", "queues", "postgres", "traffic", "hosts", "backups")
+    for tier in ("kit", "lb", "app", "redis", "queues", "postgres", "traffic", "hosts", "backups", "logs")
 }
 SEVERITIES = {"critical", "warning", "info"}
 ACTIONS = set(action_names())  # the action catalogue
@@ -47,6 +48,13 @@ CLIENT_SERIES = {
     "python_gc_objects_collected_total",
     "python_gc_collections_total",
     "python_gc_objects_uncollectable_total",
+}
+# The counters the mtail programs declare (logs/mtail/*.mtail, documented in logs/README.md).
+LOGS_DOC = ROOT / "logs" / "README.md"
+LOG_SERIES = {
+    name
+    for path in sorted((ROOT / "logs" / "mtail").glob("*.mtail"))
+    for name in re.findall(r"^counter (tierwatch_\w+)", path.read_text(), re.MULTILINE)
 }
 # Prefixes of the series checked against the catalogue or CLIENT_SERIES (a misspelt process_ name fails).
 CHECKED_PREFIXES = ("tierwatch_", "process_", "python_")
@@ -238,6 +246,10 @@ def test_every_metric_in_the_rules_is_produced() -> None:
                 missing.append(f"{name} (recording rule, used in {sorted(files)}) is not defined")
             continue
         if name in PROMETHEUS_SERIES:
+            continue
+        if name in LOG_SERIES:
+            if f"`{name}`" not in LOGS_DOC.read_text():
+                missing.append(f"{name} (used in {sorted(files)}) is not in logs/README.md")
             continue
         if name.startswith(("process_", "python_")):
             if name not in CLIENT_SERIES:

@@ -116,6 +116,19 @@ TEXTFILE_SERIES: dict[str, tuple[str, set[str]]] = {
     )
 }  # fmt: skip
 CLIENT_SERIES.update(TEXTFILE_SERIES)
+# The counters the mtail programs make of the central log (logs/mtail/*.mtail, scraped as job logs; the logs
+# dashboard reads them): their own labels, mtail's `prog`, and the scrape's job and instance.
+LOG_SERIES: dict[str, tuple[str, set[str]]] = {
+    name: (
+        "counter",
+        {"job", "instance", "prog", *(label.strip() for label in labels.split(",") if label.strip())},
+    )
+    for path in sorted((ROOT / "logs" / "mtail").glob("*.mtail"))
+    for name, labels in re.findall(
+        r"^counter (tierwatch_\w+)(?: by ([\w, ]+))?$", path.read_text(), re.MULTILINE
+    )
+}
+CLIENT_SERIES.update(LOG_SERIES)
 LEVEL_LABELS = {
     "cluster": {"cluster"},
     "region": {"region"},
