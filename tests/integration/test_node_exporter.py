@@ -40,7 +40,8 @@ def used_node_series() -> set[str]:
 
 def test_serves_every_series_the_rules_and_dashboard_read_on_loopback_only() -> None:
     with Stack() as stack:
-        node = start_node_exporter(stack)
+        # as the demo runs it: with a textfile directory (node_textfile_scrape_error comes with it)
+        node = start_node_exporter(stack, textfile_dir=stack.directory("textfile"))
         assert listening_addresses(node.port) == {"0100007F"}  # 127.0.0.1, nothing else
         body = httpx.get(node.url, timeout=5).text
         served = {sample.name for family in text_string_to_metric_families(body) for sample in family.samples}
