@@ -31,11 +31,9 @@ import shutil
 import socket
 import socketserver
 import struct
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ import httpx
 import psycopg
 import pytest
 import yaml
+from rules_fixtures import poll, rules_with_settings
 
 from tierwatch_lab.stack import Stack, wait_for
 from tierwatch_lab.stack.express import ExpressApp, start_express
@@ -122,26 +121,9 @@ RULE_FILES = ("logs.rules.yml", "postgres.rules.yml")
 
 
 def fast_rules(directory: Path) -> list[Path]:
-    """RULE_FILES rendered with SETTINGS by rules/generate.py; checked to differ from the shipped files
-    only in the alerts whose ``for`` or threshold SETTINGS changes."""
-    settings = directory / "settings.yml"
-    settings.write_text(yaml.safe_dump(SETTINGS))
-    out = directory / "rules"
-    subprocess.run(
-        [sys.executable, str(RULES / "generate.py"), "--settings", str(settings), "--out", str(out)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    changed = set()
-    for name in RULE_FILES:
-        shipped = yaml.safe_load((RULES / name).read_text())["groups"]
-        ours = yaml.safe_load((out / name).read_text())["groups"]
-        changed |= {
-            b.get("alert")
-            for group_a, group_b in zip(shipped, ours, strict=True)
-            for a, b in zip(group_a["rules"], group_b["rules"], strict=True)
-            if a != b
-        }
-    assert changed == set(SETTINGS["for"]), changed
+    """RULE_FILES rendered with SETTINGS; checked to differ from the shipped files only in the alerts
+    whose ``for`` or threshold SETTINGS changes."""
+    out = rules_with_settings(directory, SETTINGS, set(SETTINGS["for"]))
     return [out / name for name in RULE_FILES]
 
 
@@ -190,18 +172,6 @@ def exporter_config(stack: Stack, pg: PgServer) -> Path:
     path = stack.path("tierwatch.yml")
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
-
-
-def poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll every 0.5 s until ``condition`` is truthy; fail the test with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.5)
 
 
 def selector(metric: str, labels: dict[str, str]) -> str:

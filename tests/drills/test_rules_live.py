@@ -27,18 +27,17 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import yaml
+from rules_fixtures import poll, rules_with_settings
 
 from tierwatch_lab.stack import Stack, free_port, wait_for
 from tierwatch_lab.stack.knot import KnotServer, start_knot
@@ -98,24 +97,9 @@ XID_WARNING = 60_000
 
 
 def rules_with_low_xid_warning(directory: Path) -> Path:
-    """rules/*.yml generated with ``thresholds.pg_xid_age_warning`` = XID_WARNING (all else as shipped);
-    checked to differ from the shipped files in that alert's expression only."""
-    settings = directory / "settings.yml"
-    settings.write_text(yaml.safe_dump({"thresholds": {"pg_xid_age_warning": XID_WARNING}}))
-    out = directory / "rules"
-    subprocess.run(
-        [sys.executable, str(RULES / "generate.py"), "--settings", str(settings), "--out", str(out)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    changed = []
-    for shipped in sorted(RULES.glob("*.yml")):
-        ours = yaml.safe_load((out / shipped.name).read_text())["groups"]
-        for group_a, group_b in zip(yaml.safe_load(shipped.read_text())["groups"], ours, strict=True):
-            changed += [
-                b.get("alert") for a, b in zip(group_a["rules"], group_b["rules"], strict=True) if a != b
-            ]
-    assert changed == ["PostgresXidWraparoundWarning"], changed
-    return out
+    """rules/*.yml generated with ``thresholds.pg_xid_age_warning`` = XID_WARNING (all else as shipped)."""
+    settings = {"thresholds": {"pg_xid_age_warning": XID_WARNING}}
+    return rules_with_settings(directory, settings, {"PostgresXidWraparoundWarning"})
 
 
 DNS_TTL = 1
@@ -204,18 +188,6 @@ def live() -> Iterator[LiveStack]:
         )
         wait_for(prometheus.targets_up, 30, "prometheus to scrape the exporter")
         yield LiveStack(redis_a, redis_b, pg_1, pg_2, prometheus, exporter_url, knot, tls_url)
-
-
-def poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll every 0.5 s until ``condition`` is truthy; fail the test with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.5)
 
 
 def test_rules_load_and_evaluate_cleanly(live: LiveStack) -> None:
