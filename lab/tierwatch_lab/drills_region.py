@@ -240,6 +240,8 @@ def drill_region_loss(demo: DemoStack, deadline: float) -> DrillResult:
             and pg_primaries(demo) == [PG_DR]
             and _follows(demo, REDIS_TAIL, REDIS_HEAD)
             and all(w.first_ack_after(done) is not None for w in [*writers.values(), *named.values()])
+            # the app record moves last: after the gradual traffic shift has emptied the region
+            and (demo.dns is None or demo.dns.resolver("web")() == demo.apps["es-3"].port)
         )
 
     wait_until(settled, deadline)
