@@ -76,7 +76,7 @@ CATALOG: tuple[TierSpec, ...] = (
         "postgresql",
         roles=("primary", "replica"),
         membership=True,
-        cluster_keys=("top_tables",),
+        cluster_keys=("top_tables", "patroni"),
         backup_keys=("last_backup_file", "pgbackrest", "heartbeat_table"),
     ),
 )

@@ -75,6 +75,27 @@ class SentinelConfig(_Strict):
     targets: Annotated[list[TargetConfig], Field(min_length=1)]
 
 
+class PatroniMember(_Strict):
+    """One Patroni member: the PostgreSQL target it manages and its REST API (read-only GETs)."""
+
+    target: Name
+    url: str
+    tls_ca_file: str | None = None
+    tls_skip_verify: bool = False
+
+
+class PatroniConfig(_Strict):
+    """Patroni is in charge of this cluster: the exporter reads its REST API beside its own PostgreSQL
+    probe, and the recovery service never promotes, rewinds or demotes; it waits for Patroni's
+    election (``recovery.clusters.<name>.patroni_wait``) and moves only the writes."""
+
+    # Patroni's ``scope``; when set, a member reporting another scope is not counted
+    scope: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    members: Annotated[list[PatroniMember], Field(min_length=1)]
+    # bytes read from one REST answer (a /patroni document is about 1 KiB)
+    max_body_bytes: Annotated[int, Field(ge=1024, le=4 * 1024 * 1024)] = 64 * 1024
+
+
 class QueueConfig(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     kind: QueueKind
@@ -92,6 +113,7 @@ class ClusterConfig(_Strict):
     password_file: str | None = None
     password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     sentinel: SentinelConfig | None = None
+    patroni: PatroniConfig | None = None
     queues: list[QueueConfig] = []
     backup: BackupConfig | None = None
     # PostgreSQL: per-table vacuum figures for this many tables of the probed database, those with the
@@ -311,10 +333,12 @@ def _semantic_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...
                 if problem:
                     yield ("clusters", ci, "vip"), problem
         yield from discovery_problems(cluster.tier, ("clusters", ci, "discovery"), cluster.discovery)
-        for key in ("sentinel", "queues", "top_tables"):
+        for key in ("sentinel", "queues", "top_tables", "patroni"):
             misplaced = _misplaced_cluster_key(cluster, key)
             if misplaced:
                 yield ("clusters", ci, key), misplaced
+        if cluster.patroni is not None and cluster.tier == CLUSTER_KEY_TIER["patroni"]:
+            yield from _patroni_problems(cluster, ("clusters", ci, "patroni"))
         if cluster.backup is not None:
             yield from cluster_backup_problems(cluster.tier, cluster.backup, ("clusters", ci, "backup"))
         seen_queues: set[str] = set()
@@ -359,6 +383,23 @@ def _semantic_problems(config: TierwatchConfig) -> Iterable[tuple[tuple[Any, ...
                         (*prefix, ti, "expect_status"),
                         ("expect_status/expect_body are only valid on HTTP targets"),
                     )
+
+
+def _patroni_problems(
+    cluster: ClusterConfig, prefix: tuple[Any, ...]
+) -> Iterable[tuple[tuple[Any, ...], str]]:
+    """Each member names one of the cluster's targets, once, with an http(s) REST API URL."""
+    names = {t.name for t in cluster.targets}
+    seen: set[str] = set()
+    for mi, member in enumerate(cluster.patroni.members if cluster.patroni else []):
+        if member.target not in names:
+            yield (*prefix, "members", mi, "target"), f"names no target of cluster {cluster.name!r}"
+        elif member.target in seen:
+            yield (*prefix, "members", mi, "target"), f"target {member.target!r} has two Patroni members"
+        seen.add(member.target)
+        problem = _url_problem(member.url, ("http", "https"))
+        if problem:
+            yield (*prefix, "members", mi, "url"), problem
 
 
 def _misplaced_cluster_key(cluster: ClusterConfig, key: str) -> str | None:
