@@ -24,6 +24,10 @@ PostgreSQL rules on top of the sequence's:
   and port (or the new primary lists it as streaming); with replay paused, when its
   primary_conninfo names that host and port.
 
+Under Patroni (``patroni:`` on the cluster) the action never promotes, re-points, rewinds or demotes:
+``election`` waits for Patroni's own election and the kit confirms it (patroni_election.py), then
+the sequence only moves the write backend and the DNS records and verifies.
+
 Promotion speed: a replica whose primary just vanished retries streaming every
 ``wal_retrieve_retry_interval`` and only then notices the promotion request; with the default 5 s,
 pg_promote issued right after the crash can stall ~5 s. Set it low (e.g. 200 ms) on the replicas
@@ -43,8 +47,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ...clients import postgres as client
 from ...clients.addresses import Address, normal_host, show
 from ...config import TargetConfig
-from .failover import Driver, FailoverAction, Ineligible, PrimaryState, Seen, StepFailed
+from .base import Outcome
+from .failover import Driver, Elected, FailoverAction, Ineligible, PrimaryState, Seen, StepFailed
 from .liveness import still_answers
+from .patroni_election import patroni_election
 
 APPLICATION_NAME = "tierwatch-recovery"
 PROMOTE_WAIT = 30  # seconds pg_promote may take
@@ -137,7 +143,7 @@ class PgSeen(Seen):
 
 
 class PgDriver(Driver[PgSeen]):
-    """pg_promote() and primary_conninfo re-pointing."""
+    """pg_promote() and primary_conninfo re-pointing; Patroni's election where it is in charge."""
 
     primary_word = "primary"
     primary_words = "primaries"
@@ -160,6 +166,20 @@ class PgDriver(Driver[PgSeen]):
 
     def problem(self, exc: BaseException) -> str:
         return client.problem(exc)
+
+    @property
+    def repoints(self) -> bool:
+        return self.ctx.cluster.patroni is None
+
+    async def election(self, seen: list[PgSeen], old: str) -> Elected | Outcome | None:
+        """With Patroni in charge: wait for its election and confirm it (patroni_election.py)."""
+        if self.ctx.cluster.patroni is None:
+            return None
+        return await patroni_election(self, seen, old)
+
+    async def connect_monitor(self, target: TargetConfig) -> psycopg.AsyncConnection[Any]:
+        """A connection with the monitoring credential (for the checks that change nothing)."""
+        return await self._connect(target)
 
     async def connect_admin(self, target: TargetConfig) -> psycopg.AsyncConnection[Any]:
         """A connection with the admin credential (for the steps that change a server)."""
@@ -213,6 +233,9 @@ class PgDriver(Driver[PgSeen]):
         return {"replay": s.replay, "receive": s.receive}
 
     async def promote(self, best: PgSeen) -> None:
+        if self.ctx.cluster.patroni is not None:  # a resumed run must not promote beside Patroni either
+            self.ctx.audit("promote_refused", target=best.name, reason="Patroni is in charge")
+            raise StepFailed(f"not promoting {best.name}: Patroni is in charge of this cluster", "patroni")
         query = "SELECT pg_promote(wait => true, wait_seconds => %s)"
         try:
             async with await self._connect(best.target, admin=True) as conn:

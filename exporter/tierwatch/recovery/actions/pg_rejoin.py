@@ -11,6 +11,10 @@ pg_rewind needs ``wal_log_hints = on`` (or data checksums) on the old primary, a
 primary allowed pg_ls_dir, pg_stat_file and pg_read_binary_file (a superuser, or those grants).
 A resumed run (the service restarted past the point of no return) verifies; if the old primary
 does not answer at all it runs the steps again (a second pg_rewind of a rewound cluster is a no-op).
+
+Under Patroni (``patroni:`` on the cluster) it refuses at once, with an audit line: Patroni rewinds
+(or re-clones) and restarts its own members, and a second hand stopping or rewinding a data
+directory Patroni manages would fight it.
 """
 
 from __future__ import annotations
@@ -42,6 +46,14 @@ class PgRejoin(Action):
     name = "pg_rejoin"
 
     async def run(self, ctx: ActionContext) -> Outcome:
+        if ctx.cluster.patroni is not None:
+            return refuse(
+                ctx,
+                f"Patroni is in charge of cluster {ctx.cluster.name}: it rewinds its own members",
+                f"Patroni is in charge of cluster {ctx.cluster.name} (scope {ctx.cluster.patroni.scope}): "
+                "it rewinds and restarts a returning old primary itself; pg_rejoin never stops or "
+                "rewinds a Patroni member",
+            )
         driver = PgDriver(ctx)
         observed = await observe_and_plan(ctx, driver, "primary")
         if isinstance(observed, Outcome):
