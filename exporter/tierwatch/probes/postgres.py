@@ -5,7 +5,9 @@ single row (standbys and slots as JSON arrays). Works with a role that only has 
 What is measured and the lag semantics are documented in docs/tiers/postgres.md. With
 ``backup.heartbeat_table``, a probe that finds the primary then upserts the heartbeat row on the
 same connection (one more statement, within the same deadline); a heartbeat that cannot be written
-is reported by its own gauge and never fails the probe.
+is reported by its own gauge and never fails the probe. A target that a Patroni member manages
+(``patroni:`` on the cluster) also gets Patroni's view of it, read concurrently (probes/patroni.py);
+the latency recorded stays the PostgreSQL exchange's own.
 
 Cancellation: psycopg answers a cancelled query by sending a cancel request and waiting up to 10 s
 for the server, which a frozen server never answers. So the query runs in its own task, and on the
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import time
 import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -36,6 +39,7 @@ from ..metric_catalog import (
     metric,
 )
 from .base import Observation, Probe, ProbeFailure, TargetInfo, remaining
+from .patroni import PatroniReader, member_for
 from .pg_backup import observe_base_backup
 
 APPLICATION_NAME = "tierwatch"
@@ -472,9 +476,31 @@ class PostgresProbe(Probe):
         self._peers = tuple(t.name for t in info.cluster.targets if t.name != info.name)
         self._guard = ReplyGuard()  # a new one per probe: tripped when the reply passed the cap
         self._heartbeat: tuple[Any, bytes] | None = None  # ((table, budget), its upsert statement)
+        patroni = info.cluster.patroni
+        member = member_for(patroni, info.name)
+        self._patroni = PatroniReader(member, patroni) if member is not None and patroni else None
 
     async def probe(self, deadline: float | None = None) -> Observation:
-        """Run the probe query (connecting first if needed), ending a share of the way to ``deadline``."""
+        """Run the probe query (connecting first if needed), ending a share of the way to ``deadline``;
+        with Patroni, read its view of the target meanwhile (its failure is a sample, never the probe's)."""
+        if self._patroni is None:
+            return await self._probe_postgres(deadline)
+        deadline = self.deadline(deadline)
+        own_deadline = asyncio.get_running_loop().time() + _budget(deadline) * OWN_DEADLINE_SHARE
+        patroni = asyncio.ensure_future(self._patroni.read(own_deadline))
+        started = time.perf_counter()
+        try:
+            obs = await self._probe_postgres(deadline)
+        except BaseException:
+            patroni.cancel()
+            await asyncio.wait([patroni])
+            raise
+        # the PostgreSQL exchange's own time: a slow Patroni API must not show as a slow server
+        obs.io_seconds = time.perf_counter() - started
+        obs.samples.extend(await patroni)
+        return obs
+
+    async def _probe_postgres(self, deadline: float | None) -> Observation:
         reason = None
         self._guard = ReplyGuard()
         budget = _budget(self.deadline(deadline))
@@ -490,12 +516,12 @@ class PostgresProbe(Probe):
             reason = "protocol" if self._guard.tripped else classify_pg_error(exc)
         except BaseException as exc:
             release_frames(exc)
-            await self.close()
+            await self._close_connection()
             raise
         if reason is not None:
             # raised outside the except blocks: no __context__ keeps the library's exception (and
             # through its traceback a half-open connection) alive
-            await self.close()
+            await self._close_connection()
             raise ProbeFailure(reason, FAILURE_MESSAGES[reason])
         obs = observe(row, self._version, self._peers)
         backup = self.info.cluster.backup
@@ -531,7 +557,7 @@ class PostgresProbe(Probe):
         except psycopg.Error as exc:
             release_frames(exc)
             if conn.broken or conn.closed:
-                await self.close()
+                await self._close_connection()
             return False
         except asyncio.CancelledError:
             await self._abort(conn, task)
@@ -539,7 +565,12 @@ class PostgresProbe(Probe):
         return True
 
     async def close(self) -> None:
-        """Close the connection (never waits on the server)."""
+        """Close the connections (never waits on the server)."""
+        await self._close_connection()
+        if self._patroni is not None:
+            await self._patroni.close()
+
+    async def _close_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.closed:
             await conn.close()
@@ -560,7 +591,7 @@ class PostgresProbe(Probe):
         same ``monitor.timeout``)."""
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
-        await self.close()
+        await self._close_connection()
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": max(2, math.ceil(budget)),
@@ -588,7 +619,7 @@ class PostgresProbe(Probe):
         """End an in-flight query without waiting on the server: shut the socket down, so the
         query task fails at once, then drop the connection."""
         await abort(conn, task)
-        await self.close()
+        await self._close_connection()
 
 
 def _budget(deadline: float) -> float:
