@@ -48,6 +48,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import LoadAverage
+
 from tierwatch_lab.demo import DemoStack, build
 from tierwatch_lab.drills import DRILLS, DrillResult, build_options, wait_until_watched
 from tierwatch_lab.drills_basic import drill_redis_master
@@ -213,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
         for scenario, event in runs:
-            rows.append(run_one(scenario, window, event))  # type: ignore[arg-type]
+            load = LoadAverage()
+            row = run_one(scenario, window, event)  # type: ignore[arg-type]
+            rows.append({**row, "load": load.fields()})
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))

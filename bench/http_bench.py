@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
-from collections.abc import Coroutine
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +25,7 @@ from urllib.parse import quote
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import LoadAverage
 from side_by_side import (
     Http,
     NewConnections,
@@ -36,9 +36,7 @@ from side_by_side import (
     driver_records,
     metric_sum,
     percentile,
-    run_driver,
     run_fields,
-    run_schedule,
     start_driver,
     start_http_service,
     tierwatch_config_head,
@@ -57,63 +55,19 @@ BLACKBOX = "prometheus-blackbox-exporter"
 CLAIMED_BLACKBOX_CPU_MS = 2.9  # the figure quoted for blackbox_exporter per HTTP probe
 GOAL_FACTOR = 0.5  # tierwatch aims at half of it, with zero new connections in steady state
 RESULTS = Path(__file__).resolve().parent / "results" / "http.json"
-
-
-# --------------------------------------------------------------------------- driver (own process)
-
-
-async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
-    """Issue blackbox /probe requests and tierwatch /metrics scrapes on schedule; return the records."""
-    interval: float = spec["interval"]
-    start: float = spec["start"]
-    until: float = spec["until"]
-    targets: list[str] = spec["targets"]
-    n = len(targets)
-    probes: list[tuple[float, float, bool]] = []  # (scheduled time, latency s, probe_success)
-    scrapes: list[tuple[float, float]] = []
-    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
-    headers = {"X-Prometheus-Scrape-Timeout-Seconds": f"{min(10.0, interval):g}"}
-    async with httpx.AsyncClient(timeout=10.0, limits=limits, trust_env=False, headers=headers) as client:
-
-        async def probe(url: str, when: float) -> None:
-            began = time.perf_counter()
-            try:
-                response = await client.get(url)
-                ok = response.status_code == 200 and "\nprobe_success 1" in response.text
-            except httpx.HTTPError:
-                ok = False
-            probes.append((when, time.perf_counter() - began, ok))
-
-        async def scrape(when: float) -> None:
-            began = time.perf_counter()
-            response = await client.get(spec["tierwatch_metrics"])
-            response.raise_for_status()
-            scrapes.append((when, time.perf_counter() - began))
-
-        def job(when: float, url: str | None) -> Coroutine[Any, Any, None]:
-            return scrape(when) if url is None else probe(url, when)
-
-        # Like Prometheus, each target gets a fixed offset inside the interval (or all fire together).
-        events: list[tuple[float, str | None]] = [(interval / 2, None)]
-        for index, target in enumerate(targets):
-            offset = interval / 2 if spec["burst"] else (index + 0.5) * interval / n
-            url = f"{spec['blackbox']}/probe?module=http_2xx&target={quote(target, safe='')}"
-            events.append((offset, url))
-        await run_schedule(events, start, until, interval, job)
-    return {"probes": probes, "scrapes": scrapes}
+MIN_SERVED = 0.98  # blackbox must have probed this share of the /probe requests scheduled, or the run is void
 
 
 # --------------------------------------------------------------------------- measurements
 
 
-def backend_stats(conns: list[Http]) -> tuple[int, int]:
-    """Requests and connections served by all backends so far."""
-    requests = connections = 0
+def backend_stats(conns: list[Http]) -> Counter[str]:
+    """The backends' own counters so far, summed: ``requests``, ``connections`` and per client
+    (``requests.Blackbox``, ``connections.tierwatch``, ...)."""
+    total: Counter[str] = Counter()
     for conn in conns:
-        fields = dict(item.split("=") for item in conn.get("/_stats")[1].split())
-        requests += int(fields["requests"])
-        connections += int(fields["connections"])
-    return requests, connections
+        total.update({k: int(v) for k, v in (item.split("=") for item in conn.get("/_stats")[1].split())})
+    return total
 
 
 # --------------------------------------------------------------------------- setup
@@ -167,6 +121,7 @@ def start_blackbox(stack: Stack) -> tuple[ManagedProcess, int]:
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run both exporters, measure over the window, stop everything; return the results."""
     interval: float = args.interval
+    load = LoadAverage()
     with Stack(keep=args.keep) as stack:
         backends: list[HttpBackend] = [
             start_http_backend(stack, f"backend-{i}") for i in range(args.backends)
@@ -181,31 +136,32 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         stats_conns = [Http(b.port) for b in backends]
 
         window = Window.from_now(interval, args.duration, args.warmup)
+        blackbox = f"http://127.0.0.1:{bb_port}"
         spec = window.driver_spec(
             stack.path("driver-records.json"),
-            targets=targets,
+            urls=[f"{blackbox}/probe?module=http_2xx&target={quote(t, safe='')}" for t in targets],
+            ok="\nprobe_success 1",
+            headers={"X-Prometheus-Scrape-Timeout-Seconds": f"{min(10.0, interval):g}"},
             burst=args.burst,
-            blackbox=f"http://127.0.0.1:{bb_port}",
             tierwatch_metrics=f"http://127.0.0.1:{tw_port}/metrics",
         )
-        driver = start_driver(stack, spec, Path(__file__))
-        window.announce(f"{len(targets)} targets on {len(backends)} backends")
+        drivers = start_driver(stack, spec, processes=args.drivers, max_lag=args.max_lag)
+        window.announce(f"{len(targets)} targets on {len(backends)} backends, {args.drivers} drivers")
 
         window.sleep_until_first()
-        # blackbox probes keep arriving while we sample: each counter is matched with the probes
-        # the driver scheduled after the moment it was read.
-        load0 = os.getloadavg()[0]
+        # Each tool's CPU over [t0, t1] is divided by the probes the backends saw from it over the
+        # same span (their own per-client counters), not by the requests the driver scheduled.
         t_cpu0 = time.time()
         tw_cpu0, bb_cpu0 = cpu_seconds(tw.pid), cpu_seconds(bb.pid)
-        t_stats0, (req0, conn0) = timed(lambda: backend_stats(stats_conns))
+        t_stats0, stats0 = timed(lambda: backend_stats(stats_conns))
         tw_conns = NewConnections(tw.pid, backend_ports)
         tw_count0, tw_fail0, tw_late0 = tierwatch_counters(tw_http.get("/metrics")[1])
-        tw_conns.poll_until(window.end + 0.25, 0.1)  # tierwatch's sockets, to attribute connections
+        tw_conns.poll_until(window.end + 0.25, 0.1)  # tierwatch's own sockets, a cross-check
         tw_cpu1, bb_cpu1 = cpu_seconds(tw.pid), cpu_seconds(bb.pid)
-        load1 = os.getloadavg()[0]
-        req1, conn1 = backend_stats(stats_conns)
+        t_stats1, stats1 = timed(lambda: backend_stats(stats_conns))
+        t_cpu1 = time.time()
         tw_count1, tw_fail1, tw_late1 = tierwatch_counters(tw_http.get("/metrics")[1])
-        records = driver_records(driver, spec, 60)
+        records = driver_records(drivers, spec, args.driver_timeout)
 
         # tierwatch /metrics latency, after the window (not counted in CPU), while it keeps probing.
         latencies = []
@@ -220,77 +176,85 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         metrics_bytes = len(body.encode())
         tw_rss, bb_rss = vm_hwm_mib(tw.pid), vm_hwm_mib(bb.pid)
 
-    bb_probes = [p for p in records["probes"] if window.holds(p[0])]
-    bb_latency = [p[1] for p in bb_probes]
-    bb_cpu_probes = sum(1 for p in bb_probes if p[0] >= t_cpu0)
-    bb_conn_probes = sum(1 for p in bb_probes if p[0] >= t_stats0)
+    served = stats1 - stats0
+    bb_served, tw_served = served["requests.Blackbox"], served["requests.tierwatch"]
+    bb_requests = [p for p in records["scrapes"] if window.holds(p[0])]
+    bb_latency = [p[1] for p in bb_requests] or [0.0]
+    bb_scheduled = sum(1 for p in records["scrapes"] if t_stats0 <= p[0] < t_stats1)
     tw_probes = tw_count1 - tw_count0
-    tw_new_conns = tw_conns.count
-    new_conns = conn1 - conn0
+    valid, reasons = records["valid"], list(records["invalid_reasons"])
+    if bb_served < MIN_SERVED * bb_scheduled:
+        valid = False
+        reasons.append(
+            f"blackbox probed {bb_served} times for {bb_scheduled} /probe requests scheduled "
+            f"(under {MIN_SERVED:.0%}): it or the driver fell behind"
+        )
     tools = {
         "tierwatch": {
-            "probes": int(tw_probes),
-            **cpu_fields(tw_cpu1 - tw_cpu0, tw_probes, "probe"),
+            "probes_served": tw_served,
+            "probes_own_counter": int(tw_probes),
+            **cpu_fields(tw_cpu1 - tw_cpu0, tw_served or 1, "probe", t_cpu1 - t_cpu0),
             "latency_what": f"GET /metrics with {len(targets)} targets ({metrics_bytes} bytes), "
             f"{len(latencies)} sequential scrapes",
             "latency_median_ms": round(1000 * statistics.median(latencies), 2),
             "latency_p99_ms": round(1000 * percentile(latencies, 99), 2),
-            "driver_scrape_median_ms": round(1000 * statistics.median(s[1] for s in records["scrapes"]), 2),
+            "driver_scrape_median_ms": round(
+                1000 * statistics.median([s[1] for s in records["tierwatch_scrapes"]] or [0.0]), 2
+            ),
             "peak_rss_mib": round(tw_rss, 1),
             "probes_failed": int(tw_fail1 - tw_fail0),
             "round_overruns": int(tw_late1 - tw_late0),
-            "new_connections": tw_new_conns,
-            "new_connections_per_probe": round(tw_new_conns / tw_probes, 3),
+            "new_connections": served["connections.tierwatch"],
+            "new_connections_own_sockets": tw_conns.count,
             "targets_up_at_end": int(tw_up),
         },
         "blackbox": {
-            "probes": len(bb_probes),
-            "probes_failed": sum(1 for p in bb_probes if not p[2]),
-            **cpu_fields(bb_cpu1 - bb_cpu0, bb_cpu_probes, "probe"),
-            "latency_what": f"GET /probe (synchronous probe), {len(bb_probes)} requests from the driver",
+            "probes_served": bb_served,
+            "probe_requests_scheduled": bb_scheduled,
+            "probe_requests_in_window": len(bb_requests),
+            "probe_requests_failed": sum(1 for p in bb_requests if not p[2]),
+            **cpu_fields(bb_cpu1 - bb_cpu0, bb_served or 1, "probe", t_cpu1 - t_cpu0),
+            "latency_what": f"GET /probe (synchronous probe), {len(bb_requests)} requests from the driver",
             "latency_median_ms": round(1000 * statistics.median(bb_latency), 2),
             "latency_p99_ms": round(1000 * percentile(bb_latency, 99), 2),
             "peak_rss_mib": round(bb_rss, 1),
-            "new_connections": new_conns - tw_new_conns,
-            "new_connections_per_probe": round((new_conns - tw_new_conns) / bb_conn_probes, 3),
+            "new_connections": served["connections.Blackbox"],
         },
     }
+    for tool in tools.values():
+        tool["new_connections_per_probe"] = round(tool["new_connections"] / (tool["probes_served"] or 1), 3)
     tw_r, bb_r = tools["tierwatch"], tools["blackbox"]
-    ratios = {
-        key: round(tw_r[key] / bb_r[key], 3) if bb_r[key] else None
-        for key in (
-            "cpu_ms_per_probe",
-            "latency_median_ms",
-            "latency_p99_ms",
-            "peak_rss_mib",
-            "new_connections",
-        )
-    }
+    keys = ("cpu_ms_per_probe", "latency_median_ms", "latency_p99_ms", "peak_rss_mib", "new_connections")
+    ratios = {key: round(tw_r[key] / bb_r[key], 3) if valid and bb_r[key] else None for key in keys}
     goal_cpu = CLAIMED_BLACKBOX_CPU_MS * GOAL_FACTOR
     return {
-        **run_fields("bench/http_bench.py"),
+        **run_fields("bench/http_bench.py", load),
+        "valid": valid,
+        "invalid_reasons": reasons,
         "setup": {
             "targets": len(targets),
             "backends": len(backends),
             **window.setup(),
             "burst": args.burst,
-            "loadavg_1m_window_start_end": [load0, load1],
+            "drivers": args.drivers,
             "blackbox_version": version([BLACKBOX, "--version"]),
         },
-        "backends_during_window": {
-            "requests": req1 - req0,
-            "new_connections": new_conns,
-            "expected_requests": int(tw_probes) + bb_conn_probes,
+        "driver": {
+            "late_p50_p99_max_s": records["driver_late_p50_p99_max_s"],
+            "max_lag_bound_s": records["driver_max_lag_bound_s"],
+            "per_process": records["drivers"],
         },
+        "backends_during_cpu_window": dict(sorted(served.items())),
         "results": tools,
         "ratios_tierwatch_over_blackbox": ratios,
         "goal": {
             "claimed_blackbox_cpu_ms_per_probe": CLAIMED_BLACKBOX_CPU_MS,
             "tierwatch_target_cpu_ms_per_probe": goal_cpu,
             "cpu_met": tw_r["cpu_ms_per_probe"] <= goal_cpu,
-            "cpu_half_of_measured_blackbox": ratios["cpu_ms_per_probe"] is not None
-            and ratios["cpu_ms_per_probe"] <= GOAL_FACTOR,
-            "zero_new_connections_met": tw_new_conns == 0,
+            "cpu_quarter_of_measured_blackbox": None
+            if ratios["cpu_ms_per_probe"] is None
+            else ratios["cpu_ms_per_probe"] <= 0.25,
+            "zero_new_connections_met": tw_r["new_connections"] == 0,
         },
     }
 
@@ -351,7 +315,7 @@ def print_table(result: dict[str, Any]) -> None:
     tw, bb = result["results"]["tierwatch"], result["results"]["blackbox"]
     ratio = result["ratios_tierwatch_over_blackbox"]
     rows = [
-        ("probes in window", "probes", None),
+        ("probes served", "probes_served", None),
         ("CPU ms / probe", "cpu_ms_per_probe", "cpu_ms_per_probe"),
         ("latency median ms", "latency_median_ms", "latency_median_ms"),
         ("latency p99 ms", "latency_p99_ms", "latency_p99_ms"),
@@ -364,6 +328,13 @@ def print_table(result: dict[str, Any]) -> None:
         shown = "-" if value is None else f"{value:g}"
         print(f"{label:22}{tw[key]:>12g}{bb[key]:>12g}{shown:>9}")
     print(f"tierwatch latency: {tw['latency_what']}; blackbox latency: {bb['latency_what']}")
+    print(
+        f"blackbox: {bb['probes_served']} probes served for {bb['probe_requests_scheduled']} /probe "
+        f"requests scheduled; driver late p50/p99/max {result['driver']['late_p50_p99_max_s']} s; "
+        f"load average {result['load']['loadavg_start']} -> {result['load']['loadavg_end']}"
+    )
+    if not result["valid"]:
+        print("INVALID run, no ratio computed: " + "; ".join(result["invalid_reasons"]))
     goal = result["goal"]
     print(
         f"goal: tierwatch <= {goal['tierwatch_target_cpu_ms_per_probe']} CPU-ms/probe: "
@@ -397,11 +368,19 @@ def main() -> None:
         help="only measure CPU per GET of tierwatch's HTTP client and of httpx, in this process",
     )
     parser.add_argument("--client-rounds", type=int, default=20, help="rounds of GETs for --client-cpu")
-    parser.add_argument("--driver", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--drivers", type=int, default=2, help="driver processes sharing the /probe requests (default 2)"
+    )
+    parser.add_argument(
+        "--max-lag",
+        type=float,
+        default=1.0,
+        help="a run is invalid if a driver sends a request of the window later than this, s (default 1)",
+    )
+    parser.add_argument(
+        "--driver-timeout", type=float, default=60.0, help="wait for the drivers after the window, s"
+    )
     args = parser.parse_args()
-    if args.driver:
-        run_driver(args.driver, _drive)
-        return
     if args.client_cpu:
         client_cpu(args)
         return

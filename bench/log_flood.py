@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import LoadAverage
 from side_by_side import cpu_seconds, run_fields, vm_hwm_mib, write_results
 
 from tierwatch_lab.kit import kit_dir
@@ -104,6 +105,7 @@ def pipeline_counts(collector: LogCollector) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    machine_load = LoadAverage()
     with Stack() as stack:
         collector = start_collector(
             stack, max_bytes=args.max_mib * MIB, queue_size=args.queue_size, stats_interval=1
@@ -165,7 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu2 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         kept = collector.files_kept()
         result = {
-            **run_fields("bench/log_flood.py"),
+            **run_fields("bench/log_flood.py", machine_load),
             "settings": {
                 "rate_asked": args.rate,
                 "seconds": args.seconds,

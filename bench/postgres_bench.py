@@ -39,12 +39,15 @@ from typing import Any
 from psycopg import sql as pgsql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import LoadAverage
 from side_by_side import (
     Http,
     Window,
+    add_driver_arguments,
     argument_parser,
     cpu_fields,
     cpu_seconds,
+    driver_fields,
     driver_records,
     run_fields,
     sample_fields,
@@ -78,17 +81,39 @@ pg_last_xact_replay_timestamp()))) END AS lag"
 """
 
 
-def count_connections(logs: list[Path], offsets: dict[Path, int]) -> dict[str, int]:
-    """``connection authorized`` lines per user since ``offsets`` (replication connections aside)."""
-    counts: dict[str, int] = {}
+def connections_logged(
+    logs: list[Path], start: dict[Path, int], end: dict[Path, int]
+) -> list[tuple[str, str]]:
+    """(user, application_name) of each ``connection authorized`` line between the byte offsets
+    ``start`` and ``end`` of each server log (replication connections aside)."""
+    found = []
     for log in logs:
         with open(log, "rb") as f:
-            f.seek(offsets[log])
-            for line in f.read().decode(errors="replace").splitlines():
-                match = re.search(r"connection authorized: user=(\S+)", line)
-                if match and "replication connection" not in line:
-                    counts[match.group(1)] = counts.get(match.group(1), 0) + 1
-    return counts
+            f.seek(start[log])
+            text = f.read(end[log] - start[log]).decode(errors="replace")
+        for line in text.splitlines():
+            match = re.search(r"connection authorized: user=(\S+)(?:.*application_name=(\S+))?", line)
+            if match and "replication connection" not in line:
+                found.append((match.group(1), match.group(2) or ""))
+    return found
+
+
+def connection_fields(
+    before: list[tuple[str, str]], during: list[tuple[str, str]], user: str
+) -> dict[str, Any]:
+    """New connections of ``user`` in the window, told apart by the connecting process's
+    application_name: reconnections of a process that had connected before the window, and first
+    connections (a process whose first scrape fell in the window: the driver or the exporter late)."""
+    seen = {app for u, app in before if u == user}
+    mine = [app for u, app in during if u == user]
+    again = [app for app in mine if app in seen]
+    return {
+        "processes_connected_before_window": len(seen - {""}),
+        "new_connections": len(mine),
+        "reconnections": len(again),
+        "processes_reconnecting": len(set(again)),
+        "first_connections": len(mine) - len(again),
+    }
 
 
 def target_name(k: int, server: str) -> str:
@@ -129,6 +154,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run both sides at once, measure over the window; return the results."""
     interval: float = args.interval
     databases: int = args.databases
+    machine_load = LoadAverage()
     with Stack(keep=args.keep) as stack:
         settings = {"log_connections": "on", "max_connections": str(3 * databases + 40)}
         primary = start_primary(stack, "pg-1", archive=True, settings=settings)
@@ -160,7 +186,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 env = dict(os.environ)
                 env["DATA_SOURCE_NAME"] = (
                     f"postgresql://{EXPORTER_ROLE}:{password}@127.0.0.1:{server.port}/bench_{k:03d}"
-                    "?sslmode=disable"
+                    f"?sslmode=disable&application_name=pgx-{target_name(k, name)}"
                 )
                 argv = [EXPORTER, f"--web.listen-address=127.0.0.1:{port}", f"--extend.query-path={queries}"]
                 exporters.append((stack.spawn(f"pgx-{target_name(k, name)}", argv, env=env), port))
@@ -188,11 +214,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             ok="\npg_up 1",
             tierwatch_metrics=f"{tw_proc.url}/metrics",
         )
-        driver = start_driver(stack, spec)
-        window.announce(f"{len(names)} targets on {len(servers)} servers")
+        driver = start_driver(stack, spec, processes=args.drivers, max_lag=args.max_lag)
+        window.announce(f"{len(names)} targets on {len(servers)} servers, {args.drivers} drivers")
         logs = [stack.path("logs", f"{n}.log") for n in servers]
         window.sleep_until_first()
-        load0 = os.getloadavg()[0]
         t_cpu0 = time.time()
         tw_cpu0 = cpu_seconds(tw.pid)
         px_cpu0 = sum(cpu_seconds(p.pid) for p, _ in exporters)
@@ -202,8 +227,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         tw_cpu1 = cpu_seconds(tw.pid)
         px_cpu1 = sum(cpu_seconds(p.pid) for p, _ in exporters)
         t_cpu1 = time.time()
-        load1 = os.getloadavg()[0]
-        conns = count_connections(logs, offsets)
+        ends = {log: log.stat().st_size for log in logs}
+        before = connections_logged(logs, dict.fromkeys(logs, 0), offsets)
+        during = connections_logged(logs, offsets, ends)
         body1 = tw_http.get("/metrics")[1]
         records = driver_records(driver, spec)
         tw_rss = vm_hwm_mib(tw.pid)
@@ -212,33 +238,47 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         load.join(10)
 
     scrapes = [s for s in records["scrapes"] if window.holds(s[0])]
-    px_cpu_scrapes = sum(1 for s in scrapes if t_cpu0 <= s[0] < t_cpu1)
+    # postgres_exporter scrapes synchronously: a scrape answered with pg_up 1 is one it did.
+    px_cpu_scrapes = sum(1 for s in scrapes if t_cpu0 <= s[0] < t_cpu1 and s[2])
     tw_r = tierwatch_fields(
-        (body0, body1), tw_cpu1 - tw_cpu0, t_cpu1 - t_cpu0, tw_rss, conns.get("tierwatch", 0), names, records
+        (body0, body1),
+        tw_cpu1 - tw_cpu0,
+        t_cpu1 - t_cpu0,
+        tw_rss,
+        sum(1 for user, _ in during if user == "tierwatch"),
+        names,
+        records,
     )
     px_r = {
         "processes": len(exporters),
         "scrapes": len(scrapes),
-        **cpu_fields(px_cpu1 - px_cpu0, px_cpu_scrapes, "scrape", t_cpu1 - t_cpu0),
+        "scrapes_served_in_cpu_window": px_cpu_scrapes,
+        **cpu_fields(px_cpu1 - px_cpu0, max(1, px_cpu_scrapes), "scrape", t_cpu1 - t_cpu0),
         "peak_rss_mib_per_process": round(max(px_rss), 1),
         "peak_rss_mib_total": round(sum(px_rss), 1),
         **scrape_fields(scrapes, records),
-        "new_connections": conns.get(EXPORTER_ROLE, 0),
+        **connection_fields(before, during, EXPORTER_ROLE),
         **sample_fields(records),
     }
     tw_series, px_series = tw_r["series_per_target"], px_r["series_per_target"]
+    valid = records["valid"]
     return {
-        **run_fields("bench/postgres_bench.py"),
+        **run_fields("bench/postgres_bench.py", machine_load),
+        "valid": valid,
+        "invalid_reasons": records["invalid_reasons"],
+        "driver": driver_fields(records),
         "setup": {
             "targets": len(names),
             "servers": len(servers),
             "databases": databases,
             **window.setup(),
-            "loadavg_1m_window_start_end": [load0, load1],
+            "drivers": args.drivers,
         },
         "results": {"tierwatch": tw_r, "postgres_exporter": px_r},
         "ratios_tierwatch_over_postgres_exporter": {
-            "cpu_per_probe": round(tw_r["cpu_ms_per_probe"] / px_r["cpu_ms_per_scrape"], 3),
+            "cpu_per_probe": round(tw_r["cpu_ms_per_probe"] / px_r["cpu_ms_per_scrape"], 3)
+            if valid
+            else None,
             "peak_rss_total": round(tw_r["peak_rss_mib"] / px_r["peak_rss_mib_total"], 3),
             "series_per_target": round(tw_series["mean"] / px_series, 3) if px_series else None,
         },
@@ -258,6 +298,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=60.0, help="measured window, seconds")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up, in intervals")
+    add_driver_arguments(parser)
     parser.add_argument("--output", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args()

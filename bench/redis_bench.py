@@ -23,7 +23,6 @@ Run: ``python bench/redis_bench.py --targets 200 --output bench/results/redis-20
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,13 +30,16 @@ from typing import Any
 from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import LoadAverage
 from side_by_side import (
     Http,
     NewConnections,
     Window,
+    add_driver_arguments,
     argument_parser,
     cpu_fields,
     cpu_seconds,
+    driver_fields,
     driver_records,
     run_fields,
     sample_fields,
@@ -105,6 +107,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     servers_n = min(args.servers, args.targets)
     if args.targets > 16 * servers_n:
         raise SystemExit("at most 16 targets per server (Redis has 16 databases)")
+    load = LoadAverage()
     with Stack(keep=args.keep) as stack:
         print(f"starting {servers_n} redis-server ...", file=sys.stderr)
         servers = [start_redis(stack, f"redis-{i}") for i in range(servers_n)]
@@ -128,10 +131,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             ok="\nredis_up 1",
             tierwatch_metrics=f"http://127.0.0.1:{tw_port}/metrics",
         )
-        driver = start_driver(stack, spec)
-        window.announce(f"{len(urls)} targets on {servers_n} servers")
+        driver = start_driver(stack, spec, processes=args.drivers, max_lag=args.max_lag)
+        window.announce(f"{len(urls)} targets on {servers_n} servers, {args.drivers} drivers")
         window.sleep_until_first()
-        load0 = os.getloadavg()[0]
         t_cpu0 = time.time()
         tw_cpu0, rx_cpu0 = cpu_seconds(tw.pid), cpu_seconds(rx.pid)
         t_conn0, conns0 = timed(lambda: connections(servers))
@@ -139,7 +141,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         body0 = tw_http.get("/metrics")[1]
         tw_conns.poll_until(window.end + 0.25, 0.2)
         tw_cpu1, rx_cpu1 = cpu_seconds(tw.pid), cpu_seconds(rx.pid)
-        load1 = os.getloadavg()[0]
         t_conn1 = time.time()
         conns1 = connections(servers)
         body1 = tw_http.get("/metrics")[1]
@@ -148,7 +149,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         rx_version = version([EXPORTER, "--version"])
 
     scrapes = [s for s in records["scrapes"] if window.holds(s[0])]
-    rx_cpu_scrapes = sum(1 for s in scrapes if s[0] >= t_cpu0)
+    # redis_exporter scrapes synchronously: a scrape answered with redis_up 1 is one it did.
+    rx_cpu_scrapes = sum(1 for s in scrapes if s[0] >= t_cpu0 and s[2])
     rx_conn_scrapes = sum(1 for s in scrapes if t_conn0 <= s[0] < t_conn1)
     opened = conns1 - conns0 - len(servers)  # the second connections() call's own
     rx_new = opened - tw_conns.count
@@ -157,7 +159,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     )
     rx_r = {
         "scrapes": len(scrapes),
-        **cpu_fields(rx_cpu1 - rx_cpu0, rx_cpu_scrapes, "scrape", window.seconds),
+        "scrapes_served_in_cpu_window": rx_cpu_scrapes,
+        **cpu_fields(rx_cpu1 - rx_cpu0, max(1, rx_cpu_scrapes), "scrape", window.seconds),
         "peak_rss_mib": round(rx_rss, 1),
         **scrape_fields(scrapes, records),
         "new_connections": rx_new,
@@ -165,19 +168,25 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         **sample_fields(records),
     }
     tw_series, rx_series = tw_r["series_per_target"], rx_r["series_per_target"]
+    valid = records["valid"]
     return {
-        **run_fields("bench/redis_bench.py"),
+        **run_fields("bench/redis_bench.py", load),
+        "valid": valid,
+        "invalid_reasons": records["invalid_reasons"],
+        "driver": driver_fields(records),
         "setup": {
             "targets": len(urls),
             "servers": servers_n,
             "cluster_size": args.cluster_size,
             **window.setup(),
-            "loadavg_1m_window_start_end": [load0, load1],
+            "drivers": args.drivers,
             "redis_exporter_version": rx_version,
         },
         "results": {"tierwatch": tw_r, "redis_exporter": rx_r},
         "ratios_tierwatch_over_redis_exporter": {
-            "cpu_per_probe": round(tw_r["cpu_ms_per_probe"] / rx_r["cpu_ms_per_scrape"], 3),
+            "cpu_per_probe": round(tw_r["cpu_ms_per_probe"] / rx_r["cpu_ms_per_scrape"], 3)
+            if valid
+            else None,
             "peak_rss": round(tw_r["peak_rss_mib"] / rx_r["peak_rss_mib"], 2),
             "series_per_target": round(tw_series["mean"] / rx_series, 3) if rx_series else None,
         },
@@ -198,6 +207,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=60.0, help="measured window, seconds")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up, in intervals")
+    add_driver_arguments(parser)
     parser.add_argument("--output", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args()

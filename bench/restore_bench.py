@@ -39,6 +39,9 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import LoadAverage, machine
+
 from tierwatch_lab.demo_backups import HEARTBEAT_TABLE, create_heartbeat_table
 from tierwatch_lab.stack import Stack
 from tierwatch_lab.stack.pgbackrest import PgBackRest, archive_now, start_backed_up_primary
@@ -195,6 +198,7 @@ def main() -> int:
     parser.add_argument("--reads", type=int, default=20)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
+    load = LoadAverage()
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cpus": os.cpu_count(),
@@ -203,6 +207,7 @@ def main() -> int:
             for name in args.sizes.split(",")
         ],
     }
+    results |= {"machine": machine(), "load": load.fields()}
     text = json.dumps(results, indent=2)
     print(text)
     if args.output:

@@ -17,7 +17,6 @@ import http.client
 import json
 import math
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -27,8 +26,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+import httptools
 import httpx
+from machine import LoadAverage, machine
 
 from tierwatch_lab.stack import ManagedProcess, Stack, free_port, wait_for
 
@@ -248,7 +250,14 @@ class Window:
 
     def driver_spec(self, out: Path, **extra: Any) -> dict[str, Any]:
         """The driver's spec: this schedule, ``extra``, and where it writes its records."""
-        return {"interval": self.interval, "start": self.start, "until": self.end, **extra, "out": str(out)}
+        return {
+            "interval": self.interval,
+            "start": self.start,
+            "first": self.first,
+            "until": self.end,
+            **extra,
+            "out": str(out),
+        }
 
     def announce(self, what: str) -> None:
         """Say on stderr what runs and for how long."""
@@ -296,53 +305,155 @@ async def run_schedule(
     await asyncio.gather(*pending)
 
 
+class _Wire(asyncio.Protocol):
+    """One kept-alive HTTP/1.1 connection carrying one request at a time, parsed by httptools (llhttp):
+    a few tens of µs of CPU per request, where httpx spends about a millisecond."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.body: list[bytes] = []
+        self.done: asyncio.Future[tuple[int, bytes]] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            self._fail(ConnectionError(f"bad response: {error}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(ConnectionError("connection closed"))
+
+    def _fail(self, error: Exception) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(error)
+
+    def on_body(self, chunk: bytes) -> None:
+        self.body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result((self.parser.get_status_code(), b"".join(self.body)))
+
+    async def get(self, request: bytes) -> tuple[int, bytes]:
+        assert self.transport is not None
+        self.body = []
+        self.done = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return await self.done
+
+
+class WirePool:
+    """Kept-alive connections to one host:port, as many as the requests in flight need."""
+
+    def __init__(self, host: str, port: int, headers: dict[str, str]):
+        self.host, self.port = host, port
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.head = f" HTTP/1.1\r\nHost: {host}:{port}\r\nAccept-Encoding: identity\r\n{extra}\r\n"
+        self.idle: list[_Wire] = []
+
+    async def _connect(self) -> _Wire:
+        _, conn = await asyncio.get_running_loop().create_connection(_Wire, self.host, self.port)
+        return conn
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """Status and body of ``GET path``; a reused connection the server closed meanwhile is
+        replaced once (uvicorn drops idle ones after 5 s)."""
+        request = f"GET {path}{self.head}".encode()
+        for attempt in (1, 2):
+            reused = bool(self.idle)
+            conn = self.idle.pop() if reused else await self._connect()
+            try:
+                status, body = await conn.get(request)
+            except ConnectionError:
+                if conn.transport is not None:
+                    conn.transport.close()
+                if reused and attempt == 1:
+                    continue
+                raise
+            except BaseException:
+                if conn.transport is not None:
+                    conn.transport.close()
+                raise
+            if conn.parser.should_keep_alive() and not conn.closed:
+                self.idle.append(conn)
+            elif conn.transport is not None:
+                conn.transport.close()
+            return status, body
+        raise AssertionError("unreachable")
+
+
 async def drive(spec: dict[str, Any]) -> dict[str, Any]:
-    """Scrape every per-target URL once per interval at its own offset, and tierwatch's /metrics once
-    per interval; ``spec['ok']`` is the text a good per-target scrape holds. Returns the records."""
+    """One driver process's share of Prometheus's work: every interval, GET each URL of its slice
+    (``spec['slice']`` = [k, processes]: URLs k, k + processes, ...) at that URL's own offset in the
+    interval, and (driver 0) tierwatch's /metrics once; a scrape is good when its body holds
+    ``spec['ok']``. Records each request's schedule, latency and outcome, and how late it left."""
     interval: float = spec["interval"]
     urls: list[str] = spec["urls"]
+    k, processes = spec.get("slice", [0, 1])
     n = len(urls)
+    headers: dict[str, str] = spec.get("headers", {})
     scrapes: list[tuple[float, float, bool]] = []  # (scheduled time, latency s, ok)
     tw_scrapes: list[tuple[float, float]] = []
+    late: list[tuple[float, float]] = []  # (scheduled time, seconds late when the request left)
     sample_body = ""
     ok_marker = spec["ok"].encode()
-    late: list[float] = []  # how late each request left, seconds (the driver falling behind)
-    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
-    async with httpx.AsyncClient(timeout=10.0, limits=limits, trust_env=False) as client:
+    pools: dict[tuple[str, int], WirePool] = {}
 
-        async def scrape(url: str, when: float) -> None:
-            nonlocal sample_body
-            began = time.perf_counter()
-            late.append(time.time() - when)
-            try:
-                async with asyncio.timeout(10.0):  # whole request (httpx's is per read)
-                    response = await client.get(url)
-                ok = response.status_code == 200 and ok_marker in response.content
-                if ok and not sample_body:
-                    sample_body = response.content.decode()
-            except (httpx.HTTPError, TimeoutError):
-                ok = False
-            scrapes.append((when, time.perf_counter() - began, ok))
+    def where(url: str) -> tuple[WirePool, str]:
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None
+        key = (parts.hostname, parts.port)
+        if key not in pools:
+            pools[key] = WirePool(*key, headers)
+        return pools[key], parts.path + (f"?{parts.query}" if parts.query else "")
 
-        async def scrape_tierwatch(when: float) -> None:
-            began = time.perf_counter()
+    async def scrape(target: tuple[WirePool, str], when: float) -> None:
+        nonlocal sample_body
+        began = time.perf_counter()
+        late.append((when, time.time() - when))
+        try:
             async with asyncio.timeout(10.0):
-                response = await client.get(spec["tierwatch_metrics"])
-            response.raise_for_status()
-            tw_scrapes.append((when, time.perf_counter() - began))
+                status, body = await target[0].get(target[1])
+            ok = status == 200 and ok_marker in body
+            if ok and not sample_body:
+                sample_body = body.decode()
+        except (OSError, TimeoutError):
+            ok = False
+        scrapes.append((when, time.perf_counter() - began, ok))
 
-        def job(when: float, url: str | None) -> Coroutine[Any, Any, None]:
-            return scrape_tierwatch(when) if url is None else scrape(url, when)
+    async def scrape_tierwatch(when: float) -> None:
+        began = time.perf_counter()
+        late.append((when, time.time() - when))
+        try:
+            async with asyncio.timeout(10.0):
+                status, _ = await tierwatch[0].get(tierwatch[1])
+            ok = status == 200
+        except (OSError, TimeoutError):
+            ok = False
+        tw_scrapes.append((when, time.perf_counter() - began) if ok else (when, -1.0))
 
-        events: list[tuple[float, str | None]] = [(interval / 2, None)]
-        events += [((i + 0.5) * interval / n, url) for i, url in enumerate(urls)]
-        await run_schedule(events, spec["start"], spec["until"], interval, job)
-    late.sort()
+    def job(when: float, target: tuple[WirePool, str] | None) -> Coroutine[Any, Any, None]:
+        return scrape_tierwatch(when) if target is None else scrape(target, when)
+
+    tierwatch = where(spec["tierwatch_metrics"]) if spec.get("tierwatch_metrics") else None
+    events: list[tuple[float, tuple[WirePool, str] | None]] = []
+    if tierwatch is not None and k == 0:
+        events.append((interval / 2, None))
+    offsets = [interval / 2 if spec.get("burst") else (i + 0.5) * interval / n for i in range(n)]
+    events += [(offsets[i], where(urls[i])) for i in range(k, n, processes)]
+    await run_schedule(events, spec["start"], spec["until"], interval, job)
     return {
         "scrapes": scrapes,
         "tierwatch_scrapes": tw_scrapes,
         "sample_body": sample_body,
-        "driver_late_p50_p99_max_s": [late[len(late) // 2], late[int(len(late) * 0.99)], late[-1]],
+        "late": [(round(w, 4), round(x, 4)) for w, x in late],
+        "cpu_seconds": time.process_time(),
     }
 
 
@@ -354,20 +465,80 @@ def run_driver(
     Path(spec["out"]).write_text(json.dumps(asyncio.run(driver(spec))))
 
 
-def start_driver(stack: Stack, spec: dict[str, Any], script: Path | None = None) -> ManagedProcess:
-    """Write ``spec`` and start ``script --driver`` on it (by default this file's per-target driver)."""
-    spec_path = stack.path("driver-spec.json")
-    spec_path.write_text(json.dumps(spec))
-    argv = [sys.executable, str((script or Path(__file__)).resolve()), "--driver", str(spec_path)]
-    return stack.spawn("driver", argv)
+@dataclass
+class Drivers:
+    """The driver processes of one run, each owning a slice of the URLs."""
+
+    processes: list[ManagedProcess]
+    outs: list[Path]
+    first: float
+    max_lag: float
 
 
-def driver_records(driver: ManagedProcess, spec: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
-    """Wait for the driver and read its records."""
-    if driver.popen is None or driver.popen.wait(timeout) != 0:
-        raise RuntimeError(f"driver failed:\n{driver.log_tail()}")
-    records: dict[str, Any] = json.loads(Path(spec["out"]).read_text())
-    return records
+def start_driver(
+    stack: Stack, spec: dict[str, Any], script: Path | None = None, processes: int = 2, max_lag: float = 1.0
+) -> Drivers:
+    """Start ``processes`` driver processes (``script --driver``, by default this file's), process k
+    owning URLs k, k + processes, ...; a run is valid only if none sent a request of the measured
+    window more than ``max_lag`` seconds after its scheduled time."""
+    procs, outs = [], []
+    for k in range(processes):
+        out = Path(f"{spec['out']}.{k}")
+        spec_path = stack.path(f"driver-spec-{k}.json")
+        spec_path.write_text(json.dumps({**spec, "slice": [k, processes], "out": str(out)}))
+        argv = [sys.executable, str((script or Path(__file__)).resolve()), "--driver", str(spec_path)]
+        procs.append(stack.spawn(f"driver-{k}", argv))
+        outs.append(out)
+    return Drivers(procs, outs, spec["first"], max_lag)
+
+
+def _quantiles(values: list[float]) -> list[float]:
+    """p50, p99 and max, rounded to the ms (empty: zeros)."""
+    if not values:
+        return [0.0, 0.0, 0.0]
+    ordered = sorted(values)
+    return [round(ordered[len(ordered) // 2], 3), round(percentile(ordered, 99), 3), round(ordered[-1], 3)]
+
+
+def driver_records(drivers: Drivers, spec: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+    """Wait for every driver (at most ``timeout`` s), merge their records and judge the run:
+    ``valid`` is false, with ``invalid_reasons``, when a driver did not finish or fell behind by more
+    than the bound in the measured window."""
+    merged: dict[str, Any] = {"scrapes": [], "tierwatch_scrapes": [], "sample_body": "", "drivers": []}
+    reasons: list[str] = []
+    window_late: list[float] = []
+    deadline = time.monotonic() + timeout
+    for k, (proc, out) in enumerate(zip(drivers.processes, drivers.outs, strict=True)):
+        assert proc.popen is not None
+        try:
+            code = proc.popen.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            reasons.append(f"driver {k} had not finished {timeout:g} s after the window (behind)")
+            continue
+        if code != 0:
+            raise RuntimeError(f"driver {k} failed:\n{proc.log_tail()}")
+        records = json.loads(out.read_text())
+        merged["scrapes"] += records["scrapes"]
+        merged["tierwatch_scrapes"] += records["tierwatch_scrapes"]
+        merged["sample_body"] = merged["sample_body"] or records["sample_body"]
+        late = [x for w, x in records["late"] if w >= drivers.first]
+        window_late += late
+        lag = _quantiles(late)
+        merged["drivers"].append(
+            {
+                "requests_in_window": len(late),
+                "late_p50_p99_max_s": lag,
+                "cpu_seconds": records["cpu_seconds"],
+            }
+        )
+        if lag[2] > drivers.max_lag:
+            reasons.append(f"driver {k} sent a request {lag[2]:g} s late (bound {drivers.max_lag:g} s)")
+    merged["driver_late_p50_p99_max_s"] = _quantiles(window_late)
+    merged["driver_max_lag_bound_s"] = drivers.max_lag
+    merged["valid"] = not reasons
+    merged["invalid_reasons"] = reasons
+    return merged
 
 
 # --------------------------------------------------------------------------- results
@@ -428,6 +599,28 @@ def scrape_fields(scrapes: list[list[Any]], records: dict[str, Any]) -> dict[str
     }
 
 
+def driver_fields(records: dict[str, Any]) -> dict[str, Any]:
+    """How late the drivers sent their requests (all and per process) against the run's bound."""
+    return {
+        "late_p50_p99_max_s": records["driver_late_p50_p99_max_s"],
+        "max_lag_bound_s": records["driver_max_lag_bound_s"],
+        "per_process": records["drivers"],
+    }
+
+
+def add_driver_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--drivers`` and ``--max-lag``."""
+    parser.add_argument(
+        "--drivers", type=int, default=2, help="driver processes sharing the URLs (default 2)"
+    )
+    parser.add_argument(
+        "--max-lag",
+        type=float,
+        default=1.0,
+        help="a run is invalid if a driver sends a request of the window later than this, s (default 1)",
+    )
+
+
 def sample_fields(records: dict[str, Any]) -> dict[str, Any]:
     """Series and bytes of one good per-target scrape."""
     return {
@@ -436,30 +629,14 @@ def sample_fields(records: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def machine() -> dict[str, Any]:
-    """nproc, CPU model, kernel and Python of the machine running the bench."""
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown",
-    )
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
-
-
-def run_fields(script: str) -> dict[str, Any]:
-    """The results' ``date``, ``command`` (``script`` with this run's arguments) and ``machine``."""
+def run_fields(script: str, load: LoadAverage | None = None) -> dict[str, Any]:
+    """The results' ``date``, ``command`` (``script`` with this run's arguments), ``machine`` and
+    ``load`` (CPU count, load average at the start given by ``load`` and now; now only if none)."""
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": "python " + shlex.join([script, *sys.argv[1:]]),
         "machine": machine(),
+        "load": (load or LoadAverage()).fields(),
     }
 
 
@@ -485,6 +662,10 @@ def print_table(result: dict[str, Any], theirs: str, servers: str, rss: str, rss
         f"{ratio['series_per_target']} |"
     )
     print(f"| failed | {tw['probes_failed']} | {them['scrapes_failed']} | |")
+    load = result["load"]
+    print(f"load average {load['loadavg_start']} -> {load['loadavg_end']}; driver {result['driver']}")
+    if not result["valid"]:
+        print("INVALID run, no CPU ratio: " + "; ".join(result["invalid_reasons"]))
 
 
 def argument_parser(doc: str | None) -> argparse.ArgumentParser:
