@@ -7,6 +7,8 @@ from .dsl import Dashboard, Row, T, live_primaries, q, rate, role_panel, sel, st
 PT = ('tier="postgres"', T)
 DEAD = sel("tierwatch_pg_table_dead_tuples", *PT)
 ROLLBACKS = rate("tierwatch_pg_rollbacks_total", *PT)
+PATRONI_LEADER = sel("tierwatch_patroni_role", *PT, 'role=~"primary|standby_leader"')
+PATRONI_REPLICA = sel("tierwatch_patroni_role", *PT, 'role="replica"')
 
 POSTGRES = Dashboard(
     file="postgres.json",
@@ -52,6 +54,67 @@ POSTGRES = Dashboard(
                     "none",
                     q(sel("tierwatch_pg_timeline", *PT), "{{target}}"),
                     width=5,
+                    height=5,
+                ),
+            ),
+        ),
+        Row(
+            "Patroni (clusters with patroni:)",
+            (
+                stat(
+                    "Patroni leader",
+                    "Patroni's role for each member (its REST API): the leader holds the lock; empty for "
+                    "clusters without Patroni.",
+                    "none",
+                    q(
+                        f"{PATRONI_LEADER} * ignoring (role) "
+                        f"(1 - {sel('tierwatch_patroni_cluster_unlocked', *PT)})",
+                        "{{target}}",
+                    ),
+                    alerts=("PostgresPatroniNoLeader", "PostgresPatroniLeaderMismatch"),
+                    mappings=(("1", "LEADER", "green"), ("0", "replica", "blue")),
+                    width=6,
+                    height=5,
+                ),
+                stat(
+                    "Patroni REST API",
+                    "Whether each member's Patroni REST API answered at its last PostgreSQL probe.",
+                    "none",
+                    q(sel("tierwatch_patroni_up", *PT), "{{target}}"),
+                    alerts=("PostgresPatroniRestApiDown",),
+                    mappings=(("1", "UP", "green"), ("0", "DOWN", "red")),
+                    width=6,
+                    height=5,
+                ),
+                stat(
+                    "Patroni streaming",
+                    "Whether Patroni reports each replica streaming from its leader.",
+                    "none",
+                    q(
+                        f"{sel('tierwatch_patroni_streaming', *PT)} and on (tier, cluster, target, region) "
+                        f"{PATRONI_REPLICA} == 1",
+                        "{{target}}",
+                    ),
+                    alerts=("PostgresPatroniMemberNotStreaming",),
+                    mappings=(("1", "STREAMING", "green"), ("0", "NOT STREAMING", "red")),
+                    width=6,
+                    height=5,
+                ),
+                stat(
+                    "Paused / failover disabled / pending restart",
+                    "Maintenance mode of the cluster, members that may not be promoted, members waiting "
+                    "for a restart.",
+                    "none",
+                    q(f"max by (cluster) ({sel('tierwatch_patroni_paused', *PT)})", "{{cluster}} paused"),
+                    q(sel("tierwatch_patroni_failover_disabled", *PT), "{{target}} nofailover"),
+                    q(sel("tierwatch_patroni_pending_restart", *PT), "{{target}} pending restart"),
+                    alerts=(
+                        "PostgresPatroniPaused",
+                        "PostgresPatroniFailoverDisabled",
+                        "PostgresPatroniPendingRestart",
+                    ),
+                    thresholds=((None, "green"), (1.0, "orange")),
+                    width=6,
                     height=5,
                 ),
             ),
