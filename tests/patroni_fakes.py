@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,13 +16,13 @@ from typing import Any
 
 @dataclass
 class FakeMember:
-    """What the fake says: its own name, role and state, the leader it names (``None``: no leader),
-    whether the cluster is paused, its scope. ``members`` maps each listed member's name to its
-    PostgreSQL port (host 127.0.0.1)."""
+    """What the fake says: its own name, role and state, the leader it names (``None``: no leader;
+    or a function asked at each request), whether the cluster is paused, its scope. ``members`` maps
+    each listed member's name to its PostgreSQL port (host 127.0.0.1)."""
 
     name: str
     members: dict[str, int]
-    leader: str | None = None
+    leader: str | Callable[[], str | None] | None = None
     role: str = "replica"
     state: str = "running"
     paused: bool = False
@@ -48,11 +48,12 @@ class FakeMember:
         return doc
 
     def cluster(self) -> dict[str, Any]:
+        leader = self.leader() if callable(self.leader) else self.leader
         members = [
             {
                 "name": name,
-                "role": "leader" if name == self.leader else "replica",
-                "state": "running" if name == self.leader else "streaming",
+                "role": "leader" if name == leader else "replica",
+                "state": "running" if name == leader else "streaming",
                 "api_url": f"http://127.0.0.1:{self.port}/patroni",
                 "host": "127.0.0.1",
                 "port": port,

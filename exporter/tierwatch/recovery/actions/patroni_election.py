@@ -109,6 +109,8 @@ async def patroni_election(driver: PgDriver, seen: list[PgSeen], old: str) -> El
         of=len(patroni.members),
         evidence=evidence,
         waited_s=round(time.monotonic() - started, 3),
+        answers=answers,
+        unconfirmed=doubts,
     )
     managed = {m.target for m in patroni.members}
     replicas = [
