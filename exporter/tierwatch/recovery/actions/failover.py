@@ -2,16 +2,26 @@
 engine (RedisDriver in redis_failover.py, PgDriver in pg_promote.py) says how to observe, promote,
 re-point and verify, as Patroni keeps its rules in one HA loop.
 
-The sequence: observe every target → find the old primary → a resumed run only verifies → the old
-primary must be really gone → an election the engine runs itself (Sentinel) is waited for → no other
-live primary → choose the most up-to-date eligible replica → a dry run stops here → point of no
-return → promote → re-point the other replicas → move the write backend → move the DNS records
-(dns_records.py, compare-and-swap) → verify.
+The sequence: observe every target (and meanwhile ask the alert's target whether it answers) →
+find the old primary → a resumed run only verifies → the old primary must be really gone → an
+election the engine runs itself (Sentinel) is waited for → no other live primary → choose the most
+up-to-date eligible replica → a dry run stops here → point of no return → promote → re-point the
+other replicas → move the write backend → move the DNS records (dns_records.py, compare-and-swap) →
+verify.
 
 Safety rules:
 - "Really gone" means the old primary (the alert's ``target``, else the one server the replicas
   follow, else the one primary) fails to answer on ``liveness.ATTEMPTS`` attempts; any answer, even
-  an error (bad password, loading, starting up), means "still there": refuse.
+  an error (bad password, loading, starting up), means "still there": refuse. The attempts run
+  while the targets are observed (the alert names the old primary before anything is read). When
+  the alert is one of ``DOWN_ALERTS`` (its rule fires only once a majority of the healthy vantage
+  points saw that target down for the whole ``for`` window), the attempts overlap: each starts
+  ``liveness.ATTEMPT_GAP`` after the previous one started rather than after it timed out, so a
+  silent (paused, cut off) primary costs one timeout plus the gap, not a timeout per attempt. The
+  attempts keep their number, spacing and timeout; what no longer repeats is a wait the alert's
+  window already made many times over, from more than one place. A watcher cut off from a live
+  primary gets the same silence on every attempt either way: the witnesses are the guard against
+  it, and they are read, and decide, as before.
 - Replicas are witnesses, as Sentinel uses them: a replica that still follows the old primary with its
   link up and heard from it within ``witness_max_silence`` sees it alive, so it is only this service
   that cannot reach it (a partition of the watcher, not a dead primary): refuse ("still seen by
@@ -56,6 +66,12 @@ from .base import Action, ActionContext, Outcome, refuse
 from .liveness import ATTEMPTS
 
 POLL = 0.1  # seconds between verification rounds
+# Alerts whose rule fires only when a majority of the healthy vantage points saw the alert's target,
+# the primary, down for the whole ``for`` window (rules/redis.rules.yml, rules/postgres.rules.yml):
+# their target has already been silent far longer than the liveness attempts wait
+DOWN_ALERTS = frozenset(
+    {"RedisMasterDown", "RedisPrimaryRegionDown", "PostgresPrimaryDown", "PostgresPrimaryRegionDown"}
+)
 
 
 @dataclass
@@ -154,6 +170,13 @@ class Driver(ABC, Generic[S]):
     def __init__(self, ctx: ActionContext):
         self.ctx = ctx
         self.timeout = ctx.loaded.config.monitor.timeout
+        # the alert already shows its target silent for a whole window (DOWN_ALERTS): ``answers``
+        # may overlap its attempts (liveness.still_answers)
+        self.alert_evidence = (
+            ctx.alert.alertname in DOWN_ALERTS
+            and ctx.target(ctx.alert.target or "") is not None
+            and not ctx.resumed
+        )
 
     @property
     def repoints(self) -> bool:
@@ -166,7 +189,8 @@ class Driver(ABC, Generic[S]):
 
     @abstractmethod
     async def answers(self, target: TargetConfig) -> tuple[bool, str]:
-        """Whether ``target`` answers at all (liveness.still_answers), and what was seen."""
+        """Whether ``target`` answers at all (liveness.still_answers, ``overlap`` when
+        ``alert_evidence``), and what was seen."""
 
     @abstractmethod
     def problem(self, exc: BaseException) -> str:
@@ -226,7 +250,15 @@ class FailoverAction(Action, Generic[S]):
 async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
     """The failover sequence (see the module docstring)."""
     word = driver.primary_word
-    seen = list(await asyncio.gather(*(driver.observe(t) for t in ctx.cluster.targets)))
+    named = ctx.target(ctx.alert.target) if ctx.alert.target and not ctx.resumed else None
+    # the alert names the old primary (old_primary picks it first): ask it while observing
+    asked = asyncio.ensure_future(driver.answers(named)) if named is not None else None
+    try:
+        seen = list(await asyncio.gather(*(driver.observe(t) for t in ctx.cluster.targets)))
+    except BaseException:
+        if asked is not None:
+            asked.cancel()
+        raise
     ctx.audit("observed", targets={s.name: s.summary() for s in seen})
     old = old_primary(ctx, seen)
     if ctx.resumed:
@@ -235,8 +267,16 @@ async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
         why = f"cannot tell which target was the {word}"
         return refuse(ctx, f"{why} (no alert target, no replica link)", why)
     old_target = _target(ctx, old)
-    alive, how = await driver.answers(old_target)
-    ctx.audit(f"{word}_checked", target=old, answers=alive, seen=how, attempts=ATTEMPTS)
+    assert asked is None or old_target is named
+    alive, how = await (asked if asked is not None else driver.answers(old_target))
+    ctx.audit(
+        f"{word}_checked",
+        target=old,
+        answers=alive,
+        seen=how,
+        attempts=ATTEMPTS,
+        overlapped=driver.alert_evidence,
+    )
     if alive:
         return refuse(ctx, f"{word} {old} still answers", f"{word} {old} still answers ({how})")
     witnesses = _witnesses(ctx, seen, old_target)

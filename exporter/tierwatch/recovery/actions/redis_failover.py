@@ -148,7 +148,9 @@ class RedisDriver(Driver[RedisSeen]):
                 await conn.ping()
             return "PONG"
 
-        return await still_answers(ping, client.silent, client.problem, self.errors)
+        return await still_answers(
+            ping, client.silent, client.problem, self.errors, overlap=self.alert_evidence
+        )
 
     def live_primary(self, s: RedisSeen) -> str | None:
         return f"{s.linked_replicas} linked replicas" if s.is_primary and s.linked_replicas else None
