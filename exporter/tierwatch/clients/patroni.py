@@ -79,7 +79,8 @@ class ClusterView:
 
 
 class PatroniClient:
-    """Reads one member's REST API over one kept-alive connection (a probe keeps one per member)."""
+    """Reads one member's REST API over one connection, kept alive where the server allows it (Patroni
+    4.1 answers HTTP/1.0 and closes it after each answer)."""
 
     def __init__(self, member: PatroniMember, max_bytes: int, timeout: float = 5.0):
         self._base = member.url.rstrip("/")

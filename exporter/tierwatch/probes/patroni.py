@@ -1,7 +1,9 @@
 """Patroni's view of a PostgreSQL target it manages, read beside the PostgreSQL probe.
 
-The PostgreSQL probe of a target named by a ``patroni.members`` entry runs one GET /patroni on a
-kept-alive connection (clients/patroni.py) concurrently with its own query, under the same deadline.
+The PostgreSQL probe of a target named by a ``patroni.members`` entry runs one GET /patroni
+(clients/patroni.py) concurrently with its own query, under the same deadline. The client keeps its
+connection alive where the server allows it; Patroni's REST API (4.1) answers HTTP/1.0 and closes
+every connection, so against a real Patroni each read opens one.
 A failed read never fails the PostgreSQL probe: it is ``tierwatch_patroni_up 0`` and one count of
 ``tierwatch_patroni_read_failures_total{reason}``. When the PostgreSQL probe fails, the target's
 series (these with them) are absent as for any down target.
@@ -166,7 +168,7 @@ def status_samples(status: PatroniStatus) -> list[Sample]:
 
 
 class PatroniReader:
-    """GET /patroni of one member over a kept-alive connection; never raises but on cancellation."""
+    """GET /patroni of one member, one client per member; never raises but on cancellation."""
 
     def __init__(self, member: PatroniMember, config: PatroniConfig):
         self._client = PatroniClient(member, config.max_body_bytes)
