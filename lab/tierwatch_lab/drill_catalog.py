@@ -30,6 +30,9 @@ SCENARIOS = {
     "kill-exporter-vantage": "kill the Redis master, then kill -9 one of two exporters (vantages)",
     "stale-dns-leader": "kill the Redis master, pause the recovery leader before its DNS step, wake it after "
     "the other replica moved the record",
+    # drills_patroni.py (a stack of its own: etcd, Patroni, a write LB and the chain)
+    "pg-primary-patroni": "kill the node of the Patroni leader (Patroni and PostgreSQL, SIGKILL); Patroni "
+    "elects, the chain moves the writes",
     # drills_region.py
     "region-loss": (
         "lose the whole primary region with its data tier: SIGKILL of es-1, es-2, redis-a/b/c, pg-1/2/3 "
