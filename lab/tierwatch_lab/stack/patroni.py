@@ -68,14 +68,15 @@ HBA_LINES = [
 
 
 def patroni_binary() -> str:
-    """The patroni executable: $TIERWATCH_PATRONI, scripts/setup's virtualenv, or PATH."""
+    """The patroni executable: $TIERWATCH_PATRONI, scripts/setup's virtualenv
+    ($TIERWATCH_PATRONI_VENV or the cache's ``tierwatch-patroni``), or PATH."""
     env = os.environ.get("TIERWATCH_PATRONI")
     if env:
         if not os.access(env, os.X_OK):
             raise StackError(f"TIERWATCH_PATRONI={env} is not an executable")
         return env
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    venv = cache / "tierwatch-patroni" / "bin" / "patroni"
+    venv = Path(os.environ.get("TIERWATCH_PATRONI_VENV") or cache / "tierwatch-patroni") / "bin" / "patroni"
     if os.access(venv, os.X_OK):
         return str(venv)
     found = shutil.which("patroni")
@@ -362,11 +363,13 @@ def start_patroni_cluster(
     loop_wait: int = 10,
     retry_timeout: int = 10,
     maximum_lag_on_failover: int = 1048576,
+    synchronous_mode: bool | str = False,
     settings: Mapping[str, str] | None = None,
     timeout: float = 120.0,
 ) -> PatroniCluster:
     """Start ``size`` Patroni members (``pg-1``...) over ``etcd``, wait for a leader and streaming
-    replicas, and create the monitor and admin roles on the leader."""
+    replicas, and create the monitor and admin roles on the leader. ``synchronous_mode``: Patroni's
+    (``True``: one named synchronous standby; ``"quorum"``: ``ANY 1`` of the replicas)."""
     binary = patroni_binary()
     namespace = f"/tierwatch-{stack.root.name}/"
     passwords = {role: secrets.token_urlsafe(18) for role in (SUPERUSER, REPLICATION_ROLE, REWIND_ROLE)}
@@ -397,6 +400,7 @@ def start_patroni_cluster(
                 "dcs": {
                     **timing,
                     "maximum_lag_on_failover": maximum_lag_on_failover,
+                    "synchronous_mode": synchronous_mode,
                     "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": parameters},
                 },
                 "initdb": [{"encoding": "UTF8"}, {"locale": "C"}],

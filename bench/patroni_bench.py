@@ -1,0 +1,502 @@
+"""PostgreSQL failover side by side: Patroni against the tierwatch chain (exporter -> Prometheus ->
+Alertmanager -> recovery service), on the same topology (a primary and two replicas, synchronous
+``ANY 1`` of the replicas, the lab's PostgreSQL settings) on the same machine.
+
+Each run builds a fresh cluster, runs a writer through the write address, applies the fault to the
+primary and measures:
+
+- ``seconds``: from the fault until a write is acknowledged again (a commit returned);
+- ``lost``: acknowledged writes missing from the primary at the end (after the return);
+- ``two_primaries_s``: seconds during which two servers accepted writes (answered and were not in
+  recovery; sampled every 0.1 s per server, a sample counts for 1 s at most);
+- ``rejoined_s``: once writes are acknowledged again the old primary returns (``kill``: started
+  again; ``pause``: SIGCONT) and this is how long until it streams from the new primary.
+
+Patroni: 3 members over a 3-member lab etcd (``synchronous_mode: quorum``: ``ANY 1`` of the
+replicas); clients reach the leader through HAProxy, ``option httpchk GET /primary`` on the members'
+REST ports, ``inter 1s fall 2 rise 1``, ``on-marked-down shutdown-sessions`` (Patroni's documented
+template, with a faster interval). Timings: Patroni's defaults (ttl 30, loop_wait 10, retry_timeout 10)
+and the fastest it accepts (ttl 20, loop_wait 1, retry_timeout 3). Chain: bench/failover_bench.py's
+setup (one recovery service, a write LB it moves) at the 5 s window and its fastest (1 s), plus
+``PostgresSplitBrain -> pg_rejoin`` (pg_rewind) for the returning old primary.
+
+Faults: ``kill`` (SIGKILL Patroni and its postgres / the postgres server), ``pause`` (SIGSTOP them all).
+
+Run: ``python bench/patroni_bench.py --fault kill [--runs 3] [--systems patroni-default,...]``;
+``--report`` writes bench/results/patroni.md from the JSON files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tierwatch_lab.drill_kit import PgWrites, Writer
+from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.stack.chain import ChainTiming, audit, start_chain, write_lb_cluster
+from tierwatch_lab.stack.etcd import start_etcd_cluster
+from tierwatch_lab.stack.haproxy import HAProxy, start_write_lb
+from tierwatch_lab.stack.patroni import DEFAULT_TIMING, FASTEST_TIMING, PatroniCluster, start_patroni_cluster
+from tierwatch_lab.stack.ports import free_port, port_open
+from tierwatch_lab.stack.postgres import (
+    create_admin_role,
+    create_app_role,
+    rejoin_commands,
+    start_primary,
+    start_replica,
+)
+
+RESULTS = Path(__file__).parent / "results"
+SYSTEMS = ("patroni-default", "patroni-fastest", "chain-5s", "chain-1s")
+RECOVERY_TIMEOUT = 90.0
+REJOIN_TIMEOUT = 120.0
+SAMPLE = 0.1
+STREAMING = "SELECT count(*) FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'"
+
+
+class PrimarySampler(threading.Thread):
+    """Polls each server (superuser over its unix socket) and records when it accepted writes."""
+
+    def __init__(self, servers: dict[str, Callable[..., psycopg.Connection[Any]]]):
+        super().__init__(daemon=True)
+        self.servers = servers
+        self.samples: dict[str, list[tuple[float, bool]]] = {name: [] for name in servers}
+        self._halt = threading.Event()
+        self._threads = [threading.Thread(target=self._poll, args=(name,), daemon=True) for name in servers]
+
+    def run(self) -> None:
+        for thread in self._threads:
+            thread.start()
+        for thread in self._threads:
+            thread.join()
+
+    def _poll(self, name: str) -> None:
+        connect = self.servers[name]
+        while not self._halt.is_set():
+            at = time.time()
+            try:
+                with connect(timeout=1) as conn:
+                    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                writable = row is not None and row[0] is False
+            except psycopg.Error:
+                writable = False
+            self.samples[name].append((at, writable))
+            self._halt.wait(SAMPLE)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+    def two_primaries_seconds(self, since: float, until: float) -> float:
+        """Seconds in [since, until] during which two or more servers' latest sample (at most 1 s old)
+        said they accepted writes."""
+        total, t = 0.0, since
+        while t < until:
+            writable = 0
+            for samples in self.samples.values():
+                latest = next((s for s in reversed(samples) if s[0] <= t), None)
+                if latest is not None and latest[1] and t - latest[0] <= 1.0:
+                    writable += 1
+            if writable >= 2:
+                total += SAMPLE
+            t += SAMPLE
+        return round(total, 1)
+
+
+def _code_version() -> dict[str, Any]:
+    """The commit measured, and whether the chain's code (exporter/) had uncommitted changes."""
+    repo = Path(__file__).resolve().parent.parent
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "-C", str(repo), "status", "--porcelain", "--", "exporter", "rules", "lab"],
+        capture_output=True,
+        text=True,
+    )
+    return {"commit": head.stdout.strip(), "uncommitted": dirty.stdout.split("\n")[:40]}
+
+
+def _quietly(check: Callable[[], bool]) -> bool:
+    try:
+        return check()
+    except (psycopg.Error, OSError):
+        return False
+
+
+def _loadavg() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def _measure(
+    writer: Writer,
+    sampler: PrimarySampler,
+    fault: Callable[[], None],
+    promoted: Callable[[], bool],
+    back: Callable[[], None],
+    following: Callable[[], bool],
+    current_ids: Callable[[], set[int] | None],
+    ids_of: Callable[[Writer], set[int]],
+) -> dict[str, Any]:
+    """The run's protocol, the same for both systems."""
+    writer.start()
+    wait_for(lambda: len(writer.acked) > 20, 60, "writes flowing")
+    sampler.start()
+    result: dict[str, Any] = {"load_before": _loadavg()}
+    faulted = time.time()
+    fault()
+    deadline = faulted + RECOVERY_TIMEOUT
+    first = None
+    while time.time() < deadline and first is None:
+        # a write the dying primary still acknowledged (before the first failure was recorded) is not a
+        # recovery: wait for another primary first
+        if _quietly(promoted):
+            first = writer.first_ack_after(faulted)
+        time.sleep(0.02)
+    result["recovered"] = first is not None
+    result["seconds"] = round(first - faulted, 3) if first is not None else None
+    returned = time.time()
+    back()
+    result["rejoined_s"] = None
+    deadline = returned + (REJOIN_TIMEOUT if first is not None else 0)  # nothing to follow otherwise
+    while time.time() < deadline:
+        try:
+            if following():
+                result["rejoined_s"] = round(time.time() - returned, 3)
+                break
+        except psycopg.Error:
+            pass
+        time.sleep(0.1)
+    time.sleep(1.0)  # writes after the return land too
+    writer.stop()
+    sampler.stop()
+    result["two_primaries_s"] = sampler.two_primaries_seconds(faulted, time.time())
+    ids = current_ids()
+    result["lost"] = len(ids_of(writer) - ids) if ids is not None else None
+    result["acked"] = len(writer.acked)
+    result["load_after"] = _loadavg()
+    result["faulted_at"] = faulted
+    return result
+
+
+# --- Patroni -----------------------------------------------------------------------------------------
+
+
+def _patroni_lb(stack: Stack, cluster: PatroniCluster) -> HAProxy:
+    """HAProxy in front of the members, routing to the one whose REST API answers 200 to /primary."""
+    port = free_port()
+    directory = stack.directory("haproxy", "lb-patroni")
+    sock = directory / "admin.sock"
+    cfg = directory / "haproxy.cfg"
+    lines = [
+        "global",
+        f"  stats socket {sock} mode 600 level admin",
+        "defaults",
+        "  mode tcp",
+        "  timeout connect 1s",
+        "  timeout client 1m",
+        "  timeout server 1m",
+        "  timeout check 1s",
+        "frontend fe_write",
+        f"  bind 127.0.0.1:{port}",
+        "  default_backend be_pg_write",
+        "backend be_pg_write",
+        "  retries 0",
+        "  option httpchk GET /primary",
+        "  http-check expect status 200",
+        "  default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions",
+        *(f"  server {m.name} 127.0.0.1:{m.pg_port} check port {m.rest_port}" for m in cluster.members),
+    ]
+    cfg.write_text("\n".join(lines) + "\n")
+    proc = stack.spawn("lb-patroni", ["haproxy", "-db", "-f", str(cfg)])
+    wait_for(lambda: proc.check_alive() or port_open(port), 10, "haproxy lb-patroni")
+    return HAProxy("lb-patroni", port, sock, cfg, proc)
+
+
+def run_patroni(timing: dict[str, int], fault: str) -> dict[str, Any]:
+    with Stack() as stack:
+        etcd = start_etcd_cluster(stack, 3)
+        cluster = start_patroni_cluster(stack, etcd, 3, **timing, synchronous_mode="quorum")
+        leader = cluster.wait_leader(60)
+        app = create_app_role(leader, "app")  # type: ignore[arg-type] - only .connect() is used
+        with leader.connect() as conn:
+            conn.execute("CREATE TABLE drill_writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+            conn.execute("GRANT INSERT, SELECT ON drill_writes TO app")
+        cluster.wait_streaming(timeout=60)
+        lb = _patroni_lb(stack, cluster)
+        wait_for(lambda: "UP" in _server_states(lb).get(leader.name, ""), 30, "the LB to see the leader")
+        pg = PgWrites(lb.port, app)
+        writer = Writer(pg)
+        sampler = PrimarySampler({m.name: m.connect for m in cluster.members})
+        old = leader
+
+        def back() -> None:
+            if fault == "kill":
+                cluster.start_member(old)
+            else:
+                old.resume()
+
+        def following() -> bool:
+            new = cluster.leader()
+            if new is None or new is old or not old.in_recovery():
+                return False
+            with new.connect() as conn:
+                row = conn.execute(STREAMING, (old.name,)).fetchone()
+            return bool(row and row[0])
+
+        def current_ids() -> set[int] | None:
+            new = cluster.leader()
+            if new is None:
+                return None
+            with new.connect() as conn:
+                return {r[0] for r in conn.execute("SELECT id FROM drill_writes").fetchall()}
+
+        def promoted() -> bool:
+            new = cluster.leader()
+            return new is not None and new is not old
+
+        fault_fn = old.kill if fault == "kill" else old.pause
+        result = _measure(writer, sampler, fault_fn, promoted, back, following, current_ids, pg.ids)
+        new = cluster.leader()
+        result["new_primary"] = new.name if new else None
+        result.pop("faulted_at")
+        return result
+
+
+def _server_states(lb: HAProxy) -> dict[str, str]:
+    lines = lb.command("show servers state be_pg_write").splitlines()
+    states: dict[str, str] = {}
+    for line in lines[2:]:
+        fields = line.split()
+        if len(fields) > 5:
+            states[fields[3]] = "UP" if fields[5] == "2" else fields[5]
+    return states
+
+
+# --- the tierwatch chain -----------------------------------------------------------------------------
+
+
+def _chain_timing(window: float) -> ChainTiming:
+    """bench/failover_bench.py's timing at a window, with PostgresSplitBrain at the same ``for``."""
+    cadence = "500ms" if window >= 2 else "250ms"
+    value = f"{int(window * 1000)}ms"
+    alerts = ("PostgresPrimaryDown", "PostgresNoPrimary", "PostgresSplitBrain")
+    return ChainTiming(
+        probe_interval=cadence,
+        probe_timeout="200ms",
+        scrape_interval=cadence,
+        evaluation_interval=cadence,
+        for_values=tuple((a, value) for a in alerts),
+        breaker_reset="3s" if window >= 2 else "1500ms",
+    )
+
+
+def run_chain(window: float, fault: str) -> dict[str, Any]:
+    with Stack() as stack:
+        sync = {"synchronous_standby_names": 'ANY 1 ("pg-1", "pg-2", "pg-3")'}
+        primary = start_primary(stack, "pg-1")
+        admin = create_admin_role(primary)
+        app = create_app_role(primary, "app")
+        servers = {
+            "pg-1": primary,
+            **{n: start_replica(stack, primary, n, settings=sync) for n in ("pg-2", "pg-3")},
+        }
+        primary.sql(f"ALTER SYSTEM SET synchronous_standby_names = '{sync['synchronous_standby_names']}'")
+        primary.sql("SELECT pg_reload_conf()")
+        primary.sql("CREATE TABLE drill_writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+        primary.sql("GRANT INSERT, SELECT ON drill_writes TO app")
+        lb = start_write_lb(
+            stack, "lb-write", "be_pg_write", [(n, s.port) for n, s in servers.items()], primary="pg-1"
+        )
+        for name, value in {"pg": primary.monitor_password, "pg-admin": admin}.items():
+            path = stack.path("chain-secrets", name)
+            path.write_text(value)
+            path.chmod(0o600)
+        clusters = [
+            {
+                "name": "db",
+                "tier": "postgres",
+                "password_file": str(stack.path("chain-secrets", "pg")),
+                "targets": [
+                    {"name": n, "region": "primary", "url": s.dsn_without_password}
+                    for n, s in servers.items()
+                ],
+            }
+        ]
+        recovery = {
+            "allow": {
+                "PostgresPrimaryDown": "pg_promote",
+                "PostgresNoPrimary": "pg_promote",
+                "PostgresSplitBrain": "pg_rejoin",
+            },
+            "clusters": {
+                "db": {
+                    "write_backend": "be_pg_write",
+                    "admin_user": "tierwatch_admin",
+                    "admin_password_file": str(stack.path("chain-secrets", "pg-admin")),
+                    "rejoin_commands": {"pg-1": rejoin_commands(primary, stack)},
+                }
+            },
+        }
+        chain = start_chain(
+            stack, clusters, recovery, _chain_timing(window), recovery_only=[write_lb_cluster("write", [lb])]
+        )
+        wait_for(chain.prometheus.targets_up, 30, "scraping")
+        wait_for(lambda: chain.prometheus.value('min(tierwatch_up{tier="postgres"})') == 1, 30, "targets up")
+        pg = PgWrites(lb.port, app)
+        writer = Writer(pg)
+        sampler = PrimarySampler({n: s.connect for n, s in servers.items()})
+
+        def new_primary() -> str | None:
+            for name, server in servers.items():
+                if name == "pg-1":
+                    continue
+                try:
+                    if not server.in_recovery():
+                        return name
+                except psycopg.Error:
+                    continue
+            return None
+
+        def back() -> None:
+            if fault == "kill":
+                primary.process.start()
+            else:
+                primary.process.resume()
+
+        def following() -> bool:
+            name = new_primary()
+            if name is None or not primary.in_recovery():
+                return False
+            return bool(servers[name].scalar(STREAMING, ("pg-1",)))
+
+        def current_ids() -> set[int] | None:
+            name = new_primary()
+            if name is None:
+                return None
+            return {r[0] for r in servers[name].sql("SELECT id FROM drill_writes")}
+
+        result = _measure(
+            writer,
+            sampler,
+            primary.process.kill if fault == "kill" else primary.process.pause,
+            lambda: new_primary() is not None,
+            back,
+            following,
+            current_ids,
+            pg.ids,
+        )
+        result["new_primary"] = new_primary()
+        entries = audit(chain)
+        accepted = next((e["ts"] for e in entries if e["event"] == "alert_accepted"), None)
+        result["alert_at"] = round(accepted - result["faulted_at"], 3) if accepted else None
+        result["outcomes"] = [e.get("outcome") for e in entries if e["event"] == "outcome"]
+        result.pop("faulted_at")
+        return result
+
+
+# --- driver ------------------------------------------------------------------------------------------
+
+
+def run(system: str, fault: str) -> dict[str, Any]:
+    if system == "patroni-default":
+        return run_patroni(DEFAULT_TIMING, fault)
+    if system == "patroni-fastest":
+        return run_patroni(FASTEST_TIMING, fault)
+    return run_chain(float(system.removeprefix("chain-").removesuffix("s")), fault)
+
+
+def summarize(system: str, fault: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def values(key: str) -> list[float]:
+        return [r[key] for r in runs if r.get(key) is not None]
+
+    seconds, rejoined, two = values("seconds"), values("rejoined_s"), values("two_primaries_s")
+    return {
+        "system": system,
+        "fault": fault,
+        "runs": len(runs),
+        "recovered": sum(1 for r in runs if r["recovered"]),
+        "median_s": round(statistics.median(seconds), 2) if seconds else None,
+        "min_s": round(min(seconds), 2) if seconds else None,
+        "max_s": round(max(seconds), 2) if seconds else None,
+        "lost_acked_writes": [r.get("lost") for r in runs],
+        "two_primaries_s": two,
+        "rejoined_median_s": round(statistics.median(rejoined), 2) if rejoined else None,
+        "rejoined_s": [r.get("rejoined_s") for r in runs],
+        "raw": runs,
+    }
+
+
+def report(paths: list[Path]) -> str:
+    """A markdown table of every cell in ``paths`` (fault, then system order)."""
+    cells = [cell for path in paths for cell in json.loads(path.read_text())["results"]]
+    cells.sort(key=lambda c: (c["fault"], SYSTEMS.index(c["system"])))
+    rows = [
+        "| fault | system | recovered | writes acknowledged again: median (min-max) | acked writes lost "
+        "| two write-accepting primaries (s) | old primary following again: median (each run) "
+        "| load avg 1 min (each run) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        loads = ", ".join(f"{r['load_before'][0]:.2f}" for r in cell["raw"])
+        seconds = (
+            f"{cell['median_s']} s ({cell['min_s']}-{cell['max_s']})"
+            if cell["median_s"] is not None
+            else "none"
+        )
+        rows.append(
+            f"| {cell['fault']} | {cell['system']} | {cell['recovered']}/{cell['runs']} | {seconds} "
+            f"| {', '.join(str(v) for v in cell['lost_acked_writes'])} "
+            f"| {', '.join(str(v) for v in cell['two_primaries_s'])} "
+            f"| {cell['rejoined_median_s']} s ({', '.join(str(v) for v in cell['rejoined_s'])}) | {loads} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--fault", choices=("kill", "pause"), default="kill")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--report", action="store_true", help="write the markdown table from the JSON files")
+    args = parser.parse_args()
+    if args.report:
+        table = report(sorted(RESULTS.glob("patroni-*.json")))
+        print(table)
+        return 0
+    systems = args.systems.split(",")
+    output = args.output or RESULTS / f"patroni-{args.fault}-{'+'.join(systems)}.json"
+    summaries = []
+    for system in systems:
+        if system not in SYSTEMS:
+            parser.error(f"unknown system {system}")
+        runs = []
+        for _ in range(args.runs):
+            runs.append(run(system, args.fault))
+            print(system, args.fault, json.dumps(runs[-1]), flush=True)
+        summaries.append(summarize(system, args.fault, runs))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "loadavg_end": _loadavg(),
+        "code": _code_version(),
+        "results": summaries,
+    }
+    output.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
