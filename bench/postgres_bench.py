@@ -22,6 +22,10 @@ tierwatch_probes_total) and per scrape (postgres_exporter, all processes' CPU ov
 utime+stime from /proc/<pid>/stat; peak RSS (VmHWM); new server connections per role in the window
 (``connection authorized`` lines); series and bytes per target.
 
+New connections per role are counted from ``connection authorized`` lines; each postgres_exporter
+process connects with its own ``application_name``, so a process's reconnection (it had connected
+before the window) is told from its first connections (its first scrape fell in the window).
+
 Run: ``python bench/postgres_bench.py --databases 50 --output bench/results/postgres-200.json``
 """
 
@@ -295,9 +299,15 @@ def print_table(result: dict[str, Any]) -> None:
 def main() -> None:
     parser = argument_parser(__doc__)
     parser.add_argument("--databases", type=int, default=50, help="databases; targets = 4 x databases")
-    parser.add_argument("--interval", type=float, default=5.0)
+    # 15 s: at 5 s, 200 postgres_exporter processes and the servers' work for them saturate 2 vCPUs.
+    parser.add_argument("--interval", type=float, default=15.0, help="seconds (default 15)")
     parser.add_argument("--duration", type=float, default=60.0, help="measured window, seconds")
-    parser.add_argument("--warmup", type=int, default=2, help="warm-up, in intervals")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="warm-up, in intervals (default 2: every first connection before)",
+    )
     add_driver_arguments(parser)
     parser.add_argument("--output", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")

@@ -17,6 +17,7 @@ import http.client
 import json
 import math
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -152,6 +153,17 @@ def tierwatch_counters(text: str) -> tuple[float, float, float]:
         metric_sum(text, "tierwatch_probe_failures_total"),
         metric_sum(text, "tierwatch_probe_round_overruns_total"),
     )
+
+
+def failures_by_reason(text: str) -> dict[str, float]:
+    """``tierwatch_probe_failures_total`` summed per ``reason`` label, from a /metrics body."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("tierwatch_probe_failures_total{"):
+            match = re.search(r'reason="([^"]*)"', line)
+            reason = match.group(1) if match else ""
+            found[reason] = found.get(reason, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
 
 
 def series_per_target(text: str, names: list[str]) -> dict[str, float]:
@@ -573,11 +585,17 @@ def tierwatch_fields(
     body0, body1 = bodies
     count0, fail0, late0 = tierwatch_counters(body0)
     count1, fail1, late1 = tierwatch_counters(body1)
+    before = failures_by_reason(body0)
     return {
         "probes": int(count1 - count0),
         **cpu_fields(cpu, count1 - count0, "probe", cpu_window),
         "peak_rss_mib": round(rss, 1),
         "probes_failed": int(fail1 - fail0),
+        "probes_failed_by_reason": {
+            reason: int(n - before.get(reason, 0))
+            for reason, n in failures_by_reason(body1).items()
+            if n - before.get(reason, 0)
+        },
         "round_overruns": int(late1 - late0),
         "targets_up_at_end": int(metric_sum(body1, "tierwatch_up")),
         "new_connections": new_connections,
