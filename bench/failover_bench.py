@@ -21,14 +21,18 @@ acknowledged again. Then also measured: how long until the old master is a
 replica of the new one (Sentinel's ``+convert-to-slave``; the chain's RedisSplitBrain ->
 ``redis_rejoin``) and how many masters are left.
 
-Run: ``python bench/failover_bench.py [--runs 3] [--windows 5,1] [--fault kill|pause|return|partition]
-[--output bench/results/failover.json]``.
+Sentinel and the chain run by turns; each run records the load average before it, and the chain's
+runs the seconds from the fault to each step of the recovery service's audit trail (``steps``).
+
+Run: ``python bench/failover_bench.py [--runs 3] [--windows 5,1] [--fault kill,pause,return,partition]
+[--output bench/results/failover-{fault}-{date}.json]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -143,7 +147,8 @@ REJOIN_TIMEOUT = 90.0  # seconds (the chain's exporter re-tries a target its bre
 
 def _rejoin(servers: list[RedisServer], fault: str, result: dict[str, Any], net: ServerNet | None) -> None:
     """After a pause (a kill, a partition): resume (start again, heal) the old master and measure until
-    it is a linked replica (``REJOIN_TIMEOUT`` at most)."""
+    it is a linked replica (``REJOIN_TIMEOUT`` at most), and for how long meanwhile two targets
+    reported the master role (``two_masters_s``; sampled every 0.1 s, monotonic clock)."""
     if fault == "kill":
         return
     old = servers[0]
@@ -154,18 +159,24 @@ def _rejoin(servers: list[RedisServer], fault: str, result: dict[str, Any], net:
         net.heal()
     else:
         old.process.start()
-    resumed = time.time()
+    resumed = last = time.monotonic()
     deadline = resumed + REJOIN_TIMEOUT
-    while time.time() < deadline:
+    two = 0.0
+    result["rejoined_s"] = None
+    while time.monotonic() < deadline:
+        many = len(masters(servers)) > 1
+        now = time.monotonic()
+        two += (now - last) if many else 0.0
+        last = now
         try:
             info = old.client(socket_timeout=0.5).info("replication")
             if info["role"] == "slave" and info.get("master_link_status") == "up":
-                result["rejoined_s"] = round(time.time() - resumed, 3)
-                return
+                result["rejoined_s"] = round(time.monotonic() - resumed, 3)
+                break
         except redis.RedisError:
             pass
         time.sleep(0.1)
-    result["rejoined_s"] = None
+    result["two_masters_s"] = round(two, 2)
 
 
 def redis_servers(stack: Stack, fault: str = "kill") -> tuple[list[RedisServer], ServerNet | None]:
@@ -247,10 +258,19 @@ def run_chain_redis(window: float, fault: str = "kill") -> dict[str, Any]:
             lost_keys(next(s for s in servers if s.name == live[0]), writer.acked, "drill") if live else None
         )
         result["acked"] = len(writer.acked)
-        entries = audit(chain)
-        accepted = next((e["ts"] for e in entries if e["event"] == "alert_accepted"), None)
-        result["alert_at"] = round(accepted - result.pop("killed_at"), 3) if accepted else None
+        result["steps"] = steps(audit(chain), result["killed_at"])
+        result["alert_at"] = result["steps"].get("alert_accepted")
+        result.pop("killed_at")
         return result
+
+
+def steps(entries: list[dict[str, Any]], fault_at: float) -> dict[str, float]:
+    """Seconds from the fault to the first audit record of each step (where the action's time goes)."""
+    found: dict[str, float] = {}
+    for entry in entries:
+        if entry["ts"] >= fault_at:
+            found.setdefault(entry["event"], round(entry["ts"] - fault_at, 3))
+    return found
 
 
 def run_sentinel(window: float, fault: str = "kill") -> dict[str, Any]:
@@ -360,14 +380,19 @@ def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "runs": len(runs),
         "recovered": sum(1 for r in runs if r["recovered"]),
         "median_s": round(statistics.median(seconds), 2) if seconds else None,
+        "min_s": round(min(seconds), 2) if seconds else None,
         "max_s": round(max(seconds), 2) if seconds else None,
         "lost_acked_writes": sum(r.get("lost") or 0 for r in runs),
         "max_primaries": max((r["primaries"] for r in runs), default=0),
         **(
-            {"rejoined_s": [r.get("rejoined_s") for r in runs]}
+            {
+                "rejoined_s": [r.get("rejoined_s") for r in runs],
+                "two_masters_s": [r.get("two_masters_s") for r in runs],
+            }
             if any("rejoined_s" in r for r in runs)
             else {}
         ),
+        "load": [r["load"] for r in runs],
         "raw": runs,
     }
 
@@ -381,32 +406,56 @@ def main() -> int:
     parser.add_argument("--skip-pg", action="store_true")
     parser.add_argument(
         "--fault",
-        choices=("kill", "pause", "return", "partition"),
         default="kill",
-        help="what happens to the master",
+        help="what happens to the master: kill, pause, return, partition; several comma separated",
     )
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "failover.json")
+    parser.add_argument(
+        "--output",
+        default=str(Path(__file__).parent / "results" / "failover-{fault}-{date}.json"),
+        help="result file; {fault} and {date} are filled in (one file per fault)",
+    )
     args = parser.parse_args()
     windows = [float(w) for w in args.windows.split(",")]
+    faults = args.fault.split(",")
+    unknown = set(faults) - {"kill", "pause", "return", "partition"}
+    if unknown:
+        parser.error(f"unknown fault {', '.join(sorted(unknown))}")
+    for fault in faults:
+        output = Path(args.output.format(fault=fault, date=time.strftime("%Y-%m-%d", time.gmtime())))
+        _bench_fault(fault, windows, args.runs, args.skip_pg, output)
+    return 0
+
+
+def _bench_fault(fault: str, windows: list[float], runs: int, skip_pg: bool, output: Path) -> None:
+    """Sentinel and the chain, run by turns (so a change of the machine's load falls on both)."""
     summaries = []
     for window in windows:
-        for name, fn in (("sentinel", run_sentinel), ("tierwatch-chain", run_chain_redis)):
-            runs = [fn(window, args.fault) for _ in range(args.runs)]
-            summaries.append(summarize(f"redis {name} {args.fault} window={window:g}s", runs))
+        tools = (("sentinel", run_sentinel), ("tierwatch-chain", run_chain_redis))
+        found: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in tools}
+        for _ in range(runs):
+            for name, fn in tools:
+                found[name].append(_loaded(fn, window, fault))
+        for name, _ in tools:
+            summaries.append(summarize(f"redis {name} {fault} window={window:g}s", found[name]))
             print(_line(summaries[-1]), flush=True)
-    if not args.skip_pg and args.fault == "kill":
-        runs = [run_chain_pg(5.0) for _ in range(args.runs)]
-        summaries.append(summarize("postgres tierwatch-chain window=5s", runs))
+    if not skip_pg and fault == "kill":
+        pg = [_loaded(lambda w, _f: run_chain_pg(w), 5.0, fault) for _ in range(runs)]
+        summaries.append(summarize("postgres tierwatch-chain window=5s", pg))
         print(_line(summaries[-1]), flush=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(
         json.dumps(
             {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": summaries}, indent=2
         )
         + "\n"
     )
-    print(f"written to {args.output}", file=sys.stderr)
-    return 0
+    print(f"written to {output}", file=sys.stderr)
+
+
+def _loaded(fn: Callable[[float, str], dict[str, Any]], window: float, fault: str) -> dict[str, Any]:
+    """One run, with the load average (1, 5, 15 min) before it."""
+    load = [round(x, 2) for x in os.getloadavg()]
+    return {**fn(window, fault), "load": load}
 
 
 def _line(summary: dict[str, Any]) -> str:
@@ -414,7 +463,11 @@ def _line(summary: dict[str, Any]) -> str:
         f"{summary['scenario']:<42} recovered {summary['recovered']}/{summary['runs']}  "
         f"median {summary['median_s']}s  max {summary['max_s']}s  "
         f"lost acked writes {summary['lost_acked_writes']}  max primaries {summary['max_primaries']}"
-        + (f"  old master a replica after {summary['rejoined_s']}s" if "rejoined_s" in summary else "")
+        + (
+            f"  old master a replica after {summary['rejoined_s']}s, two masters {summary['two_masters_s']}s"
+            if "rejoined_s" in summary
+            else ""
+        )
     )
 
 
