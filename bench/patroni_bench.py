@@ -31,8 +31,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -231,6 +233,9 @@ def run_patroni(timing: dict[str, int], fault: str) -> dict[str, Any]:
             conn.execute("CREATE TABLE drill_writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
             conn.execute("GRANT INSERT, SELECT ON drill_writes TO app")
         cluster.wait_streaming(timeout=60)
+        # steady state: Patroni lists both replicas as quorum standbys (its /sync key); before that,
+        # none may be promoted and a dead leader is never replaced
+        wait_for(lambda: _quorum_standbys(cluster) == 2, 120, "both replicas quorum standbys")
         lb = _patroni_lb(stack, cluster)
         wait_for(lambda: "UP" in _server_states(lb).get(leader.name, ""), 30, "the LB to see the leader")
         pg = PgWrites(lb.port, app)
@@ -269,6 +274,11 @@ def run_patroni(timing: dict[str, int], fault: str) -> dict[str, Any]:
         result["new_primary"] = new.name if new else None
         result.pop("faulted_at")
         return result
+
+
+def _quorum_standbys(cluster: PatroniCluster) -> int:
+    members = (cluster.status() or {}).get("members", [])
+    return sum(1 for m in members if m.get("role") in ("quorum_standby", "sync_standby"))
 
 
 def _server_states(lb: HAProxy) -> dict[str, str]:
@@ -471,6 +481,8 @@ def main() -> int:
     parser.add_argument("--output", type=Path)
     parser.add_argument("--report", action="store_true", help="write the markdown table from the JSON files")
     args = parser.parse_args()
+    # a stopped bench closes its Stack (Patroni's postgres runs outside the bench's process tree)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if args.report:
         table = report(sorted(RESULTS.glob("patroni-*.json")))
         print(table)

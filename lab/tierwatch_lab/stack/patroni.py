@@ -338,7 +338,9 @@ def _spawn(stack: Stack, member: PatroniMember) -> PatroniProcess:
     argv = member.argv
     if as_root:
         argv = ["setpriv", f"--reuid={OS_USER}", f"--regid={OS_USER}", "--init-groups",
-                "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", "--", *argv]  # fmt: skip
+                "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
+                # the switch cleared the parent-death signal process.py armed: arm it again
+                "--pdeathsig=SIGKILL", "--", *argv]  # fmt: skip
     proc = PatroniProcess(
         member.name,
         argv,
