@@ -105,3 +105,25 @@ def test_cli_help_of_product_commands_loads_no_lab(argv: list[str]) -> None:
     )
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+WITH_REDIS_FAILOVER = (
+    WITH_REDIS
+    + """
+recovery:
+  state_dir: STATE
+  auth: {bearer_token_file: TOKEN}
+  allow: {RedisMasterDown: redis_failover}
+"""
+)
+
+
+def test_the_allowed_actions_are_loaded_when_the_service_starts_not_at_the_first_failover(
+    tmp_path: Path,
+) -> None:
+    """Importing an action's module took 0.2-0.3 s of the first failover of every service process
+    (bench/failover_bench.py, 2026-12-07); the allow-list says which ones a run can need."""
+    modules = _modules(tmp_path, WITH_REDIS_FAILOVER)
+    assert "tierwatch.recovery.actions.redis_failover" in modules
+    assert "tierwatch.recovery.actions.pg_promote" not in modules  # not allowed: not loaded
+    assert _loaded(modules, "psycopg") == []

@@ -48,7 +48,7 @@ from ..http_server import (
     serve_app,
 )
 from ..web_config import BasicAuthChecker, TlsServerConfig, WebConfig, basic_credentials
-from .actions import ACTION_CLASSES
+from .actions import ACTION_CLASSES, preload
 from .audit import AuditTrail, RateLimitedAudit
 from .auth import Authenticator
 from .decisions_page import read_decisions, render_decisions_page
@@ -80,6 +80,7 @@ class RecoveryService:
         self.metrics.create_series(
             loaded.config.clusters, settings.allowed_actions(), loaded.config.service_discovery
         )
+        preload(settings.allowed_actions() & set(ACTION_CLASSES))
         self.leadership: Leadership = (
             EtcdLeadership(settings.ha, self.inbox, self.audit, self.events, self.metrics.registry)
             if settings.ha
@@ -243,6 +244,7 @@ class RecoveryService:
             self.metrics.create_series(
                 loaded.config.clusters, settings.allowed_actions(), loaded.config.service_discovery
             )
+            preload(settings.allowed_actions())  # _reload_problems refused unknown ones
             if self.guard is not None:
                 self.guard.read_timeout = settings.read_timeout
                 self.guard.limit = ConnectionGuard(settings.read_timeout, settings.max_connections).limit
