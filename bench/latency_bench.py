@@ -13,6 +13,10 @@ the fast targets and the slow one are separate clusters) over a window of whole 
   after the window), the exposition's bytes and series, the exporter's CPU per probe and cores over the
   window (one scrape per interval included) and its peak RSS.
 
+With ``--shards N`` the fast targets are split over 100 clusters and N exporters (``serve --shard
+I/N``) run side by side on the same machine, each scraped once per interval; the figures are given
+per exporter and summed. Every result records the load average at the window's start and end.
+
 Run: ``python bench/latency_bench.py`` (2000 targets, 5 s interval, 60 s window; about 100 s);
 results go to bench/results/latency.json.
 """
@@ -74,7 +78,8 @@ def histograms(text: str) -> dict[str, dict[str, float]]:
             continue
         if not name.startswith("tierwatch_cluster_probe_duration_seconds"):
             continue
-        figures = out.setdefault(labels["cluster"], {})
+        cluster = "web" if labels["cluster"].startswith("web") else labels["cluster"]
+        figures = out.setdefault(cluster, {})
         key = labels["le"] if name.endswith("_bucket") else name.rsplit("_", 1)[1]
         figures[key] = figures.get(key, 0.0) + float(value)
     return out
@@ -132,10 +137,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             {"name": f"app-{i}", "region": "primary", "url": f"{backends[i % len(backends)].url}?t={i}"}
             for i in range(args.targets)
         ]
+        groups = 100 if args.shards > 1 else 1  # --shard splits clusters, not a cluster's targets
+        web = [
+            {"name": "web" if groups == 1 else f"web-{g}", "tier": "app", "targets": fast_targets[g::groups]}
+            for g in range(groups)
+        ]
         config = {
             "monitor": {"interval": f"{args.interval}s", "timeout": "2s"},
             "clusters": [
-                {"name": "web", "tier": "app", "targets": fast_targets},
+                *web,
                 {
                     "name": "sluggish",
                     "tier": "app",
@@ -145,46 +155,98 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         path = stack.root / "tierwatch.yml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        exporter = start_exporter(stack, path)
-        assert exporter.process.popen is not None
-        pid = exporter.process.popen.pid
+        if args.shards > 1:
+            exporters = [
+                start_exporter(
+                    stack, path, name=f"exporter-{i}", extra_args=["--shard", f"{i}/{args.shards}"]
+                )
+                for i in range(args.shards)
+            ]
+        else:
+            exporters = [start_exporter(stack, path)]
+        pids = []
+        for exporter in exporters:
+            assert exporter.process.popen is not None
+            pids.append(exporter.process.popen.pid)
         time.sleep(args.interval * 2)  # warm-up: every connection established
-        before, _ = scrape(exporter.port)
-        cpu_before, began = cpu_seconds(pid), time.monotonic()
-        scrapes = []
+        load_before = os.getloadavg()
+        befores = [scrape(e.port)[0] for e in exporters]
+        cpu_before, began = [cpu_seconds(pid) for pid in pids], time.monotonic()
+        scrapes: list[list[float]] = [[] for _ in exporters]
         for _ in range(args.rounds):
             time.sleep(args.interval)
-            _, took = scrape(exporter.port)
-            scrapes.append(took)
-        after, _ = scrape(exporter.port)
-        cpu, elapsed = cpu_seconds(pid) - cpu_before, time.monotonic() - began
+            for i, exporter in enumerate(exporters):  # one after the other, as one Prometheus would
+                scrapes[i].append(scrape(exporter.port)[1])
+        afters = [scrape(e.port)[0] for e in exporters]
+        elapsed = time.monotonic() - began
+        cpus = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
+        load_after = os.getloadavg()
         # then back to back, as a second Prometheus or a curl would (not in the CPU figure)
-        back_to_back = sorted(scrape(exporter.port)[1] for _ in range(args.scrapes))
-        a, b = histograms(before), histograms(after)
-        probes = sum(b[c]["count"] - a[c]["count"] for c in ("web", "sluggish"))
-        return {
+        back_to_back = [sorted(scrape(e.port)[1] for _ in range(args.scrapes)) for e in exporters]
+        per_exporter = []
+        for i in range(len(exporters)):
+            a, b = histograms(befores[i]), histograms(afters[i])
+            probes = sum(b[c]["count"] - a[c]["count"] for c in ("web", "sluggish") if c in b)
+            per_exporter.append(
+                {
+                    "shard": f"{i}/{args.shards}" if args.shards > 1 else None,
+                    "fast": window(a["web"], b["web"]),
+                    "slow_300ms": window(a["sluggish"], b["sluggish"]) if "sluggish" in b else None,
+                    "failed_probes": int(b["_exporter"]["failures"] - a["_exporter"]["failures"]),
+                    "overruns": int(b["_exporter"]["overruns"] - a["_exporter"]["overruns"]),
+                    "probes": int(probes),
+                    "cpu_ms_per_probe": round(cpus[i] / probes * 1000, 3) if probes else None,
+                    "cores": round(cpus[i] / elapsed, 3),
+                    "scrape_ms_median": round(statistics.median(scrapes[i]) * 1000, 2),
+                    "scrape_ms_max": round(max(scrapes[i]) * 1000, 2),
+                    # the first scrape of each interval: the state of a whole interval of probes changed
+                    "scrape_ms_p99": round(percentile(scrapes[i], 0.99) * 1000, 2),
+                    "back_to_back_scrape_ms_p50": round(statistics.median(back_to_back[i]) * 1000, 2),
+                    "back_to_back_scrape_ms_p99": round(percentile(back_to_back[i], 0.99) * 1000, 2),
+                    "metrics_bytes": len(afters[i].encode()),
+                    "metrics_series": series(afters[i]),
+                    "exporter_peak_rss_mib": round(vm_hwm_mib(pids[i]), 1),
+                    "exporter_rss_mib": round(vm_rss_mib(pids[i]), 1),
+                }
+            )
+        result: dict[str, Any] = {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": {"nproc": os.cpu_count(), "python": platform.python_version()},
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in load_after],
             "targets": args.targets,
             "backends": args.backends,
+            "shards": args.shards,
             "interval_s": args.interval,
             "window_s": args.interval * args.rounds,
-            "fast": window(a["web"], b["web"]),
-            "slow_300ms": window(a["sluggish"], b["sluggish"]),
-            "failed_probes": int(b["_exporter"]["failures"] - a["_exporter"]["failures"]),
-            "overruns": int(b["_exporter"]["overruns"] - a["_exporter"]["overruns"]),
-            "probes": int(probes),
             "probes_scheduled": (args.targets + 1) * args.rounds,
-            "cpu_ms_per_probe": round(cpu / probes * 1000, 3) if probes else None,
-            "cores": round(cpu / elapsed, 3),
-            "scrape_ms_median": round(statistics.median(scrapes) * 1000, 2),
-            "scrape_ms_max": round(max(scrapes) * 1000, 2),
-            "back_to_back_scrape_ms_p50": round(statistics.median(back_to_back) * 1000, 2),
-            "back_to_back_scrape_ms_p99": round(back_to_back[int(len(back_to_back) * 0.99) - 1] * 1000, 2),
-            "metrics_bytes": len(after.encode()),
-            "metrics_series": series(after),
-            "exporter_peak_rss_mib": round(vm_hwm_mib(pid), 1),
         }
+        if len(per_exporter) == 1:
+            result.update({k: v for k, v in per_exporter[0].items() if k != "shard"})
+        else:
+            result["exporters"] = per_exporter
+            result["total"] = {
+                "probes": sum(e["probes"] for e in per_exporter),
+                "cores": round(sum(cpus) / elapsed, 3),
+                "cpu_ms_per_probe": round(sum(cpus) / sum(e["probes"] for e in per_exporter) * 1000, 3),
+                "exporter_peak_rss_mib": round(sum(e["exporter_peak_rss_mib"] for e in per_exporter), 1),
+                "failed_probes": sum(e["failed_probes"] for e in per_exporter),
+                "overruns": sum(e["overruns"] for e in per_exporter),
+            }
+        return result
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def vm_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
 
 
 def main() -> None:
@@ -194,6 +256,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=12, help="intervals in the measured window")
     parser.add_argument("--scrapes", type=int, default=100, help="back-to-back scrapes after the window")
+    parser.add_argument("--shards", type=int, default=1, help="exporters side by side, --shard I/N each")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     result = run(args)

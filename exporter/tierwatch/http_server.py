@@ -26,20 +26,26 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 async def respond(
     send: Send,
     status: int,
-    body: bytes | str,
+    body: bytes | str | Sequence[bytes | memoryview],
     content_type: str = "text/plain; charset=utf-8",
     headers: Iterable[tuple[str, str]] = (),
     head_only: bool = False,
 ) -> None:
-    """Send a complete HTTP response."""
-    payload = body.encode() if isinstance(body, str) else body
+    """Send a complete HTTP response; a ``body`` given as a sequence of chunks is sent as they are
+    (a large body is not copied once more to join them)."""
+    chunks = [body.encode()] if isinstance(body, str) else [body] if isinstance(body, bytes) else list(body)
     raw_headers = [
         (b"content-type", content_type.encode()),
-        (b"content-length", str(len(payload)).encode()),
+        (b"content-length", str(sum(len(chunk) for chunk in chunks)).encode()),
         *((k.lower().encode(), v.encode()) for k, v in headers),
     ]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": b"" if head_only else payload})
+    if head_only or not chunks:
+        await send({"type": "http.response.body", "body": b""})
+        return
+    for chunk in chunks[:-1]:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": chunks[-1]})
 
 
 def header(scope: Scope, name: str) -> str | None:

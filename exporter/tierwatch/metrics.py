@@ -3,15 +3,16 @@
 Both only read what the last finished probes left in memory; they never contact a target.
 ``TierwatchCollector`` is a prometheus_client collector (the reference rendering); ``ReadyExposition``
 renders each target's lines when its probe finishes and a scrape only joins them, because a full render
-takes ~0.5 CPU-ms per target (1 s for 2,000 targets) and would stall the event loop, and with it the
-probes in flight, on every scrape.
+takes ~0.16 CPU-ms per target (1.6 s for 10,000 targets) and would stall the event loop, and with it the
+probes in flight, on every scrape. The join itself runs in C: each family keeps one column of lines
+(one entry per target), so a scrape does no Python work per target.
 """
 
 from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client.core import (
@@ -151,12 +152,14 @@ class TierwatchCollector(Collector):
             histograms.add_metric(list(key), buckets, group.sum)  # type: ignore[attr-defined]
         yield histograms
 
-    def tail_families(self) -> Iterator[Metric]:
-        """The families that are not per target: the clusters' VIPs and the exporter's own."""
-        by_tier_state: dict[tuple[str, str], int] = {}
-        for state in self.monitor.states:
-            key = (state.info.tier, state.status)
-            by_tier_state[key] = by_tier_state.get(key, 0) + 1
+    def tail_families(self, by_tier_state: Mapping[tuple[str, str], int] | None = None) -> Iterator[Metric]:
+        """The families that are not per target: the clusters' VIPs and the exporter's own;
+        ``by_tier_state``: the targets per (tier, status), counted here if not given."""
+        if by_tier_state is None:
+            by_tier_state = {}
+            for state in self.monitor.states:
+                key = (state.info.tier, state.status)
+                by_tier_state[key] = by_tier_state.get(key, 0) + 1
         yield from self._vip_families()
         yield from self._cluster_latency()
         yield from self._exporter_families(by_tier_state)
@@ -220,7 +223,7 @@ class TierwatchCollector(Collector):
         if emitted:
             yield from families.values()
 
-    def _exporter_families(self, by_tier_state: dict[tuple[str, str], int]) -> Iterator[Metric]:
+    def _exporter_families(self, by_tier_state: Mapping[tuple[str, str], int]) -> Iterator[Metric]:
         info = family(BUILD_INFO)
         _add(info, [__version__, platform.python_version()], 1.0)
         yield info
@@ -249,11 +252,12 @@ class TierwatchCollector(Collector):
 
 
 class _TailCollector(Collector):
-    def __init__(self, collector: TierwatchCollector):
+    def __init__(self, collector: TierwatchCollector, counts: Mapping[tuple[str, str], int]):
         self._collector = collector
+        self._counts = counts
 
     def collect(self) -> Iterator[Metric]:
-        return self._collector.tail_families()
+        return self._collector.tail_families(self._counts)
 
 
 def _escape(value: str) -> str:
@@ -290,6 +294,11 @@ def _headers(spec: MetricSpec) -> tuple[str, str]:
     text_help = spec.help.replace("\\", r"\\").replace("\n", r"\n")
     text = f"# HELP {text_name} {text_help}\n# TYPE {text_name} {kind}\n"
     return text, f"# HELP {base} {_escape(spec.help)}\n# TYPE {base} {kind}\n"
+
+
+def _encoded_headers(spec: MetricSpec) -> tuple[bytes, bytes]:
+    text, openmetrics = _headers(spec)
+    return text.encode(), openmetrics.encode()
 
 
 class TargetPrefixes:
@@ -465,7 +474,10 @@ def _what_a_reader_sees(state: TargetState) -> tuple[object, ...]:
 
 class ReadyExposition:
     """/metrics as a ready body: each target's lines are rendered when its state changes (the monitor
-    calls ``refresh``), so a scrape joins strings instead of rendering every target.
+    calls ``refresh``) and written into one column per family (a list with one entry per target, in
+    config order), so a scrape joins each column in C instead of visiting every target in Python: at
+    10,000 targets a scrape costs a few CPU-ms, not the ~40 of a per-target join, and holds the event
+    loop (and the latency of every probe in flight) that much less.
 
     The output is byte for byte what ``TierwatchCollector`` gives through prometheus_client's encoders.
     """
@@ -473,15 +485,23 @@ class ReadyExposition:
     def __init__(self, monitor: Monitor):
         self.monitor = monitor
         self._collector = TierwatchCollector(monitor)
-        self._tail = _TailCollector(self._collector)
-        self._lines: dict[str, dict[str, str]] = {}
+        self._counts: dict[tuple[str, str], int] = {}  # targets by (tier, status), kept by refresh
+        self._tail = _TailCollector(self._collector, self._counts)
+        self._lines: dict[str, dict[str, bytes]] = {}  # target -> family -> its lines
         self._prefixes: dict[str, TargetPrefixes] = {}
         self._rendered_from: dict[str, tuple[object, ...]] = {}
+        self._status: dict[str, tuple[str, str]] = {}  # target -> the (tier, status) counted for it
         self._specs: dict[str, MetricSpec] = {spec.name: spec for spec in (*CORE_SPECS, PROBE_DURATION)}
-        self._headers: dict[str, tuple[str, str]] = {}
+        self._headers: dict[str, tuple[bytes, bytes]] = {}
         self._bodies: dict[str, tuple[int, bytes]] = {}
         self._loaded = monitor.loaded
         self._options = enabled_options(monitor)
+        # the columns, laid out for the monitor's target list of ``_layout`` (``Monitor.layout``)
+        self._layout = -1
+        self._index: dict[str, int] = {}
+        self._order: list[str] = []
+        self._columns: dict[str, list[bytes]] = {}
+        self._families: list[str] | None = None  # the families in exposition order; None: to compute
         self.refresh_all()
         monitor.on_change.append(self.refresh)
         monitor.on_remove.append(self.forget)
@@ -498,8 +518,40 @@ class ReadyExposition:
         for sample in state.samples:
             self._specs.setdefault(sample.spec.name, sample.spec)
         prefixes = self._prefixes[name] = target_prefixes(state, self._prefixes.get(name))
-        self._lines[name] = render_target(state, prefixes, self._options)
+        lines = {name: text.encode() for name, text in render_target(state, prefixes, self._options).items()}
+        old = self._lines.get(name)
+        self._lines[name] = lines
         self._rendered_from[name] = seen
+        self._count(name, (state.info.tier, state.status))
+        if self._layout != self.monitor.layout:
+            return  # the columns are laid out again on the next scrape
+        index = self._index.get(name)
+        if index is None:
+            self._layout = -1  # a target the layout does not know: lay out again
+            return
+        columns = self._columns
+        for family_name, text in lines.items():
+            column = columns.get(family_name)
+            if column is None:
+                column = columns[family_name] = [b""] * len(self._order)
+            column[index] = text
+        if old is None or list(old) != list(lines):  # its families changed: so may their order
+            if old is not None:
+                for family_name in old.keys() - lines.keys():
+                    columns[family_name][index] = b""
+            self._families = None
+
+    def _count(self, name: str, key: tuple[str, str]) -> None:
+        counts = self._counts
+        old = self._status.get(name)
+        if old == key:
+            return
+        if old is not None:
+            counts[old] -= 1
+            if not counts[old]:
+                del counts[old]
+        counts[key] = counts.get(key, 0) + 1
+        self._status[name] = key
 
     def _options_changed(self) -> bool:
         """After a reload: re-render every target if the opt-in settings changed (True then)."""
@@ -509,6 +561,7 @@ class ReadyExposition:
             return False
         self._options = options
         self._bodies.clear()
+        self._layout = -1
         self.refresh_all()
         return True
 
@@ -517,6 +570,7 @@ class ReadyExposition:
         self._lines.pop(name, None)
         self._prefixes.pop(name, None)
         self._rendered_from.pop(name, None)
+        self._layout = -1
 
     def refresh_all(self) -> None:
         """Render every target's lines again, changed or not (at start, or after changing states by
@@ -524,6 +578,40 @@ class ReadyExposition:
         self._rendered_from.clear()
         for state in self.monitor.states:
             self.refresh(state)
+
+    def _lay_out(self) -> None:
+        """Columns for the monitor's current target list (at start and after a reload)."""
+        states = self.monitor.states
+        self._order = [state.info.name for state in states]
+        self._index = {name: index for index, name in enumerate(self._order)}
+        columns: dict[str, list[bytes]] = {}
+        for index, name in enumerate(self._order):
+            for family_name, text in self._lines[name].items():
+                column = columns.get(family_name)
+                if column is None:
+                    column = columns[family_name] = [b""] * len(self._order)
+                column[index] = text
+        self._columns = columns
+        self._families = None
+        self._counts.clear()
+        self._status.clear()
+        for state in states:
+            self._count(state.info.name, (state.info.tier, state.status))
+        self._layout = self.monitor.layout
+
+    def _family_order(self) -> list[str]:
+        """The core families, then the others in the order the targets (in config order) first show
+        them: the collector's order."""
+        names = [spec.name for spec in CORE_SPECS]
+        if PROBE_DURATION.opt_in in self._options:
+            names.append(PROBE_DURATION.name)
+        seen = set(names)
+        for name in self._order:
+            for family_name in self._lines[name]:
+                if family_name not in seen:
+                    seen.add(family_name)
+                    names.append(family_name)
+        return names
 
     def body(self, encoder: Callable[[Collector], bytes], content_type: str) -> bytes:
         """The exposition for a negotiated ``encoder``/``content_type`` (from ``choose_encoder``);
@@ -534,24 +622,21 @@ class ReadyExposition:
         cached = self._bodies.get(content_type)
         if cached is not None and cached[0] == version:
             return cached[1]
+        if self._layout != self.monitor.layout:
+            self._lay_out()
+        if self._families is None:
+            self._families = self._family_order()
         openmetrics = content_type.startswith("application/openmetrics-text")
-        per_target = [self._lines[state.info.name] for state in self.monitor.states]
-        names = [spec.name for spec in CORE_SPECS]
-        if PROBE_DURATION.opt_in in self._options:
-            names.append(PROBE_DURATION.name)
-        seen = set(names)
-        for lines in per_target:
-            for name in lines:
-                if name not in seen:
-                    seen.add(name)
-                    names.append(name)
-        parts = []
-        for name in names:
+        parts: list[bytes] = []
+        for name in self._families:
             headers = self._headers.get(name)
             if headers is None:
-                headers = self._headers[name] = _headers(self._specs[name])
+                headers = self._headers[name] = _encoded_headers(self._specs[name])
             parts.append(headers[1] if openmetrics else headers[0])
-            parts.extend(lines.get(name, "") for lines in per_target)
-        body = "".join(parts).encode() + encoder(self._tail)
+            column = self._columns.get(name)
+            if column is not None:
+                parts.extend(column)
+        parts.append(encoder(self._tail))
+        body = b"".join(parts)
         self._bodies[content_type] = (version, body)
         return body

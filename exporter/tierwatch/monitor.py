@@ -203,6 +203,7 @@ class Monitor:
         self.scheduler_waits = 0  # times the scheduler slept until probes were due (one per batch)
         self.overruns = 0
         self.version = 0  # bumped whenever any state a reader can see changes
+        self.layout = 0  # bumped whenever the list of targets (``states``) changes
         self.last_round_duration: float | None = None
         self.first_round_done = asyncio.Event()
         # the last reload (or the start): did it succeed, and when did one last succeed (wall clock)
@@ -378,6 +379,7 @@ class Monitor:
                     idle.append(job.probe)
 
         self._targets, self._slots, self.clusters = targets, slots, cluster_states
+        self.layout += 1
         self._by_name = {job.state.info.name: job for job in targets}
         self._cluster_targets = {}
         latency: dict[tuple[str, str, str], LatencyHistogram] = {}

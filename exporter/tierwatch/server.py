@@ -174,13 +174,18 @@ class ExporterApp:
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.standard.register(collector)
 
-    def render_metrics(self, accept: str) -> tuple[bytes, str]:
-        """The exposition for ``accept``: each target's lines were rendered when its probe finished;
-        this joins them, again only when the monitor's state changed since the last scrape."""
+    def render_metrics(self, accept: str) -> tuple[list[bytes | memoryview], str]:
+        """The exposition for ``accept``, in chunks to send one after the other: each target's lines
+        were rendered when its probe finished; this joins them, again only when the monitor's state
+        changed since the last scrape, then adds the process's own families."""
         encoder, content_type = choose_encoder(accept)
         body = self.exposition.body(encoder, content_type)
-        # both parts of an OpenMetrics body end with "# EOF": keep only the last one
-        return body.removesuffix(b"# EOF\n") + encoder(self.standard), content_type
+        standard = encoder(self.standard)
+        # both parts of an OpenMetrics body end with "# EOF": keep only the last one (a view of the
+        # large part, not a copy of it)
+        if body.endswith(b"# EOF\n"):
+            return [memoryview(body)[: -len(b"# EOF\n")], standard], content_type
+        return [body, standard], content_type
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -230,7 +230,7 @@ class HttpClient:
                 url=current.text,
                 redirects=hop,
                 cert_expiry=expiry,
-                elapsed=wire.finished - started,
+                elapsed=max(0.0, wire.finished - started),
             )
         raise AssertionError("unreachable: the loop returns or raises")
 

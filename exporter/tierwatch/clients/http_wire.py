@@ -14,21 +14,37 @@ Bounds, whatever the peer sends:
 
 A connection is reused only after a complete answer that allows keep-alive; anything else (an error,
 ``Connection: close``, an unread rest of a body, bytes arriving while idle) closes it.
+
+An answer's time is when its last bytes reached the machine, by the kernel's receive timestamp
+(``SO_TIMESTAMPNS``, on Linux), not when the event loop got round to reading them: with thousands of
+probes, a loop busy elsewhere for some milliseconds would otherwise add them to the latency of every
+answer that arrived meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
+import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httptools
 
 MAX_HEADER_BYTES = 64 * 1024
 _NO_BODY = frozenset({204, 304})
+# Linux's SO_TIMESTAMPNS (= SCM_TIMESTAMPNS; asm-generic, x86, arm, powerpc, s390, riscv), which
+# Python's socket module does not name; a struct timespec follows it on a 64-bit system
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+_STAMPS = sys.platform == "linux" and _TIMESPEC.size == 16
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size) if _STAMPS else 0
+_LATEST_STAMP_AGE = 60.0  # seconds: an older receive time means the wall clock stepped meanwhile
 
 
 class WireError(Exception):
@@ -64,7 +80,74 @@ class WireAnswer:
     body: bytes
     complete: bool  # the whole body was read (False: the rest was left unread)
     declared: int | None  # Content-Length, if the answer declared one
-    finished: float  # time.perf_counter() when the answer was complete or the cap reached
+    finished: float  # time.perf_counter() when its last bytes arrived (complete, or the cap reached)
+
+
+def _received_at(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            return seconds + nanoseconds * 1e-9
+    return None
+
+
+class StampedSocket(socket.socket):
+    """A TCP socket whose reads keep the kernel's receive time (Unix time) of the bytes they return in
+    ``received_at`` (None when the kernel gave none). The event loop's transport reads through
+    ``recv`` (``recv_into`` under TLS)."""
+
+    __slots__ = ("received_at",)
+
+    def __init__(self, family: int = -1, kind: int = -1, proto: int = -1) -> None:
+        super().__init__(family, kind, proto)
+        self.received_at: float | None = None
+        if _STAMPS:
+            with contextlib.suppress(OSError):
+                self.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if not _STAMPS:
+            return super().recv(bufsize, flags)
+        data, ancillary, _, _ = self.recvmsg(bufsize, _ANCILLARY, flags)
+        self.received_at = _received_at(ancillary)
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        if not _STAMPS:
+            return super().recv_into(buffer, nbytes, flags)
+        view = memoryview(buffer).cast("B")
+        size, ancillary, _, _ = self.recvmsg_into([view[:nbytes] if nbytes else view], _ANCILLARY, flags)
+        self.received_at = _received_at(ancillary)
+        return size
+
+
+async def connect(host: str, port: int) -> StampedSocket:
+    """A connected non-blocking ``StampedSocket`` to ``host``:``port``: each address in turn, as
+    ``loop.create_connection`` does (a numeric host is not looked up)."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"getaddrinfo({host!r}) returned an empty list")
+    errors: list[OSError] = []
+    for family, kind, proto, _, address in infos:
+        sock = StampedSocket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    if all(str(exc) == str(errors[0]) for exc in errors):
+        raise errors[0]
+    raise OSError(f"Multiple exceptions: {', '.join(str(exc) for exc in errors)}")
 
 
 class Connection(asyncio.Protocol):
@@ -72,6 +155,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
+        self._sock: StampedSocket | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._closed: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[WireAnswer] | None = None
@@ -86,13 +170,18 @@ class Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         connection = cls()
         connection._closed = loop.create_future()
-        await loop.create_connection(
-            lambda: connection,
-            origin.host,
-            origin.port,
-            ssl=tls if origin.tls else None,
-            server_hostname=origin.host if origin.tls else None,
-        )
+        sock = await connect(origin.host, origin.port)
+        try:
+            await loop.create_connection(
+                lambda: connection,
+                sock=sock,
+                ssl=tls if origin.tls else None,
+                server_hostname=origin.host if origin.tls else None,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        connection._sock = sock
         return connection
 
     @property
@@ -180,7 +269,7 @@ class Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             return
         if self._head_done and self._until_close and exc is None:
-            self._finish(True)  # a body delimited by the end of the connection
+            self._finish(True, stamped=False)  # a body delimited by the end of the connection
             return
         if isinstance(exc, OSError):
             waiter.set_exception(WireError("error", type(exc).__name__, before_answer=not self._received))
@@ -250,11 +339,19 @@ class Connection(asyncio.Protocol):
         self._body = bytearray()
         self._done = False
 
-    def _finish(self, complete: bool) -> None:
+    def _finish(self, complete: bool, stamped: bool = True) -> None:
+        """End the exchange; ``stamped``: called from the read that brought the answer's last bytes,
+        whose receive time is then the answer's."""
         self._done = True
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
+        finished = time.perf_counter()
+        received = self._sock.received_at if stamped and self._sock is not None else None
+        if received is not None:
+            late = time.time() - received  # how long the answer waited for the loop to read it
+            if 0.0 < late < _LATEST_STAMP_AGE:
+                finished -= late
         self.reusable = complete and self._parser.should_keep_alive() and not self.is_closed
         if not complete and self._transport is not None:
             self._transport.pause_reading()  # the rest is not read; the caller drops the connection
@@ -265,7 +362,7 @@ class Connection(asyncio.Protocol):
                 bytes(self._body),
                 complete,
                 self._declared,
-                time.perf_counter(),
+                finished,
             )
         )
 
