@@ -15,15 +15,17 @@ import pytest
 import yaml
 
 from tierwatch.config import LoadedConfig
+from tierwatch.config.recovery import ClusterRecovery
 from tierwatch.recovery.actions.base import Outcome
 from tierwatch.recovery.actions.failover import DOWN_ALERTS
 from tierwatch.recovery.actions.liveness import ATTEMPT_GAP, ATTEMPTS
+from tierwatch.recovery.actions.pg_promote import PgPromote
 from tierwatch.recovery.actions.redis_failover import RedisFailover
 from tierwatch_lab.kit import kit_dir
 from tierwatch_lab.stack import Stack, wait_for
 from tierwatch_lab.stack.redis import RedisServer, start_redis
 
-from action_fixtures import Recorder, make_context
+from action_fixtures import ADMIN_ROLE, Recorder, make_context, start_pg_cluster
 from partition_fixtures import Gate
 
 PASSWORD = "redis-liveness-secret-5d1e"
@@ -164,3 +166,39 @@ def test_the_down_alerts_are_the_rules_that_count_a_majority_of_vantage_points_f
         # the vantage majority: twice the vantage points that see it down exceed those that watch
         assert "* 2" in rule["expr"] and "count by (vantage)" in rule["expr"], name
         assert 'role="primary"' in rule["expr"] and "target" in rule["expr"], name
+
+
+def test_a_paused_postgres_primary_its_down_alert_names_is_gone_after_one_timeout_and_the_gap(
+    stack: Stack, make_config: Callable[..., LoadedConfig]
+) -> None:
+    pg = start_pg_cluster(stack, ("pg-2", "pg-3"))
+    loaded = make_config([pg.cluster_entry("main-db")], interval="5s", timeout=f"{TIMEOUT:g}s")
+    settings = ClusterRecovery(admin_user=ADMIN_ROLE, admin_password_file=str(pg.admin_password_file))
+    pg.servers["pg-1"].process.pause()
+    silence = settings.witness_max_silence  # until then the replicas still vouch for it
+    for name in ("pg-2", "pg-3"):
+        wait_for(
+            lambda n=name: (
+                (
+                    pg.servers[n].scalar(
+                        "SELECT extract(epoch FROM now() - last_msg_receipt_time) FROM pg_stat_wal_receiver"
+                    )
+                    or 0
+                )
+                > silence
+            ),
+            30,
+            f"{name} to stop hearing from the paused primary",
+        )
+    alert = {"alertname": "PostgresPrimaryDown", "target": "pg-1"}
+    ctx, recorder = make_context(loaded, "main-db", alert, settings=settings, dry_run=True)
+    started = time.monotonic()
+    outcome = asyncio.run(PgPromote().run(ctx))
+    assert outcome.status == "succeeded" and outcome.facts["would_promote"] in ("pg-2", "pg-3"), (
+        outcome,
+        recorder.text(),
+    )
+    record = recorder.named("primary_checked")[0]
+    assert record["answers"] is False and record["overlapped"] is True, record
+    assert record["at"] - started <= TIMEOUT + (ATTEMPTS - 1) * ATTEMPT_GAP + 0.7, record["at"] - started
+    pg.servers["pg-1"].process.resume()

@@ -212,7 +212,9 @@ class PgDriver(Driver[PgSeen]):
                 ]
             return "in recovery" if recovery else "primary"
 
-        return await still_answers(ask, client.silent, client.problem, self.errors)
+        return await still_answers(
+            ask, client.silent, client.problem, self.errors, overlap=self.alert_evidence
+        )
 
     def live_primary(self, s: PgSeen) -> str | None:
         return "not in recovery" if s.is_primary else None
