@@ -5,6 +5,9 @@ connection under it is reset."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -168,3 +171,44 @@ def test_runtime_api_reopens_a_kept_open_connection_haproxy_closed(stack: Stack)
     finally:
         loop.run_until_complete(api.close())
         loop.close()
+
+
+def test_moving_the_write_backend_closes_the_sessions_still_open_to_the_old_primary(
+    stack: Stack, make_config: Callable[..., LoadedConfig]
+) -> None:
+    """A client's session to a paused old primary stayed open through the LB until HAProxy's
+    ``timeout server`` (60 s of stuck writes after a PostgreSQL pause, bench/patroni_bench.py,
+    2026-12-07): moving the backend must cut it, so the client reconnects to the new primary."""
+    holders = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    accepted: list[socket.socket] = []
+
+    def hold(server: socket.socket) -> None:  # accepts and never answers, like a paused server
+        with contextlib.suppress(OSError):
+            accepted.append(server.accept()[0])
+
+    for server in holders:
+        threading.Thread(target=hold, args=(server,), daemon=True).start()
+    ports = [s.getsockname()[1] for s in holders]
+    lb = start_tcp_lb(stack, "lb-w", "be_write", [("x", ports[0]), ("y", ports[1])])
+    lb.command("set server be_write/y state maint")
+    loaded = write_lb_config(make_config, [("lb-w", str(lb.stats_socket))])
+    client = socket.create_connection(("127.0.0.1", lb.port), timeout=5)
+    try:
+        client.sendall(b"a write")
+        wait_for(lambda: len(accepted) == 1, 10, "the session to reach x")
+        ctx, recorder = make_context(loaded, "cache", {}, settings=ClusterRecovery(write_backend="be_write"))
+        results = asyncio.run(point_write_backend(ctx, "y"))
+        assert results == {"lb-w": "ok"}, results
+        client.settimeout(5)
+        try:
+            closed = client.recv(1) == b""
+        except ConnectionResetError:
+            closed = True
+        except TimeoutError:
+            closed = False
+        assert closed, "the session to the old primary is still open through the LB"
+        assert recorder.named("write_backend_set")[0]["results"] == results
+    finally:
+        client.close()
+        for s in [*accepted, *holders]:
+            s.close()

@@ -93,7 +93,8 @@ async def point_backend_at(
     loaded: LoadedConfig, backend: str, primary: str, members: list[str]
 ) -> dict[str, str]:
     """Make ``primary`` the only ready server of ``backend`` on every LB that has that backend (LBs
-    without it are left alone). Returns per-LB results ("ok" or a secret-free problem)."""
+    without it are left alone), and close the sessions still open to the others. Returns per-LB
+    results ("ok" or a secret-free problem)."""
     results: dict[str, str] = {}
     for lb, view in (await lbs_with_backend(loaded, backend)).items():
         if view.problem is not None:
@@ -107,6 +108,11 @@ async def point_backend_at(
                 continue
             state = "ready" if member == primary else "maint"
             problem = await run_on_lb(view, f"set server {backend}/{member} state {state}")
+            if problem is None and member != primary:
+                # maint only stops new sessions: one open to a paused or cut-off old primary would
+                # hold its client until the LB's ``timeout server`` (60 s measured); cut it so the
+                # client reconnects to the new primary
+                problem = await run_on_lb(view, f"shutdown sessions server {backend}/{member}")
             if problem is not None:
                 problems.append(f"{member}: {problem}")
                 break
