@@ -15,6 +15,7 @@ from patroni_fakes import FakeMember, fake_members
 
 from tierwatch.config import LoadedConfig
 from tierwatch.config.recovery import ClusterRecovery
+from tierwatch.recovery import metrics as recovery_metrics
 from tierwatch.recovery.actions.base import Outcome
 from tierwatch.recovery.actions.patroni_election import PATRONI_PAUSED, PATRONI_UNCONFIRMED
 from tierwatch.recovery.actions.pg_promote import PgPromote
@@ -87,7 +88,7 @@ def test_paused_cluster_is_refused_at_once(
         outcome = run(PgPromote(), ctx)
         took = time.monotonic() - started
     assert outcome.status == "refused", (outcome, recorder.text())
-    assert outcome.facts["limit"] == PATRONI_PAUSED
+    assert outcome.facts["limit"] == PATRONI_PAUSED and PATRONI_PAUSED in recovery_metrics.LIMITS
     assert "paused" in outcome.detail and "pg-2, pg-3" in outcome.detail
     assert took < 10, took  # not the 30 s patroni_wait
     [paused] = recorder.named("patroni_paused")
@@ -115,7 +116,7 @@ def test_one_lying_member_is_outvoted_and_nothing_moves(
         outcome = run(PgPromote(), ctx)
         took = time.monotonic() - started
     assert outcome.status == "refused", (outcome, recorder.text())
-    assert outcome.facts["limit"] == PATRONI_UNCONFIRMED
+    assert outcome.facts["limit"] == PATRONI_UNCONFIRMED and PATRONI_UNCONFIRMED in recovery_metrics.LIMITS
     assert "pg-3 named leader by 1 of 3 members (2 needed)" in outcome.detail
     assert 2 <= took < 10, took
     [audit] = recorder.named("patroni_unconfirmed")

@@ -70,8 +70,9 @@ class ClusterRecovery(_Strict):
     witness_max_silence: Duration = 3.0
     # Redis with Sentinel: how long to wait for Sentinel to finish its own failover
     sentinel_wait: Duration = 30.0
-    # PostgreSQL with Patroni (``patroni:`` on the cluster): how long to wait for Patroni's election
-    patroni_wait: Duration = 30.0
+    # PostgreSQL with Patroni (``patroni:`` on the cluster): how long to wait for Patroni's election;
+    # Patroni's defaults elect within ttl + loop_wait (40 s) of the leader's last update
+    patroni_wait: Duration = 45.0
     # restart_instance: an argument list per target (no shell), or a systemd unit per target
     restart_commands: dict[str, list[str]] = {}
     systemd_units: dict[str, str] = {}

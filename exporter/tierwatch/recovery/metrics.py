@@ -16,7 +16,16 @@ OUTCOMES = ("succeeded", "failed", "refused", "cancelled", "timed_out", "dry_run
 # max_lag when every candidate was too far behind, sentinel_unconfirmed when Sentinel's choice was not
 # confirmed (the action's Outcome.facts["limit"]). There is no cluster_lock limit: a second action on
 # a locked cluster waits for the lock, it is not stopped.
-LIMITS = ("rate_limit", "cooldown", "max_lag", "not_allowed", "superseded", "sentinel_unconfirmed")
+LIMITS = (
+    "rate_limit",
+    "cooldown",
+    "max_lag",
+    "not_allowed",
+    "superseded",
+    "sentinel_unconfirmed",
+    "patroni_unconfirmed",
+    "patroni_paused",
+)
 # how a DNS record's update after a failover ended (recovery/dns_records.py)
 DNS_RESULTS = ("updated", "unchanged", "conflict", "refused", "unavailable", "protocol", "no_value")
 
@@ -34,7 +43,9 @@ BLOCKED_TOTAL = metric(
     "counter",
     "Recovery actions stopped by a safety limit (rate_limit, cooldown, not_allowed, superseded by a "
     "regional failover; max_lag: every promotion candidate too far behind; sentinel_unconfirmed: no "
-    "Sentinel majority, or the member it named is not a master the kit accepts).",
+    "Sentinel majority, or the member it named is not a master the kit accepts; patroni_unconfirmed: no "
+    "majority of Patroni members named a leader the kit confirms within patroni_wait; patroni_paused: the "
+    "Patroni cluster is in maintenance mode).",
     ("action", "limit"),
     scope="cluster",
     section="recovery",
