@@ -12,6 +12,8 @@ writers, the result and its timeline). The drills themselves:
 - drills_ha.py: the kit's own components killed during a failover;
 - drills_region.py: the whole primary region lost, data tier included;
 - drills_partition.py: a primary cut off with some of its clients;
+- drills_patroni.py: ``pg-primary-patroni``, the PostgreSQL leader's node killed with Patroni in
+  charge (a stack of its own: Patroni members over etcd, not the demo's PostgreSQL);
 - drills_backup.py: what failover cannot fix (a bad write, a corrupted backup, a hole in the WAL
   archive), on a demo with backups.
 """
@@ -31,6 +33,7 @@ from .drills_basic import BASIC_DRILLS
 from .drills_faults import FAULT_DRILLS
 from .drills_ha import HA_DRILLS
 from .drills_partition import PARTITION_DRILLS
+from .drills_patroni import PATRONI_DRILLS
 from .drills_region import REGION_DRILLS
 from .drills_traffic import drill_slow_app
 from .stack import Stack
@@ -87,6 +90,8 @@ def build_options(scenario: str) -> dict[str, Any]:
 
 def run_drill(scenario: str, stack: Stack | None = None, timeout: float = 90.0) -> DrillResult:
     """Start a demo stack, run one drill on it, stop the stack (unless one is given)."""
+    if scenario in PATRONI_DRILLS:  # builds its own stack, not a demo
+        return PATRONI_DRILLS[scenario](stack, timeout)
     own = stack is None
     stack = stack or Stack()
     try:

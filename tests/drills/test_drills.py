@@ -34,7 +34,7 @@ HA_SHARED = (
 )
 # checked by tests/drills/test_drills_region.py, test_drills_partition.py and test_drills_backup.py (one
 # stack for the three backup drills)
-OWN_CHECKER = ("region-loss", "primary-partition", *BACKUP_DRILLS)
+OWN_CHECKER = ("region-loss", "primary-partition", "pg-primary-patroni", *BACKUP_DRILLS)
 
 
 # drills that break different parts of the stack (and the options their stack needs), one stack each
