@@ -202,3 +202,31 @@ def test_a_paused_postgres_primary_its_down_alert_names_is_gone_after_one_timeou
     assert record["answers"] is False and record["overlapped"] is True, record
     assert record["at"] - started <= TIMEOUT + (ATTEMPTS - 1) * ATTEMPT_GAP + 0.7, record["at"] - started
     pg.servers["pg-1"].process.resume()
+
+
+def test_a_master_paused_just_before_the_action_is_not_vouched_for_by_what_the_replicas_heard_before(
+    stack: Stack, make_config: Callable[..., LoadedConfig], tmp_path: Path
+) -> None:
+    """At a 1 s alert window the action ran 1.5 s after a pause, while the replicas had heard from the
+    master within witness_max_silence (3 s): refused as 'still seen', and never tried again while
+    the master stayed frozen (bench/patroni_bench.py, chain-1s pause, 2026-12-07). A witness must
+    still be hearing from it: the action looks again once its silence would exceed the limit."""
+    servers = _trio(stack)
+    loaded = _load(make_config, tmp_path, {s.name: s.url for s in servers})
+    master, replicas = servers[0], servers[1:]
+    for replica in replicas:
+        wait_for(
+            lambda r=replica: int(r.info("replication").get("master_last_io_seconds_ago", 99)) == 0,
+            20,
+            f"{replica.name} to hear from the master",
+        )
+    master.process.pause()
+    ctx, recorder = make_context(loaded, "cache", DOWN, dry_run=True)
+    outcome, _ = _timed(ctx)
+    master.process.resume()
+    assert outcome.status == "succeeded" and outcome.facts["would_promote"] in ("redis-2", "redis-3"), (
+        outcome,
+        recorder.text(),
+    )
+    first, again = recorder.named("witnesses_checked")
+    assert first["seen_by"] and again["seen_by"] == {}, recorder.text()

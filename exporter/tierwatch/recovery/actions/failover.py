@@ -25,7 +25,10 @@ Safety rules:
 - Replicas are witnesses, as Sentinel uses them: a replica that still follows the old primary with its
   link up and heard from it within ``witness_max_silence`` sees it alive, so it is only this service
   that cannot reach it (a partition of the watcher, not a dead primary): refuse ("still seen by
-  replica X").
+  replica X"). A replica that heard from it within the limit is looked at again once the limit
+  (and ``WITNESS_RECHECK_MARGIN``) has passed, and refuses only if it still hears from it: an action
+  on a short alert window runs before the replicas of a frozen primary have been silent that long,
+  and the same alert is not acted on twice.
 - Never two primaries: another target that is a live primary (the driver says what counts) → refuse.
 - Region: a candidate must be in the old primary's region unless ``ctx.regional`` (the service
   decides, from an allow-list entry ``regional: true``; a regional failover accepts the loss of what
@@ -66,6 +69,9 @@ from .base import Action, ActionContext, Outcome, refuse
 from .liveness import ATTEMPTS
 
 POLL = 0.1  # seconds between verification rounds
+# a witness is looked at again this long after witness_max_silence: Redis reports the silence in
+# whole seconds (``master_last_io_seconds_ago`` 3 may be 3.9 s)
+WITNESS_RECHECK_MARGIN = 1.0
 # Alerts whose rule fires only when a majority of the healthy vantage points saw the alert's target,
 # the primary, down for the whole ``for`` window (rules/redis.rules.yml, rules/postgres.rules.yml):
 # their target has already been silent far longer than the liveness attempts wait
@@ -280,6 +286,17 @@ async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
     if alive:
         return refuse(ctx, f"{word} {old} still answers", f"{word} {old} still answers ({how})")
     witnesses = _witnesses(ctx, seen, old_target)
+    if witnesses:
+        # heard from within the limit, maybe only just before it fell silent (an action on a short
+        # window runs that soon): a witness must still be hearing from it once the limit has passed
+        again = ctx.cluster_settings.witness_max_silence + WITNESS_RECHECK_MARGIN
+        ctx.audit("witnesses_checked", target=old, seen_by=witnesses, again_in_s=again)
+        await asyncio.sleep(again)
+        fresh = {
+            s.name: s for s in await asyncio.gather(*(driver.observe(_target(ctx, n)) for n in witnesses))
+        }
+        seen = [fresh.get(s.name, s) for s in seen]
+        witnesses = _witnesses(ctx, seen, old_target)
     ctx.audit("witnesses_checked", target=old, seen_by=witnesses)
     if witnesses:
         names = ", ".join(witnesses)
