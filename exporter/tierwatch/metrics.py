@@ -101,6 +101,13 @@ SERIES_PER_TARGET: tuple[SeriesBudget, ...] = (
     ),
     SeriesBudget("PostgreSQL replica", 47, 47, "with the lag its primary reports about it"),
     SeriesBudget(
+        "Patroni member (adds to its PostgreSQL target)",
+        21,
+        26,
+        "a member read without failures (tests/integration/test_patroni_probe.py, a real Patroni); each "
+        "failure reason seen adds 1",
+    ),
+    SeriesBudget(
         "probe latency histogram (per tier, cluster and region)",
         HISTOGRAM_SERIES,
         HISTOGRAM_SERIES,

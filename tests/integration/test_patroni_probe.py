@@ -17,7 +17,7 @@ from prometheus_client.exposition import choose_encoder
 from tierwatch.clients.patroni import read_cluster, read_status
 from tierwatch.config import LoadedConfig, PatroniMember
 from tierwatch.events import EventLog
-from tierwatch.metrics import ReadyExposition
+from tierwatch.metrics import SERIES_PER_TARGET, ReadyExposition
 from tierwatch.monitor import Monitor
 from tierwatch.probes.patroni import SERIES_PER_MEMBER
 from tierwatch_lab.stack.patroni import PatroniCluster
@@ -73,6 +73,7 @@ def test_exporter_reads_a_patroni_cluster(
     monitor = Monitor(loaded, EventLog(stream=io.StringIO()))
     exposition = ReadyExposition(monitor)
     rest_ports = {m.rest_port for m in cluster.members}
+    [budget] = [b for b in SERIES_PER_TARGET if b.kind.startswith("Patroni member")]
 
     def role(text: str, target: str, which: str) -> float | None:
         return value(text, "tierwatch_patroni_role", target=target, role=which)
@@ -104,7 +105,7 @@ def test_exporter_reads_a_patroni_cluster(
                 assert value(text, "tierwatch_patroni_wal_position_bytes", target=name) > 0
                 seen = value(text, "tierwatch_patroni_dcs_last_seen_timestamp_seconds", target=name)
                 assert seen is not None and abs(seen - time.time()) < 60
-                assert patroni_series(text, name) == SERIES_PER_MEMBER
+                assert patroni_series(text, name) == SERIES_PER_MEMBER == budget.series <= budget.budget
             first_timeline = value(text, "tierwatch_patroni_timeline", target=leader.name)
 
             # Patroni's REST API speaks HTTP/1.0 (BaseHTTPRequestHandler's default) and closes every
