@@ -81,9 +81,13 @@ LONGEST_FIRST = [
     "test_hosts_dashboard_live.py",
     "test_vantage_live.py",
     "test_failover_cascade.py",
+    "test_drills_patroni.py",
     # integration: the files over 25 s of one worker (--durations=0 of tests/integration, 2026-12-07);
     # test_rules.py alone is about 170 s and was dispatched among the last, after the drills
     "test_rules.py",
+    "test_action_patroni.py",  # a real Patroni cluster per test (2026-12-07: 127 s for 3 tests)
+    "test_patroni_probe.py",
+    "test_patroni_lab.py",
     "test_recovery_lease.py",
     "test_recovery_hardening.py",
     "test_reload.py",
