@@ -37,6 +37,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,14 @@ import redis
 from tierwatch_lab.drill_kit import NO_RETRY, PgWrites, RedisWrites, Writer
 from tierwatch_lab.stack import Stack, wait_for
 from tierwatch_lab.stack.chain import ChainTiming, audit, redis_cluster, start_chain, write_lb_cluster
-from tierwatch_lab.stack.haproxy import start_write_lb
-from tierwatch_lab.stack.postgres import create_admin_role, create_app_role, start_primary, start_replica
+from tierwatch_lab.stack.haproxy import HAProxy, start_write_lb
+from tierwatch_lab.stack.postgres import (
+    PgServer,
+    create_admin_role,
+    create_app_role,
+    start_primary,
+    start_replica,
+)
 from tierwatch_lab.stack.redis import RedisServer, start_redis, start_sentinels
 from tierwatch_lab.stack.servernet import ServerNet, create_server_net
 
@@ -302,37 +309,55 @@ def run_sentinel(window: float, fault: str = "kill") -> dict[str, Any]:
         return result
 
 
+@dataclass
+class PgTrio:
+    """A primary and two synchronous (``ANY 1``) replicas behind a write LB, the chain's config entry."""
+
+    servers: dict[str, PgServer]
+    app_password: str
+    lb: HAProxy
+    clusters: list[dict[str, Any]]
+
+
+def start_pg_trio(stack: Stack) -> PgTrio:
+    """The PostgreSQL topology both failover benches use (this one and patroni_bench.py's chain)."""
+    sync = {"synchronous_standby_names": 'ANY 1 ("pg-1", "pg-2", "pg-3")'}
+    primary = start_primary(stack, "pg-1")
+    admin = create_admin_role(primary)
+    app = create_app_role(primary, "app")
+    servers = {
+        "pg-1": primary,
+        **{n: start_replica(stack, primary, n, settings=sync) for n in ("pg-2", "pg-3")},
+    }
+    primary.sql(f"ALTER SYSTEM SET synchronous_standby_names = '{sync['synchronous_standby_names']}'")
+    primary.sql("SELECT pg_reload_conf()")
+    primary.sql("CREATE TABLE drill_writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+    primary.sql("GRANT INSERT, SELECT ON drill_writes TO app")
+    lb = start_write_lb(
+        stack, "lb-write", "be_pg_write", [(n, s.port) for n, s in servers.items()], primary="pg-1"
+    )
+    for name, value in {"pg": primary.monitor_password, "pg-admin": admin}.items():
+        path = stack.path("chain-secrets", name)
+        path.write_text(value)
+        path.chmod(0o600)
+    clusters = [
+        {
+            "name": "db",
+            "tier": "postgres",
+            "password_file": str(stack.path("chain-secrets", "pg")),
+            "targets": [
+                {"name": n, "region": "primary", "url": s.dsn_without_password} for n, s in servers.items()
+            ],
+        }
+    ]
+    return PgTrio(servers, app, lb, clusters)
+
+
 def run_chain_pg(window: float) -> dict[str, Any]:
     with Stack() as stack:
-        sync = {"synchronous_standby_names": 'ANY 1 ("pg-1", "pg-2", "pg-3")'}
-        primary = start_primary(stack, "pg-1")
-        admin = create_admin_role(primary)
-        app = create_app_role(primary, "app")
-        servers = {
-            "pg-1": primary,
-            **{n: start_replica(stack, primary, n, settings=sync) for n in ("pg-2", "pg-3")},
-        }
-        primary.sql(f"ALTER SYSTEM SET synchronous_standby_names = '{sync['synchronous_standby_names']}'")
-        primary.sql("SELECT pg_reload_conf()")
-        primary.sql("CREATE TABLE drill_writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
-        primary.sql("GRANT INSERT, SELECT ON drill_writes TO app")
-        lb = start_write_lb(
-            stack, "lb-write", "be_pg_write", [(n, s.port) for n, s in servers.items()], primary="pg-1"
-        )
-        files = {"pg": primary.monitor_password, "pg-admin": admin}
-        for name, value in files.items():
-            stack.path("chain-secrets", name).write_text(value)
-        clusters = [
-            {
-                "name": "db",
-                "tier": "postgres",
-                "password_file": str(stack.path("chain-secrets", "pg")),
-                "targets": [
-                    {"name": n, "region": "primary", "url": s.dsn_without_password}
-                    for n, s in servers.items()
-                ],
-            }
-        ]
+        trio = start_pg_trio(stack)
+        servers, app, lb, clusters = trio.servers, trio.app_password, trio.lb, trio.clusters
+        primary = servers["pg-1"]
         write_lb = [write_lb_cluster("write", [lb])]
         recovery = {
             "allow": {"PostgresPrimaryDown": "pg_promote", "PostgresNoPrimary": "pg_promote"},

@@ -5,13 +5,17 @@ recovery service, an exporter) cannot reach it: a watcher cut off from the prima
 ``blackhole()`` is a full partition as a network makes it: nothing is refused or reset, bytes just stop
 (new connections are accepted and hear nothing) until ``heal()``, when the held bytes flow again.
 
-Imported explicitly: ``from partition_fixtures import Gate``."""
+Imported explicitly: ``from partition_fixtures import Gate`` (and the ``gates`` fixture, which closes
+the gates a test made)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import threading
+from collections.abc import Iterator
+
+import pytest
 
 from tierwatch_lab.stack.ports import free_port
 from tierwatch_lab.stack.tcp_forwarder import pipe
@@ -105,3 +109,12 @@ class Gate:
             self._call(close_all())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+@pytest.fixture
+def gates() -> Iterator[list[Gate]]:
+    """The gates a test makes (append them), closed after it."""
+    made: list[Gate] = []
+    yield made
+    for gate in made:
+        gate.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,13 @@ from tierwatch_lab.stack import Stack, wait_for
 from tierwatch_lab.stack.redis import RedisServer, start_redis
 
 from action_fixtures import ADMIN_ROLE, Recorder, make_context, start_pg_cluster
-from partition_fixtures import Gate
+from partition_fixtures import Gate, gates
+
+__all__ = ["gates"]  # a fixture: imported to be used by name
 
 PASSWORD = "redis-liveness-secret-5d1e"
 TIMEOUT = 2.0  # the product's default monitor.timeout, which the action's reads use
 DOWN = {"alertname": "RedisMasterDown", "target": "redis-1"}
-
-
-@pytest.fixture
-def gates() -> Iterator[list[Gate]]:
-    made: list[Gate] = []
-    yield made
-    for gate in made:
-        gate.close()
 
 
 def _trio(stack: Stack) -> list[RedisServer]:

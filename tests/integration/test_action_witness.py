@@ -5,11 +5,10 @@ when the primary really dies behind the same address, the failover goes ahead.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -21,17 +20,11 @@ from tierwatch_lab.stack import Stack, wait_for
 from tierwatch_lab.stack.redis import RedisServer, start_redis
 
 from action_fixtures import ADMIN_ROLE, make_context, start_pg_cluster
-from partition_fixtures import Gate
+from partition_fixtures import Gate, gates
+
+__all__ = ["gates"]  # a fixture: imported to be used by name
 
 PASSWORD = "redis-witness-secret-41c2"
-
-
-@pytest.fixture
-def gates() -> Iterator[list[Gate]]:
-    made: list[Gate] = []
-    yield made
-    for gate in made:
-        gate.close()
 
 
 def _redis_follow(replica: RedisServer, port: int) -> None:

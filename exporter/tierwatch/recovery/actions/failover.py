@@ -261,6 +261,7 @@ async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
     asked = asyncio.ensure_future(driver.answers(named)) if named is not None else None
     try:
         seen = list(await asyncio.gather(*(driver.observe(t) for t in ctx.cluster.targets)))
+        observed_at = time.monotonic()
     except BaseException:
         if asked is not None:
             asked.cancel()
@@ -289,8 +290,10 @@ async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
     if witnesses:
         # heard from within the limit, maybe only just before it fell silent (an action on a short
         # window runs that soon): a witness must still be hearing from it once the limit has passed
-        again = ctx.cluster_settings.witness_max_silence + WITNESS_RECHECK_MARGIN
-        ctx.audit("witnesses_checked", target=old, seen_by=witnesses, again_in_s=again)
+        # (counted from when they were read: the liveness attempts took part of it already)
+        limit = ctx.cluster_settings.witness_max_silence + WITNESS_RECHECK_MARGIN
+        again = max(0.0, limit - (time.monotonic() - observed_at))
+        ctx.audit("witnesses_checked", target=old, seen_by=witnesses, again_in_s=round(again, 3))
         await asyncio.sleep(again)
         fresh = {
             s.name: s for s in await asyncio.gather(*(driver.observe(_target(ctx, n)) for n in witnesses))
