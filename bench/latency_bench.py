@@ -32,6 +32,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,22 @@ def scrape(port: int) -> tuple[str, float]:
     finally:
         conn.close()
     return body, time.perf_counter() - began
+
+
+def scrape_seconds(port: int, client: str) -> float:
+    """How long one GET /metrics takes with ``client``: ``python`` (http.client, reading and decoding
+    the body in this process) or ``curl`` (a C client that discards the body, as a Go scraper costs
+    little per byte): the first also counts the bench's own Python reading a 12.7 MB body."""
+    if client == "python":
+        return scrape(port)[1]
+    done = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{time_total}", f"http://127.0.0.1:{port}/metrics"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return float(done.stdout)
 
 
 def histograms(text: str) -> dict[str, dict[str, float]]:
@@ -176,13 +193,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.rounds):
             time.sleep(args.interval)
             for i, exporter in enumerate(exporters):  # one after the other, as one Prometheus would
-                scrapes[i].append(scrape(exporter.port)[1])
+                scrapes[i].append(scrape_seconds(exporter.port, args.scrape_client))
         afters = [scrape(e.port)[0] for e in exporters]
         elapsed = time.monotonic() - began
         cpus = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
         load_after = os.getloadavg()
         # then back to back, as a second Prometheus or a curl would (not in the CPU figure)
-        back_to_back = [sorted(scrape(e.port)[1] for _ in range(args.scrapes)) for e in exporters]
+        back_to_back = [
+            sorted(scrape_seconds(e.port, args.scrape_client) for _ in range(args.scrapes)) for e in exporters
+        ]
         per_exporter = []
         for i in range(len(exporters)):
             a, b = histograms(befores[i]), histograms(afters[i])
@@ -215,6 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after],
             "targets": args.targets,
+            "scrape_client": args.scrape_client,
             "backends": args.backends,
             "shards": args.shards,
             "interval_s": args.interval,
@@ -256,6 +276,12 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=12, help="intervals in the measured window")
     parser.add_argument("--scrapes", type=int, default=100, help="back-to-back scrapes after the window")
+    parser.add_argument(
+        "--scrape-client",
+        choices=("python", "curl"),
+        default="python",
+        help="what times the scrapes: http.client in this process, or curl (body discarded)",
+    )
     parser.add_argument("--shards", type=int, default=1, help="exporters side by side, --shard I/N each")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import tempfile
 import time
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=50)
     args = parser.parse_args()
+    load = os.getloadavg()
     monitor = synthetic_monitor(args.targets)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TierwatchCollector(monitor))
@@ -89,6 +91,8 @@ def main() -> None:
         f"{statistics.median(rerenders):.1f} CPU-us median to render them again after a probe, "
         f"{statistics.median(joins):.2f} CPU-ms median to join them for a scrape"
     )
+    # CPU time, not wall-clock, but a loaded machine still shares caches and frequency with it
+    print(f"load average (1, 5, 15 min): {load} before, {os.getloadavg()} after; {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":
