@@ -6,9 +6,11 @@ dry-run mode, Prometheus with the real rules). Then:
 
 - every query of every dashboard is accepted by Prometheus (no ``bad_data``), variables substituted as
   Grafana would with "All" selected, ``$__rate_interval`` as 5s (4 x the 1 s scrape interval, plus margin);
-- every panel query of every dashboard returns at least one series, polled with a deadline. The only
-  exception is the recovery dashboard's "Last failover": its series exists only after a completed
-  failover, which this stack does not perform (the recovery service runs in dry-run mode);
+- every panel query of every dashboard returns at least one series, polled with a deadline. Two
+  exceptions: the recovery dashboard's "Last failover" (its series exists only after a completed
+  failover, which this stack does not perform: the recovery service runs in dry-run mode), and the
+  PostgreSQL dashboard's Patroni panels (this stack runs no Patroni; their series are checked on a
+  real Patroni cluster by tests/integration/test_patroni_probe.py);
 - every template variable lists values;
 - the overview tells the truth: the active LB, the Redis master, the PostgreSQL primary, the app server
   that was stopped, the alert that fires for it and the refused recovery action are where they are.
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RATE_INTERVAL, RANGE = "5s", "5m"
 # (dashboard file, panel title): series that appear only after a completed failover
 AFTER_A_FAILOVER = {("recovery.json", "Last failover")}
+PATRONI_SERIES = "tierwatch_patroni_"  # panels of a Patroni cluster: none in this stack
 VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 
 pytestmark = pytest.mark.slow
@@ -99,7 +102,11 @@ def test_every_query_is_accepted_by_prometheus(live: Any) -> None:
 
 
 def test_every_panel_query_returns_data(live: Any) -> None:
-    pending = {(f, t, r): (q, i) for f, t, r, q, i in panel_queries() if (f, t) not in AFTER_A_FAILOVER}
+    pending = {
+        (f, t, r): (q, i)
+        for f, t, r, q, i in panel_queries()
+        if (f, t) not in AFTER_A_FAILOVER and PATRONI_SERIES not in q
+    }
     assert len(pending) > 100
     deadline = time.monotonic() + 180
     while pending and time.monotonic() < deadline:
@@ -210,3 +217,9 @@ def test_traffic_panels_show_the_requests_sent_through_the_lbs(live: Any) -> Non
         empty = [f"{f} / {t}" for f, t, q, i in queries if not run(live.prometheus, q, i)]
         assert time.monotonic() < deadline, f"traffic panels without data or traffic: {empty}"
         time.sleep(2)
+
+
+def test_the_patroni_panels_are_the_postgres_dashboards_and_have_no_data_here(live: Any) -> None:
+    patroni = [(f, t, q, i) for f, t, _, q, i in panel_queries() if PATRONI_SERIES in q]
+    assert patroni and {f for f, _, _, _ in patroni} == {"postgres.json"}
+    assert not any(run(live.prometheus, q, i) for _, _, q, i in patroni)

@@ -6,9 +6,14 @@ killed the new leader on a higher timeline; no Patroni connection is left open b
 from __future__ import annotations
 
 import asyncio
+import importlib
 import io
+import json
+import re
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 from patroni_fixtures import patroni_cluster, patroni_cluster_config
@@ -26,6 +31,18 @@ from helpers import connections_to
 from helpers import metric_value as value
 
 __all__ = ["patroni_cluster"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dashboard_patroni_metrics() -> set[str]:
+    """The tierwatch_patroni_* series the generated dashboards query."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    generate = importlib.import_module("dashboards.generate")
+    text = json.dumps([generate.build_dashboard(spec) for spec in generate.DASHBOARDS])
+    found = set(re.findall(r"tierwatch_patroni_\w+", text))
+    assert found, "no dashboard reads a Patroni series"
+    return found
 
 
 def scrape(exposition: ReadyExposition) -> str:
@@ -106,6 +123,10 @@ def test_exporter_reads_a_patroni_cluster(
                 seen = value(text, "tierwatch_patroni_dcs_last_seen_timestamp_seconds", target=name)
                 assert seen is not None and abs(seen - time.time()) < 60
                 assert patroni_series(text, name) == SERIES_PER_MEMBER == budget.series <= budget.budget
+            # the PostgreSQL dashboard's Patroni panels read series this real cluster produces (the
+            # dashboards' live test has no Patroni)
+            for metric in dashboard_patroni_metrics():
+                assert f"\n{metric}{{" in text, metric
             first_timeline = value(text, "tierwatch_patroni_timeline", target=leader.name)
 
             # Patroni's REST API speaks HTTP/1.0 (BaseHTTPRequestHandler's default) and closes every
