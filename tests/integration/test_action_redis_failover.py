@@ -424,8 +424,14 @@ def test_a_leader_that_lost_its_lease_past_the_point_of_no_return_stops_before_r
     master.process.kill()
     ctx, recorder = make_context(loaded, CLUSTER, ALERT, settings=ClusterRecovery(write_backend=BACKEND))
 
-    def still_leading() -> None:  # the lease was held at the point of no return (the recorder's), then lost
-        raise LeaseLost("the lease expired in etcd")
+    asked: list[str] = []
+
+    def still_leading() -> None:
+        # the lease was held at the point of no return (the recorder's) and when the old master was
+        # drained from the write backend, then lost while promoting
+        asked.append("asked")
+        if len(asked) > 1:
+            raise LeaseLost("the lease expired in etcd")
 
     ctx.still_leading = still_leading
     try:
@@ -436,5 +442,6 @@ def test_a_leader_that_lost_its_lease_past_the_point_of_no_return_stops_before_r
         raise AssertionError(f"the stale run went on: {recorder.text()}")
     [promoted] = [e["target"] for e in recorder.named("promoted")]
     assert not recorder.named("repointed") and not recorder.named("write_backend_set"), recorder.text()
+    assert recorder.named("write_backend_drained")[0]["target"] == "redis-1"
     [other] = [s for s in servers[1:] if s.name != promoted]
     assert replication(other)["master_port"] == master.port  # left for the new leader's resumed run

@@ -2,8 +2,10 @@
 
 The backend's servers are named after the cluster's targets; the new primary's server is set
 ``ready`` and every other server ``maint`` on every LB that has a runtime API socket, so writes go to
-the new primary only. An LB whose runtime API does not answer, or answers something that is not
-``show stat``, is reported as a problem, never raised.
+the new primary only. Before a replica is promoted, the old primary is drained first (``maint``, its
+open sessions shut): a paused old primary that wakes up mid-failover gets no write through an LB.
+An LB whose runtime API does not answer, or answers something that is not ``show stat``, is
+reported as a problem, never raised.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LbStat",
     "backend_primary",
+    "drain_write_backend",
     "lb_sockets",
     "lbs_with_backend",
     "point_backend_at",
@@ -106,17 +109,39 @@ async def point_backend_at(
             if member not in servers:
                 problems.append(f"{member}: no such server in {backend}")
                 continue
-            state = "ready" if member == primary else "maint"
-            problem = await run_on_lb(view, f"set server {backend}/{member} state {state}")
-            if problem is None and member != primary:
-                # maint only stops new sessions: one open to a paused or cut-off old primary would
-                # hold its client until the LB's ``timeout server`` (60 s measured); cut it so the
-                # client reconnects to the new primary
-                problem = await run_on_lb(view, f"shutdown sessions server {backend}/{member}")
+            if member == primary:
+                problem = await run_on_lb(view, f"set server {backend}/{member} state ready")
+            else:
+                problem = await _fence(view, backend, member)
             if problem is not None:
                 problems.append(f"{member}: {problem}")
                 break
         results[lb] = "; ".join(problems) or "ok"
+    return results
+
+
+async def _fence(view: LbStat, backend: str, member: str) -> str | None:
+    """Set ``member`` to maint and shut its open sessions; None, or the problem."""
+    problem = await run_on_lb(view, f"set server {backend}/{member} state maint")
+    if problem is None:
+        # maint only stops new sessions: one open to a paused or cut-off old primary would hold its
+        # client until the LB's ``timeout server`` (60 s measured), and write there if it wakes up
+        problem = await run_on_lb(view, f"shutdown sessions server {backend}/{member}")
+    return problem
+
+
+async def drain_backend_server(loaded: LoadedConfig, backend: str, member: str) -> dict[str, str]:
+    """Take ``member`` out of ``backend`` (maint, open sessions shut) on every LB that has it; the
+    other servers are left as they are. Per-LB results ("ok" or a secret-free problem)."""
+    results: dict[str, str] = {}
+    for lb, view in (await lbs_with_backend(loaded, backend)).items():
+        if view.problem is not None:
+            results[lb] = view.problem
+        elif member not in view.servers(backend):
+            results[lb] = f"{member}: no such server in {backend}"
+        else:
+            problem = await _fence(view, backend, member)
+            results[lb] = f"{member}: {problem}" if problem else "ok"
     return results
 
 
@@ -141,6 +166,22 @@ async def point_write_backend(ctx: ActionContext, primary: str) -> dict[str, str
     members = [t.name for t in ctx.cluster.targets]
     results = await point_backend_at(ctx.loaded, backend, primary, members)
     ctx.audit("write_backend_set", backend=backend, primary=primary, results=results)
+    return results
+
+
+async def drain_write_backend(ctx: ActionContext, old: str) -> dict[str, str] | None:
+    """Take the old primary out of the cluster's write backend (if one is configured) before a
+    replica is promoted. A paused old primary that wakes between the promotion and the backend's
+    move would otherwise take writes from the sessions the LB still holds to it (and from new ones),
+    acknowledged while a replica that still follows it confirms them, and lost when it rejoins.
+    A problem is audited, not raised: the promotion goes on (the old primary is down by every
+    check), and verification reports an LB that was not moved."""
+    backend = ctx.cluster_settings.write_backend
+    if not backend:
+        return None
+    ctx.still_leading()
+    results = await drain_backend_server(ctx.loaded, backend, old)
+    ctx.audit("write_backend_drained", backend=backend, target=old, results=results)
     return results
 
 

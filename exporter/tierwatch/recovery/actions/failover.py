@@ -5,9 +5,9 @@ re-point and verify, as Patroni keeps its rules in one HA loop.
 The sequence: observe every target (and meanwhile ask the alert's target whether it answers) →
 find the old primary → a resumed run only verifies → the old primary must be really gone → an
 election the engine runs itself (Sentinel) is waited for → no other live primary → choose the most
-up-to-date eligible replica → a dry run stops here → point of no return → promote → re-point the
-other replicas → move the write backend → move the DNS records (dns_records.py, compare-and-swap) →
-verify.
+up-to-date eligible replica → a dry run stops here → point of no return → drain the old primary
+from the write backend → promote → re-point the other replicas → move the write backend → move the
+DNS records (dns_records.py, compare-and-swap) → verify.
 
 Safety rules:
 - "Really gone" means the old primary (the alert's ``target``, else the one server the replicas
@@ -63,7 +63,7 @@ from typing import Any, Generic, TypeVar
 
 from ...clients.addresses import Address, target_address, target_at
 from ...config import TargetConfig
-from ..discovery import point_write_backend, write_backend_problems
+from ..discovery import drain_write_backend, point_write_backend, write_backend_problems
 from ..dns_records import publish, with_dns
 from .base import Action, ActionContext, Outcome, refuse
 from .liveness import ATTEMPTS
@@ -333,6 +333,7 @@ async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
 
     await ctx.point_of_no_return(decision={"promote": best.name})
     started = time.monotonic()
+    await drain_write_backend(ctx, old)
     try:
         await driver.promote(best)
     except StepFailed as exc:
