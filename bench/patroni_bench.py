@@ -8,9 +8,12 @@ primary and measures:
 - ``seconds``: from the fault until a write is acknowledged again (a commit returned);
 - ``lost``: acknowledged writes missing from the primary at the end (after the return);
 - ``two_primaries_s``: seconds during which two servers accepted writes (answered and were not in
-  recovery; sampled every 0.1 s per server, a sample counts for 1 s at most);
+  recovery; sampled every 0.1 s per server over its unix socket, a sample counts for 1 s at most);
+  ``unasked_s``: per server, the seconds whose samples could not be taken (no answer within 2 s: a
+  dead, paused or restarting server), counted as not accepting writes;
 - ``rejoined_s``: once writes are acknowledged again the old primary returns (``kill``: started
-  again; ``pause``: SIGCONT) and this is how long until it streams from the new primary.
+  again; ``pause``: SIGCONT; ``partition``: the cut healed) and this is how long until it streams
+  from the new primary.
 
 Patroni: 3 members over a 3-member lab etcd (``synchronous_mode: quorum``: ``ANY 1`` of the
 replicas); clients reach the leader through HAProxy, ``option httpchk GET /primary`` on the members'
@@ -20,7 +23,15 @@ and the fastest it accepts (ttl 20, loop_wait 1, retry_timeout 3). Chain: bench/
 setup (one recovery service, a write LB it moves) at the 5 s window and its fastest (1 s), plus
 ``PostgresSplitBrain -> pg_rejoin`` (pg_rewind) for the returning old primary.
 
-Faults: ``kill`` (SIGKILL Patroni and its postgres / the postgres server), ``pause`` (SIGSTOP them all).
+Faults: ``kill`` (SIGKILL Patroni and its postgres / the postgres server), ``pause`` (SIGSTOP them all),
+``partition``: the primary (Patroni: the leader member, Patroni and its PostgreSQL, started first so it
+leads; chain: pg-1) runs in a network namespace of its own (stack/servernet.py, still at 127.0.0.1 for
+everyone) and the cut drops every frame between it and the rest, both ways, silently. Its isolated
+clients: a second writer inside the namespace writes straight to it (acknowledged: the commit
+returned within 1 s without the warning that the synchronous wait was cancelled; drill_checker's
+PgAckWrites), reported apart: ``isolated_acked_after_cut`` (attempts started after the cut) and
+``isolated_lost`` (those missing from the final primary). The sampler asks the old primary over its
+unix socket, which the cut does not reach: it sees it as its isolated clients do.
 
 Run: ``python bench/patroni_bench.py --fault kill [--runs 3] [--systems patroni-default,...]``;
 ``--report`` writes bench/results/patroni.md from the JSON files.
@@ -41,23 +52,38 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
-from failover_bench import start_pg_trio
+from failover_bench import PgTrio, start_pg_trio
 
+from tierwatch_lab.drill_checker import PgAckWrites
 from tierwatch_lab.drill_kit import PgWrites, Writer
-from tierwatch_lab.stack import Stack, wait_for
+from tierwatch_lab.drills_partition import InNamespace
+from tierwatch_lab.stack import Stack, StackError, wait_for
 from tierwatch_lab.stack.chain import ChainTiming, audit, start_chain, write_lb_cluster
 from tierwatch_lab.stack.etcd import start_etcd_cluster
-from tierwatch_lab.stack.haproxy import HAProxy
-from tierwatch_lab.stack.patroni import DEFAULT_TIMING, FASTEST_TIMING, PatroniCluster, start_patroni_cluster
+from tierwatch_lab.stack.haproxy import HAProxy, start_write_lb
+from tierwatch_lab.stack.patroni import (
+    DEFAULT_TIMING,
+    FASTEST_TIMING,
+    PatroniCluster,
+    PatroniMember,
+    start_patroni_cluster,
+)
 from tierwatch_lab.stack.ports import free_port, port_open
 from tierwatch_lab.stack.postgres import (
+    create_admin_role,
     create_app_role,
     rejoin_commands,
+    start_primary,
+    start_replica,
 )
+from tierwatch_lab.stack.servernet import ServerNet, create_server_net
 
 RESULTS = Path(__file__).parent / "results"
 SYSTEMS = ("patroni-default", "patroni-fastest", "chain-5s", "chain-1s")
+FAULTS = ("kill", "pause", "partition")
+ISOLATED_TABLE = "drill_isolated"
 RECOVERY_TIMEOUT = 90.0
 REJOIN_TIMEOUT = 120.0
 SAMPLE = 0.1
@@ -70,7 +96,8 @@ class PrimarySampler(threading.Thread):
     def __init__(self, servers: dict[str, Callable[..., psycopg.Connection[Any]]]):
         super().__init__(daemon=True)
         self.servers = servers
-        self.samples: dict[str, list[tuple[float, bool]]] = {name: [] for name in servers}
+        # (when, accepted writes); None: the sample could not be taken
+        self.samples: dict[str, list[tuple[float, bool | None]]] = {name: [] for name in servers}
         self._halt = threading.Event()
         self._threads = [threading.Thread(target=self._poll, args=(name,), daemon=True) for name in servers]
 
@@ -84,12 +111,13 @@ class PrimarySampler(threading.Thread):
         connect = self.servers[name]
         while not self._halt.is_set():
             at = time.time()
+            writable: bool | None
             try:
                 with connect(timeout=1) as conn:
                     row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
                 writable = row is not None and row[0] is False
             except psycopg.Error:
-                writable = False
+                writable = None
             self.samples[name].append((at, writable))
             self._halt.wait(SAMPLE)
 
@@ -111,6 +139,18 @@ class PrimarySampler(threading.Thread):
                 total += SAMPLE
             t += SAMPLE
         return round(total, 1)
+
+    def unasked_seconds(self, since: float, until: float) -> dict[str, float]:
+        """Per server, the seconds in [since, until] covered by samples that could not be taken (each
+        until the next sample, 1 s at most)."""
+        unasked: dict[str, float] = {}
+        for name, samples in self.samples.items():
+            total = 0.0
+            for (at, writable), following in zip(samples, [*samples[1:], (until, None)], strict=True):
+                if writable is None and since <= at <= until:
+                    total += min(following[0], until, at + 1.0) - at
+            unasked[name] = round(total, 1)
+        return unasked
 
 
 def _code_version() -> dict[str, Any]:
@@ -162,12 +202,17 @@ def _measure(
     promoted: Callable[[], bool],
     back: Callable[[], None],
     following: Callable[[], bool],
-    current_ids: Callable[[], set[int] | None],
+    current_ids: Callable[[str], set[int] | None],
     ids_of: Callable[[Writer], set[int]],
+    isolated: Writer | None = None,
 ) -> dict[str, Any]:
-    """The run's protocol, the same for both systems."""
-    writer.start()
-    wait_for(lambda: len(writer.acked) > 20, 60, "writes flowing")
+    """The run's protocol, the same for both systems. ``isolated``: the old primary's isolated
+    clients' writer (partition), writing to ISOLATED_TABLE; ``current_ids(table)``: the row ids the
+    final primary holds."""
+    writers = [writer] if isolated is None else [writer, isolated]
+    for w in writers:
+        w.start()
+    wait_for(lambda: all(len(w.acked) > 20 for w in writers), 60, "writes flowing")
     sampler.start()
     result: dict[str, Any] = {"load_before": _loadavg()}
     faulted = time.time()
@@ -195,12 +240,25 @@ def _measure(
             pass
         time.sleep(0.1)
     time.sleep(1.0)  # writes after the return land too
-    writer.stop()
+    for w in writers:
+        w.stop()
     sampler.stop()
-    result["two_primaries_s"] = sampler.two_primaries_seconds(faulted, time.time())
-    ids = current_ids()
+    ended = time.time()
+    result["two_primaries_s"] = sampler.two_primaries_seconds(faulted, ended)
+    result["unasked_s"] = sampler.unasked_seconds(faulted, ended)
+    ids = current_ids("drill_writes")
     result["lost"] = len(ids_of(writer) - ids) if ids is not None else None
     result["acked"] = len(writer.acked)
+    if isolated is not None:
+        after = {n for n, at in isolated.acked if at > faulted}
+        ids = current_ids(ISOLATED_TABLE)
+        result["isolated_acked"] = len(isolated.acked)
+        result["isolated_acked_after_cut"] = len(after)
+        result["isolated_lost"] = len(after - ids) if ids is not None else None
+        # every acknowledged isolated write, before the cut too (each confirmed by a standby)
+        result["isolated_lost_all"] = len({n for n, _ in isolated.acked} - ids) if ids is not None else None
+        last = max((at for _, at in isolated.acked), default=None)
+        result["isolated_last_ack_s"] = round(last - faulted, 3) if last is not None else None
     result["load_after"] = _loadavg()
     result["faulted_at"] = faulted
     return result
@@ -243,12 +301,17 @@ def _patroni_lb(stack: Stack, cluster: PatroniCluster) -> HAProxy:
 def run_patroni(timing: dict[str, int], fault: str) -> dict[str, Any]:
     with Stack() as stack:
         etcd = start_etcd_cluster(stack, 3)
-        cluster = start_patroni_cluster(stack, etcd, 3, **timing, synchronous_mode="quorum")
+        net = create_server_net(stack) if fault == "partition" else None
+        nets = {"pg-1": net} if net is not None else None
+        cluster = start_patroni_cluster(stack, etcd, 3, **timing, synchronous_mode="quorum", nets=nets)
         leader = cluster.wait_leader(60)
+        if net is not None and leader.name != "pg-1":
+            raise RuntimeError(f"{leader.name} leads, not pg-1 (the member in namespace {net.namespace})")
         app = create_app_role(leader, "app")  # type: ignore[arg-type] - only .connect() is used
         with leader.connect() as conn:
-            conn.execute("CREATE TABLE drill_writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
-            conn.execute("GRANT INSERT, SELECT ON drill_writes TO app")
+            for table in ("drill_writes", ISOLATED_TABLE):
+                conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+                conn.execute(f"GRANT INSERT, SELECT ON {table} TO app")
         cluster.wait_streaming(timeout=60)
         # steady state: Patroni lists both replicas as quorum standbys (its /sync key); before that,
         # none may be promoted and a dead leader is never replaced
@@ -259,38 +322,73 @@ def run_patroni(timing: dict[str, int], fault: str) -> dict[str, Any]:
         writer = Writer(pg)
         sampler = PrimarySampler({m.name: m.connect for m in cluster.members})
         old = leader
+        isolated = _isolated_writer(net, old.pg_port, app)
+
+        def leader_now() -> PatroniMember | None:
+            return _leader(cluster, old)
 
         def back() -> None:
-            if fault == "kill":
+            if net is not None:
+                net.heal()
+            elif fault == "kill":
                 cluster.start_member(old)
             else:
                 old.resume()
 
         def following() -> bool:
-            new = cluster.leader()
+            new = leader_now()
             if new is None or new is old or not old.in_recovery():
                 return False
             with new.connect() as conn:
                 row = conn.execute(STREAMING, (old.name,)).fetchone()
             return bool(row and row[0])
 
-        def current_ids() -> set[int] | None:
-            new = cluster.leader()
+        def current_ids(table: str) -> set[int] | None:
+            new = leader_now()
             if new is None:
                 return None
             with new.connect() as conn:
-                return {r[0] for r in conn.execute("SELECT id FROM drill_writes").fetchall()}
+                return {r[0] for r in conn.execute(f"SELECT id FROM {table}").fetchall()}
 
         def promoted() -> bool:
-            new = cluster.leader()
+            new = leader_now()
             return new is not None and new is not old
 
-        fault_fn = old.kill if fault == "kill" else old.pause
-        result = _measure(writer, sampler, fault_fn, promoted, back, following, current_ids, pg.ids)
-        new = cluster.leader()
+        faults = {"kill": old.kill, "pause": old.pause, "partition": net.cut if net else old.kill}
+        result = _measure(
+            writer, sampler, faults[fault], promoted, back, following, current_ids, pg.ids, isolated
+        )
+        new = leader_now()
         result["new_primary"] = new.name if new else None
         result.pop("faulted_at")
         return result
+
+
+def _leader(cluster: PatroniCluster, old: PatroniMember) -> PatroniMember | None:
+    """The member Patroni's /cluster names running leader, asking ``old`` last: a cut-off or paused
+    member's REST API answers nothing and costs its whole timeout."""
+    for member in sorted(cluster.members, key=lambda m: m is old):
+        if not member.running():
+            continue
+        try:
+            code, doc = member.rest("/cluster")
+        except (httpx.HTTPError, StackError):
+            continue
+        if code != 200 or not isinstance(doc, dict):
+            continue
+        for entry in doc.get("members", []):
+            if entry.get("role") == "leader" and entry.get("state") == "running":
+                return cluster.member(entry["name"])
+        return None
+    return None
+
+
+def _isolated_writer(net: ServerNet | None, port: int, app_password: str) -> Writer | None:
+    """The old primary's isolated clients (partition): a writer in ``net``'s namespace writing to
+    127.0.0.1:``port`` there."""
+    if net is None:
+        return None
+    return Writer(InNamespace(net, PgAckWrites(port, app_password, ISOLATED_TABLE)))
 
 
 def _quorum_standbys(cluster: PatroniCluster) -> int:
@@ -326,9 +424,54 @@ def _chain_timing(window: float) -> ChainTiming:
     )
 
 
+def _partitioned_pg_trio(stack: Stack, net: ServerNet) -> PgTrio:
+    """failover_bench.start_pg_trio's topology with pg-1 in ``net``'s namespace (as demo_build.py puts
+    it there for the primary-partition drill): its clients arrive from the veth network, it reaches
+    the replicas and the write LB at 127.0.0.1."""
+    sync = {"synchronous_standby_names": 'ANY 1 ("pg-1", "pg-2", "pg-3")'}
+    primary = start_primary(
+        stack,
+        "pg-1",
+        port=net.expose(),
+        launcher=net.launcher,
+        hba_networks=[net.network],
+        settings={"listen_addresses": ",".join(net.listen)},
+    )
+    admin = create_admin_role(primary)
+    app = create_app_role(primary, "app")
+    servers = {
+        "pg-1": primary,
+        **{n: start_replica(stack, primary, n, settings=sync) for n in ("pg-2", "pg-3")},
+    }
+    primary.sql(f"ALTER SYSTEM SET synchronous_standby_names = '{sync['synchronous_standby_names']}'")
+    primary.sql("SELECT pg_reload_conf()")
+    primary.sql("CREATE TABLE drill_writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+    primary.sql("GRANT INSERT, SELECT ON drill_writes TO app")
+    lb = start_write_lb(
+        stack, "lb-write", "be_pg_write", [(n, s.port) for n, s in servers.items()], primary="pg-1"
+    )
+    net.reach([servers["pg-2"].port, servers["pg-3"].port, lb.port])
+    for name, value in {"pg": primary.monitor_password, "pg-admin": admin}.items():
+        path = stack.path("chain-secrets", name)
+        path.write_text(value)
+        path.chmod(0o600)
+    clusters = [
+        {
+            "name": "db",
+            "tier": "postgres",
+            "password_file": str(stack.path("chain-secrets", "pg")),
+            "targets": [
+                {"name": n, "region": "primary", "url": s.dsn_without_password} for n, s in servers.items()
+            ],
+        }
+    ]
+    return PgTrio(servers, app, lb, clusters)
+
+
 def run_chain(window: float, fault: str) -> dict[str, Any]:
     with Stack() as stack:
-        trio = start_pg_trio(stack)
+        net = create_server_net(stack) if fault == "partition" else None
+        trio = start_pg_trio(stack) if net is None else _partitioned_pg_trio(stack, net)
         servers, app, lb, clusters = trio.servers, trio.app_password, trio.lb, trio.clusters
         primary = servers["pg-1"]
         recovery = {
@@ -351,9 +494,12 @@ def run_chain(window: float, fault: str) -> dict[str, Any]:
         )
         wait_for(chain.prometheus.targets_up, 30, "scraping")
         wait_for(lambda: chain.prometheus.value('min(tierwatch_up{tier="postgres"})') == 1, 30, "targets up")
+        primary.sql(f"CREATE TABLE {ISOLATED_TABLE} (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+        primary.sql(f"GRANT INSERT, SELECT ON {ISOLATED_TABLE} TO app")
         pg = PgWrites(lb.port, app)
         writer = Writer(pg)
         sampler = PrimarySampler({n: s.connect for n, s in servers.items()})
+        isolated = _isolated_writer(net, primary.port, app)
 
         def new_primary() -> str | None:
             for name, server in servers.items():
@@ -367,7 +513,9 @@ def run_chain(window: float, fault: str) -> dict[str, Any]:
             return None
 
         def back() -> None:
-            if fault == "kill":
+            if net is not None:
+                net.heal()
+            elif fault == "kill":
                 primary.process.start()
             else:
                 primary.process.resume()
@@ -378,21 +526,27 @@ def run_chain(window: float, fault: str) -> dict[str, Any]:
                 return False
             return bool(servers[name].scalar(STREAMING, ("pg-1",)))
 
-        def current_ids() -> set[int] | None:
+        def current_ids(table: str) -> set[int] | None:
             name = new_primary()
             if name is None:
                 return None
-            return {r[0] for r in servers[name].sql("SELECT id FROM drill_writes")}
+            return {r[0] for r in servers[name].sql(f"SELECT id FROM {table}")}
 
+        faults = {
+            "kill": primary.process.kill,
+            "pause": primary.process.pause,
+            "partition": net.cut if net else primary.process.kill,
+        }
         result = _measure(
             writer,
             sampler,
-            primary.process.kill if fault == "kill" else primary.process.pause,
+            faults[fault],
             lambda: new_primary() is not None,
             back,
             following,
             current_ids,
             pg.ids,
+            isolated,
         )
         result["new_primary"] = new_primary()
         entries = audit(chain)
@@ -438,6 +592,14 @@ def summarize(system: str, fault: str, runs: list[dict[str, Any]]) -> dict[str, 
         "two_primaries_s": two,
         "rejoined_median_s": round(statistics.median(rejoined), 2) if rejoined else None,
         "rejoined_s": [r.get("rejoined_s") for r in runs],
+        **(
+            {
+                "isolated_acked_after_cut": [r.get("isolated_acked_after_cut") for r in runs],
+                "isolated_lost": [r.get("isolated_lost") for r in runs],
+            }
+            if fault == "partition"
+            else {}
+        ),
         "raw": runs,
     }
 
@@ -465,6 +627,23 @@ def report(paths: list[Path]) -> str:
             f"| {', '.join(str(v) for v in cell['two_primaries_s'])} "
             f"| {cell['rejoined_median_s']} s ({', '.join(str(v) for v in cell['rejoined_s'])}) | {loads} |"
         )
+    partition = [cell for cell in cells if cell["fault"] == "partition"]
+    if partition:
+        rows += [
+            "",
+            "| partition: system | isolated clients' writes acknowledged after the cut | of those lost "
+            "| their last acknowledged write (s after the cut) | samples not taken, old primary (s) |",
+            "|---|---|---|---|---|",
+        ]
+        for cell in partition:
+            raw = cell["raw"]
+            old = "pg-1"  # the member in the namespace, both systems
+            rows.append(
+                f"| {cell['system']} | {', '.join(str(r.get('isolated_acked_after_cut')) for r in raw)} "
+                f"| {', '.join(str(r.get('isolated_lost')) for r in raw)} "
+                f"| {', '.join(str(r.get('isolated_last_ack_s')) for r in raw)} "
+                f"| {', '.join(str(r.get('unasked_s', {}).get(old)) for r in raw)} |"
+            )
     return "\n".join(rows) + "\n"
 
 
@@ -472,7 +651,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--fault", choices=("kill", "pause"), default="kill")
+    parser.add_argument("--fault", choices=FAULTS, default="kill")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--output", type=Path)

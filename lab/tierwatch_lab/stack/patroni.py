@@ -7,6 +7,10 @@ Patroni's ``etcd3`` DCS talks to its v3 gRPC-gateway JSON API. The PostgreSQL se
 the lab's: ``tierwatch`` (pg_monitor, what the exporter uses) and the recovery service's admin role,
 created once Patroni has bootstrapped the leader.
 
+A member may run in a network namespace of its own (``nets``: stack/servernet.py), still at
+127.0.0.1:<port> for everyone, so a drill or bench can cut it off (the primary-partition fault); it is
+started first and leads.
+
 Patroni starts its postmaster in a session of its own, so a SIGKILLed Patroni leaves PostgreSQL
 running: ``kill``, ``pause``, ``resume`` and ``stop`` of a member reach the Patroni process group, the
 postmaster and every postgres child (each in its own session too), and the Stack stops both.
@@ -49,6 +53,7 @@ from .postgres import (
     pg_bin_dir,
 )
 from .process import ManagedProcess, Stack, StackError, wait_for
+from .servernet import ServerNet
 
 HOST = "127.0.0.1"
 REWIND_ROLE = "tierwatch_rewind"
@@ -179,6 +184,7 @@ class PatroniMember:
     argv: list[str]
     env: dict[str, str]
     process: PatroniProcess | None = None
+    launcher: list[str] = field(default_factory=list)  # argv prefix it runs under (``nets``)
 
     @property
     def data_dir(self) -> Path:
@@ -337,7 +343,7 @@ def _spawn(stack: Stack, member: PatroniMember) -> PatroniProcess:
     as_root = os.geteuid() == 0
     argv = member.argv
     if as_root:
-        argv = ["setpriv", f"--reuid={OS_USER}", f"--regid={OS_USER}", "--init-groups",
+        argv = [*member.launcher, "setpriv", f"--reuid={OS_USER}", f"--regid={OS_USER}", "--init-groups",
                 "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
                 # the switch cleared the parent-death signal process.py armed: arm it again
                 "--pdeathsig=SIGKILL", "--", *argv]  # fmt: skip
@@ -368,10 +374,16 @@ def start_patroni_cluster(
     synchronous_mode: bool | str = False,
     settings: Mapping[str, str] | None = None,
     timeout: float = 120.0,
+    nets: Mapping[str, ServerNet] | None = None,
 ) -> PatroniCluster:
     """Start ``size`` Patroni members (``pg-1``...) over ``etcd``, wait for a leader and streaming
     replicas, and create the monitor and admin roles on the leader. ``synchronous_mode``: Patroni's
-    (``True``: one named synchronous standby; ``"quorum"``: ``ANY 1`` of the replicas)."""
+    (``True``: one named synchronous standby; ``"quorum"``: ``ANY 1`` of the replicas). ``nets``: members
+    (by name) run in that network namespace (as root), their REST and PostgreSQL ports exposed at
+    127.0.0.1, reaching etcd and the other members there; they start first, and one of them leads."""
+    nets = dict(nets or {})
+    if nets and os.geteuid() != 0:
+        raise StackError("Patroni members in network namespaces need root")
     binary = patroni_binary()
     namespace = f"/tierwatch-{stack.root.name}/"
     passwords = {role: secrets.token_urlsafe(18) for role in (SUPERUSER, REPLICATION_ROLE, REWIND_ROLE)}
@@ -384,9 +396,19 @@ def start_patroni_cluster(
         base = stack.directory("patroni", name, owner=OS_USER)
         if len(str(base / ".s.PGSQL.65535")) > 100:
             raise StackError(f"stack path too long for a unix socket: {base}; use a shorter Stack base")
+        net = nets.get(name)
+        pg_port, rest_port = (net.expose(), net.expose()) if net else (free_port(), free_port())
         member = PatroniMember(
-            name=name, pg_port=free_port(), rest_port=free_port(), base_dir=base,
-            config_path=base / "patroni.yml", argv=[], env={},
+            name=name, pg_port=pg_port, rest_port=rest_port, base_dir=base, config_path=base / "patroni.yml",
+            argv=[], env={}, launcher=net.launcher if net else [],
+        )  # fmt: skip
+        # in a namespace: loopback for its isolated clients, the veth address for everyone else (the
+        # REST API binds one address: all of the namespace's)
+        pg_hosts, rest_host = (",".join(net.listen), "0.0.0.0") if net else (HOST, HOST)
+        hba = HBA_LINES + (
+            [f"host    all          all                 {net.network}  scram-sha-256",
+             f"host    replication  all                 {net.network}  scram-sha-256"]
+            if net else []
         )  # fmt: skip
         config = {
             "scope": scope,
@@ -394,7 +416,7 @@ def start_patroni_cluster(
             "name": name,
             "log": {"level": "INFO"},
             "restapi": {
-                "listen": f"{HOST}:{member.rest_port}",
+                "listen": f"{rest_host}:{member.rest_port}",
                 "connect_address": f"{HOST}:{member.rest_port}",
             },
             "etcd3": {"hosts": [f"{HOST}:{m.client_port}" for m in etcd.members], "protocol": "http"},
@@ -408,13 +430,13 @@ def start_patroni_cluster(
                 "initdb": [{"encoding": "UTF8"}, {"locale": "C"}],
             },
             "postgresql": {
-                "listen": f"{HOST}:{member.pg_port}",
+                "listen": f"{pg_hosts}:{member.pg_port}",
                 "connect_address": f"{HOST}:{member.pg_port}",
                 "data_dir": str(member.data_dir),
                 "bin_dir": str(pg_bin_dir()),
                 "pgpass": str(base / "pgpass"),
                 "use_unix_socket": True,
-                "pg_hba": HBA_LINES,
+                "pg_hba": hba,
                 "authentication": {
                     "superuser": {"username": SUPERUSER, "password": passwords[SUPERUSER]},
                     "replication": {"username": REPLICATION_ROLE, "password": passwords[REPLICATION_ROLE]},
@@ -434,8 +456,9 @@ def start_patroni_cluster(
             "PYTHONUNBUFFERED": "1",
         }
         members.append(member)
-    for member in members:
-        member.process = _spawn(stack, member)
+    etcd_ports = [m.client_port for m in etcd.members]
+    for name, net in nets.items():
+        net.reach([*etcd_ports, *(p for m in members if m.name != name for p in (m.pg_port, m.rest_port))])
     cluster = PatroniCluster(
         stack=stack, etcd=etcd, scope=scope, namespace=namespace, members=members,
         monitor_password=secrets.token_urlsafe(18), admin_password="", admin_role="", timing=timing,
@@ -443,14 +466,21 @@ def start_patroni_cluster(
 
     def alive() -> None:
         for member in members:
-            assert member.process is not None
-            member.process.check_alive()
+            if member.process is not None:
+                member.process.check_alive()
 
     def led() -> PatroniMember | None:
         alive()
-        return cluster.leader()
+        leader = cluster.leader()
+        return leader if leader is not None and (not nets or leader.name in nets) else None
 
+    first = [m for m in members if m.name in nets]
+    for member in first or members:
+        member.process = _spawn(stack, member)
     leader = wait_for(led, timeout, f"Patroni cluster {scope} to bootstrap a leader", 0.2)
+    for member in members:
+        if member.process is None:
+            member.process = _spawn(stack, member)
     wait_for(lambda: not leader.in_recovery(), timeout, f"{leader.name} to take writes", 0.1)
     _create_roles(cluster, leader)
     cluster.wait_streaming(timeout=timeout)
