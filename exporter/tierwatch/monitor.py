@@ -179,6 +179,47 @@ class _Slot:
     busy: bool = False  # started (or waiting for a concurrency slot) and not finished
 
 
+class _RoundTally:
+    """One interval's jobs still running: the round ends (``finish``) when its last job does, once every
+    job of the interval was started (``seal``), and never after ``stop``. Each job reports its end and
+    is let go as it finishes, spread over the interval. Keeping them all for an ``asyncio.wait`` at the
+    interval's end stalled the event loop, and any ``/metrics`` answer, up to ~380 ms once per interval
+    at 10,000 targets: a callback per job at once, a gen-0 collection over the interval's kept tasks,
+    then freeing them together (bench/results/scale/metrics-tail-2026-12-08.md).
+    """
+
+    def __init__(self, finish: Callable[[float, bool], None], stop: asyncio.Event, running: set[Any]):
+        self._finish = finish
+        self._stop = stop
+        self._running = running  # every job of the monitor not finished yet, for ``run`` to cancel
+        self.launched = 0
+        self.pending = 0
+        self._sealed: tuple[float, bool] | None = None
+
+    def add(self, job: asyncio.Future[None]) -> None:
+        """Count ``job`` in this round (called as it starts)."""
+        self.launched += 1
+        self.pending += 1
+        self._running.add(job)
+        job.add_done_callback(self._done)
+
+    def seal(self, started: float, overran: bool) -> None:
+        """Every job of the interval started (the first at ``started``); the round ends with the last."""
+        self._sealed = (started, overran)
+        self._end_if_done()
+
+    def _done(self, job: asyncio.Future[None]) -> None:
+        self.pending -= 1
+        self._running.discard(job)
+        self._end_if_done()
+
+    def _end_if_done(self) -> None:
+        if self.pending or self._sealed is None or self._stop.is_set():
+            return
+        sealed, self._sealed = self._sealed, None
+        self._finish(*sealed)
+
+
 class Monitor:
     """Owns one probe per target and runs them, each at its own offset in every interval."""
 
@@ -471,7 +512,7 @@ class Monitor:
                     self._respread(interval)
                 window = batch_window(interval, len(self._slots))
                 cycle_start = base + cycle * interval
-                launched: list[asyncio.Future[None]] = []
+                tally = _RoundTally(self._finish_round, stop, running)
                 started, skipped = time.perf_counter(), 0
                 done: set[int] = set()
                 self._slots_changed.clear()
@@ -499,15 +540,12 @@ class Monitor:
                     if slot.busy:
                         skipped += 1
                         continue
-                    if not launched:
+                    if not tally.launched:
                         started = time.perf_counter()
-                    launched.append(asyncio.ensure_future(self._run_slot(slot)))
+                    tally.add(asyncio.ensure_future(self._run_slot(slot)))
                 if stop.is_set():
                     break
-                watcher = asyncio.ensure_future(self._watch_round(started, launched, skipped > 0))
-                for job in (*launched, watcher):
-                    running.add(job)
-                    job.add_done_callback(running.discard)
+                tally.seal(started, skipped > 0)
                 cycle += 1
                 behind = loop.time() - (base + cycle * interval)
                 if behind > interval:
@@ -523,11 +561,6 @@ class Monitor:
             for job in list(running):
                 job.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-
-    async def _watch_round(self, started: float, jobs: list[asyncio.Future[None]], overran: bool) -> None:
-        if jobs:
-            await asyncio.wait(jobs)
-        self._finish_round(started, overran)
 
     def _finish_round(self, started: float, overran: bool) -> None:
         self.last_round_duration = time.perf_counter() - started
