@@ -319,10 +319,23 @@ class PgTrio:
     clusters: list[dict[str, Any]]
 
 
-def start_pg_trio(stack: Stack) -> PgTrio:
-    """The PostgreSQL topology both failover benches use (this one and patroni_bench.py's chain)."""
+def start_pg_trio(stack: Stack, net: ServerNet | None = None) -> PgTrio:
+    """The PostgreSQL topology both failover benches use (this one and patroni_bench.py's chain).
+    With ``net``, pg-1 runs in its network namespace (as demo_build.py puts it there for the
+    primary-partition drill): its clients arrive from the veth network, and it reaches the replicas
+    and the write LB at 127.0.0.1."""
     sync = {"synchronous_standby_names": 'ANY 1 ("pg-1", "pg-2", "pg-3")'}
-    primary = start_primary(stack, "pg-1")
+    if net is None:
+        primary = start_primary(stack, "pg-1")
+    else:
+        primary = start_primary(
+            stack,
+            "pg-1",
+            port=net.expose(),
+            launcher=net.launcher,
+            hba_networks=[net.network],
+            settings={"listen_addresses": ",".join(net.listen)},
+        )
     admin = create_admin_role(primary)
     app = create_app_role(primary, "app")
     servers = {
@@ -336,6 +349,8 @@ def start_pg_trio(stack: Stack) -> PgTrio:
     lb = start_write_lb(
         stack, "lb-write", "be_pg_write", [(n, s.port) for n, s in servers.items()], primary="pg-1"
     )
+    if net is not None:
+        net.reach([servers["pg-2"].port, servers["pg-3"].port, lb.port])
     for name, value in {"pg": primary.monitor_password, "pg-admin": admin}.items():
         path = stack.path("chain-secrets", name)
         path.write_text(value)

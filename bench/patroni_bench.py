@@ -7,8 +7,10 @@ primary and measures:
 
 - ``seconds``: from the fault until a write is acknowledged again (a commit returned);
 - ``lost``: acknowledged writes missing from the primary at the end (after the return);
-- ``two_primaries_s``: seconds during which two servers accepted writes (answered and were not in
-  recovery; sampled every 0.1 s per server over its unix socket, a sample counts for 1 s at most);
+- ``two_primaries_s``: seconds during which two servers answered as primaries (not in recovery;
+  sampled every 0.1 s per server over its unix socket, a sample counts for 1 s at most);
+  ``two_acking_s``: seconds during which two servers acknowledged writes (a probe commit returned
+  within 0.5 s; bench/primary_sampler.py);
   ``unasked_s``: per server, the seconds whose samples could not be taken (no answer within 2 s: a
   dead, paused or restarting server), counted as not accepting writes;
 - ``rejoined_s``: once writes are acknowledged again the old primary returns (``kill``: started
@@ -46,7 +48,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,7 +55,8 @@ from typing import Any
 
 import httpx
 import psycopg
-from failover_bench import PgTrio, start_pg_trio
+from failover_bench import start_pg_trio
+from primary_sampler import PrimarySampler
 
 from tierwatch_lab.drill_checker import PgAckWrites
 from tierwatch_lab.drill_kit import PgWrites, Writer
@@ -62,7 +64,7 @@ from tierwatch_lab.drills_partition import InNamespace
 from tierwatch_lab.stack import Stack, StackError, wait_for
 from tierwatch_lab.stack.chain import ChainTiming, audit, start_chain, write_lb_cluster
 from tierwatch_lab.stack.etcd import start_etcd_cluster
-from tierwatch_lab.stack.haproxy import HAProxy, start_write_lb
+from tierwatch_lab.stack.haproxy import HAProxy
 from tierwatch_lab.stack.patroni import (
     DEFAULT_TIMING,
     FASTEST_TIMING,
@@ -72,11 +74,8 @@ from tierwatch_lab.stack.patroni import (
 )
 from tierwatch_lab.stack.ports import free_port, port_open
 from tierwatch_lab.stack.postgres import (
-    create_admin_role,
     create_app_role,
     rejoin_commands,
-    start_primary,
-    start_replica,
 )
 from tierwatch_lab.stack.servernet import ServerNet, create_server_net
 
@@ -86,71 +85,7 @@ FAULTS = ("kill", "pause", "partition")
 ISOLATED_TABLE = "drill_isolated"
 RECOVERY_TIMEOUT = 90.0
 REJOIN_TIMEOUT = 120.0
-SAMPLE = 0.1
 STREAMING = "SELECT count(*) FROM pg_stat_replication WHERE application_name = %s AND state = 'streaming'"
-
-
-class PrimarySampler(threading.Thread):
-    """Polls each server (superuser over its unix socket) and records when it accepted writes."""
-
-    def __init__(self, servers: dict[str, Callable[..., psycopg.Connection[Any]]]):
-        super().__init__(daemon=True)
-        self.servers = servers
-        # (when, accepted writes); None: the sample could not be taken
-        self.samples: dict[str, list[tuple[float, bool | None]]] = {name: [] for name in servers}
-        self._halt = threading.Event()
-        self._threads = [threading.Thread(target=self._poll, args=(name,), daemon=True) for name in servers]
-
-    def run(self) -> None:
-        for thread in self._threads:
-            thread.start()
-        for thread in self._threads:
-            thread.join()
-
-    def _poll(self, name: str) -> None:
-        connect = self.servers[name]
-        while not self._halt.is_set():
-            at = time.time()
-            writable: bool | None
-            try:
-                with connect(timeout=1) as conn:
-                    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-                writable = row is not None and row[0] is False
-            except psycopg.Error:
-                writable = None
-            self.samples[name].append((at, writable))
-            self._halt.wait(SAMPLE)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(10)
-
-    def two_primaries_seconds(self, since: float, until: float) -> float:
-        """Seconds in [since, until] during which two or more servers' latest sample (at most 1 s old)
-        said they accepted writes."""
-        total, t = 0.0, since
-        while t < until:
-            writable = 0
-            for samples in self.samples.values():
-                latest = next((s for s in reversed(samples) if s[0] <= t), None)
-                if latest is not None and latest[1] and t - latest[0] <= 1.0:
-                    writable += 1
-            if writable >= 2:
-                total += SAMPLE
-            t += SAMPLE
-        return round(total, 1)
-
-    def unasked_seconds(self, since: float, until: float) -> dict[str, float]:
-        """Per server, the seconds in [since, until] covered by samples that could not be taken (each
-        until the next sample, 1 s at most)."""
-        unasked: dict[str, float] = {}
-        for name, samples in self.samples.items():
-            total = 0.0
-            for (at, writable), following in zip(samples, [*samples[1:], (until, None)], strict=True):
-                if writable is None and since <= at <= until:
-                    total += min(following[0], until, at + 1.0) - at
-            unasked[name] = round(total, 1)
-        return unasked
 
 
 def _code_version() -> dict[str, Any]:
@@ -213,6 +148,7 @@ def _measure(
     for w in writers:
         w.start()
     wait_for(lambda: all(len(w.acked) > 20 for w in writers), 60, "writes flowing")
+    sampler.prepare()
     sampler.start()
     result: dict[str, Any] = {"load_before": _loadavg()}
     faulted = time.time()
@@ -245,6 +181,7 @@ def _measure(
     sampler.stop()
     ended = time.time()
     result["two_primaries_s"] = sampler.two_primaries_seconds(faulted, ended)
+    result["two_acking_s"] = sampler.two_acking_seconds(faulted, ended)
     result["unasked_s"] = sampler.unasked_seconds(faulted, ended)
     ids = current_ids("drill_writes")
     result["lost"] = len(ids_of(writer) - ids) if ids is not None else None
@@ -424,54 +361,10 @@ def _chain_timing(window: float) -> ChainTiming:
     )
 
 
-def _partitioned_pg_trio(stack: Stack, net: ServerNet) -> PgTrio:
-    """failover_bench.start_pg_trio's topology with pg-1 in ``net``'s namespace (as demo_build.py puts
-    it there for the primary-partition drill): its clients arrive from the veth network, it reaches
-    the replicas and the write LB at 127.0.0.1."""
-    sync = {"synchronous_standby_names": 'ANY 1 ("pg-1", "pg-2", "pg-3")'}
-    primary = start_primary(
-        stack,
-        "pg-1",
-        port=net.expose(),
-        launcher=net.launcher,
-        hba_networks=[net.network],
-        settings={"listen_addresses": ",".join(net.listen)},
-    )
-    admin = create_admin_role(primary)
-    app = create_app_role(primary, "app")
-    servers = {
-        "pg-1": primary,
-        **{n: start_replica(stack, primary, n, settings=sync) for n in ("pg-2", "pg-3")},
-    }
-    primary.sql(f"ALTER SYSTEM SET synchronous_standby_names = '{sync['synchronous_standby_names']}'")
-    primary.sql("SELECT pg_reload_conf()")
-    primary.sql("CREATE TABLE drill_writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
-    primary.sql("GRANT INSERT, SELECT ON drill_writes TO app")
-    lb = start_write_lb(
-        stack, "lb-write", "be_pg_write", [(n, s.port) for n, s in servers.items()], primary="pg-1"
-    )
-    net.reach([servers["pg-2"].port, servers["pg-3"].port, lb.port])
-    for name, value in {"pg": primary.monitor_password, "pg-admin": admin}.items():
-        path = stack.path("chain-secrets", name)
-        path.write_text(value)
-        path.chmod(0o600)
-    clusters = [
-        {
-            "name": "db",
-            "tier": "postgres",
-            "password_file": str(stack.path("chain-secrets", "pg")),
-            "targets": [
-                {"name": n, "region": "primary", "url": s.dsn_without_password} for n, s in servers.items()
-            ],
-        }
-    ]
-    return PgTrio(servers, app, lb, clusters)
-
-
 def run_chain(window: float, fault: str) -> dict[str, Any]:
     with Stack() as stack:
         net = create_server_net(stack) if fault == "partition" else None
-        trio = start_pg_trio(stack) if net is None else _partitioned_pg_trio(stack, net)
+        trio = start_pg_trio(stack, net)
         servers, app, lb, clusters = trio.servers, trio.app_password, trio.lb, trio.clusters
         primary = servers["pg-1"]
         recovery = {
@@ -590,6 +483,7 @@ def summarize(system: str, fault: str, runs: list[dict[str, Any]]) -> dict[str, 
         "max_s": round(max(seconds), 2) if seconds else None,
         "lost_acked_writes": [r.get("lost") for r in runs],
         "two_primaries_s": two,
+        "two_acking_s": [r.get("two_acking_s") for r in runs],
         "rejoined_median_s": round(statistics.median(rejoined), 2) if rejoined else None,
         "rejoined_s": [r.get("rejoined_s") for r in runs],
         **(
@@ -606,13 +500,16 @@ def summarize(system: str, fault: str, runs: list[dict[str, Any]]) -> dict[str, 
 
 def report(paths: list[Path]) -> str:
     """A markdown table of every cell in ``paths`` (fault, then system order)."""
-    cells = [cell for path in paths for cell in json.loads(path.read_text())["results"]]
-    cells.sort(key=lambda c: (c["fault"], SYSTEMS.index(c["system"])))
+    cells = []
+    for path in paths:
+        document = json.loads(path.read_text())
+        cells += [{**cell, "date": document["date"]} for cell in document["results"]]
+    cells.sort(key=lambda c: (c["fault"], SYSTEMS.index(c["system"]), c["date"]))
     rows = [
         "| fault | system | recovered | writes acknowledged again: median (min-max) | acked writes lost "
-        "| two write-accepting primaries (s) | old primary following again: median (each run) "
-        "| load avg 1 min (each run) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| two primaries answering (s) | two primaries acknowledging writes (s) "
+        "| old primary following again: median (each run) | load avg 1 min (each run) | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in cells:
         loads = ", ".join(f"{r['load_before'][0]:.2f}" for r in cell["raw"])
@@ -625,7 +522,9 @@ def report(paths: list[Path]) -> str:
             f"| {cell['fault']} | {cell['system']} | {cell['recovered']}/{cell['runs']} | {seconds} "
             f"| {', '.join(str(v) for v in cell['lost_acked_writes'])} "
             f"| {', '.join(str(v) for v in cell['two_primaries_s'])} "
-            f"| {cell['rejoined_median_s']} s ({', '.join(str(v) for v in cell['rejoined_s'])}) | {loads} |"
+            f"| {', '.join(str(v) for v in cell.get('two_acking_s', ['not measured']))} "
+            f"| {cell['rejoined_median_s']} s ({', '.join(str(v) for v in cell['rejoined_s'])}) | {loads} "
+            f"| {cell['date']} |"
         )
     partition = [cell for cell in cells if cell["fault"] == "partition"]
     if partition:
