@@ -145,31 +145,35 @@ def vm_hwm_mib(pid: int) -> float:
     return math.nan
 
 
+def exporter_config(
+    stack: Stack, backends: int, targets: int, interval: float, shards: int = 1
+) -> dict[str, Any]:
+    """The benched exporter's config: ``targets`` fast HTTP targets spread over ``backends`` backends
+    (in 100 clusters when sharded: ``--shard`` splits clusters, not a cluster's targets) and one
+    target that answers in 300 ms; the backends are started in ``stack``."""
+    fast = [start_http_backend(stack, f"fast-{i}") for i in range(backends)]
+    slow = start_http_backend(stack, "slow")
+    slow.set_mode("slow", 0.3)
+    fast_targets = [
+        {"name": f"app-{i}", "region": "primary", "url": f"{fast[i % len(fast)].url}?t={i}"}
+        for i in range(targets)
+    ]
+    groups = 100 if shards > 1 else 1
+    web = [
+        {"name": "web" if groups == 1 else f"web-{g}", "tier": "app", "targets": fast_targets[g::groups]}
+        for g in range(groups)
+    ]
+    sluggish = {
+        "name": "sluggish",
+        "tier": "app",
+        "targets": [{"name": "slow-1", "region": "primary", "url": slow.url}],
+    }
+    return {"monitor": {"interval": f"{interval}s", "timeout": "2s"}, "clusters": [*web, sluggish]}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with Stack() as stack:
-        backends = [start_http_backend(stack, f"fast-{i}") for i in range(args.backends)]
-        slow = start_http_backend(stack, "slow")
-        slow.set_mode("slow", 0.3)
-        fast_targets = [
-            {"name": f"app-{i}", "region": "primary", "url": f"{backends[i % len(backends)].url}?t={i}"}
-            for i in range(args.targets)
-        ]
-        groups = 100 if args.shards > 1 else 1  # --shard splits clusters, not a cluster's targets
-        web = [
-            {"name": "web" if groups == 1 else f"web-{g}", "tier": "app", "targets": fast_targets[g::groups]}
-            for g in range(groups)
-        ]
-        config = {
-            "monitor": {"interval": f"{args.interval}s", "timeout": "2s"},
-            "clusters": [
-                *web,
-                {
-                    "name": "sluggish",
-                    "tier": "app",
-                    "targets": [{"name": "slow-1", "region": "primary", "url": slow.url}],
-                },
-            ],
-        }
+        config = exporter_config(stack, args.backends, args.targets, args.interval, args.shards)
         path = stack.root / "tierwatch.yml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         if args.shards > 1:

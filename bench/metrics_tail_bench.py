@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from latency_bench import cpu_seconds, percentile, vm_hwm_mib, vm_rss_mib
+from latency_bench import cpu_seconds, exporter_config, percentile, vm_hwm_mib, vm_rss_mib
 from machine import LoadAverage, machine
 
 from tierwatch_lab.stack import Stack
-from tierwatch_lab.stack.http import start_http_backend
 from tierwatch_lab.stack.ports import free_port
 from tierwatch_lab.stack.process import wait_for
 
@@ -171,24 +170,7 @@ def attribute(scrapes: list[dict[str, float]], trace: list[dict[str, Any]], slow
 def run(args: argparse.Namespace) -> dict[str, Any]:
     load = LoadAverage()
     with Stack() as stack:
-        backends = [start_http_backend(stack, f"fast-{i}") for i in range(args.backends)]
-        slow = start_http_backend(stack, "slow")
-        slow.set_mode("slow", 0.3)
-        targets = [
-            {"name": f"app-{i}", "region": "primary", "url": f"{backends[i % len(backends)].url}?t={i}"}
-            for i in range(args.targets)
-        ]
-        config = {
-            "monitor": {"interval": f"{args.interval}s", "timeout": "2s"},
-            "clusters": [
-                {"name": "web", "tier": "app", "targets": targets},
-                {
-                    "name": "sluggish",
-                    "tier": "app",
-                    "targets": [{"name": "slow-1", "region": "primary", "url": slow.url}],
-                },
-            ],
-        }
+        config = exporter_config(stack, args.backends, args.targets, args.interval)
         path = stack.root / "tierwatch.yml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         trace_path = stack.root / "trace.jsonl"

@@ -53,7 +53,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 from failover_bench import start_pg_trio
 from primary_sampler import PrimarySampler
@@ -61,7 +60,7 @@ from primary_sampler import PrimarySampler
 from tierwatch_lab.drill_checker import PgAckWrites
 from tierwatch_lab.drill_kit import PgWrites, Writer
 from tierwatch_lab.drills_partition import InNamespace
-from tierwatch_lab.stack import Stack, StackError, wait_for
+from tierwatch_lab.stack import Stack, wait_for
 from tierwatch_lab.stack.chain import ChainTiming, audit, start_chain, write_lb_cluster
 from tierwatch_lab.stack.etcd import start_etcd_cluster
 from tierwatch_lab.stack.haproxy import HAProxy
@@ -262,7 +261,7 @@ def run_patroni(timing: dict[str, int], fault: str) -> dict[str, Any]:
         isolated = _isolated_writer(net, old.pg_port, app)
 
         def leader_now() -> PatroniMember | None:
-            return _leader(cluster, old)
+            return cluster.leader(ask_last=old)
 
         def back() -> None:
             if net is not None:
@@ -299,25 +298,6 @@ def run_patroni(timing: dict[str, int], fault: str) -> dict[str, Any]:
         result["new_primary"] = new.name if new else None
         result.pop("faulted_at")
         return result
-
-
-def _leader(cluster: PatroniCluster, old: PatroniMember) -> PatroniMember | None:
-    """The member Patroni's /cluster names running leader, asking ``old`` last: a cut-off or paused
-    member's REST API answers nothing and costs its whole timeout."""
-    for member in sorted(cluster.members, key=lambda m: m is old):
-        if not member.running():
-            continue
-        try:
-            code, doc = member.rest("/cluster")
-        except (httpx.HTTPError, StackError):
-            continue
-        if code != 200 or not isinstance(doc, dict):
-            continue
-        for entry in doc.get("members", []):
-            if entry.get("role") == "leader" and entry.get("state") == "running":
-                return cluster.member(entry["name"])
-        return None
-    return None
 
 
 def _isolated_writer(net: ServerNet | None, port: int, app_password: str) -> Writer | None:

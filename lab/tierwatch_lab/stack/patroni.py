@@ -282,9 +282,10 @@ class PatroniCluster:
                 return member
         raise KeyError(name)
 
-    def status(self) -> dict[str, Any] | None:
-        """Patroni's /cluster document, from the first member that answers."""
-        for member in self.members:
+    def status(self, ask_last: PatroniMember | None = None) -> dict[str, Any] | None:
+        """Patroni's /cluster document, from the first member that answers (``ask_last`` last: a
+        cut-off or paused member's REST API answers nothing and costs its whole timeout)."""
+        for member in sorted(self.members, key=lambda m: m is ask_last):
             if not member.running():
                 continue
             try:
@@ -295,9 +296,9 @@ class PatroniCluster:
                 return doc
         return None
 
-    def leader(self) -> PatroniMember | None:
-        """The member /cluster names leader and running, or None."""
-        doc = self.status()
+    def leader(self, ask_last: PatroniMember | None = None) -> PatroniMember | None:
+        """The member /cluster names leader and running, or None (``ask_last``: see ``status``)."""
+        doc = self.status(ask_last)
         for entry in (doc or {}).get("members", []):
             if entry.get("role") == "leader" and entry.get("state") == "running":
                 return self.member(entry["name"])
