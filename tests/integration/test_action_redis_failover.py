@@ -280,6 +280,11 @@ def test_a_run_interrupted_between_its_point_of_no_return_and_the_promotion_is_f
     assert [e["target"] for e in recorder.named("promoted")] == ["redis-3"]
     assert recorder.point_of_no_return_calls == 0  # a resumed run is past it already
     assert_follows(fresh, other)
+    # the interrupted run may have died before draining the old master: the resumed one drains it
+    # before promoting, as a first run does (test_action_drain.py)
+    order = [e["event"] for e in recorder.events]
+    assert order.index("write_backend_drained") < order.index("promoted"), order
+    assert recorder.named("write_backend_drained")[0]["target"] == "redis-1"
 
 
 def test_a_resumed_run_without_a_master_or_a_recorded_choice_promotes_nothing(

@@ -332,8 +332,8 @@ async def run_failover(ctx: ActionContext, driver: Driver[S]) -> Outcome:
         return Outcome("succeeded", f"dry run: would promote {best.name}", facts={"would_promote": best.name})
 
     await ctx.point_of_no_return(decision={"promote": best.name})
-    started = time.monotonic()
     await drain_write_backend(ctx, old)
+    started = time.monotonic()
     try:
         await driver.promote(best)
     except StepFailed as exc:
@@ -546,6 +546,7 @@ async def _finish_recorded_promotion(
             ctx.audit("resume_failed", reason="old primary answers again", target=old, seen=how)
             why = f"resumed run: the old {driver.primary_word} {old} answers again ({how})"
             return Outcome("failed", why)
+        await drain_write_backend(ctx, old)  # the interrupted run may have died before it did
     started = time.monotonic()
     try:
         await driver.promote(best)
